@@ -1,0 +1,189 @@
+"""Build a tiny, deterministic Llama-architecture model for tests, quickstart and benchmarks.
+
+No model hub is reachable from Hangar's build and test machines, so the project makes its own
+model: a byte-level BPE tokenizer trained with ``tokenizers`` on the English text shipped in
+``workers/runtime/data/``, random weights from a small ``LlamaConfig`` (about 3.5 M parameters),
+a ChatML-style chat template, all written with ``save_pretrained`` as safetensors so that the
+ordinary ``AutoModelForCausalLM`` / ``AutoTokenizer`` loading path is exercised.
+
+Usage::
+
+    python -m workers.runtime.tinymodel OUTDIR [--seed 0]
+
+Building is idempotent: if OUTDIR already holds a complete model built by the same builder
+version with the same seed, nothing is done. The build writes into a temporary sibling
+directory and renames it into place, so concurrent builders (parallel test sessions) never
+see a half-written model.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import sys
+import tempfile
+from pathlib import Path
+
+# Bump when anything below changes the produced files, so stale builds are replaced.
+BUILD_VERSION = 1
+MARKER_FILE = "hangar-tinymodel.json"
+DATA_DIR = Path(__file__).resolve().parent / "data"
+
+ENDOFTEXT = "<|endoftext|>"
+IM_START = "<|im_start|>"
+IM_END = "<|im_end|>"
+SPECIAL_TOKENS = [ENDOFTEXT, IM_START, IM_END]
+
+# ChatML: every message is wrapped in <|im_start|>role ... <|im_end|>; the generation prompt
+# opens an assistant turn. The model stops at <|im_end|> (listed in generation_config).
+CHAT_TEMPLATE = (
+    "{% for message in messages %}"
+    "{{ '<|im_start|>' + message['role'] + '\n' + message['content'] + '<|im_end|>' + '\n' }}"
+    "{% endfor %}"
+    "{% if add_generation_prompt %}{{ '<|im_start|>assistant\n' }}{% endif %}"
+)
+
+VOCAB_SIZE = 2048
+MAX_POSITIONS = 2048
+
+
+def _marker(seed: int) -> dict[str, int]:
+    return {"builder_version": BUILD_VERSION, "seed": seed}
+
+
+def is_complete(outdir: Path, seed: int) -> bool:
+    """Return True if ``outdir`` holds a finished tiny model built with ``seed``."""
+    marker = outdir / MARKER_FILE
+    try:
+        data = json.loads(marker.read_text())
+    except (OSError, ValueError):
+        return False
+    return data == _marker(seed) and (outdir / "model.safetensors").is_file()
+
+
+def _training_text() -> list[str]:
+    files = sorted(DATA_DIR.glob("*.txt"))
+    if not files:
+        raise RuntimeError(f"no training text found in {DATA_DIR}")
+    return [f.read_text(encoding="utf-8") for f in files]
+
+
+def _build_tokenizer(outdir: Path) -> None:
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+    from transformers import PreTrainedTokenizerFast
+
+    tok = Tokenizer(models.BPE())
+    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tok.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(
+        vocab_size=VOCAB_SIZE,
+        special_tokens=SPECIAL_TOKENS,
+        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+        show_progress=False,
+    )
+    tok.train_from_iterator(_training_text(), trainer=trainer)
+    fast = PreTrainedTokenizerFast(
+        tokenizer_object=tok,
+        bos_token=ENDOFTEXT,
+        eos_token=IM_END,
+        pad_token=ENDOFTEXT,
+        unk_token=None,
+        additional_special_tokens=[IM_START],
+        model_max_length=MAX_POSITIONS,
+        clean_up_tokenization_spaces=False,
+    )
+    fast.chat_template = CHAT_TEMPLATE
+    fast.save_pretrained(str(outdir))
+
+
+def _build_model(outdir: Path, seed: int) -> None:
+    import torch
+    from transformers import AutoTokenizer, GenerationConfig, LlamaConfig, LlamaForCausalLM
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.disable_progress_bar()
+
+    tokenizer = AutoTokenizer.from_pretrained(str(outdir), local_files_only=True)
+    vocab = len(tokenizer)
+    eos_ids = [tokenizer.convert_tokens_to_ids(IM_END), tokenizer.convert_tokens_to_ids(ENDOFTEXT)]
+    config = LlamaConfig(
+        vocab_size=vocab,
+        hidden_size=256,
+        intermediate_size=688,
+        num_hidden_layers=4,
+        num_attention_heads=8,
+        num_key_value_heads=2,
+        max_position_embeddings=MAX_POSITIONS,
+        rms_norm_eps=1e-5,
+        # A wider init than the default 0.02 gives peakier logits, so greedy decoding is
+        # not decided by near-ties that float rounding in different batch shapes could flip.
+        initializer_range=0.1,
+        tie_word_embeddings=False,
+        bos_token_id=eos_ids[1],
+        eos_token_id=eos_ids,
+        pad_token_id=tokenizer.pad_token_id,
+    )
+    torch.manual_seed(seed)
+    model = LlamaForCausalLM(config).to(torch.float32)
+    model.generation_config = GenerationConfig(
+        bos_token_id=eos_ids[1],
+        eos_token_id=eos_ids,
+        pad_token_id=tokenizer.pad_token_id,
+        do_sample=False,
+    )
+    model.save_pretrained(str(outdir), safe_serialization=True)
+
+
+def build_tiny_model(outdir: Path, seed: int = 0) -> Path:
+    """Build the tiny model into ``outdir`` (idempotent) and return its path.
+
+    Raises ``FileExistsError`` if ``outdir`` exists, is not empty and was not made by this
+    builder: we never delete a directory we did not create.
+    """
+    outdir = Path(outdir).resolve()
+    if is_complete(outdir, seed):
+        return outdir
+    if outdir.exists() and any(outdir.iterdir()) and not (outdir / MARKER_FILE).exists():
+        raise FileExistsError(f"{outdir} exists and is not a Hangar tiny model; refusing to overwrite")
+    outdir.parent.mkdir(parents=True, exist_ok=True)
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    tmp = Path(tempfile.mkdtemp(prefix=f".{outdir.name}.build-", dir=outdir.parent))
+    try:
+        _build_tokenizer(tmp)
+        _build_model(tmp, seed)
+        # mkdtemp creates 0700; replicas may run as another user over a read-only mount.
+        tmp.chmod(0o755)
+        for f in tmp.iterdir():
+            f.chmod(0o644)
+        # The marker is written last: its presence means every other file is complete.
+        (tmp / MARKER_FILE).write_text(json.dumps(_marker(seed)))
+        if outdir.exists():
+            if is_complete(outdir, seed):  # another builder finished first
+                return outdir
+            shutil.rmtree(outdir)  # an older or different-seed build of ours
+        try:
+            os.rename(tmp, outdir)
+        except OSError:
+            if not is_complete(outdir, seed):
+                raise
+    finally:
+        if tmp.exists():
+            shutil.rmtree(tmp, ignore_errors=True)
+    return outdir
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Command-line entry point."""
+    parser = argparse.ArgumentParser(prog="python -m workers.runtime.tinymodel", description=__doc__.split("\n")[0])
+    parser.add_argument("outdir", type=Path)
+    parser.add_argument("--seed", type=int, default=0)
+    args = parser.parse_args(argv)
+    path = build_tiny_model(args.outdir, seed=args.seed)
+    print(path)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
