@@ -1,0 +1,6 @@
+"""Dashboard routes (server-rendered pages)."""
+
+from django.urls import path  # noqa: F401
+
+app_name = "dashboard"
+urlpatterns: list = []

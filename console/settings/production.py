@@ -1,0 +1,26 @@
+"""Production settings: refuse to start on insecure defaults, with a message that says why."""
+
+from django.core.exceptions import ImproperlyConfigured
+
+from console.settings.base import *  # noqa: F403
+from console.settings.base import (
+    DATABASES,
+    DEBUG,
+    HANGAR_KEY_PEPPER,
+    INSECURE_DEFAULT_PEPPER,
+    INSECURE_DEFAULT_SECRET,
+    SECRET_KEY,
+)
+
+if DEBUG:
+    raise ImproperlyConfigured("HANGAR_DEBUG must be off in production (unset it or set HANGAR_DEBUG=false).")
+if SECRET_KEY == INSECURE_DEFAULT_SECRET or len(SECRET_KEY) < 32:
+    raise ImproperlyConfigured("Set HANGAR_SECRET_KEY to a random value of at least 32 characters for production.")
+if HANGAR_KEY_PEPPER == INSECURE_DEFAULT_PEPPER or len(HANGAR_KEY_PEPPER) < 32:
+    raise ImproperlyConfigured("Set HANGAR_KEY_PEPPER to a random value of at least 32 characters for production.")
+if DATABASES["default"]["ENGINE"].endswith("sqlite3"):
+    raise ImproperlyConfigured("Production needs PostgreSQL: set DATABASE_URL=postgres://user:pass@host:5432/db.")
+
+SESSION_COOKIE_SECURE = True
+CSRF_COOKIE_SECURE = True
+SECURE_CONTENT_TYPE_NOSNIFF = True

@@ -1,0 +1,20 @@
+from django.db import models
+
+
+class ModelFormat(models.TextChoices):
+    SAFETENSORS = "safetensors", "safetensors"
+    PYTORCH = "pytorch", "PyTorch pickle (unsafe)"
+
+
+class DType(models.TextChoices):
+    FLOAT32 = "float32", "float32"
+    FLOAT16 = "float16", "float16"
+    BFLOAT16 = "bfloat16", "bfloat16"
+
+
+class Quantization(models.TextChoices):
+    NONE = "none", "none"
+    INT8 = "int8", "int8 (dynamic)"
+
+
+DTYPE_BYTES = {DType.FLOAT32: 4, DType.FLOAT16: 2, DType.BFLOAT16: 2}

@@ -1,0 +1,83 @@
+"""Read a model directory's metadata without loading weights (config, safetensors headers)."""
+
+from __future__ import annotations
+
+import json
+import math
+import struct
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+MAX_HEADER_BYTES = 100 * 1024 * 1024
+
+
+@dataclass
+class ModelInfo:
+    format: str = ""
+    architecture: str = ""
+    parameter_count: int = 0
+    size_bytes: int = 0
+    context_length: int = 0
+    tokenizer_info: dict[str, Any] = field(default_factory=dict)
+    problems: list[str] = field(default_factory=list)
+
+
+def _safetensors_params(path: Path) -> int:
+    with path.open("rb") as fh:
+        raw = fh.read(8)
+        if len(raw) != 8:
+            raise ValueError(f"{path.name} is not a safetensors file")
+        (length,) = struct.unpack("<Q", raw)
+        if length > MAX_HEADER_BYTES:
+            raise ValueError(f"{path.name} has an implausible header")
+        header = json.loads(fh.read(length))
+    total = 0
+    for name, meta in header.items():
+        if name == "__metadata__":
+            continue
+        total += math.prod(meta["shape"])
+    return total
+
+
+def inspect_model_dir(path: Path) -> ModelInfo:
+    info = ModelInfo()
+    files = [p for p in path.rglob("*") if p.is_file()]
+    info.size_bytes = sum(p.stat().st_size for p in files)
+    weights = [p for p in files if p.suffix == ".safetensors"]
+    pickles = [p for p in files if p.suffix in {".bin", ".pt", ".pth", ".pkl"}]
+    if weights:
+        info.format = "safetensors"
+        try:
+            info.parameter_count = sum(_safetensors_params(p) for p in weights)
+        except (ValueError, KeyError, json.JSONDecodeError, OSError) as exc:
+            info.problems.append(f"could not read safetensors header: {exc}")
+    elif pickles:
+        info.format = "pytorch"
+    else:
+        info.problems.append("no weight files (*.safetensors) found")
+    config_path = path / "config.json"
+    if config_path.is_file():
+        try:
+            config = json.loads(config_path.read_text())
+            archs = config.get("architectures") or [config.get("model_type", "")]
+            info.architecture = str(archs[0]) if archs else ""
+            info.context_length = int(config.get("max_position_embeddings") or 0)
+        except (ValueError, TypeError, OSError) as exc:
+            info.problems.append(f"config.json unreadable: {exc}")
+    else:
+        info.problems.append("config.json missing")
+    tok_config = path / "tokenizer_config.json"
+    if tok_config.is_file():
+        try:
+            tok = json.loads(tok_config.read_text())
+            info.tokenizer_info = {
+                "class": tok.get("tokenizer_class", ""),
+                "chat_template": bool(tok.get("chat_template")) or (path / "chat_template.jinja").is_file(),
+                "model_max_length": tok.get("model_max_length")
+                if isinstance(tok.get("model_max_length"), int) and tok.get("model_max_length") < 10**9
+                else None,
+            }
+        except (ValueError, OSError) as exc:
+            info.problems.append(f"tokenizer_config.json unreadable: {exc}")
+    return info

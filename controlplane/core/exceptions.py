@@ -1,0 +1,37 @@
+"""Domain exceptions raised by services and selectors, turned into HTTP answers in one place."""
+
+from __future__ import annotations
+
+
+class DomainError(Exception):
+    """Base class; ``status`` is the HTTP status the API answers with."""
+
+    status = 400
+    code = "invalid"
+
+    def __init__(self, message: str, *, field_errors: dict[str, list[str]] | None = None) -> None:
+        super().__init__(message)
+        self.message = message
+        self.field_errors = field_errors or {}
+
+
+class ValidationFailed(DomainError):
+    status = 400
+    code = "invalid"
+
+
+class NotFound(DomainError):
+    """Also used for objects of another tenant, so their existence does not leak."""
+
+    status = 404
+    code = "not_found"
+
+
+class PermissionDenied(DomainError):
+    status = 403
+    code = "permission_denied"
+
+
+class Conflict(DomainError):
+    status = 409
+    code = "conflict"

@@ -1,0 +1,51 @@
+"""Status values of targets, deployments and replicas."""
+
+from django.db import models
+
+
+class TargetKind(models.TextChoices):
+    LOCAL = "local", "Local processes"
+    DOCKER = "docker", "Docker host"
+    KUBERNETES = "kubernetes", "Kubernetes cluster"
+
+
+class Phase(models.TextChoices):
+    PENDING = "Pending", "Pending"
+    DEPLOYING = "Deploying", "Deploying"
+    RUNNING = "Running", "Running"
+    DEGRADED = "Degraded", "Degraded"
+    SCALING = "Scaling", "Scaling"
+    STOPPED = "Stopped", "Stopped"
+    FAILED = "Failed", "Failed"
+    DELETING = "Deleting", "Deleting"
+
+    @classmethod
+    def serving(cls) -> set[str]:
+        """Phases in which the gateway may route to the deployment's ready replicas."""
+        return {cls.RUNNING, cls.DEGRADED, cls.SCALING, cls.DEPLOYING}
+
+
+class ReplicaState(models.TextChoices):
+    STARTING = "starting", "Starting"
+    READY = "ready", "Ready"
+    UNHEALTHY = "unhealthy", "Unhealthy"
+    TERMINATING = "terminating", "Terminating"
+    EXITED = "exited", "Exited"
+
+
+class EventType(models.TextChoices):
+    NORMAL = "Normal", "Normal"
+    WARNING = "Warning", "Warning"
+
+
+class ConditionType(models.TextChoices):
+    READY = "Ready", "Ready"
+    PROGRESSING = "Progressing", "Progressing"
+    AVAILABLE = "Available", "Available"
+    BACKEND_REACHABLE = "BackendReachable", "Backend reachable"
+
+
+class DesiredState(models.TextChoices):
+    RUNNING = "running", "Running"
+    STOPPED = "stopped", "Stopped"
+    DELETED = "deleted", "Deleted"

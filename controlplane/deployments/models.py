@@ -1,0 +1,160 @@
+"""Targets (where replicas run), deployments (desired state), replicas (observed state),
+the deployment event timeline and short-retention metric samples."""
+
+from __future__ import annotations
+
+from django.db import models
+
+from controlplane.catalog.choices import DType, Quantization
+from controlplane.core.models import TenantOwned
+from controlplane.deployments.choices import DesiredState, EventType, Phase, ReplicaState, TargetKind
+
+
+class Target(TenantOwned):
+    name = models.CharField(max_length=100)
+    kind = models.CharField(max_length=16, choices=TargetKind.choices, default=TargetKind.LOCAL)
+    # docker: unix:///var/run/docker.sock, tcp://host:2376 or ssh://user@host
+    docker_url = models.CharField(max_length=500, blank=True, default="")
+    # kubernetes: kubeconfig path on the worker (never the file's content), context, namespace
+    kubeconfig_path = models.CharField(max_length=500, blank=True, default="")
+    kube_context = models.CharField(max_length=200, blank=True, default="")
+    kube_namespace = models.CharField(max_length=63, blank=True, default="default")
+    # How replicas reach the model directory on Kubernetes: {"type": "hostPath"|"pvc", ...}
+    model_volume = models.JSONField(default=dict, blank=True)
+    node_selector = models.JSONField(default=dict, blank=True)
+    tolerations = models.JSONField(default=list, blank=True)
+    labels = models.JSONField(default=dict, blank=True)
+    gpu_inventory = models.JSONField(default=list, blank=True)
+    # Last observed health: {"reachable": bool, "version": str, "gpus": int, "error": str}
+    health = models.JSONField(default=dict, blank=True)
+    health_checked_at = models.DateTimeField(null=True, blank=True)
+
+    class Meta:
+        ordering = ["name"]
+        constraints = [models.UniqueConstraint(fields=["tenant", "name"], name="target_unique_name_per_tenant")]
+
+    def __str__(self) -> str:
+        return self.name
+
+
+class Deployment(TenantOwned):
+    name = models.CharField(max_length=63)
+    model = models.ForeignKey("catalog.Model", on_delete=models.PROTECT, related_name="deployments")
+    target = models.ForeignKey(Target, on_delete=models.PROTECT, related_name="deployments")
+    # The name clients send as "model" to the gateway; unique per tenant.
+    served_model_name = models.CharField(max_length=100)
+    desired_state = models.CharField(max_length=16, choices=DesiredState.choices, default=DesiredState.RUNNING)
+    replicas = models.PositiveIntegerField(default=1)
+    min_replicas = models.PositiveIntegerField(default=1)
+    max_replicas = models.PositiveIntegerField(default=1)
+    # Resources per replica
+    gpus = models.PositiveIntegerField(default=0)
+    gpu_ids = models.JSONField(default=list, blank=True)
+    cpus = models.FloatField(default=1.0)
+    memory_mb = models.PositiveIntegerField(default=2048)
+    # Runtime options
+    dtype = models.CharField(max_length=16, choices=DType.choices, default=DType.FLOAT32)
+    quantization = models.CharField(max_length=8, choices=Quantization.choices, default=Quantization.NONE)
+    max_batch_size = models.PositiveIntegerField(default=32)
+    max_model_len = models.PositiveIntegerField(default=2048)
+    max_tokens_cap = models.PositiveIntegerField(default=1024)
+    tensor_parallel = models.PositiveIntegerField(default=1)
+    node_selector = models.JSONField(default=dict, blank=True)
+    tolerations = models.JSONField(default=list, blank=True)
+    # Autoscaling
+    autoscale = models.BooleanField(default=False)
+    target_concurrency = models.PositiveIntegerField(default=8)
+    scale_to_zero_idle_seconds = models.PositiveIntegerField(default=0)  # 0 = never scale to zero
+    last_request_at = models.DateTimeField(null=True, blank=True)
+    # Reconcile bookkeeping
+    # generation: bumped on every spec change. template_generation: bumped only when replicas
+    # must be replaced (model, runtime options, resources, restart); replicas carry it as the
+    # ``hangar.generation`` label, so scaling never restarts existing replicas.
+    generation = models.PositiveBigIntegerField(default=1)
+    template_generation = models.PositiveBigIntegerField(default=1)
+    observed_generation = models.PositiveBigIntegerField(default=0)
+    phase = models.CharField(max_length=16, choices=Phase.choices, default=Phase.PENDING, db_index=True)
+    phase_message = models.CharField(max_length=1000, blank=True, default="")
+    # [{"type", "status": "True"|"False"|"Unknown", "reason", "message", "last_transition_time"}]
+    conditions = models.JSONField(default=list, blank=True)
+    ready_replicas = models.PositiveIntegerField(default=0)
+    # Progress of long work shown to operators: {"step": "...", "detail": "...", "at": iso}
+    progress = models.JSONField(default=dict, blank=True)
+    reconciled_at = models.DateTimeField(null=True, blank=True)
+
+    class Meta:
+        ordering = ["name"]
+        constraints = [
+            models.UniqueConstraint(fields=["tenant", "name"], name="deployment_unique_name_per_tenant"),
+            models.UniqueConstraint(
+                fields=["tenant", "served_model_name"], name="deployment_unique_served_name_per_tenant"
+            ),
+        ]
+
+    def __str__(self) -> str:
+        return self.name
+
+
+class Replica(TenantOwned):
+    deployment = models.ForeignKey(Deployment, on_delete=models.CASCADE, related_name="replica_set")
+    name = models.CharField(max_length=100)
+    backend_id = models.CharField(max_length=200, blank=True, default="")
+    generation = models.PositiveBigIntegerField(default=0)
+    endpoint = models.CharField(max_length=300, blank=True, default="")
+    state = models.CharField(max_length=16, choices=ReplicaState.choices, default=ReplicaState.STARTING)
+    started_at = models.DateTimeField(null=True, blank=True)
+    ready_at = models.DateTimeField(null=True, blank=True)
+    last_heartbeat_at = models.DateTimeField(null=True, blank=True)
+    consecutive_failures = models.PositiveIntegerField(default=0)
+    last_error = models.CharField(max_length=1000, blank=True, default="")
+
+    class Meta:
+        ordering = ["deployment_id", "name"]
+        constraints = [models.UniqueConstraint(fields=["deployment", "name"], name="replica_unique_name")]
+
+    def __str__(self) -> str:
+        return self.name
+
+
+class DeploymentEvent(models.Model):
+    """Append-only timeline entry, written by services and the reconciler."""
+
+    tenant = models.ForeignKey("tenancy.Tenant", on_delete=models.CASCADE, related_name="+")
+    deployment = models.ForeignKey(Deployment, on_delete=models.CASCADE, related_name="events")
+    created_at = models.DateTimeField(auto_now_add=True, db_index=True)
+    type = models.CharField(max_length=8, choices=EventType.choices, default=EventType.NORMAL)
+    reason = models.CharField(max_length=64)
+    message = models.CharField(max_length=2000, blank=True, default="")
+    actor = models.CharField(max_length=150, blank=True, default="")
+
+    class Meta:
+        ordering = ["-created_at", "-id"]
+        indexes = [models.Index(fields=["deployment", "-created_at"])]
+
+    def __str__(self) -> str:
+        return f"{self.reason}: {self.message}"
+
+
+class MetricSample(models.Model):
+    """One scrape of a replica's /metrics, reduced to what the dashboard charts (short retention)."""
+
+    tenant = models.ForeignKey("tenancy.Tenant", on_delete=models.CASCADE, related_name="+")
+    deployment = models.ForeignKey(Deployment, on_delete=models.CASCADE, related_name="metric_samples")
+    replica = models.ForeignKey(Replica, on_delete=models.SET_NULL, null=True, blank=True, related_name="+")
+    ts = models.DateTimeField(db_index=True)
+    requests_total = models.FloatField(default=0)
+    errors_total = models.FloatField(default=0)
+    prompt_tokens_total = models.FloatField(default=0)
+    completion_tokens_total = models.FloatField(default=0)
+    in_flight = models.FloatField(default=0)
+    queued = models.FloatField(default=0)
+    batch_size = models.FloatField(default=0)
+    tokens_per_second = models.FloatField(default=0)
+    ttft_p50 = models.FloatField(null=True, blank=True)
+    latency_p50 = models.FloatField(null=True, blank=True)
+    latency_p95 = models.FloatField(null=True, blank=True)
+    memory_bytes = models.FloatField(default=0)
+
+    class Meta:
+        ordering = ["-ts"]
+        indexes = [models.Index(fields=["deployment", "-ts"])]

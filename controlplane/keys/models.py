@@ -1,0 +1,33 @@
+"""Per-tenant gateway API keys. Only a peppered HMAC digest of the secret is stored."""
+
+from __future__ import annotations
+
+from django.conf import settings
+from django.db import models
+
+from controlplane.core.models import TenantOwned
+
+
+class ApiKey(TenantOwned):
+    name = models.CharField(max_length=100)
+    key_id = models.CharField(max_length=16, unique=True)
+    digest = models.CharField(max_length=64)
+    display_prefix = models.CharField(max_length=40)
+    scopes = models.JSONField(default=list)
+    # Served model names this key may use; empty means every model of the tenant.
+    allowed_models = models.JSONField(default=list, blank=True)
+    rpm_limit = models.PositiveIntegerField(default=0)  # 0 = only the tenant's limit applies
+    tpm_limit = models.PositiveIntegerField(default=0)
+    monthly_token_budget = models.PositiveBigIntegerField(default=0)
+    expires_at = models.DateTimeField(null=True, blank=True)
+    revoked_at = models.DateTimeField(null=True, blank=True)
+    last_used_at = models.DateTimeField(null=True, blank=True)
+    created_by = models.ForeignKey(
+        settings.AUTH_USER_MODEL, on_delete=models.SET_NULL, null=True, blank=True, related_name="+"
+    )
+
+    class Meta:
+        ordering = ["-created_at"]
+
+    def __str__(self) -> str:
+        return f"{self.name} ({self.display_prefix})"

@@ -1,0 +1,112 @@
+"""Creating and revoking gateway API keys. The secret is returned once and never stored."""
+
+from __future__ import annotations
+
+import logging
+from datetime import datetime
+from typing import Any
+
+from django.conf import settings
+from django.db import transaction
+from django.utils import timezone
+
+from controlplane.audit.services import audit_record
+from controlplane.core import secrets
+from controlplane.core.context import Actor
+from controlplane.core.exceptions import ValidationFailed
+from controlplane.keys.choices import DEFAULT_SCOPES, KEY_PREFIX, Scope
+from controlplane.keys.models import ApiKey
+from controlplane.tenancy.models import Tenant
+
+logger = logging.getLogger(__name__)
+
+# Pub/sub channel on which every gateway process hears about revoked keys and drops them
+# from its cache at once.
+REVOCATION_CHANNEL = "hangar:keys:revoked"
+MAX_ALLOWED_MODELS = 100
+
+
+def _validate(data: dict[str, Any]) -> dict[str, Any]:
+    errors: dict[str, list[str]] = {}
+    clean: dict[str, Any] = {}
+    name = data.get("name", "")
+    if not isinstance(name, str) or not name.strip() or len(name) > 100:
+        errors["name"] = ["Give a name of 1-100 characters."]
+    else:
+        clean["name"] = name.strip()
+    scopes = data.get("scopes", DEFAULT_SCOPES)
+    if not isinstance(scopes, list) or not scopes or any(s not in Scope.values for s in scopes):
+        errors["scopes"] = [f"Give a non-empty list from {Scope.values}."]
+    else:
+        clean["scopes"] = list(dict.fromkeys(scopes))
+    allowed = data.get("allowed_models", [])
+    if (
+        not isinstance(allowed, list)
+        or len(allowed) > MAX_ALLOWED_MODELS
+        or any(not isinstance(m, str) or not m or len(m) > 100 for m in allowed)
+    ):
+        errors["allowed_models"] = [f"Give a list of up to {MAX_ALLOWED_MODELS} model names."]
+    else:
+        clean["allowed_models"] = list(dict.fromkeys(allowed))
+    for field in ("rpm_limit", "tpm_limit", "monthly_token_budget"):
+        value = data.get(field, 0)
+        if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value <= 10**12:
+            errors[field] = ["Must be a whole number ≥ 0 (0 = no limit of its own)."]
+        else:
+            clean[field] = value
+    expires_at = data.get("expires_at")
+    if expires_at is not None:
+        if not isinstance(expires_at, datetime):
+            errors["expires_at"] = ["Must be a date-time."]
+        elif expires_at <= timezone.now():
+            errors["expires_at"] = ["Must be in the future."]
+        else:
+            clean["expires_at"] = expires_at
+    if errors:
+        raise ValidationFailed("Invalid API key.", field_errors=errors)
+    return clean
+
+
+@transaction.atomic
+def api_key_create(*, actor: Actor, tenant: Tenant, data: dict[str, Any]) -> tuple[ApiKey, str]:
+    """Create a key; the returned token is the only time anyone sees the secret."""
+    clean = _validate(data)
+    issued = secrets.issue(KEY_PREFIX)
+    key = ApiKey.objects.create(
+        tenant=tenant,
+        key_id=issued.key_id,
+        digest=secrets.digest(issued.secret),
+        display_prefix=issued.display_prefix,
+        created_by_id=actor.user_id,
+        **clean,
+    )
+    audit_record(
+        actor=actor,
+        action="apikey.create",
+        obj=key,
+        changes={k: v for k, v in clean.items() if k != "expires_at"} | {"expires_at": str(clean.get("expires_at"))},
+    )
+    return key, issued.token
+
+
+def announce_revoked(key_id: str) -> None:
+    """Tell every gateway process to drop the key from its cache (best effort; the cache TTL bounds it)."""
+    import redis
+
+    try:
+        client = redis.Redis.from_url(settings.REDIS_URL, socket_timeout=1, socket_connect_timeout=1)
+        client.publish(REVOCATION_CHANNEL, key_id)
+        client.close()
+    except redis.RedisError:
+        logger.warning("could not announce a key revocation; caches expire it within their TTL")
+
+
+@transaction.atomic
+def api_key_revoke(*, actor: Actor, key: ApiKey) -> ApiKey:
+    if key.revoked_at is None:
+        key.revoked_at = timezone.now()
+        key.save(update_fields=["revoked_at", "updated_at"])
+        audit_record(actor=actor, action="apikey.revoke", obj=key)
+        key_id = key.key_id
+        transaction.on_commit(lambda: announce_revoked(key_id))
+    return key

@@ -1,0 +1,55 @@
+"""Roles and permissions: the single table both the REST API and the dashboard enforce."""
+
+from __future__ import annotations
+
+from enum import StrEnum
+
+from django.db import models
+
+
+class Role(models.TextChoices):
+    OWNER = "owner", "Owner"
+    ADMIN = "admin", "Admin"
+    OPERATOR = "operator", "Operator"
+    VIEWER = "viewer", "Viewer"
+
+
+class Perm(StrEnum):
+    TENANT_VIEW = "tenant.view"
+    TENANT_CHANGE = "tenant.change"
+    TENANT_DELETE = "tenant.delete"
+    MEMBER_VIEW = "member.view"
+    MEMBER_CHANGE = "member.change"
+    MODEL_VIEW = "model.view"
+    MODEL_CHANGE = "model.change"
+    TARGET_VIEW = "target.view"
+    TARGET_CHANGE = "target.change"
+    DEPLOYMENT_VIEW = "deployment.view"
+    DEPLOYMENT_CHANGE = "deployment.change"
+    APIKEY_VIEW = "apikey.view"
+    APIKEY_CHANGE = "apikey.change"
+    USAGE_VIEW = "usage.view"
+    AUDIT_VIEW = "audit.view"
+
+
+_VIEWER = {
+    Perm.TENANT_VIEW,
+    Perm.MEMBER_VIEW,
+    Perm.MODEL_VIEW,
+    Perm.TARGET_VIEW,
+    Perm.DEPLOYMENT_VIEW,
+    Perm.APIKEY_VIEW,
+    Perm.USAGE_VIEW,
+}
+_OPERATOR = _VIEWER | {Perm.MODEL_CHANGE, Perm.DEPLOYMENT_CHANGE, Perm.APIKEY_CHANGE}
+_ADMIN = _OPERATOR | {Perm.TARGET_CHANGE, Perm.MEMBER_CHANGE, Perm.AUDIT_VIEW, Perm.TENANT_CHANGE}
+_OWNER = _ADMIN | {Perm.TENANT_DELETE}
+
+ROLE_PERMISSIONS: dict[str, frozenset[Perm]] = {
+    Role.VIEWER: frozenset(_VIEWER),
+    Role.OPERATOR: frozenset(_OPERATOR),
+    Role.ADMIN: frozenset(_ADMIN),
+    Role.OWNER: frozenset(_OWNER),
+}
+
+ROLE_RANK = {Role.VIEWER: 0, Role.OPERATOR: 1, Role.ADMIN: 2, Role.OWNER: 3}

@@ -1,0 +1,8 @@
+from django.contrib import admin
+
+from controlplane.usage.models import UsageRecord
+
+
+@admin.register(UsageRecord)
+class UsageRecordAdmin(admin.ModelAdmin):
+    list_display = ("minute", "tenant", "api_key", "model", "requests", "prompt_tokens", "completion_tokens", "errors")
