@@ -1,0 +1,81 @@
+"""factory-boy factories for the domain models (shared by every test package)."""
+
+from __future__ import annotations
+
+import factory
+from django.contrib.auth import get_user_model
+
+from controlplane.catalog.models import Model
+from controlplane.deployments.models import Deployment, Replica, Target
+from controlplane.tenancy.choices import Role
+from controlplane.tenancy.models import Membership, Tenant
+
+
+class UserFactory(factory.django.DjangoModelFactory):
+    class Meta:
+        model = get_user_model()
+        django_get_or_create = ("username",)
+
+    username = factory.Sequence(lambda n: f"user{n}")
+    email = factory.LazyAttribute(lambda o: f"{o.username}@example.com")
+    password = factory.PostGenerationMethodCall("set_password", "pw-for-tests-1")
+
+
+class TenantFactory(factory.django.DjangoModelFactory):
+    class Meta:
+        model = Tenant
+
+    name = factory.Sequence(lambda n: f"Tenant {n}")
+    slug = factory.Sequence(lambda n: f"tenant-{n}")
+
+
+class MembershipFactory(factory.django.DjangoModelFactory):
+    class Meta:
+        model = Membership
+
+    user = factory.SubFactory(UserFactory)
+    tenant = factory.SubFactory(TenantFactory)
+    role = Role.VIEWER
+
+
+class ModelFactory(factory.django.DjangoModelFactory):
+    class Meta:
+        model = Model
+
+    tenant = factory.SubFactory(TenantFactory)
+    name = factory.Sequence(lambda n: f"model-{n}")
+    source = "/models/tiny"
+    format = "safetensors"
+    architecture = "LlamaForCausalLM"
+    parameter_count = 3_600_000
+    dtype_options = ["float32", "float16", "bfloat16"]
+
+
+class TargetFactory(factory.django.DjangoModelFactory):
+    class Meta:
+        model = Target
+
+    tenant = factory.SubFactory(TenantFactory)
+    name = factory.Sequence(lambda n: f"target-{n}")
+    kind = "local"
+
+
+class DeploymentFactory(factory.django.DjangoModelFactory):
+    class Meta:
+        model = Deployment
+
+    tenant = factory.SubFactory(TenantFactory)
+    model = factory.SubFactory(ModelFactory, tenant=factory.SelfAttribute("..tenant"))
+    target = factory.SubFactory(TargetFactory, tenant=factory.SelfAttribute("..tenant"))
+    name = factory.Sequence(lambda n: f"deploy-{n}")
+    served_model_name = factory.LazyAttribute(lambda o: o.name)
+
+
+class ReplicaFactory(factory.django.DjangoModelFactory):
+    class Meta:
+        model = Replica
+
+    deployment = factory.SubFactory(DeploymentFactory)
+    tenant = factory.LazyAttribute(lambda o: o.deployment.tenant)
+    name = factory.Sequence(lambda n: f"replica-{n}")
+    endpoint = "http://127.0.0.1:1"
