@@ -1,0 +1,407 @@
+"""Continuous-batching scheduler: the loop that runs on the model thread.
+
+Scheduling is iteration-level. Between two decode steps the loop (1) drops sequences whose
+client went away, (2) prefills newly arrived requests (several at once, left-padded) and
+splices them into the running batch, (3) runs one decode step for every running sequence and
+(4) removes finished sequences at once. Nobody waits for the slowest member of a batch.
+
+KV cache layout: one batched ``DynamicCache`` whose rows are *left-padded* to a common length
+``T``. A 2-D attention mask marks the padding and explicit per-row ``position_ids`` keep
+rotary positions exact, so a row computes the same thing it would alone (greedy output is
+token-for-token identical to ``model.generate``; tests check this). The cache is only
+re-padded when membership changes: joining rows are padded on the left to ``T`` (or the batch
+is padded to the newcomers' length), leaving rows are dropped with one ``index_select`` and
+leading columns that became padding in every row are trimmed. A steady batch just appends one
+column per step, as ``generate`` does.
+
+Thread model: HTTP handlers call ``submit`` / ``cancel`` from the event loop thread; the
+model thread owns every tensor. Outputs of a whole step are handed to ``deliver`` in one call
+so the server can forward them with a single ``call_soon_threadsafe``.
+
+Limitation: models with sliding-window or hybrid caches are not supported by this scheduler.
+"""
+
+from __future__ import annotations
+
+import collections
+import itertools
+import logging
+import threading
+import time
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+from transformers import DynamicCache
+
+from workers.runtime.detokenizer import IncrementalDetokenizer
+from workers.runtime.metrics import RuntimeMetrics
+from workers.runtime.sampling import SamplingParams, make_generator, select_next_tokens
+
+log = logging.getLogger(__name__)
+
+# Upper bound of padded prompt tokens prefilled in one forward pass: keeps the pause that a
+# burst of arrivals imposes on running streams short.
+PREFILL_TOKEN_BUDGET = 8192
+
+
+class QueueFullError(Exception):
+    """Raised by ``Engine.submit`` when ``max_queue`` requests are already waiting."""
+
+
+@dataclass(slots=True)
+class GenerationRequest:
+    """A validated request, in token ids."""
+
+    prompt_ids: list[int]
+    max_tokens: int
+    sampling: SamplingParams = field(default_factory=SamplingParams)
+    stop: tuple[str, ...] = ()
+    ignore_eos: bool = False
+    arrival: float = field(default_factory=time.monotonic)
+
+
+@dataclass(slots=True)
+class StepOutput:
+    """What one step produced for one sequence."""
+
+    text: str
+    finished: bool = False
+    finish_reason: str | None = None  # "stop" | "length" | "cancelled" | "error"
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
+    error: str | None = None
+
+
+class Sequence:
+    """A request being served; the handle returned by ``Engine.submit``."""
+
+    _ids = itertools.count()
+
+    def __init__(self, request: GenerationRequest, consumer: Any, detok: IncrementalDetokenizer) -> None:
+        self.id = next(self._ids)
+        self.request = request
+        self.consumer = consumer
+        self.detok = detok
+        self.output_ids: list[int] = []
+        self.cancelled = False
+        self.finished = False
+        self.generator: torch.Generator | None = None
+        self.last_token_time = 0.0
+
+    @property
+    def prompt_len(self) -> int:
+        return len(self.request.prompt_ids)
+
+
+Deliver = Callable[[list[tuple[Any, StepOutput]]], None]
+
+
+class Engine:
+    """Owns the model and the running batch; see the module docstring."""
+
+    def __init__(
+        self,
+        model: Any,
+        tokenizer: Any,
+        *,
+        max_batch_size: int = 32,
+        max_queue: int = 256,
+        eos_token_ids: Iterable[int] = (),
+        metrics: RuntimeMetrics | None = None,
+        deliver: Deliver | None = None,
+    ) -> None:
+        self.model = model
+        self.device = next(model.parameters()).device
+        # The Rust tokenizer decodes without the Python wrapper's per-call overhead.
+        self._decoder = getattr(tokenizer, "backend_tokenizer", tokenizer)
+        self.max_batch_size = max_batch_size
+        self.max_queue = max_queue
+        self.eos_token_ids = frozenset(eos_token_ids)
+        self.metrics = metrics
+        self.deliver: Deliver = deliver or (lambda outputs: None)
+
+        self._cond = threading.Condition()
+        self._waiting: collections.deque[Sequence] = collections.deque()
+        self._running: list[Sequence] = []
+        self._cache: DynamicCache | None = None
+        self._mask: torch.Tensor | None = None  # [B, T] long, 1 = real token
+        self._positions: torch.Tensor | None = None  # [B] long, position of the next token
+        self._pending: list[tuple[Any, StepOutput]] = []
+
+    # ---------------------------------------------------------------- thread-safe API
+
+    def submit(self, request: GenerationRequest, consumer: Any) -> Sequence:
+        """Queue a request; outputs are delivered as ``(consumer, StepOutput)`` pairs."""
+        seq = Sequence(request, consumer, IncrementalDetokenizer(self._decoder, request.stop))
+        with self._cond:
+            if len(self._waiting) >= self.max_queue:
+                raise QueueFullError(f"{len(self._waiting)} requests are already queued")
+            self._waiting.append(seq)
+            self._update_gauges()
+            self._cond.notify()
+        return seq
+
+    def cancel(self, seq: Sequence) -> None:
+        """Stop a sequence (client went away); its slot is freed before the next step."""
+        seq.cancelled = True
+        with self._cond:
+            self._cond.notify()
+
+    @property
+    def queue_depth(self) -> int:
+        return len(self._waiting)
+
+    @property
+    def batch_size(self) -> int:
+        return len(self._running)
+
+    def run(self, stop: threading.Event) -> None:
+        """Scheduler loop; returns when ``stop`` is set."""
+        with torch.inference_mode():
+            while not stop.is_set():
+                with self._cond:
+                    while not stop.is_set() and not self._waiting and not self._running:
+                        self._cond.wait(timeout=0.5)
+                    admitted = self._admit()
+                try:
+                    self.step(admitted)
+                except Exception as exc:
+                    log.exception("engine step failed")
+                    self._fail_all(admitted, exc)
+                self._flush()
+
+    # ---------------------------------------------------------------- scheduling
+
+    def _admit(self) -> list[Sequence]:
+        """Pop waiting sequences that fit into the batch (caller holds the lock)."""
+        admitted: list[Sequence] = []
+        budget = PREFILL_TOKEN_BUDGET
+        longest = 0
+        while self._waiting and len(self._running) + len(admitted) < self.max_batch_size:
+            seq = self._waiting[0]
+            if seq.cancelled:
+                self._waiting.popleft()
+                self._finish(seq, "cancelled")
+                continue
+            longest_if = max(longest, seq.prompt_len)
+            if admitted and longest_if * (len(admitted) + 1) > budget:
+                break
+            longest = longest_if
+            admitted.append(self._waiting.popleft())
+        self._update_gauges()
+        return admitted
+
+    def step(self, admitted: list[Sequence]) -> None:
+        """One scheduler iteration: evict cancelled, prefill ``admitted``, decode once."""
+        cancelled = [s for s in self._running if s.cancelled]
+        for seq in cancelled:
+            self._finish(seq, "cancelled")
+        if cancelled:
+            self._remove_finished()
+        if admitted:
+            self._prefill(admitted)
+        if self._running:
+            self._decode()
+        self._update_gauges()
+
+    def _prefill(self, seqs: list[Sequence]) -> None:
+        lengths = [s.prompt_len for s in seqs]
+        width = max(lengths)
+        ids = torch.zeros((len(seqs), width), dtype=torch.long)
+        mask = torch.zeros((len(seqs), width), dtype=torch.long)
+        for i, s in enumerate(seqs):
+            ids[i, width - lengths[i] :] = torch.tensor(s.request.prompt_ids)
+            mask[i, width - lengths[i] :] = 1
+        ids, mask = ids.to(self.device), mask.to(self.device)
+        positions = (mask.cumsum(-1) - 1).clamp(min=0)
+        cache = DynamicCache()
+        out = self.model(
+            input_ids=ids,
+            attention_mask=mask,
+            position_ids=positions,
+            past_key_values=cache,
+            use_cache=True,
+            logits_to_keep=1,
+        )
+        for s in seqs:
+            s.generator = make_generator(s.request.sampling, self.device)
+        if self.metrics:
+            self.metrics.prompt_tokens.inc(sum(lengths))
+        tokens = select_next_tokens(
+            out.logits[:, -1, :], [s.request.sampling for s in seqs], [s.generator for s in seqs]
+        )
+        self._merge(seqs, cache, mask, torch.tensor(lengths, device=self.device))
+        self._accept_tokens(seqs, tokens)
+        self._remove_finished()
+
+    def _decode(self) -> None:
+        assert self._mask is not None and self._positions is not None and self._cache is not None
+        batch = len(self._running)
+        last = torch.tensor([s.output_ids[-1] for s in self._running], device=self.device)
+        self._mask = torch.cat([self._mask, torch.ones((batch, 1), dtype=torch.long, device=self.device)], dim=1)
+        out = self.model(
+            input_ids=last.unsqueeze(1),
+            attention_mask=self._mask,
+            position_ids=self._positions.unsqueeze(1),
+            past_key_values=self._cache,
+            use_cache=True,
+        )
+        self._positions = self._positions + 1
+        tokens = select_next_tokens(
+            out.logits[:, -1, :],
+            [s.request.sampling for s in self._running],
+            [s.generator for s in self._running],
+        )
+        self._accept_tokens(self._running, tokens)
+        self._remove_finished()
+
+    # ---------------------------------------------------------------- batch surgery
+
+    def _merge(self, seqs: list[Sequence], cache: DynamicCache, mask: torch.Tensor, positions: torch.Tensor) -> None:
+        """Splice freshly prefilled rows into the running batch."""
+        if self._cache is None or not self._running:
+            self._cache, self._mask, self._positions = cache, mask, positions
+            self._running = list(seqs)
+            return
+        assert self._mask is not None and self._positions is not None
+        old_t, new_t = self._mask.shape[1], mask.shape[1]
+        width = max(old_t, new_t)
+        for old_layer, new_layer in zip(self._cache.layers, cache.layers, strict=True):
+            old_layer.keys = _cat_left_padded(old_layer.keys, new_layer.keys, width)
+            old_layer.values = _cat_left_padded(old_layer.values, new_layer.values, width)
+        self._mask = torch.cat([_left_pad(self._mask, width, -1), _left_pad(mask, width, -1)], dim=0)
+        self._positions = torch.cat([self._positions, positions])
+        self._running.extend(seqs)
+
+    def _remove_finished(self) -> None:
+        if not any(s.finished for s in self._running):
+            return
+        keep = [i for i, s in enumerate(self._running) if not s.finished]
+        self._running = [self._running[i] for i in keep]
+        if not keep:
+            self._cache = self._mask = self._positions = None
+            return
+        assert self._cache is not None and self._mask is not None and self._positions is not None
+        idx = torch.tensor(keep, device=self.device)
+        mask = self._mask.index_select(0, idx)
+        # Columns that are padding in every remaining row are dead weight: trim them.
+        start = int(mask.any(dim=0).to(torch.int8).argmax())
+        self._mask = mask[:, start:]
+        self._positions = self._positions.index_select(0, idx)
+        for layer in self._cache.layers:
+            layer.keys = layer.keys.index_select(0, idx)[:, :, start:]
+            layer.values = layer.values.index_select(0, idx)[:, :, start:]
+
+    # ---------------------------------------------------------------- outputs
+
+    def _accept_tokens(self, seqs: list[Sequence], tokens: list[int]) -> None:
+        now = time.monotonic()
+        m = self.metrics
+        for seq, token in zip(seqs, tokens, strict=True):
+            if seq.finished:
+                continue
+            seq.output_ids.append(token)
+            if m:
+                if len(seq.output_ids) == 1:
+                    m.time_to_first_token.observe(now - seq.request.arrival)
+                else:
+                    m.inter_token_latency.observe(now - seq.last_token_time)
+            seq.last_token_time = now
+            req = seq.request
+            n = len(seq.output_ids)
+            if token in self.eos_token_ids and not req.ignore_eos:
+                self._finish(seq, "stop")
+                continue
+            delta = seq.detok.add(seq.output_ids)
+            if seq.detok.stopped:
+                self._finish(seq, "stop", delta)
+            elif n >= req.max_tokens:
+                self._finish(seq, "length", delta)
+            else:
+                self._pending.append((seq.consumer, StepOutput(delta, completion_tokens=n)))
+        if m:
+            m.completion_tokens.inc(len(tokens))
+
+    def _finish(self, seq: Sequence, reason: str, text: str = "", error: str | None = None) -> None:
+        if seq.finished:
+            return
+        seq.finished = True
+        if reason in ("stop", "length"):
+            text += seq.detok.flush(seq.output_ids)
+        if self.metrics:
+            self.metrics.e2e_latency.observe(time.monotonic() - seq.request.arrival)
+        self._pending.append(
+            (
+                seq.consumer,
+                StepOutput(
+                    text,
+                    finished=True,
+                    finish_reason=reason,
+                    prompt_tokens=seq.prompt_len,
+                    completion_tokens=len(seq.output_ids),
+                    error=error,
+                ),
+            )
+        )
+
+    def _fail_all(self, admitted: list[Sequence], exc: Exception) -> None:
+        for seq in [*self._running, *admitted]:
+            self._finish(seq, "error", error=f"{type(exc).__name__}: {exc}")
+        self._running = []
+        self._cache = self._mask = self._positions = None
+        self._update_gauges()
+
+    def _flush(self) -> None:
+        if self._pending:
+            pending, self._pending = self._pending, []
+            self.deliver(pending)
+
+    def _update_gauges(self) -> None:
+        if self.metrics:
+            self.metrics.queue_depth.set(len(self._waiting))
+            self.metrics.batch_size.set(len(self._running))
+
+    # ---------------------------------------------------------------- offline use
+
+    def generate(self, requests: list[GenerationRequest]) -> list[tuple[list[int], StepOutput]]:
+        """Run ``requests`` to completion on the calling thread (warm-up, tests, benchmarks).
+
+        Must not be used while ``run`` is active on another thread.
+        """
+        seqs = [Sequence(r, i, IncrementalDetokenizer(self._decoder, r.stop)) for i, r in enumerate(requests)]
+        finals: dict[int, StepOutput] = {}
+        saved = self.deliver
+
+        def collect(outputs: list[tuple[Any, StepOutput]]) -> None:
+            for consumer, out in outputs:
+                if out.finished:
+                    finals[consumer] = out
+
+        self.deliver = collect
+        try:
+            with torch.inference_mode():
+                self._waiting.extend(seqs)
+                while self._waiting or self._running:
+                    with self._cond:
+                        admitted = self._admit()
+                    self.step(admitted)
+                    self._flush()
+        finally:
+            self.deliver = saved
+        return [(s.output_ids, finals[s.consumer]) for s in seqs]
+
+
+def _left_pad(x: torch.Tensor, width: int, dim: int) -> torch.Tensor:
+    missing = width - x.shape[dim]
+    if missing == 0:
+        return x
+    shape = list(x.shape)
+    shape[dim] = missing
+    return torch.cat([x.new_zeros(shape), x], dim=dim)
+
+
+def _cat_left_padded(a: torch.Tensor, b: torch.Tensor, width: int) -> torch.Tensor:
+    """Concatenate two [B, H, T, D] cache tensors along the batch, left-padding T to ``width``."""
+    return torch.cat([_left_pad(a, width, -2), _left_pad(b, width, -2)], dim=0)
