@@ -1,0 +1,66 @@
+# Hangar: the two commands from the README, and the steps they are made of.
+#   make run   start the whole product on embedded defaults and print the URL to open
+#   make test  install what the tests need, start it, then lint, type-check and run the suite
+
+SHELL := /bin/bash
+.SHELLFLAGS := -euo pipefail -c
+PYTHON ?= python3
+VENV := .venv
+PY := $(VENV)/bin/python
+PIP := $(VENV)/bin/pip
+STAMP := $(VENV)/.installed
+
+.PHONY: run test venv frontend lint typecheck test-only services services-stop images lock clean
+
+$(PY):
+	$(PYTHON) -m venv $(VENV)
+	$(PIP) install -q --upgrade pip wheel setuptools
+
+# torch is pinned to the CPU build (see requirements.lock); the dev extra brings the test tools.
+$(STAMP): pyproject.toml requirements.lock | $(PY)
+	$(PIP) install -q -c requirements.lock -e '.[dev]'
+	touch $(STAMP)
+
+venv: $(STAMP)
+
+frontend:
+	@if command -v npm >/dev/null 2>&1; then \
+		npm ci --prefix frontend --no-audit --no-fund --loglevel=error && npm run --prefix frontend build --silent; \
+	else \
+		echo "npm not found: using the committed frontend/dist"; \
+	fi
+
+run: venv frontend
+	$(PY) manage.py quickstart
+
+services:
+	bash deploy/dev/install-deps.sh
+	bash deploy/dev/services.sh start
+
+services-stop:
+	bash deploy/dev/services.sh stop
+
+images: venv
+	deploy/images/build
+
+lint: venv
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/ruff format --check .
+	$(VENV)/bin/lint-imports
+
+typecheck: venv
+	$(VENV)/bin/mypy console controlplane workers
+
+test-only: venv
+	eval "$$(bash deploy/dev/services.sh env)"; \
+	DJANGO_SETTINGS_MODULE=console.settings.test $(VENV)/bin/pytest $(PYTEST_ARGS)
+
+test: services venv frontend lint typecheck test-only
+
+lock: | $(PY)
+	$(PIP) install -q -e '.[dev]'
+	{ echo "# Exact versions of every dependency, used as pip constraints by the Makefile (regenerate: make lock)."; \
+	  $(PIP) freeze --exclude-editable | grep -v '^-e'; } > requirements.lock
+
+clean:
+	rm -rf $(VENV) staticfiles .mypy_cache .ruff_cache

