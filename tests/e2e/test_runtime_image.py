@@ -57,7 +57,7 @@ def docker_client() -> Iterator[Any]:
     try:
         client = docker.from_env()
         client.ping()
-    except Exception as exc:  # noqa: BLE001 - any failure here means "no usable daemon"
+    except Exception as exc:  # any failure here means "no usable daemon"
         pytest.fail(
             f"Docker daemon not reachable ({exc}). Run `deploy/dev/services.sh start`, "
             "or set HANGAR_SKIP_DOCKER=1 to skip the Docker end-to-end tests.",
