@@ -164,7 +164,7 @@ def build_tiny_model(outdir: Path, seed: int = 0) -> Path:
                 return outdir
             shutil.rmtree(outdir)  # an older or different-seed build of ours
         try:
-            os.rename(tmp, outdir)
+            tmp.rename(outdir)
         except OSError:
             if not is_complete(outdir, seed):
                 raise

@@ -1,0 +1,72 @@
+"""Command line: ``python -m workers.runtime --model DIR --port N [options]``.
+
+Runs one replica: the OpenAI-compatible model server described in ``workers.runtime.server``.
+Exit code 0 after a graceful drain, 1 when the model cannot be served, 2 for bad arguments.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+from workers.runtime.loader import DTYPES, QUANTIZATIONS, LoadOptions
+
+
+def _positive(value: str) -> int:
+    number = int(value)
+    if number < 1:
+        raise argparse.ArgumentTypeError(f"must be >= 1, got {number}")
+    return number
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The argument parser (also used by tests and docs)."""
+    p = argparse.ArgumentParser(prog="python -m workers.runtime", description="Hangar model runtime (one replica).")
+    p.add_argument("--model", required=True, type=Path, help="model directory (config.json, safetensors, tokenizer)")
+    p.add_argument("--port", required=True, type=int)
+    p.add_argument("--host", default="127.0.0.1")
+    p.add_argument("--served-model-name", help="name clients use in 'model' (default: directory name)")
+    p.add_argument("--dtype", choices=DTYPES, default="float32")
+    p.add_argument("--quantization", choices=QUANTIZATIONS, default="none")
+    p.add_argument("--max-batch-size", type=_positive, default=32)
+    p.add_argument("--max-model-len", type=_positive, help="context limit (default: the model's)")
+    p.add_argument("--max-queue", type=_positive, default=256, help="waiting requests before 503")
+    p.add_argument("--device", default="cpu", help="cpu, cuda or cuda:N")
+    p.add_argument("--drain-timeout", type=float, default=120.0, help="seconds to wait for in-flight requests")
+    p.add_argument("--allow-unsafe-weights", action="store_true", help="allow pickle-based weights (.bin/.pt)")
+    p.add_argument("--trust-remote-code", action="store_true", help="allow the model directory's Python code")
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Parse arguments and run the server."""
+    args = build_parser().parse_args(argv)
+    if not (args.device == "cpu" or args.device == "cuda" or args.device.startswith("cuda:")):
+        build_parser().error(f"--device must be cpu, cuda or cuda:N, got {args.device!r}")
+    # Imported late so that --help answers without importing torch.
+    from workers.runtime.server import ServerConfig, serve
+
+    model_dir = args.model.resolve()
+    config = ServerConfig(
+        model_dir=model_dir,
+        served_model_name=args.served_model_name or model_dir.name,
+        host=args.host,
+        port=args.port,
+        max_batch_size=args.max_batch_size,
+        max_model_len=args.max_model_len,
+        max_queue=args.max_queue,
+        drain_timeout=args.drain_timeout,
+        load=LoadOptions(
+            dtype=args.dtype,
+            quantization=args.quantization,
+            device=args.device,
+            allow_unsafe_weights=args.allow_unsafe_weights,
+            trust_remote_code=args.trust_remote_code,
+        ),
+    )
+    return serve(config)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
