@@ -61,6 +61,9 @@ class Deployment(TenantOwned):
     tensor_parallel = models.PositiveIntegerField(default=1)
     node_selector = models.JSONField(default=dict, blank=True)
     tolerations = models.JSONField(default=list, blank=True)
+    # Fixed host port for local/docker targets (replica i listens on host_port + i); None = any
+    # free port. A clash is a permanent error, not a silent move to another port.
+    host_port = models.PositiveIntegerField(null=True, blank=True)
     # Autoscaling
     autoscale = models.BooleanField(default=False)
     target_concurrency = models.PositiveIntegerField(default=8)
@@ -81,6 +84,10 @@ class Deployment(TenantOwned):
     # Progress of long work shown to operators: {"step": "...", "detail": "...", "at": iso}
     progress = models.JSONField(default=dict, blank=True)
     reconciled_at = models.DateTimeField(null=True, blank=True)
+    # Per-deployment reconcile lease, claimed by compare-and-set (never a transaction held across
+    # backend calls). An expired lease means its worker died; the next resync takes over.
+    reconcile_lease_owner = models.CharField(max_length=200, blank=True, default="")
+    reconcile_lease_until = models.DateTimeField(null=True, blank=True)
 
     class Meta:
         ordering = ["name"]

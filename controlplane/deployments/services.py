@@ -37,6 +37,7 @@ TEMPLATE_FIELDS = {
     "tensor_parallel",
     "node_selector",
     "tolerations",
+    "host_port",
 }
 SPEC_FIELDS = TEMPLATE_FIELDS | {
     "replicas",

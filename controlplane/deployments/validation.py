@@ -27,6 +27,7 @@ NUMERIC_LIMITS: dict[str, tuple[type, float, float]] = {
     "tensor_parallel": (int, 1, 16),
     "target_concurrency": (int, 1, 10_000),
     "scale_to_zero_idle_seconds": (int, 0, 7 * 24 * 3600),
+    "host_port": (int, 1024, 65535),
 }
 
 
@@ -39,7 +40,9 @@ def validate_deployment_fields(data: dict[str, Any]) -> dict[str, Any]:
     errors = _errors()
     clean: dict[str, Any] = {}
     for key, value in data.items():
-        if key in NUMERIC_LIMITS:
+        if key == "host_port" and value is None:
+            clean[key] = None
+        elif key in NUMERIC_LIMITS:
             kind, low, high = NUMERIC_LIMITS[key]
             if (
                 isinstance(value, bool)
