@@ -12,6 +12,8 @@ from typing import Any
 
 import environ
 
+Text = str  # the methods below shadow the builtin names inside the class body
+
 
 class ImproperlyConfiguredEnv(Exception):
     """Raised when an environment variable holds a value that cannot be used."""
@@ -27,15 +29,15 @@ class Env:
     def __init__(self, environ_map: Mapping[str, str] | None = None) -> None:
         self._env = os.environ if environ_map is None else environ_map
 
-    def raw(self, name: str) -> str | None:
+    def raw(self, name: Text) -> Text | None:
         value = self._env.get(name)
         return None if value is None or value.strip() == "" else value.strip()
 
-    def str(self, name: str, default: str) -> str:
+    def str(self, name: Text, default: Text) -> Text:
         value = self.raw(name)
         return default if value is None else value
 
-    def bool(self, name: str, default: bool) -> bool:
+    def bool(self, name: Text, default: bool) -> bool:
         value = self.raw(name)
         if value is None:
             return default
@@ -46,7 +48,7 @@ class Env:
             return False
         raise ImproperlyConfiguredEnv(f"{name}={value!r} is not a boolean; use one of {sorted(_TRUE | _FALSE)}")
 
-    def int(self, name: str, default: int, *, minimum: int | None = None, maximum: int | None = None) -> int:
+    def int(self, name: Text, default: int, *, minimum: int | None = None, maximum: int | None = None) -> int:
         value = self.raw(name)
         if value is None:
             return default
@@ -60,7 +62,7 @@ class Env:
             raise ImproperlyConfiguredEnv(f"{name}={number} is above the maximum {maximum}")
         return number
 
-    def float(self, name: str, default: float, *, minimum: float | None = None) -> float:
+    def float(self, name: Text, default: float, *, minimum: float | None = None) -> float:
         value = self.raw(name)
         if value is None:
             return default
@@ -72,19 +74,19 @@ class Env:
             raise ImproperlyConfiguredEnv(f"{name}={number} is below the minimum {minimum}")
         return number
 
-    def list(self, name: str, default: list[str]) -> list[str]:
+    def list(self, name: Text, default: list[Text]) -> list[Text]:
         value = self.raw(name)
         if value is None:
             return list(default)
         return [item.strip() for item in value.split(",") if item.strip()]
 
-    def choice(self, name: str, default: str, choices: set[str]) -> str:
+    def choice(self, name: Text, default: Text, choices: set[Text]) -> Text:
         value = self.str(name, default)
         if value not in choices:
             raise ImproperlyConfiguredEnv(f"{name}={value!r} must be one of {sorted(choices)}")
         return value
 
-    def database(self, name: str, default: str) -> dict[str, Any]:
+    def database(self, name: Text, default: Text) -> dict[Text, Any]:
         value = self.str(name, default)
         if "://" not in value:
             raise ImproperlyConfiguredEnv(
@@ -94,12 +96,12 @@ class Env:
         if scheme not in {"postgres", "postgresql", "sqlite", "pgsql"}:
             raise ImproperlyConfiguredEnv(f"{name} uses the unsupported scheme {scheme!r}; use postgres or sqlite")
         try:
-            config: dict[str, Any] = environ.Env.db_url_config(value)
+            config: dict[Text, Any] = environ.Env.db_url_config(value)
         except Exception as exc:  # environ raises a mix of error types on bad URLs
             raise ImproperlyConfiguredEnv(f"{name} could not be parsed: {exc}") from None
         return config
 
-    def redis_url(self, name: str, default: str) -> str:
+    def redis_url(self, name: Text, default: Text) -> Text:
         value = self.str(name, default)
         if not value.startswith(("redis://", "rediss://", "unix://")):
             raise ImproperlyConfiguredEnv(f"{name}={value!r} must start with redis://, rediss:// or unix://")

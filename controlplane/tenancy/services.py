@@ -30,9 +30,9 @@ def tenant_create(*, actor: Actor, name: str, slug: str = "", owner: Any | None 
     if Tenant.objects.filter(slug=slug).exists():
         raise ValidationFailed("Slug taken.", field_errors={"slug": [f"A tenant with slug {slug!r} exists."]})
     tenant = Tenant.objects.create(name=name, slug=slug)
-    owner_user = owner if owner is not None else actor.user
-    if owner_user is not None and getattr(owner_user, "is_authenticated", False):
-        Membership.objects.create(user=owner_user, tenant=tenant, role=Role.OWNER)
+    owner_id = owner.pk if owner is not None else actor.user_id
+    if owner_id is not None:
+        Membership.objects.create(user_id=owner_id, tenant=tenant, role=Role.OWNER)
     audit_record(actor=actor, action="tenant.create", obj=tenant, tenant_id=tenant.pk)
     return tenant
 

@@ -41,7 +41,7 @@ def wait_for_port(port: int, timeout: float, proc: subprocess.Popen[Any]) -> Non
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if proc.poll() is not None:
-            raise CommandError(f"{proc.args[0]} exited with code {proc.returncode} while starting")
+            raise CommandError(f"process {proc.pid} exited with code {proc.returncode} while starting")
         with socket.socket() as sock:
             sock.settimeout(0.2)
             if sock.connect_ex(("127.0.0.1", port)) == 0:
@@ -59,6 +59,7 @@ class Command(BaseCommand):
 
     def handle(self, *args: Any, **options: Any) -> None:
         self.procs: list[subprocess.Popen[Any]] = []
+        self.names: dict[int, str] = {}
         signal.signal(signal.SIGTERM, lambda *_: self._stop_and_exit(0))
         try:
             self._run(options["host"], options["port"])
@@ -72,6 +73,7 @@ class Command(BaseCommand):
         out = log.open("ab") if log else None
         proc = subprocess.Popen(argv, env=env, stdout=out, stderr=subprocess.STDOUT if out else None)
         self.procs.append(proc)
+        self.names[proc.pid] = name
         self.stdout.write(f"  started {name} (pid {proc.pid})" + (f", log {log}" if log else ""))
         return proc
 
@@ -147,9 +149,7 @@ class Command(BaseCommand):
         while True:
             for proc in self.procs:
                 if proc.poll() is not None:
-                    raise CommandError(
-                        f"{proc.args[2] if len(proc.args) > 2 else proc.args[0]} exited with code {proc.returncode}; see {logs}"
-                    )
+                    raise CommandError(f"{self.names[proc.pid]} exited with code {proc.returncode}; see {logs}")
             time.sleep(0.5)
 
     def _stop_all(self) -> None:
