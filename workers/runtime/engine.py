@@ -129,6 +129,7 @@ class Engine:
         self._mask: torch.Tensor | None = None  # [B, T] long, 1 = real token
         self._positions: torch.Tensor | None = None  # [B] long, position of the next token
         self._pending: list[tuple[Any, StepOutput]] = []
+        self._prefilling: list[Sequence] = []  # admitted, not yet in the batch
 
     # ---------------------------------------------------------------- thread-safe API
 
@@ -164,12 +165,11 @@ class Engine:
                 with self._cond:
                     while not stop.is_set() and not self._waiting and not self._running:
                         self._cond.wait(timeout=0.5)
-                    admitted = self._admit()
                 try:
-                    self.step(admitted)
-                except Exception as exc:
+                    self.step()
+                except Exception as exc:  # a failed step must not kill the server
                     log.exception("engine step failed")
-                    self._fail_all(admitted, exc)
+                    self._fail_all(exc)
                 self._flush()
 
     # ---------------------------------------------------------------- scheduling
@@ -193,15 +193,18 @@ class Engine:
         self._update_gauges()
         return admitted
 
-    def step(self, admitted: list[Sequence]) -> None:
-        """One scheduler iteration: evict cancelled, prefill ``admitted``, decode once."""
+    def step(self) -> None:
+        """One scheduler iteration: evict cancelled, admit and prefill newcomers, decode once."""
         cancelled = [s for s in self._running if s.cancelled]
         for seq in cancelled:
             self._finish(seq, "cancelled")
         if cancelled:
             self._remove_finished()
-        if admitted:
-            self._prefill(admitted)
+        with self._cond:
+            self._prefilling = self._admit()
+        if self._prefilling:
+            self._prefill(self._prefilling)
+            self._prefilling = []
         if self._running:
             self._decode()
         self._update_gauges()
@@ -346,10 +349,10 @@ class Engine:
             )
         )
 
-    def _fail_all(self, admitted: list[Sequence], exc: Exception) -> None:
-        for seq in [*self._running, *admitted]:
+    def _fail_all(self, exc: Exception) -> None:
+        for seq in [*self._running, *self._prefilling]:
             self._finish(seq, "error", error=f"{type(exc).__name__}: {exc}")
-        self._running = []
+        self._running, self._prefilling = [], []
         self._cache = self._mask = self._positions = None
         self._update_gauges()
 
@@ -405,9 +408,7 @@ class Engine:
             with torch.inference_mode():
                 self._waiting.extend(seqs)
                 while self._waiting or self._running:
-                    with self._cond:
-                        admitted = self._admit()
-                    self.step(admitted)
+                    self.step()
                     self._flush()
         finally:
             self.deliver = saved
