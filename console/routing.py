@@ -1,5 +1,10 @@
-"""Websocket URL routes."""
+"""Websocket URL routes (``console.asgi`` wraps them in origin and session checks)."""
 
-from django.urls import path  # noqa: F401
+from django.urls import path
 
-websocket_urlpatterns: list = []
+from console.consumers import DeploymentConsumer, TenantConsumer
+
+websocket_urlpatterns = [
+    path("ws/deployments/<int:deployment_id>/", DeploymentConsumer.as_asgi()),
+    path("ws/tenant/", TenantConsumer.as_asgi()),
+]

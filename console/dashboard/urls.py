@@ -1,6 +1,43 @@
 """Dashboard routes (server-rendered pages)."""
 
-from django.urls import path  # noqa: F401
+from django.contrib.auth import views as auth_views
+from django.urls import path
+
+import console.consumers  # noqa: F401  (connects the logout signal that closes the user's sockets)
+from console.dashboard.views import access, catalog, deployments, home, playground
 
 app_name = "dashboard"
-urlpatterns: list = []
+urlpatterns = [
+    path("login/", auth_views.LoginView.as_view(template_name="dashboard/login.html"), name="login"),
+    path("logout/", auth_views.LogoutView.as_view(), name="logout"),
+    path("", home.overview, name="overview"),
+    path("tenant/", home.switch_tenant, name="switch-tenant"),
+    path("models/", catalog.model_index, name="models"),
+    path("models/<int:pk>/", catalog.model_detail, name="model-detail"),
+    path("models/<int:pk>/delete/", catalog.model_delete, name="model-delete"),
+    path("targets/", catalog.target_index, name="targets"),
+    path("targets/<int:pk>/", catalog.target_detail, name="target-detail"),
+    path("targets/<int:pk>/check/", catalog.target_check, name="target-check"),
+    path("targets/<int:pk>/delete/", catalog.target_delete, name="target-delete"),
+    path("deployments/new/", deployments.deployment_new, name="deployment-new"),
+    path("deployments/<int:pk>/", deployments.deployment_detail, name="deployment-detail"),
+    path("deployments/<int:pk>/spec/", deployments.deployment_spec, name="deployment-spec"),
+    path("deployments/<int:pk>/scale/", deployments.deployment_scale, name="deployment-scale"),
+    path("deployments/<int:pk>/start/", deployments.deployment_action, {"action": "start"}, name="deployment-start"),
+    path("deployments/<int:pk>/stop/", deployments.deployment_action, {"action": "stop"}, name="deployment-stop"),
+    path(
+        "deployments/<int:pk>/restart/", deployments.deployment_action, {"action": "restart"}, name="deployment-restart"
+    ),
+    path("deployments/<int:pk>/delete/", deployments.deployment_delete, name="deployment-delete"),
+    path("deployments/<int:pk>/logs/", deployments.deployment_logs, name="deployment-logs"),
+    path("keys/", access.key_index, name="keys"),
+    path("keys/<int:pk>/revoke/", access.key_revoke, name="key-revoke"),
+    path("usage/", access.usage, name="usage"),
+    path("usage.csv", access.usage_csv, name="usage-csv"),
+    path("members/", access.member_index, name="members"),
+    path("members/<int:pk>/role/", access.member_role, name="member-role"),
+    path("members/<int:pk>/remove/", access.member_remove, name="member-remove"),
+    path("audit/", access.audit, name="audit"),
+    path("playground/", playground.playground, name="playground"),
+    path("playground/key/", playground.playground_key, name="playground-key"),
+]

@@ -1,0 +1,117 @@
+"""Plumbing shared by every dashboard view: the current tenant, the access check, domain errors.
+
+Views stay thin: ``tenant_view(perm)`` resolves the caller's access and current tenant (kept in
+the session, only ever one the user belongs to), refuses callers without ``perm``, and turns
+domain exceptions into pages. Forms carry a service's ``field_errors`` next to the fields.
+"""
+
+from __future__ import annotations
+
+import functools
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+from django import forms
+from django.contrib.auth.views import redirect_to_login
+from django.http import Http404, HttpRequest, HttpResponse
+from django.shortcuts import render
+
+from controlplane.core.context import Actor, client_ip
+from controlplane.core.exceptions import DomainError, NotFound, PermissionDenied
+from controlplane.tenancy.access import Access, access_for
+from controlplane.tenancy.choices import Perm
+from controlplane.tenancy.models import Tenant
+
+SESSION_TENANT = "hangar_tenant_id"
+
+
+@dataclass(frozen=True)
+class Can:
+    """What the current role may do, for templates: ``{% if can.deployment_change %}``."""
+
+    access: Access
+    tenant_id: int
+
+    def __getattr__(self, name: str) -> bool:
+        try:
+            perm = Perm(name.replace("_", ".", 1))
+        except ValueError:
+            raise AttributeError(name) from None
+        return self.access.can(self.tenant_id, perm)
+
+
+def current_tenant_id(request: HttpRequest, access: Access) -> int | None:
+    """The tenant chosen in the session if the user still belongs to it, else their first one."""
+    chosen = request.session.get(SESSION_TENANT)
+    if chosen in access.roles:
+        return int(chosen)
+    if not access.roles:
+        return None
+    first = sorted(access.roles, key=lambda tid: access.slugs[tid])[0]
+    request.session[SESSION_TENANT] = first
+    return first
+
+
+def actor_for(request: HttpRequest) -> Actor:
+    return Actor(user=request.user, source_ip=client_ip(request.META), via="dashboard")
+
+
+def tenant_view(perm: Perm) -> Callable[[Callable[..., HttpResponse]], Callable[..., HttpResponse]]:
+    """Require login and ``perm`` in the current tenant; sets ``request.access`` and ``request.tenant``."""
+
+    def decorate(view: Callable[..., HttpResponse]) -> Callable[..., HttpResponse]:
+        @functools.wraps(view)
+        def wrapper(request: HttpRequest, *args: Any, **kwargs: Any) -> HttpResponse:
+            if not request.user.is_authenticated:
+                return redirect_to_login(request.get_full_path())
+            access = access_for(request.user)
+            tenant_id = current_tenant_id(request, access)
+            if tenant_id is None:
+                return render(request, "dashboard/no_tenant.html", status=403)
+            request.access = access  # type: ignore[attr-defined]
+            request.tenant = Tenant.objects.get(pk=tenant_id)  # type: ignore[attr-defined]
+            try:
+                access.require(tenant_id, perm)
+                return view(request, *args, **kwargs)
+            except NotFound as exc:
+                raise Http404(exc.message) from None
+            except PermissionDenied as exc:
+                return render(request, "dashboard/denied.html", {"message": exc.message}, status=403)
+
+        return wrapper
+
+    return decorate
+
+
+def require(request: HttpRequest, perm: Perm) -> None:
+    """Enforce an action's permission on POST (buttons are hidden too, but never trusted)."""
+    request.access.require(request.tenant.pk, perm)  # type: ignore[attr-defined]
+
+
+def in_tenant(request: HttpRequest, obj: Any) -> Any:
+    """Objects of the user's other tenants are not shown under the current one (perms are per tenant)."""
+    if obj.tenant_id != request.tenant.pk:  # type: ignore[attr-defined]
+        raise NotFound("Not found.")
+    return obj
+
+
+def page(request: HttpRequest, template: str, context: dict[str, Any] | None = None, status: int = 200) -> HttpResponse:
+    base = {
+        "tenant": request.tenant,  # type: ignore[attr-defined]
+        "role": request.access.role(request.tenant.pk),  # type: ignore[attr-defined]
+        "can": Can(request.access, request.tenant.pk),  # type: ignore[attr-defined]
+        "tenants": sorted(request.access.slugs.items(), key=lambda item: item[1]),  # type: ignore[attr-defined]
+    }
+    return render(request, template, base | (context or {}), status=status)
+
+
+def apply_domain_error(form: forms.Form, exc: DomainError) -> None:
+    """Put a service's field errors next to the form's fields; the rest on top of the form."""
+    if not exc.field_errors:
+        form.add_error(None, exc.message)
+        return
+    for field, messages in exc.field_errors.items():
+        target = field if field in form.fields else None
+        for message in messages:
+            form.add_error(target, message if target else f"{field}: {message}")

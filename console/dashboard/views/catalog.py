@@ -1,0 +1,148 @@
+"""Models (catalog) and targets: list, register/add, detail."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from django.contrib import messages
+from django.http import HttpRequest, HttpResponse
+from django.shortcuts import redirect
+from django.views.decorators.http import require_POST
+
+from console.dashboard.base import actor_for, apply_domain_error, in_tenant, page, require, tenant_view
+from console.dashboard.forms import ModelRegisterForm, TargetForm
+from controlplane.catalog import services as catalog_services
+from controlplane.catalog.selectors import model_get, model_list, model_memory_estimate
+from controlplane.core.exceptions import DomainError
+from controlplane.deployments import services as deployment_services
+from controlplane.deployments.selectors import target_get, target_list
+from controlplane.tenancy.choices import Perm
+
+MIB = 1024 * 1024
+
+
+def gpu_memory_bytes(gpu: dict[str, Any]) -> int:
+    """Memory of one GPU inventory entry, whichever unit the target reported it in."""
+    for key, factor in (("memory_bytes", 1), ("memory_mb", MIB), ("memory_mib", MIB), ("memory_gb", 1024 * MIB)):
+        value = gpu.get(key)
+        if isinstance(value, int | float) and value > 0:
+            return int(value * factor)
+    return 0
+
+
+def fit_on_target(needed: int, gpus: list[dict[str, Any]]) -> str:
+    """How a model of ``needed`` bytes fits a target's GPUs: one GPU, tensor-parallel, or not."""
+    sizes = sorted((gpu_memory_bytes(g) for g in gpus if isinstance(g, dict)), reverse=True)
+    sizes = [s for s in sizes if s > 0]
+    if not sizes:
+        return "no GPUs (CPU only)"
+    if sizes[0] >= needed:
+        return "fits on 1 GPU"
+    total = 0
+    for count, size in enumerate(sizes, start=1):
+        total += size
+        if total >= needed:
+            return f"fits on {count} GPUs (tensor parallel)"
+    return "does not fit"
+
+
+@tenant_view(Perm.MODEL_VIEW)
+def model_index(request: HttpRequest) -> HttpResponse:
+    form = ModelRegisterForm()
+    status = 200
+    if request.method == "POST":
+        require(request, Perm.MODEL_CHANGE)
+        form = ModelRegisterForm(request.POST)
+        if form.is_valid():
+            try:
+                model = catalog_services.model_register(
+                    actor=actor_for(request), tenant=request.tenant, **form.cleaned_data
+                )
+            except DomainError as exc:
+                apply_domain_error(form, exc)
+            else:
+                messages.success(request, f"Registered {model.name}.")
+                return redirect("dashboard:model-detail", pk=model.pk)
+        status = 400
+    models = model_list(access=request.access, filters={"tenant": request.tenant.slug})
+    return page(request, "dashboard/models.html", {"models": models, "form": form, "nav": "models"}, status=status)
+
+
+@tenant_view(Perm.MODEL_VIEW)
+def model_detail(request: HttpRequest, pk: int) -> HttpResponse:
+    model = in_tenant(request, model_get(access=request.access, pk=pk))
+    estimate = model_memory_estimate(model=model)
+    targets = list(target_list(access=request.access, filters={"tenant": request.tenant.slug}))
+    rows = [
+        {"dtype": dtype, "bytes": needed, "fits": [(t, fit_on_target(needed, t.gpu_inventory or [])) for t in targets]}
+        for dtype, needed in estimate.items()
+    ]
+    return page(
+        request, "dashboard/model_detail.html", {"model": model, "rows": rows, "targets": targets, "nav": "models"}
+    )
+
+
+@tenant_view(Perm.MODEL_VIEW)
+@require_POST
+def model_delete(request: HttpRequest, pk: int) -> HttpResponse:
+    require(request, Perm.MODEL_CHANGE)
+    model = in_tenant(request, model_get(access=request.access, pk=pk))
+    try:
+        catalog_services.model_delete(actor=actor_for(request), model=model)
+    except DomainError as exc:
+        messages.error(request, exc.message)
+        return redirect("dashboard:model-detail", pk=pk)
+    messages.success(request, f"Removed {model.name}.")
+    return redirect("dashboard:models")
+
+
+@tenant_view(Perm.TARGET_VIEW)
+def target_index(request: HttpRequest) -> HttpResponse:
+    form = TargetForm()
+    status = 200
+    if request.method == "POST":
+        require(request, Perm.TARGET_CHANGE)
+        form = TargetForm(request.POST)
+        if form.is_valid():
+            data = {k: v for k, v in form.cleaned_data.items() if v not in ("", None)}
+            try:
+                target = deployment_services.target_create(actor=actor_for(request), tenant=request.tenant, data=data)
+            except DomainError as exc:
+                apply_domain_error(form, exc)
+            else:
+                messages.success(request, f"Added target {target.name}; checking its health.")
+                return redirect("dashboard:target-detail", pk=target.pk)
+        status = 400
+    targets = target_list(access=request.access, filters={"tenant": request.tenant.slug})
+    return page(request, "dashboard/targets.html", {"targets": targets, "form": form, "nav": "targets"}, status=status)
+
+
+@tenant_view(Perm.TARGET_VIEW)
+def target_detail(request: HttpRequest, pk: int) -> HttpResponse:
+    target = in_tenant(request, target_get(access=request.access, pk=pk))
+    gpus = [{"entry": g, "memory": gpu_memory_bytes(g)} for g in target.gpu_inventory or [] if isinstance(g, dict)]
+    return page(request, "dashboard/target_detail.html", {"target": target, "gpus": gpus, "nav": "targets"})
+
+
+@tenant_view(Perm.TARGET_VIEW)
+@require_POST
+def target_check(request: HttpRequest, pk: int) -> HttpResponse:
+    require(request, Perm.TARGET_CHANGE)
+    target = in_tenant(request, target_get(access=request.access, pk=pk))
+    deployment_services.target_check(target=target)
+    messages.success(request, "Health check requested.")
+    return redirect("dashboard:target-detail", pk=pk)
+
+
+@tenant_view(Perm.TARGET_VIEW)
+@require_POST
+def target_delete(request: HttpRequest, pk: int) -> HttpResponse:
+    require(request, Perm.TARGET_CHANGE)
+    target = in_tenant(request, target_get(access=request.access, pk=pk))
+    try:
+        deployment_services.target_delete(actor=actor_for(request), target=target)
+    except DomainError as exc:
+        messages.error(request, exc.message)
+        return redirect("dashboard:target-detail", pk=pk)
+    messages.success(request, f"Removed target {target.name}.")
+    return redirect("dashboard:targets")

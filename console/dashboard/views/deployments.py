@@ -1,0 +1,213 @@
+"""Deployments: create, detail (live), spec, scale, start/stop/restart/delete, log tail."""
+
+from __future__ import annotations
+
+import importlib
+import logging
+from collections.abc import Callable
+from typing import Any
+
+from django.contrib import messages
+from django.http import HttpRequest, HttpResponse
+from django.shortcuts import redirect
+from django.views.decorators.http import require_POST
+
+from console.dashboard import live
+from console.dashboard.base import actor_for, apply_domain_error, in_tenant, page, require, tenant_view
+from console.dashboard.forms import DeleteForm, DeploymentCreateForm, DeploymentSpecForm, ScaleForm
+from controlplane.catalog.selectors import model_list
+from controlplane.core.exceptions import DomainError
+from controlplane.deployments import services
+from controlplane.deployments.models import Deployment
+from controlplane.deployments.selectors import deployment_get, event_list, replica_list, target_list
+from controlplane.tenancy.choices import Perm
+
+logger = logging.getLogger(__name__)
+
+LOG_TAIL_LINES = 200
+# Steps of Deployment.progress shown on the detail page, in order (see frontend/src/dashboard.js).
+PROGRESS_STEPS = [
+    ("pulling", "Pulling / building image"),
+    ("starting", "Starting"),
+    ("loading", "Loading model"),
+    ("warming", "Warming up"),
+    ("ready", "Ready"),
+]
+# Where the deployment engine exposes ``replica_logs(replica, tail=...) -> str``.
+LOG_READERS = ("workers.logs", "workers.reconciler", "workers.tasks", "workers.drivers")
+
+
+def _spec_initial(deployment: Deployment) -> dict[str, Any]:
+    return {name: getattr(deployment, name) for name in DeploymentSpecForm.base_fields}
+
+
+@tenant_view(Perm.DEPLOYMENT_VIEW)
+def deployment_new(request: HttpRequest) -> HttpResponse:
+    require(request, Perm.DEPLOYMENT_CHANGE)
+    scope = {"tenant": request.tenant.slug}
+    models = model_list(access=request.access, filters=scope)
+    targets = target_list(access=request.access, filters=scope)
+    form = DeploymentCreateForm(models=models, targets=targets)
+    status = 200
+    if request.method == "POST":
+        form = DeploymentCreateForm(request.POST, models=models, targets=targets)
+        if form.is_valid():
+            data = form.spec() | {"name": form.cleaned_data["name"]}
+            try:
+                deployment = services.deployment_create(
+                    actor=actor_for(request),
+                    tenant=request.tenant,
+                    model=form.cleaned_data["model"],
+                    target=form.cleaned_data["target"],
+                    data=data,
+                )
+            except DomainError as exc:
+                apply_domain_error(form, exc)
+            else:
+                messages.success(request, f"Deploying {deployment.name}.")
+                return redirect("dashboard:deployment-detail", pk=deployment.pk)
+        status = 400
+    return page(request, "dashboard/deployment_new.html", {"form": form, "nav": "overview"}, status=status)
+
+
+def _detail(
+    request: HttpRequest,
+    deployment: Deployment,
+    *,
+    spec_form: DeploymentSpecForm | None = None,
+    scale_form: ScaleForm | None = None,
+    status: int = 200,
+) -> HttpResponse:
+    context = {
+        "deployment": deployment,
+        "spec_form": spec_form or DeploymentSpecForm(initial=_spec_initial(deployment)),
+        "scale_form": scale_form or ScaleForm(initial={"replicas": deployment.replicas}),
+        "replicas": replica_list(access=request.access, filters={"deployment": deployment.pk}),
+        "events": event_list(access=request.access, filters={"deployment": deployment.pk})[:100],
+        "chart_data": live.chart_series(access=request.access, deployment_id=deployment.pk),
+        "summary": live.summary(access=request.access, deployment_id=deployment.pk),
+        "steps": PROGRESS_STEPS,
+        "nav": "overview",
+    }
+    return page(request, "dashboard/deployment_detail.html", context, status=status)
+
+
+def _get(request: HttpRequest, pk: int) -> Deployment:
+    return in_tenant(request, deployment_get(access=request.access, pk=pk))
+
+
+@tenant_view(Perm.DEPLOYMENT_VIEW)
+def deployment_detail(request: HttpRequest, pk: int) -> HttpResponse:
+    return _detail(request, _get(request, pk))
+
+
+@tenant_view(Perm.DEPLOYMENT_VIEW)
+@require_POST
+def deployment_spec(request: HttpRequest, pk: int) -> HttpResponse:
+    require(request, Perm.DEPLOYMENT_CHANGE)
+    deployment = _get(request, pk)
+    form = DeploymentSpecForm(request.POST)
+    if form.is_valid():
+        try:
+            services.deployment_update(actor=actor_for(request), deployment=deployment, data=form.spec())
+        except DomainError as exc:
+            apply_domain_error(form, exc)
+        else:
+            messages.success(request, "Spec saved; the reconciler is applying it.")
+            return redirect("dashboard:deployment-detail", pk=pk)
+    return _detail(request, deployment, spec_form=form, status=400)
+
+
+@tenant_view(Perm.DEPLOYMENT_VIEW)
+@require_POST
+def deployment_scale(request: HttpRequest, pk: int) -> HttpResponse:
+    require(request, Perm.DEPLOYMENT_CHANGE)
+    deployment = _get(request, pk)
+    form = ScaleForm(request.POST)
+    if form.is_valid():
+        try:
+            services.deployment_scale(
+                actor=actor_for(request), deployment=deployment, replicas=form.cleaned_data["replicas"]
+            )
+        except DomainError as exc:
+            apply_domain_error(form, exc)
+        else:
+            messages.success(request, f"Scaling to {form.cleaned_data['replicas']} replica(s).")
+            return redirect("dashboard:deployment-detail", pk=pk)
+    return _detail(request, deployment, scale_form=form, status=400)
+
+
+ACTIONS: dict[str, tuple[Callable[..., Deployment], str]] = {
+    "start": (services.deployment_start, "Starting."),
+    "stop": (services.deployment_stop, "Stopping."),
+    "restart": (services.deployment_restart, "Restarting every replica."),
+}
+
+
+@tenant_view(Perm.DEPLOYMENT_VIEW)
+@require_POST
+def deployment_action(request: HttpRequest, pk: int, action: str) -> HttpResponse:
+    require(request, Perm.DEPLOYMENT_CHANGE)
+    deployment = _get(request, pk)
+    service, done = ACTIONS[action]
+    try:
+        service(actor=actor_for(request), deployment=deployment)
+    except DomainError as exc:
+        messages.error(request, exc.message)
+    else:
+        messages.success(request, done)
+    return redirect("dashboard:deployment-detail", pk=pk)
+
+
+@tenant_view(Perm.DEPLOYMENT_VIEW)
+def deployment_delete(request: HttpRequest, pk: int) -> HttpResponse:
+    """A confirmation page (type the name), then the delete request."""
+    require(request, Perm.DEPLOYMENT_CHANGE)
+    deployment = _get(request, pk)
+    form = DeleteForm(expected=deployment.name)
+    status = 200
+    if request.method == "POST":
+        form = DeleteForm(request.POST, expected=deployment.name)
+        if form.is_valid():
+            try:
+                services.deployment_delete(actor=actor_for(request), deployment=deployment)
+            except DomainError as exc:
+                apply_domain_error(form, exc)
+            else:
+                messages.success(request, f"Deleting {deployment.name}.")
+                return redirect("dashboard:overview")
+        status = 400
+    return page(
+        request, "dashboard/deployment_delete.html", {"deployment": deployment, "form": form, "nav": "overview"}, status
+    )
+
+
+def _replica_logs() -> Callable[..., str] | None:
+    for module_name in LOG_READERS:
+        try:
+            module = importlib.import_module(module_name)
+        except ImportError:
+            continue
+        reader = getattr(module, "replica_logs", None)
+        if callable(reader):
+            return reader  # type: ignore[no-any-return]
+    return None
+
+
+@tenant_view(Perm.DEPLOYMENT_VIEW)
+def deployment_logs(request: HttpRequest, pk: int) -> HttpResponse:
+    """The log tail partial, polled by htmx every few seconds."""
+    deployment = _get(request, pk)
+    reader = _replica_logs()
+    tails = []
+    for replica in replica_list(access=request.access, filters={"deployment": deployment.pk}):
+        if reader is None:
+            text = "Log tail is not available on this installation."
+        else:
+            try:
+                text = reader(replica, tail=LOG_TAIL_LINES)
+            except Exception as exc:  # a backend hiccup must not break the page
+                logger.info("log tail of %s failed: %s", replica.pk, exc)
+                text = f"(logs unavailable: {exc})"
+        tails.append((replica, text))
+    return page(request, "dashboard/_logs.html", {"tails": tails, "deployment": deployment})
