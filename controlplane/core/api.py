@@ -1,45 +1,220 @@
-"""REST API plumbing shared by every app: pagination, filtering, errors in one place."""
+"""REST API plumbing shared by every app: pagination, filtering, parsing, errors in one place.
+
+The viewset base class lives in ``controlplane.tenancy.api.base``: this module is imported by
+DRF's settings (filter backends, exception handler), so it must not import DRF's views.
+"""
 
 from __future__ import annotations
 
 import logging
-from typing import Any
+from collections.abc import Mapping
+from typing import Any, ClassVar
 
 from django.core.exceptions import RequestDataTooBig
 from django.http import Http404
-from rest_framework import exceptions, status
+from drf_spectacular.plumbing import build_basic_type, build_parameter_type
+from drf_spectacular.types import OpenApiTypes
+from drf_spectacular.utils import extend_schema_field
+from rest_framework import exceptions, serializers, status
+from rest_framework.filters import OrderingFilter
 from rest_framework.pagination import LimitOffsetPagination
+from rest_framework.parsers import JSONParser
 from rest_framework.request import Request
 from rest_framework.response import Response
 from rest_framework.views import exception_handler as drf_exception_handler
 
 from controlplane.core.exceptions import DomainError
+from controlplane.tenancy.access import Access
 
 logger = logging.getLogger(__name__)
+
+# Postgres offsets are bigint; anything near that is a mistake, not a page.
+MAX_OFFSET = 10**9
 
 
 class Pagination(LimitOffsetPagination):
     default_limit = 50
     max_limit = 500
 
+    def get_offset(self, request: Request) -> int:
+        return min(super().get_offset(request), MAX_OFFSET)
+
 
 class QueryFilterBackend:
     """Pass whitelisted query parameters to the viewset's selector as ``filters``.
 
-    Viewsets declare ``filter_fields``; the selector does the filtering (tenant scope first).
-    This backend only exists so the parameters appear in the OpenAPI schema.
+    Viewsets declare ``filter_fields`` (name -> serializer field that parses the value); the
+    selector does the filtering (tenant scope first). This backend only exists so the
+    parameters appear in the OpenAPI schema.
     """
 
     def filter_queryset(self, request: Request, queryset: Any, view: Any) -> Any:
         return queryset
 
     def get_schema_operation_parameters(self, view: Any) -> list[dict[str, Any]]:
-        if getattr(view, "action", None) not in (None, "list"):
+        if getattr(view, "action", None) not in (None, *getattr(view, "filter_actions", ("list",))):
             return []
-        return [
-            {"name": name, "required": False, "in": "query", "schema": {"type": "string"}}
-            for name in getattr(view, "filter_fields", ())
-        ]
+        fields = getattr(view, "filter_fields", {})
+        params = []
+        for name in fields:
+            field = fields[name] if isinstance(fields, Mapping) else None
+            params.append(
+                build_parameter_type(
+                    name=name,
+                    schema=_query_schema(field),
+                    location="query",
+                    description=str(getattr(field, "help_text", "") or ""),
+                )
+            )
+        return params
+
+
+def _query_schema(field: serializers.Field | None) -> dict[str, Any]:
+    if isinstance(field, serializers.IntegerField):
+        return build_basic_type(OpenApiTypes.INT) or {}
+    if isinstance(field, serializers.DateTimeField):
+        return build_basic_type(OpenApiTypes.DATETIME) or {}
+    if isinstance(field, serializers.BooleanField):
+        return build_basic_type(OpenApiTypes.BOOL) or {}
+    if isinstance(field, serializers.ChoiceField):
+        return {"type": "string", "enum": [str(c) for c in field.choices]}
+    return build_basic_type(OpenApiTypes.STR) or {}
+
+
+class StableOrderingFilter(OrderingFilter):
+    """``?ordering=`` over the view's explicit ``ordering_fields``, with ``id`` as a tie-breaker
+    so pages never repeat or skip rows when the chosen column has duplicates."""
+
+    def get_ordering(self, request: Request, queryset: Any, view: Any) -> Any:
+        ordering = super().get_ordering(request, queryset, view)
+        if not ordering or self.get_query_param(request) is None:
+            return ordering
+        ordering = list(ordering)
+        if not any(term.lstrip("-") in {"id", "pk"} for term in ordering):
+            ordering.append("id")
+        return ordering
+
+    def get_query_param(self, request: Request) -> str | None:
+        params = request.query_params.getlist(self.ordering_param)
+        return ",".join(params) if params else None
+
+
+def _unstorable(text: str) -> bool:
+    """NUL and unpaired surrogates cannot be stored in PostgreSQL text or jsonb."""
+    if "\x00" in text:
+        return True
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return True
+    return False
+
+
+def _find_unstorable(value: Any) -> bool:
+    stack = [value]
+    while stack:
+        item = stack.pop()
+        if isinstance(item, str):
+            if _unstorable(item):
+                return True
+        elif isinstance(item, dict):
+            stack.extend(item.keys())
+            stack.extend(item.values())
+        elif isinstance(item, list):
+            stack.extend(item)
+    return False
+
+
+class StrictJSONParser(JSONParser):
+    """JSON bodies only; refuse what would otherwise surface as a 500 deeper down.
+
+    Deeply nested documents (RecursionError in the decoder) and strings that PostgreSQL cannot
+    store (NUL, unpaired surrogates) are answered with a 400 here.
+    """
+
+    def parse(self, stream: Any, media_type: str | None = None, parser_context: Any = None) -> Any:
+        try:
+            data = super().parse(stream, media_type, parser_context)
+        except RecursionError:
+            raise exceptions.ParseError("JSON parse error - the document is nested too deeply.") from None
+        if _find_unstorable(data):
+            raise exceptions.ParseError("JSON parse error - strings must not contain NUL or unpaired surrogates.")
+        return data
+
+
+# ----------------------------------------------------------------------------- serializers
+
+
+@extend_schema_field(OpenApiTypes.STR)
+class TenantSlugField(serializers.Field):
+    """The owning tenant's slug, read from the request's ``Access`` (no join) when possible."""
+
+    def __init__(self, **kwargs: Any) -> None:
+        kwargs["read_only"] = True
+        kwargs["source"] = "*"
+        kwargs.setdefault("help_text", "Slug of the tenant that owns this object.")
+        super().__init__(**kwargs)
+
+    def to_representation(self, value: Any) -> str | None:
+        tenant_id = getattr(value, "tenant_id", None)
+        if tenant_id is None:
+            return None
+        access = self.context.get("access")
+        slug = access.slugs.get(tenant_id) if isinstance(access, Access) else None
+        return slug if slug is not None else value.tenant.slug
+
+
+class InputSerializer(serializers.Serializer):
+    """Request body of a write. Unknown fields are refused, not silently dropped, so a typo
+    (``"replica": 3``) is a 400 naming the field instead of a write that did nothing.
+
+    ``read_only_names`` lists fields the resource shows but a client may not set, so the error
+    can say why.
+    """
+
+    read_only_names: ClassVar[frozenset[str]] = frozenset()
+
+    def to_internal_value(self, data: Any) -> Any:
+        errors: dict[str, Any] = {}
+        if isinstance(data, Mapping):
+            writable = {name for name, field in self.fields.items() if not field.read_only}
+            for name in data:
+                if name in writable:
+                    continue
+                key = str(name)
+                errors[key] = ["This field is read-only."] if key in self.read_only_names else ["Unknown field."]
+        try:
+            value = super().to_internal_value(data)
+        except serializers.ValidationError as exc:
+            if not isinstance(exc.detail, dict):
+                raise
+            errors = {**exc.detail, **errors}
+            value = None
+        if errors:
+            raise serializers.ValidationError(errors)
+        return value
+
+
+class TenantChoiceMixin(serializers.Serializer):
+    """Optional ``tenant`` slug on create; defaults to the caller's only tenant allowing the write."""
+
+    tenant = serializers.SlugField(
+        required=False,
+        max_length=50,
+        help_text="Slug of the tenant to create in; optional if you can write in only one tenant.",
+    )
+
+
+__all__ = [
+    "InputSerializer",
+    "Pagination",
+    "QueryFilterBackend",
+    "StableOrderingFilter",
+    "StrictJSONParser",
+    "TenantChoiceMixin",
+    "TenantSlugField",
+    "exception_handler",
+]
 
 
 def exception_handler(exc: Exception, context: dict[str, Any]) -> Response | None:

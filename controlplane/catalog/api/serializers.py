@@ -1,0 +1,90 @@
+"""Serializers of catalog models. Metadata read from the model directory is read-only."""
+
+from __future__ import annotations
+
+from rest_framework import serializers
+
+from controlplane.catalog.choices import DType
+from controlplane.catalog.models import Model
+from controlplane.catalog.selectors import model_memory_estimate
+from controlplane.core.api import InputSerializer, TenantChoiceMixin, TenantSlugField
+from controlplane.deployments.validation import SERVED_NAME
+
+MODEL_FIELDS: tuple[str, ...] = (
+    "id",
+    "tenant",
+    "name",
+    "description",
+    "source",
+    "format",
+    "architecture",
+    "parameter_count",
+    "size_bytes",
+    "context_length",
+    "dtype_options",
+    "tokenizer_info",
+    "allow_unsafe_weights",
+    "trust_remote_code",
+    "created_at",
+    "updated_at",
+)
+
+
+class ModelSerializer(serializers.ModelSerializer):
+    tenant = TenantSlugField()
+
+    class Meta:
+        model = Model
+        fields = MODEL_FIELDS
+        read_only_fields = MODEL_FIELDS
+
+
+class MemoryEstimateSerializer(serializers.Serializer):
+    float32 = serializers.IntegerField()
+    float16 = serializers.IntegerField()
+    bfloat16 = serializers.IntegerField()
+    int8 = serializers.IntegerField()
+
+
+class ModelDetailSerializer(ModelSerializer):
+    memory_estimate = serializers.SerializerMethodField(
+        help_text="Estimated bytes of memory one replica needs, per dtype (and with int8 quantization)."
+    )
+
+    class Meta(ModelSerializer.Meta):
+        fields: tuple[str, ...] = (*MODEL_FIELDS, "memory_estimate")
+        read_only_fields: tuple[str, ...] = fields
+
+    def get_memory_estimate(self, obj: Model) -> MemoryEstimateSerializer:
+        return model_memory_estimate(model=obj)  # type: ignore[return-value]
+
+
+class ModelEditableInput(InputSerializer):
+    description = serializers.CharField(max_length=500, allow_blank=True, required=False)
+    dtype_options = serializers.ListField(
+        child=serializers.ChoiceField(choices=DType.choices),
+        max_length=len(DType.values),
+        required=False,
+        help_text="dtypes deployments of this model may use; all of them if omitted.",
+    )
+    allow_unsafe_weights = serializers.BooleanField(
+        required=False, help_text="Accept pickle weights (.bin/.pt), which can run code. Admins only."
+    )
+    trust_remote_code = serializers.BooleanField(
+        required=False, help_text="Let the runtime execute code shipped with the model. Admins only."
+    )
+
+
+class ModelCreateInput(TenantChoiceMixin, ModelEditableInput):
+    name = serializers.RegexField(
+        SERVED_NAME,
+        max_length=100,
+        error_messages={"invalid": "Use 1-100 letters, digits and . _ : / -, starting with a letter or digit."},
+    )
+    source = serializers.CharField(  # type: ignore[assignment]  # a field, not Field.source
+        max_length=1000, help_text="Absolute path of the model directory, as the control plane and workers see it."
+    )
+
+
+class ModelUpdateInput(ModelEditableInput):
+    read_only_names = frozenset(set(MODEL_FIELDS) - set(ModelEditableInput().fields) | {"memory_estimate"})

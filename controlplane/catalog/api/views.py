@@ -1,0 +1,81 @@
+"""Viewset of catalog models: register a directory, read its metadata, edit what is editable."""
+
+from __future__ import annotations
+
+from typing import Any, ClassVar
+
+from django.db.models import QuerySet
+from drf_spectacular.utils import extend_schema, extend_schema_view
+from rest_framework import serializers, status
+from rest_framework.request import Request
+from rest_framework.response import Response
+
+from controlplane.catalog import selectors, services
+from controlplane.catalog.api.serializers import (
+    ModelCreateInput,
+    ModelDetailSerializer,
+    ModelSerializer,
+    ModelUpdateInput,
+)
+from controlplane.catalog.models import Model
+from controlplane.tenancy.api.base import ScopedViewSet
+from controlplane.tenancy.choices import Perm
+
+# Loading pickle weights or remote code runs code on the worker hosts: an admin's decision.
+TRUST_FIELDS = ("allow_unsafe_weights", "trust_remote_code")
+TRUST_PERM = Perm.TENANT_CHANGE
+
+
+@extend_schema_view(
+    list=extend_schema(summary="List catalog models"),
+    retrieve=extend_schema(summary="Show a model with its memory estimate per dtype"),
+)
+class ModelViewSet(ScopedViewSet):
+    serializer_class = ModelSerializer
+    filter_fields: ClassVar[dict[str, serializers.Field]] = {
+        "tenant": serializers.SlugField(max_length=50),
+        "name": serializers.CharField(max_length=100),
+        "search": serializers.CharField(max_length=100, help_text="Part of the name."),
+    }
+    ordering_fields = ("id", "name", "created_at", "parameter_count", "size_bytes")
+    list_perm = Perm.MODEL_VIEW
+
+    def get_serializer_class(self) -> type[serializers.BaseSerializer]:
+        return ModelSerializer if self.action == "list" else ModelDetailSerializer
+
+    def select_list(self, filters: dict[str, Any]) -> QuerySet[Model]:
+        return selectors.model_list(access=self.access, filters=filters)
+
+    def select_one(self, lookup: str) -> Model:
+        return selectors.model_get(access=self.access, pk=int(lookup))
+
+    def _require_trust(self, tenant_id: int, data: dict[str, Any]) -> None:
+        if any(data.get(name) for name in TRUST_FIELDS):
+            self.access.require(tenant_id, TRUST_PERM)
+
+    @extend_schema(
+        summary="Register a model directory (metadata is read from it)",
+        request=ModelCreateInput,
+        responses={201: ModelDetailSerializer},
+    )
+    def create(self, request: Request) -> Response:
+        data = self.validated(ModelCreateInput)
+        tenant = self.tenant_for_write(data.pop("tenant", None), Perm.MODEL_CHANGE)
+        self._require_trust(tenant.pk, data)
+        model = services.model_register(actor=self.actor, tenant=tenant, **data)
+        return self.output(model, status.HTTP_201_CREATED)
+
+    @extend_schema(summary="Edit a model's description, dtypes or trust flags", request=ModelUpdateInput)
+    def partial_update(self, request: Request, pk: str) -> Response:
+        model = self.get_object()
+        self.access.require(model.tenant_id, Perm.MODEL_CHANGE)
+        data = self.validated(ModelUpdateInput)
+        self._require_trust(model.tenant_id, data)
+        return self.output(services.model_update(actor=self.actor, model=model, data=data))
+
+    @extend_schema(summary="Remove a model from the catalog (no deployment may use it)")
+    def destroy(self, request: Request, pk: str) -> Response:
+        model = self.get_object()
+        self.access.require(model.tenant_id, Perm.MODEL_CHANGE)
+        services.model_delete(actor=self.actor, model=model)
+        return Response(status=status.HTTP_204_NO_CONTENT)
