@@ -175,6 +175,13 @@ HANGAR_HEALTH_FAILURE_THRESHOLD = env.int("HANGAR_HEALTH_FAILURE_THRESHOLD", 3, 
 HANGAR_READY_TIMEOUT = env.float("HANGAR_READY_TIMEOUT", 300.0, minimum=1.0)
 HANGAR_RUNTIME_IMAGE = env.str("HANGAR_RUNTIME_IMAGE", "hangar-runtime:latest")
 HANGAR_DEMO_MODEL_DIR = Path(env.str("HANGAR_DEMO_MODEL_DIR", str(DATA_DIR / "models" / "tiny-llama")))
+# Deployment engine: reconcile lease (a dead worker's claim expires after this), how long a
+# Failed deployment waits before trying its spec again, the label that keeps installations
+# sharing a Docker host or cluster apart (default: the database name), the local runtime module.
+HANGAR_RECONCILE_LEASE_SECONDS = env.float("HANGAR_RECONCILE_LEASE_SECONDS", 30.0, minimum=1.0)
+HANGAR_FAILED_RETRY_SECONDS = env.float("HANGAR_FAILED_RETRY_SECONDS", 60.0, minimum=1.0)
+HANGAR_INSTANCE = env.str("HANGAR_INSTANCE", "")
+HANGAR_LOCAL_RUNTIME_MODULE = env.str("HANGAR_LOCAL_RUNTIME_MODULE", "workers.runtime")
 
 LOG_LEVEL = env.choice("HANGAR_LOG_LEVEL", "INFO", {"DEBUG", "INFO", "WARNING", "ERROR"})
 LOGGING = {

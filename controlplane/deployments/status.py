@@ -1,0 +1,290 @@
+"""Writes of observed state, used by the reconciler: lease, phase, conditions, replicas, progress.
+
+Every write is a compare-and-set on the reconcile lease (``reconcile_lease_owner``), so a worker
+whose lease expired and was taken over can no longer overwrite what the new holder observed.
+Events are appended only when something changed, so running the reconciler twice leaves the
+timeline as it was. Live updates go out after commit through ``controlplane.core.realtime``.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from typing import Any
+
+from django.db import transaction
+from django.db.models import Q
+from django.utils import timezone
+
+from controlplane.core.realtime import deployment_group, publish_on_commit, tenant_group
+from controlplane.deployments.choices import ConditionType, DesiredState, EventType, Phase, ReplicaState
+from controlplane.deployments.events import event_emit
+from controlplane.deployments.models import Deployment, Replica, Target
+
+WARNING_PHASES = {Phase.DEGRADED, Phase.FAILED}
+
+
+# ----------------------------------------------------------------------------- lease
+
+
+def deployment_claim(*, deployment_id: int, owner: str, lease_seconds: float) -> Deployment | None:
+    """Take the reconcile lease if it is free, expired or already ours; ``None`` if another holds it."""
+    now = timezone.now()
+    claimed = (
+        Deployment.objects.filter(pk=deployment_id)
+        .filter(
+            Q(reconcile_lease_until__isnull=True) | Q(reconcile_lease_until__lt=now) | Q(reconcile_lease_owner=owner)
+        )
+        .update(reconcile_lease_owner=owner, reconcile_lease_until=now + timedelta(seconds=lease_seconds))
+    )
+    if not claimed:
+        return None
+    return Deployment.objects.select_related("model", "target").filter(pk=deployment_id).first()
+
+
+def deployment_renew(*, deployment_id: int, owner: str, lease_seconds: float) -> bool:
+    """Extend our lease before a slow step; False if we lost it (stop working then)."""
+    return bool(
+        Deployment.objects.filter(pk=deployment_id, reconcile_lease_owner=owner).update(
+            reconcile_lease_until=timezone.now() + timedelta(seconds=lease_seconds)
+        )
+    )
+
+
+def deployment_release(*, deployment_id: int, owner: str) -> None:
+    Deployment.objects.filter(pk=deployment_id, reconcile_lease_owner=owner).update(
+        reconcile_lease_owner="", reconcile_lease_until=None
+    )
+
+
+# ----------------------------------------------------------------------------- conditions
+
+
+def condition_set(
+    conditions: list[dict[str, Any]], *, type: str, status: bool | None, reason: str, message: str = ""
+) -> list[dict[str, Any]]:
+    """Return ``conditions`` with one condition set; the transition time moves only when status flips."""
+    text = "Unknown" if status is None else ("True" if status else "False")
+    now = timezone.now().isoformat()
+    result = []
+    found = False
+    for item in conditions:
+        if item.get("type") == type:
+            found = True
+            moved = item.get("status") != text
+            result.append(
+                {
+                    "type": type,
+                    "status": text,
+                    "reason": reason,
+                    "message": message[:1000],
+                    "last_transition_time": now if moved else item.get("last_transition_time", now),
+                }
+            )
+        else:
+            result.append(item)
+    if not found:
+        result.append(
+            {"type": type, "status": text, "reason": reason, "message": message[:1000], "last_transition_time": now}
+        )
+    order = {value: index for index, value in enumerate(ConditionType.values)}
+    return sorted(result, key=lambda c: order.get(c["type"], len(order)))
+
+
+def _same_conditions(a: list[dict[str, Any]], b: list[dict[str, Any]]) -> bool:
+    def strip(items: list[dict[str, Any]]) -> list[tuple[Any, ...]]:
+        return [(c.get("type"), c.get("status"), c.get("reason"), c.get("message")) for c in items]
+
+    return strip(a) == strip(b)
+
+
+# ----------------------------------------------------------------------------- status
+
+
+@dataclass
+class StatusUpdate:
+    """The observed state the reconciler computed in one pass."""
+
+    phase: str
+    message: str = ""
+    reason: str = ""
+    ready_replicas: int = 0
+    observed_generation: int | None = None  # set when the current generation is fully applied
+    conditions: dict[str, tuple[bool | None, str, str]] | None = None  # type -> (status, reason, message)
+    progress: dict[str, str] | None = None  # {"step", "detail"}; {} clears it
+
+
+def deployment_status_write(*, deployment: Deployment, owner: str, update: StatusUpdate) -> bool:
+    """Compare-and-set the deployment's observed state; append a phase event only on change.
+
+    Returns False when the lease is no longer ours (nothing written).
+    """
+    with transaction.atomic():
+        current = (
+            Deployment.objects.select_for_update()
+            .filter(pk=deployment.pk, reconcile_lease_owner=owner)
+            .only(
+                "id",
+                "tenant_id",
+                "phase",
+                "phase_message",
+                "conditions",
+                "ready_replicas",
+                "observed_generation",
+                "progress",
+                "replicas",
+                "generation",
+                "desired_state",
+            )
+            .first()
+        )
+        if current is None:
+            return False
+        conditions = list(current.conditions)
+        for type_, (status, reason, message) in (update.conditions or {}).items():
+            conditions = condition_set(conditions, type=type_, status=status, reason=reason, message=message)
+        changes: dict[str, Any] = {}
+        if current.phase != update.phase:
+            changes["phase"] = update.phase
+        if current.phase_message != update.message[:1000]:
+            changes["phase_message"] = update.message[:1000]
+        if not _same_conditions(current.conditions, conditions):
+            changes["conditions"] = conditions
+        if current.ready_replicas != update.ready_replicas:
+            changes["ready_replicas"] = update.ready_replicas
+        if update.observed_generation is not None and current.observed_generation != update.observed_generation:
+            changes["observed_generation"] = update.observed_generation
+        if update.progress is not None:
+            old = {k: current.progress.get(k) for k in ("step", "detail")} if current.progress else {}
+            new = {k: update.progress.get(k) for k in ("step", "detail")} if update.progress else {}
+            if old != new:
+                changes["progress"] = (update.progress | {"at": timezone.now().isoformat()}) if update.progress else {}
+        if not changes:
+            Deployment.objects.filter(pk=current.pk).update(reconciled_at=timezone.now())
+            return True
+        Deployment.objects.filter(pk=current.pk, reconcile_lease_owner=owner).update(
+            **changes, reconciled_at=timezone.now()
+        )
+        for key, value in changes.items():
+            setattr(current, key, value)
+            setattr(deployment, key, value)
+        if "phase" in changes or ("phase_message" in changes and update.phase in WARNING_PHASES):
+            event_emit(
+                deployment=current,
+                reason=update.reason or update.phase,
+                message=update.message or f"Phase {update.phase}",
+                type=EventType.WARNING if update.phase in WARNING_PHASES else EventType.NORMAL,
+                actor="system:reconciler",
+            )
+        deployment_push(current)
+    return True
+
+
+def deployment_push(deployment: Deployment) -> None:
+    """Send the deployment's live state to its websocket groups after commit."""
+    payload = {
+        "kind": "deployment",
+        "deployment": deployment.pk,
+        "phase": deployment.phase,
+        "phase_message": deployment.phase_message,
+        "replicas": deployment.replicas,
+        "ready_replicas": deployment.ready_replicas,
+        "generation": deployment.generation,
+        "observed_generation": deployment.observed_generation,
+        "desired_state": deployment.desired_state,
+        "progress": deployment.progress,
+        "conditions": deployment.conditions,
+    }
+    publish_on_commit(deployment_group(deployment.pk), payload)
+    publish_on_commit(tenant_group(deployment.tenant_id), payload)
+
+
+# ----------------------------------------------------------------------------- replicas
+
+
+@dataclass
+class ReplicaObservation:
+    """One replica as the reconciler saw it this pass (backend state + /health)."""
+
+    name: str
+    backend_id: str
+    generation: int
+    endpoint: str
+    state: str  # ReplicaState
+    started_at: datetime | None = None
+    healthy: bool = False
+    error: str = ""
+
+
+def replicas_sync(*, deployment: Deployment, observed: list[ReplicaObservation]) -> dict[str, Replica]:
+    """Make the Replica rows mirror ``observed``: create, update what changed, delete the rest.
+
+    Health bookkeeping: a healthy check sets ``last_heartbeat_at`` and clears
+    ``consecutive_failures``; an unhealthy check of a replica that was ready counts one failure.
+    Returns the rows by name (with the updated failure counts).
+    """
+    now = timezone.now()
+    rows = {r.name: r for r in Replica.objects.filter(deployment_id=deployment.pk)}
+    seen = set()
+    result: dict[str, Replica] = {}
+    for obs in observed:
+        seen.add(obs.name)
+        row = rows.get(obs.name)
+        if row is None:
+            row = Replica(
+                tenant_id=deployment.tenant_id,
+                deployment_id=deployment.pk,
+                name=obs.name,
+                backend_id=obs.backend_id,
+                generation=obs.generation,
+                endpoint=obs.endpoint,
+                state=obs.state,
+                started_at=obs.started_at or now,
+                ready_at=now if obs.state == ReplicaState.READY else None,
+                last_heartbeat_at=now if obs.healthy else None,
+                last_error=obs.error[:1000],
+            )
+            row.save()
+            result[obs.name] = row
+            continue
+        fields: dict[str, Any] = {}
+        if obs.healthy:
+            fields["last_heartbeat_at"] = now
+            if row.consecutive_failures:
+                fields["consecutive_failures"] = 0
+        elif row.ready_at is not None and obs.state != ReplicaState.EXITED:
+            fields["consecutive_failures"] = row.consecutive_failures + 1
+        if obs.state == ReplicaState.READY and row.ready_at is None:
+            fields["ready_at"] = now
+        for attr in ("backend_id", "generation", "endpoint", "state"):
+            if getattr(row, attr) != getattr(obs, attr):
+                fields[attr] = getattr(obs, attr)
+        if obs.error and row.last_error != obs.error[:1000]:
+            fields["last_error"] = obs.error[:1000]
+        if fields:
+            Replica.objects.filter(pk=row.pk).update(**fields, updated_at=now)
+            for key, value in fields.items():
+                setattr(row, key, value)
+        result[obs.name] = row
+    gone = [row.pk for name, row in rows.items() if name not in seen]
+    if gone:
+        Replica.objects.filter(pk__in=gone).delete()
+    return result
+
+
+def deployment_delete_row(*, deployment: Deployment, owner: str) -> bool:
+    """Delete a deployment whose backend resources are verifiably gone (replicas, events cascade)."""
+    with transaction.atomic():
+        deleted, _ = Deployment.objects.filter(
+            pk=deployment.pk, reconcile_lease_owner=owner, desired_state=DesiredState.DELETED
+        ).delete()
+        if deleted:
+            payload = {"kind": "deployment", "deployment": deployment.pk, "deleted": True, "phase": Phase.DELETING}
+            publish_on_commit(deployment_group(deployment.pk), payload)
+            publish_on_commit(tenant_group(deployment.tenant_id), payload)
+    return bool(deleted)
+
+
+def target_health_write(*, target_id: int, health: dict[str, Any]) -> None:
+    """Record what ``check_target`` saw (reachability, version, GPUs)."""
+    Target.objects.filter(pk=target_id).update(health=health, health_checked_at=timezone.now())

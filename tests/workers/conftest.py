@@ -1,0 +1,47 @@
+"""Fixtures of the deployment-engine tests: a fake driver, deployments, an isolated broker."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from tests.factories import DeploymentFactory
+from tests.workers.fakes import FakeDriver
+from workers import reconciler
+
+REPO_ROOT = Path(__file__).resolve().parents[2]
+
+
+@pytest.fixture(autouse=True)
+def _engine_settings(settings: Any, tmp_path: Path) -> None:
+    settings.DATA_DIR = tmp_path / "data"
+    settings.HANGAR_HEALTH_FAILURE_THRESHOLD = 3
+    settings.HANGAR_READY_TIMEOUT = 60.0
+    settings.HANGAR_FAILED_RETRY_SECONDS = 30.0
+    settings.HANGAR_RECONCILE_LEASE_SECONDS = 30.0
+
+
+@pytest.fixture
+def fake_driver() -> FakeDriver:
+    return FakeDriver()
+
+
+@pytest.fixture
+def run(fake_driver: FakeDriver) -> Any:
+    """``run(deployment)`` = one reconcile pass with the fake driver; returns the Outcome."""
+
+    def reconcile_once(deployment: Any, owner: str = "test-worker") -> reconciler.Outcome:
+        outcome = reconciler.reconcile(deployment.pk, owner=owner, driver_factory=lambda target: fake_driver)
+        if deployment.__class__.objects.filter(pk=deployment.pk).exists():
+            deployment.refresh_from_db()
+        return outcome
+
+    return reconcile_once
+
+
+@pytest.fixture
+def deployment(db: Any, tmp_path: Path) -> Iterator[Any]:
+    yield DeploymentFactory(replicas=2, max_replicas=4, model__source=str(tmp_path / "model"))

@@ -1,0 +1,258 @@
+"""Local driver: each replica is a ``python -m workers.runtime`` subprocess on 127.0.0.1.
+
+Used by the single-machine quickstart and the tests. Replicas outlive the worker that started
+them (own session, so a killed worker does not take them along); each one has a state file
+``<name>.json`` next to its log ``<name>.log`` under ``DATA_DIR/replicas/<instance>/<deployment>/``
+holding its pid, the pid's start time (so a recycled pid is never mistaken for the replica),
+port and labels. ``list`` therefore works the same after a worker restart.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+from workers.drivers.base import (
+    LABEL_DEPLOYMENT,
+    LABEL_GENERATION,
+    LABEL_INSTANCE,
+    LABEL_REPLICA,
+    BackendState,
+    Driver,
+    ObservedReplica,
+    PermanentDriverError,
+    ReplicaSpec,
+)
+
+STOP_GRACE_S = 10.0
+
+
+def _proc_start_ticks(pid: int) -> int | None:
+    """Start time of ``pid`` in clock ticks since boot (field 22 of /proc/<pid>/stat)."""
+    try:
+        raw = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return None
+    fields = raw[raw.rindex(")") + 2 :].split()
+    if fields[0] == "Z":  # zombie: it has exited, only the exit status is left
+        return None
+    return int(fields[19])
+
+
+def _reap(pid: int) -> int | None:
+    """Collect the exit status if ``pid`` is our child (else the zombie lingers); None if still running."""
+    try:
+        done, status = os.waitpid(pid, os.WNOHANG)
+    except ChildProcessError:
+        return None
+    if done == 0:
+        return None
+    return os.waitstatus_to_exitcode(status)
+
+
+def port_is_free(port: int, host: str = "127.0.0.1") -> bool:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        try:
+            sock.bind((host, port))
+        except OSError:
+            return False
+    return True
+
+
+def free_port(host: str = "127.0.0.1") -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind((host, 0))
+        return int(sock.getsockname()[1])
+
+
+class LocalDriver(Driver):
+    kind = "local"
+
+    def __init__(self, *, state_dir: Path, instance: str, runtime_module: str = "workers.runtime") -> None:
+        self.root = state_dir / instance
+        self.instance = instance
+        self.runtime_module = runtime_module
+
+    # ------------------------------------------------------------------ state files
+
+    def _dir(self, deployment_id: int) -> Path:
+        return self.root / str(deployment_id)
+
+    def _state_path(self, backend_id: str) -> Path:
+        deployment_id, _, name = backend_id.partition("/")
+        return self._dir(int(deployment_id)) / f"{name}.json"
+
+    def _log_path(self, backend_id: str) -> Path:
+        deployment_id, _, name = backend_id.partition("/")
+        return self._dir(int(deployment_id)) / f"{name}.log"
+
+    def _read_state(self, path: Path) -> dict[str, Any] | None:
+        try:
+            return dict(json.loads(path.read_text()))
+        except (OSError, ValueError):
+            return None
+
+    def _alive(self, state: dict[str, Any]) -> bool:
+        pid = int(state["pid"])
+        _reap(pid)
+        return _proc_start_ticks(pid) == state.get("start_ticks")
+
+    # ------------------------------------------------------------------ interface
+
+    def list(self, deployment_id: int | None = None) -> list[ObservedReplica]:
+        if deployment_id is None:
+            dirs = [p for p in self.root.iterdir() if p.is_dir()] if self.root.is_dir() else []
+        else:
+            dirs = [self._dir(deployment_id)]
+        found = []
+        for directory in dirs:
+            for path in sorted(directory.glob("*.json")) if directory.is_dir() else []:
+                state = self._read_state(path)
+                if state is None:
+                    continue
+                labels = state["labels"]
+                alive = self._alive(state)
+                found.append(
+                    ObservedReplica(
+                        name=labels[LABEL_REPLICA],
+                        backend_id=state["backend_id"],
+                        deployment_id=int(labels[LABEL_DEPLOYMENT]),
+                        generation=int(labels[LABEL_GENERATION]),
+                        state=BackendState.RUNNING if alive else BackendState.EXITED,
+                        endpoint=state["endpoint"],
+                        started_at=datetime.fromisoformat(state["started_at"]),
+                        detail="" if alive else self._last_line(state["backend_id"]),
+                        labels=labels,
+                    )
+                )
+        return found
+
+    def create(self, spec: ReplicaSpec) -> ObservedReplica:
+        model = Path(spec.model_path)
+        if not (model / "config.json").is_file():
+            raise PermanentDriverError(
+                f"Model path {model} is missing or has no config.json on this machine; "
+                "fix the catalog entry's source or build the demo model with "
+                "`python -m workers.runtime.tinymodel DIR`.",
+                reason="ModelPathMissing",
+            )
+        if spec.gpus:
+            raise PermanentDriverError(
+                "The local target runs replicas on CPU only; use a Docker or Kubernetes target for GPUs.",
+                reason="Unschedulable",
+            )
+        if spec.host_port:
+            port = spec.host_port + spec.slot
+            if not port_is_free(port):
+                raise PermanentDriverError(
+                    f"Port {port} on 127.0.0.1 is already in use by another process; choose another "
+                    "host_port or leave it empty to use any free port.",
+                    reason="PortClash",
+                )
+        else:
+            port = free_port()
+        backend_id = f"{spec.deployment_id}/{spec.name}"
+        directory = self._dir(spec.deployment_id)
+        directory.mkdir(parents=True, exist_ok=True)
+        log_path = self._log_path(backend_id)
+        command = [
+            sys.executable,
+            "-m",
+            self.runtime_module,
+            *spec.runtime_args(model=str(model), host="127.0.0.1", port=port),
+        ]
+        env = {**os.environ, "PYTHONUNBUFFERED": "1", "HANGAR_RUNTIME_PORT": str(port)}
+        with log_path.open("ab") as log:
+            # Own session: the replica survives its worker (even kill -9) and can be stopped
+            # as a process group.
+            process = subprocess.Popen(
+                command,
+                stdin=subprocess.DEVNULL,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,
+                cwd=Path(__file__).resolve().parents[2],
+                env=env,
+            )
+        started = datetime.now(UTC)
+        endpoint = f"http://127.0.0.1:{port}"
+        state = {
+            "backend_id": backend_id,
+            "pid": process.pid,
+            "start_ticks": _proc_start_ticks(process.pid),
+            "port": port,
+            "endpoint": endpoint,
+            "started_at": started.isoformat(),
+            "labels": spec.labels | {LABEL_INSTANCE: self.instance},
+            "command": command,
+        }
+        tmp = self._state_path(backend_id).with_suffix(".tmp")
+        tmp.write_text(json.dumps(state))
+        tmp.replace(self._state_path(backend_id))
+        return ObservedReplica(
+            name=spec.name,
+            backend_id=backend_id,
+            deployment_id=spec.deployment_id,
+            generation=spec.generation,
+            state=BackendState.RUNNING,
+            endpoint=endpoint,
+            started_at=started,
+            labels=state["labels"],
+        )
+
+    def remove(self, backend_id: str) -> None:
+        path = self._state_path(backend_id)
+        state = self._read_state(path)
+        if state is not None and self._alive(state):
+            self._stop(int(state["pid"]), state.get("start_ticks"))
+        path.unlink(missing_ok=True)
+
+    def _stop(self, pid: int, start_ticks: int | None) -> None:
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            os.killpg(pid, signal.SIGTERM)
+        deadline = time.monotonic() + STOP_GRACE_S
+        while time.monotonic() < deadline:
+            _reap(pid)
+            if _proc_start_ticks(pid) != start_ticks:
+                return
+            time.sleep(0.05)
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            os.killpg(pid, signal.SIGKILL)
+        _reap(pid)
+
+    def logs(self, backend_id: str, tail: int = 200) -> str:
+        try:
+            with self._log_path(backend_id).open("rb") as log:
+                log.seek(0, os.SEEK_END)
+                size = log.tell()
+                log.seek(max(0, size - 256 * 1024))
+                data = log.read().decode(errors="replace")
+        except (OSError, ValueError):
+            return ""
+        lines = data.splitlines()
+        return "\n".join(lines[-tail:]) + ("\n" if lines else "")
+
+    def _last_line(self, backend_id: str) -> str:
+        lines = [line for line in self.logs(backend_id, tail=20).splitlines() if line.strip()]
+        return lines[-1][:500] if lines else ""
+
+    def forget(self, deployment_id: int) -> None:
+        """Delete a removed deployment's log files."""
+        directory = self._dir(deployment_id)
+        if directory.is_dir() and not any(directory.glob("*.json")):
+            for path in directory.iterdir():
+                path.unlink(missing_ok=True)
+            with contextlib.suppress(OSError):
+                directory.rmdir()
+
+    def check(self) -> dict[str, Any]:
+        return {"reachable": True, "version": f"python {sys.version.split()[0]}", "gpus": 0, "error": ""}

@@ -1,0 +1,22 @@
+"""The periodic work of the deployment engine, installed as Celery beat's schedule."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from django.conf import settings
+
+ORPHANS_EVERY_S = 60.0
+TARGETS_EVERY_S = 60.0
+AUTOSCALE_EVERY_S = 5.0
+
+
+def beat_schedule() -> dict[str, dict[str, Any]]:
+    """Resync every deployment every ``HANGAR_RESYNC_INTERVAL`` s, plus orphans, targets, autoscaler."""
+    resync = settings.HANGAR_RESYNC_INTERVAL
+    return {
+        "hangar-resync-deployments": {"task": "workers.tasks.resync_deployments", "schedule": resync},
+        "hangar-collect-orphans": {"task": "workers.tasks.collect_orphans", "schedule": max(resync, ORPHANS_EVERY_S)},
+        "hangar-check-targets": {"task": "workers.tasks.check_targets", "schedule": TARGETS_EVERY_S},
+        "hangar-autoscale": {"task": "workers.tasks.autoscale", "schedule": min(resync, AUTOSCALE_EVERY_S)},
+    }

@@ -1,0 +1,123 @@
+"""Celery tasks: thin wrappers that take ids and call the reconciler, health checks and autoscaler.
+
+Task names are part of the contract with the control plane, which enqueues them by name
+(``controlplane.core.tasks``): ``workers.tasks.reconcile_deployment(deployment_id)`` and
+``workers.tasks.check_target(target_id)``.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import socket
+from typing import Any
+
+from celery import shared_task
+from celery.signals import worker_ready
+from django.conf import settings
+
+from controlplane.core.tasks import CHECK_TARGET, RECONCILE_DEPLOYMENT
+from controlplane.deployments.models import Deployment, Target
+from controlplane.deployments.status import target_health_write
+from workers import reconciler
+from workers.drivers import driver_for, local_driver
+from workers.drivers.base import DriverError
+
+logger = logging.getLogger(__name__)
+
+MAX_BACKOFF_S = 30.0
+RESYNC_DEPLOYMENTS = "workers.tasks.resync_deployments"
+COLLECT_ORPHANS = "workers.tasks.collect_orphans"
+CHECK_TARGETS = "workers.tasks.check_targets"
+AUTOSCALE = "workers.tasks.autoscale"
+
+
+def _owner(task: Any) -> str:
+    return f"{socket.gethostname()}:{os.getpid()}:{task.request.id or 'local'}"
+
+
+@shared_task(name=RECONCILE_DEPLOYMENT, bind=True, ignore_result=True)
+def reconcile_deployment(self: Any, deployment_id: int) -> None:
+    """One reconcile pass; re-enqueues itself while replicas converge, backs off on backend errors."""
+    outcome = reconciler.reconcile(int(deployment_id), owner=_owner(self))
+    if outcome.temporary_error:
+        # 1, 2, 4 ... 30 s; after a handful of tries the periodic resync keeps trying.
+        attempt = self.request.retries
+        if attempt < 6:
+            raise self.retry(countdown=min(MAX_BACKOFF_S, 2.0**attempt), max_retries=6)
+        return
+    if outcome.requeue_after is not None:
+        self.apply_async(args=[deployment_id], countdown=outcome.requeue_after)
+
+
+@shared_task(name=CHECK_TARGET, ignore_result=True)
+def check_target(target_id: int) -> None:
+    """Refresh ``Target.health``: reachability, version, GPUs (never raises on backend errors)."""
+    target = Target.objects.filter(pk=int(target_id)).first()
+    if target is None:
+        return
+    driver = driver_for(target)
+    try:
+        health = driver.check()
+    except DriverError as exc:
+        health = {"reachable": False, "version": "", "gpus": 0, "error": exc.message}
+    finally:
+        driver.close()
+    if not health.get("gpus") and target.gpu_inventory:
+        health["gpus_declared"] = len(target.gpu_inventory)
+    target_health_write(target_id=target.pk, health=health)
+
+
+@shared_task(name=RESYNC_DEPLOYMENTS, ignore_result=True)
+def resync_deployments() -> int:
+    """Beat: re-enqueue every deployment, so lost messages, dead workers and dead replicas heal."""
+    ids = list(Deployment.objects.values_list("pk", flat=True))
+    for deployment_id in ids:
+        reconcile_deployment.delay(deployment_id)
+    return len(ids)
+
+
+@shared_task(name=CHECK_TARGETS, ignore_result=True)
+def check_targets() -> None:
+    for target_id in Target.objects.values_list("pk", flat=True):
+        check_target.delay(target_id)
+
+
+@shared_task(name=COLLECT_ORPHANS, ignore_result=True)
+def collect_orphans() -> int:
+    """Beat: remove backend resources whose deployment row is gone, on every distinct backend."""
+    removed = 0
+    drivers = [local_driver()]
+    seen: set[tuple[str, ...]] = set()
+    for target in Target.objects.exclude(kind="local"):
+        key = (target.kind, target.docker_url, target.kubeconfig_path, target.kube_context, target.kube_namespace)
+        if key not in seen:
+            seen.add(key)
+            try:
+                drivers.append(driver_for(target))
+            except DriverError as exc:
+                logger.warning("skipping orphan collection on target %s: %s", target.pk, exc)
+    for driver in drivers:
+        try:
+            removed += len(reconciler.collect_orphans(driver))
+        except DriverError as exc:
+            logger.warning("orphan collection failed on a %s backend: %s", driver.kind, exc)
+        finally:
+            driver.close()
+    return removed
+
+
+@shared_task(name=AUTOSCALE, ignore_result=True)
+def autoscale() -> None:
+    from workers.autoscaler import autoscale_tick
+
+    autoscale_tick()
+
+
+@worker_ready.connect
+def _collect_orphans_at_start(**_: Any) -> None:
+    """A worker (re)starting cleans up after a crashed predecessor, then resyncs everything."""
+    if settings.CELERY_TASK_ALWAYS_EAGER:
+        return
+    collect_orphans.delay()
+    resync_deployments.delay()
