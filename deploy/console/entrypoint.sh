@@ -1,0 +1,40 @@
+#!/usr/bin/env bash
+# Entry point of the hangar-console image: the first argument picks the process.
+#   web       ASGI server (dashboard, REST API, gateway, websockets) on $HANGAR_PORT (8000)
+#   worker    Celery worker (reconcile, drivers, metrics scraping)
+#   beat      Celery beat (periodic resync, rollups, reaping, autoscaler ticks); run exactly one
+#   migrate   apply database migrations, then exit (a compose one-off / Kubernetes Job)
+#   manage    any manage.py command: `manage createsuperuser`
+#   anything else is executed as is
+set -euo pipefail
+
+cmd=${1:-web}
+[[ $# -gt 0 ]] && shift
+
+case $cmd in
+    web)
+        exec uvicorn console.asgi:application \
+            --host "${HANGAR_HOST:-0.0.0.0}" --port "${HANGAR_PORT:-8000}" \
+            --workers "${HANGAR_WEB_WORKERS:-1}" \
+            --proxy-headers --forwarded-allow-ips "${HANGAR_FORWARDED_ALLOW_IPS:-127.0.0.1}" \
+            --no-server-header "$@"
+        ;;
+    worker)
+        exec celery -A console worker --loglevel "${HANGAR_LOG_LEVEL:-INFO}" \
+            --concurrency "${HANGAR_WORKER_CONCURRENCY:-2}" "$@"
+        ;;
+    beat)
+        # The schedule file is scratch state (the schedule itself is code); keep it writable.
+        exec celery -A console beat --loglevel "${HANGAR_LOG_LEVEL:-INFO}" \
+            --schedule "${HANGAR_DATA_DIR:-/var/lib/hangar}/celerybeat-schedule" "$@"
+        ;;
+    migrate)
+        exec python /app/manage.py migrate --noinput "$@"
+        ;;
+    manage)
+        exec python /app/manage.py "$@"
+        ;;
+    *)
+        exec "$cmd" "$@"
+        ;;
+esac
