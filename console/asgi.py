@@ -1,4 +1,9 @@
-"""ASGI entry point: HTTP (dashboard, REST API, gateway) and websockets on one server."""
+"""ASGI entry point: HTTP (dashboard, REST API, gateway) and websockets on one server.
+
+The gateway's paths (``/v1/*`` and ``/metrics``) and the ASGI lifespan go to the gateway's
+own ASGI app before Django, so no Django middleware, session or CSRF code runs on the serving
+path; everything else goes to Django (HTTP) or Channels (websockets).
+"""
 
 import os
 
@@ -12,10 +17,13 @@ from channels.routing import ProtocolTypeRouter, URLRouter  # noqa: E402
 from channels.security.websocket import AllowedHostsOriginValidator  # noqa: E402
 
 from console.routing import websocket_urlpatterns  # noqa: E402
+from controlplane.gateway.app import route_http  # noqa: E402
 
-application = ProtocolTypeRouter(
-    {
-        "http": django_asgi_app,
-        "websocket": AllowedHostsOriginValidator(AuthMiddlewareStack(URLRouter(websocket_urlpatterns))),
-    }
+application = route_http(
+    ProtocolTypeRouter(
+        {
+            "http": django_asgi_app,
+            "websocket": AllowedHostsOriginValidator(AuthMiddlewareStack(URLRouter(websocket_urlpatterns))),
+        }
+    )
 )

@@ -101,6 +101,13 @@ def announce_revoked(key_id: str) -> None:
         logger.warning("could not announce a key revocation; caches expire it within their TTL")
 
 
+def api_key_touch(*, key_pks: list[int], at: datetime) -> int:
+    """Record that keys were used (the gateway batches this, about once a minute per key)."""
+    if not key_pks:
+        return 0
+    return ApiKey.objects.filter(pk__in=key_pks).update(last_used_at=at)
+
+
 @transaction.atomic
 def api_key_revoke(*, actor: Actor, key: ApiKey) -> ApiKey:
     if key.revoked_at is None:

@@ -1,0 +1,475 @@
+"""Rate limits (RPM, TPM) and monthly token budgets, per key and per tenant.
+
+Algorithm: GCRA (generic cell rate algorithm) in one Lua script, so every check-and-charge is
+atomic across all gateway processes and uses one clock (Redis ``TIME``). A limit of ``L`` per
+minute emits one unit every ``60/L`` s and allows a burst of ``ceil(L * burst_fraction)``
+units (10 % by default). Unlike fixed windows there is no edge where two windows' worth pass:
+in any 60 s the admitted amount is at most ``L + burst``.
+
+Tokens are reserved at admission (prompt estimate + max_tokens) and settled with the actual
+count afterwards; settlements are sent in batches so the hot path makes one Redis call.
+
+Budgets are monthly counters in Redis, rebuilt from ``UsageRecord`` when missing (Redis is a
+cache: losing it loses nothing).
+
+Redis unreachable: the same algorithm runs in process memory (limits then apply per gateway
+process), a gauge and a log line say so, and a probe switches back when Redis answers.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import math
+import time
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+
+import redis.asyncio as aioredis
+from redis.exceptions import NoScriptError, RedisError
+
+from controlplane.gateway import metrics
+from controlplane.gateway.conf import GatewayConf
+from controlplane.gateway.db import run_db
+from controlplane.gateway.selectors import KeyRecord, gateway_tokens_used
+
+logger = logging.getLogger(__name__)
+
+BUDGET_TTL_SECONDS = 40 * 24 * 3600
+
+# KEYS: bucket keys then budget keys. ARGV: nb, nbud, (interval_ms, capacity, cost) * nb,
+# (limit, cost) * nbud. Returns {status, denied index, retry ms, debt ms per bucket...}
+# status 1 admitted, 0 denied, -1 budget counters missing (their indexes follow).
+ADMIT_LUA = """
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000 + tonumber(t[2]) / 1000
+local nb = tonumber(ARGV[1])
+local nbud = tonumber(ARGV[2])
+local missing = {}
+for j = 1, nbud do
+  if redis.call('EXISTS', KEYS[nb + j]) == 0 then missing[#missing + 1] = j end
+end
+if #missing > 0 then
+  local out = {-1}
+  for _, j in ipairs(missing) do out[#out + 1] = j end
+  return out
+end
+local denied = 0
+local retry = 0
+local tats = {}
+local news = {}
+for i = 1, nb do
+  local b = 2 + (i - 1) * 3
+  local interval = tonumber(ARGV[b + 1])
+  local capacity = tonumber(ARGV[b + 2])
+  local cost = tonumber(ARGV[b + 3])
+  local tat = tonumber(redis.call('GET', KEYS[i]) or now)
+  if tat < now then tat = now end
+  tats[i] = tat
+  local allow_at = tat - math.max(0, capacity - cost) * interval
+  if now < allow_at then
+    if denied == 0 then denied = i end
+    if allow_at - now > retry then retry = allow_at - now end
+  end
+  news[i] = tat + cost * interval
+end
+local bo = 2 + nb * 3
+if denied == 0 then
+  for j = 1, nbud do
+    local limit = tonumber(ARGV[bo + (j - 1) * 2 + 1])
+    local cost = tonumber(ARGV[bo + (j - 1) * 2 + 2])
+    local used = tonumber(redis.call('GET', KEYS[nb + j]) or 0)
+    if used + cost > limit then denied = nb + j; break end
+  end
+end
+local out = {denied == 0 and 1 or 0, denied, string.format('%.3f', retry)}
+for i = 1, nb do
+  local tat = tats[i]
+  if denied == 0 then
+    tat = news[i]
+    redis.call('SET', KEYS[i], string.format('%.3f', tat), 'PX', math.ceil(tat - now) + 60000)
+  end
+  out[#out + 1] = string.format('%.3f', tat - now)
+end
+if denied == 0 then
+  for j = 1, nbud do
+    redis.call('INCRBY', KEYS[nb + j], ARGV[bo + (j - 1) * 2 + 2])
+  end
+end
+return out
+"""
+
+# KEYS: bucket keys then budget keys; ARGV: nb, then one delta per key (ms for buckets,
+# tokens for budgets). Keys that expired in the meantime are left alone.
+SETTLE_LUA = """
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000 + tonumber(t[2]) / 1000
+local nb = tonumber(ARGV[1])
+for i = 1, #KEYS do
+  if redis.call('EXISTS', KEYS[i]) == 1 then
+    if i <= nb then
+      local tat = tonumber(redis.call('INCRBYFLOAT', KEYS[i], ARGV[i + 1]))
+      redis.call('PEXPIRE', KEYS[i], math.ceil(math.max(tat - now, 0)) + 60000)
+    else
+      redis.call('INCRBY', KEYS[i], ARGV[i + 1])
+    end
+  end
+end
+return 1
+"""
+
+
+@dataclass(slots=True)
+class Bucket:
+    key: str
+    kind: str  # rpm | tpm
+    scope: str  # key | tenant
+    limit: int  # per minute
+    cost: int
+
+    @property
+    def interval_ms(self) -> float:
+        return 60000.0 / self.limit
+
+    def capacity(self, burst_fraction: float) -> int:
+        return max(1, math.ceil(self.limit * burst_fraction))
+
+
+@dataclass(slots=True)
+class Budget:
+    key: str
+    scope: str
+    limit: int
+    cost: int
+    owner_id: int
+
+
+@dataclass(slots=True)
+class Reservation:
+    backend: str  # redis | local
+    tokens: int
+    tpm: list[Bucket] = field(default_factory=list)
+    budgets: list[Budget] = field(default_factory=list)
+
+
+@dataclass(slots=True)
+class Decision:
+    allowed: bool
+    reason: str = ""  # rpm | tpm | budget | too_large
+    scope: str = ""
+    message: str = ""
+    retry_after: int = 0
+    headers: list[tuple[bytes, bytes]] = field(default_factory=list)
+    reservation: Reservation | None = None
+
+
+ALLOWED_NO_LIMITS = Decision(allowed=True)
+
+
+def _month(now: float) -> tuple[str, datetime, float]:
+    """``YYYYMM``, the month's start and the seconds until the next month (UTC)."""
+    dt = datetime.fromtimestamp(now, UTC)
+    start = dt.replace(day=1, hour=0, minute=0, second=0, microsecond=0)
+    nxt = start.replace(year=start.year + 1, month=1) if start.month == 12 else start.replace(month=start.month + 1)
+    return f"{start.year:04d}{start.month:02d}", start, nxt.timestamp() - now
+
+
+def plan(key: KeyRecord, tokens: int, now: float, prefix: str = "hangar:gw:") -> tuple[list[Bucket], list[Budget]]:
+    """The buckets and budgets that apply to one request of ``key`` costing ``tokens``.
+
+    Key buckets are named by the key's public id (unique forever, unlike a row id that a
+    rebuilt database may hand out again)."""
+    k = f"{prefix}k:{key.key_id}"
+    t = f"{prefix}t:{key.tenant_id}"
+    buckets: list[Bucket] = []
+    if key.rpm_limit:
+        buckets.append(Bucket(f"{k}:rpm", "rpm", "key", key.rpm_limit, 1))
+    if key.tenant_rpm_limit:
+        buckets.append(Bucket(f"{t}:rpm", "rpm", "tenant", key.tenant_rpm_limit, 1))
+    if key.tpm_limit:
+        buckets.append(Bucket(f"{k}:tpm", "tpm", "key", key.tpm_limit, tokens))
+    if key.tenant_tpm_limit:
+        buckets.append(Bucket(f"{t}:tpm", "tpm", "tenant", key.tenant_tpm_limit, tokens))
+    budgets: list[Budget] = []
+    if key.monthly_token_budget or key.tenant_monthly_token_budget:
+        month, _, _ = _month(now)
+        if key.monthly_token_budget:
+            budgets.append(Budget(f"{k}:budget:{month}", "key", key.monthly_token_budget, tokens, key.pk))
+        if key.tenant_monthly_token_budget:
+            budgets.append(
+                Budget(
+                    f"{t}:budget:{month}",
+                    "tenant",
+                    key.tenant_monthly_token_budget,
+                    tokens,
+                    key.tenant_id,
+                )
+            )
+    return buckets, budgets
+
+
+def _rate_headers(buckets: list[Bucket], debts_ms: list[float], burst_fraction: float) -> list[tuple[bytes, bytes]]:
+    """``X-RateLimit-*`` for the tightest request bucket, ``X-RateLimit-*-Tokens`` for tokens."""
+    best: dict[str, tuple[int, int, float]] = {}
+    for bucket, debt in zip(buckets, debts_ms, strict=False):
+        capacity = bucket.capacity(burst_fraction)
+        remaining = max(0, math.floor((capacity * bucket.interval_ms - debt) / bucket.interval_ms))
+        current = best.get(bucket.kind)
+        if current is None or remaining < current[1]:
+            best[bucket.kind] = (bucket.limit, remaining, max(0.0, debt))
+    headers: list[tuple[bytes, bytes]] = []
+    for kind, suffix in (("rpm", b""), ("tpm", b"-tokens")):
+        if kind in best:
+            limit, remaining, debt = best[kind]
+            headers.append((b"x-ratelimit-limit" + suffix, str(limit).encode()))
+            headers.append((b"x-ratelimit-remaining" + suffix, str(remaining).encode()))
+            headers.append((b"x-ratelimit-reset" + suffix, str(math.ceil(debt / 1000)).encode()))
+    return headers
+
+
+def _denial(
+    bucket: Bucket | None, budget: Budget | None, retry_ms: float, month_left: float, tokens: int
+) -> tuple[str, str, str, int]:
+    if budget is not None:
+        return (
+            "budget",
+            budget.scope,
+            f"The monthly token budget of this {'API key' if budget.scope == 'key' else 'tenant'} "
+            f"({budget.limit} tokens) is used up.",
+            max(1, math.ceil(month_left)),
+        )
+    assert bucket is not None
+    retry = max(1, math.ceil(retry_ms / 1000))
+    unit = "requests per min (RPM)" if bucket.kind == "rpm" else "tokens per min (TPM)"
+    who = "API key" if bucket.scope == "key" else "tenant"
+    requested = 1 if bucket.kind == "rpm" else tokens
+    return (
+        bucket.kind,
+        bucket.scope,
+        f"Rate limit reached for this {who} on {unit}: limit {bucket.limit}, requested {requested}. "
+        f"Please try again in {retry}s.",
+        retry,
+    )
+
+
+class LocalLimiter:
+    """The same GCRA and budgets in process memory, used while Redis is unreachable."""
+
+    def __init__(self, burst_fraction: float) -> None:
+        self.burst_fraction = burst_fraction
+        self.tats: dict[str, float] = {}
+        self.used: dict[str, int] = {}
+
+    def admit(self, buckets: list[Bucket], budgets: list[Budget]) -> tuple[int, float, list[float]] | list[int]:
+        now = time.monotonic() * 1000
+        missing = [j + 1 for j, b in enumerate(budgets) if b.key not in self.used]
+        if missing:
+            return missing
+        denied = 0
+        retry = 0.0
+        tats = []
+        for i, bucket in enumerate(buckets, 1):
+            tat = max(self.tats.get(bucket.key, now), now)
+            tats.append(tat)
+            allow_at = tat - max(0, bucket.capacity(self.burst_fraction) - bucket.cost) * bucket.interval_ms
+            if now < allow_at:
+                denied = denied or i
+                retry = max(retry, allow_at - now)
+        if not denied:
+            for j, budget in enumerate(budgets, 1):
+                if self.used[budget.key] + budget.cost > budget.limit:
+                    denied = len(buckets) + j
+                    break
+        if not denied:
+            for i, bucket in enumerate(buckets):
+                tats[i] += bucket.cost * bucket.interval_ms
+                self.tats[bucket.key] = tats[i]
+            for budget in budgets:
+                self.used[budget.key] += budget.cost
+            if len(self.tats) > 100_000:  # bounded: drop buckets that are full again
+                self.tats = {k: v for k, v in self.tats.items() if v > now}
+        return denied, retry, [t - now for t in tats]
+
+    def settle(self, reservation: Reservation, delta_tokens: int) -> None:
+        for bucket in reservation.tpm:
+            if bucket.key in self.tats:
+                self.tats[bucket.key] += delta_tokens * bucket.interval_ms
+        for budget in reservation.budgets:
+            if budget.key in self.used:
+                self.used[budget.key] += delta_tokens
+
+
+class Limiter:
+    def __init__(self, conf: GatewayConf, redis_url: str) -> None:
+        self.conf = conf
+        self.redis = aioredis.Redis.from_url(
+            redis_url,
+            socket_timeout=conf.redis_timeout,
+            socket_connect_timeout=conf.redis_timeout,
+            retry_on_timeout=False,
+            max_connections=256,
+        )
+        self._admit = self.redis.register_script(ADMIT_LUA)
+        self._settle = self.redis.register_script(SETTLE_LUA)
+        self.local = LocalLimiter(conf.burst_fraction)
+        self.redis_ok = True
+        self._probe: asyncio.Task[None] | None = None
+        self._pending_ms: dict[str, float] = {}
+        self._pending_tokens: dict[str, int] = {}
+        self._nb_pending: set[str] = set()
+        metrics.REDIS_FALLBACK.set(0)
+
+    # ------------------------------------------------------------------ admission
+
+    async def admit(self, key: KeyRecord, tokens: int) -> Decision:
+        now = time.time()
+        buckets, budgets = plan(key, tokens, now, self.conf.redis_prefix)
+        if not buckets and not budgets:
+            return ALLOWED_NO_LIMITS
+        for bucket in buckets:
+            if bucket.kind == "tpm" and tokens > bucket.limit:
+                metrics.LIMITER_DECISIONS.labels("too_large", "redis" if self.redis_ok else "local").inc()
+                who = "API key" if bucket.scope == "key" else "tenant"
+                return Decision(
+                    allowed=False,
+                    reason="too_large",
+                    scope=bucket.scope,
+                    message=f"Request too large for this {who}'s tokens per min (TPM) limit: "
+                    f"limit {bucket.limit}, requested {tokens}. Lower max_tokens or the prompt.",
+                    retry_after=60,
+                )
+        backend = "redis" if self.redis_ok else "local"
+        result: tuple[int, float, list[float]] | None = None
+        if self.redis_ok:
+            try:
+                result = await self._admit_redis(buckets, budgets)
+            except (RedisError, OSError) as exc:
+                self._enter_fallback(exc)
+                backend = "local"
+        if result is None:
+            local = self.local.admit(buckets, budgets)
+            if isinstance(local, list):
+                for j in local:
+                    budget = budgets[j - 1]
+                    self.local.used.setdefault(budget.key, await self._used_from_db(budget, now))
+                local = self.local.admit(buckets, budgets)
+            assert not isinstance(local, list)
+            result = local
+        denied, retry_ms, debts = result
+        headers = _rate_headers(buckets, debts, self.conf.burst_fraction)
+        if denied:
+            bucket = buckets[denied - 1] if denied <= len(buckets) else None
+            budget = budgets[denied - len(buckets) - 1] if denied > len(buckets) else None
+            reason, scope, message, retry = _denial(bucket, budget, retry_ms, _month(now)[2], tokens)
+            metrics.LIMITER_DECISIONS.labels(reason, backend).inc()
+            return Decision(
+                allowed=False, reason=reason, scope=scope, message=message, retry_after=retry, headers=headers
+            )
+        metrics.LIMITER_DECISIONS.labels("allowed", backend).inc()
+        return Decision(
+            allowed=True,
+            headers=headers,
+            reservation=Reservation(
+                backend=backend, tokens=tokens, tpm=[b for b in buckets if b.kind == "tpm"], budgets=budgets
+            ),
+        )
+
+    async def _admit_redis(self, buckets: list[Bucket], budgets: list[Budget]) -> tuple[int, float, list[float]]:
+        keys = [b.key for b in buckets] + [b.key for b in budgets]
+        args: list[float | int | str] = [len(buckets), len(budgets)]
+        for b in buckets:
+            args += [f"{b.interval_ms:.6f}", b.capacity(self.conf.burst_fraction), b.cost]
+        for bud in budgets:
+            args += [bud.limit, bud.cost]
+        for _ in range(2):
+            reply = await self._admit(keys=keys, args=args)
+            if int(reply[0]) != -1:
+                return int(reply[1]), float(reply[2]), [float(x) for x in reply[3:]]
+            now = time.time()
+            for j in reply[1:]:
+                budget = budgets[int(j) - 1]
+                used = await self._used_from_db(budget, now)
+                await self.redis.set(budget.key, used, nx=True, ex=BUDGET_TTL_SECONDS)
+        raise RedisError("budget counters vanished twice in a row")
+
+    async def _used_from_db(self, budget: Budget, now: float) -> int:
+        _, start, _ = _month(now)
+        if budget.scope == "key":
+            return await run_db(gateway_tokens_used, since=start, api_key_id=budget.owner_id)
+        return await run_db(gateway_tokens_used, since=start, tenant_id=budget.owner_id)
+
+    # ------------------------------------------------------------------ settlement
+
+    def settle(self, reservation: Reservation | None, actual_tokens: int) -> None:
+        """Replace the reserved token count with the actual one (batched to Redis)."""
+        if reservation is None:
+            return
+        delta = actual_tokens - reservation.tokens
+        if delta == 0 or (not reservation.tpm and not reservation.budgets):
+            return
+        if reservation.backend == "local" or not self.redis_ok:
+            if reservation.backend == "local":
+                self.local.settle(reservation, delta)
+            return
+        for bucket in reservation.tpm:
+            self._pending_ms[bucket.key] = self._pending_ms.get(bucket.key, 0.0) + delta * bucket.interval_ms
+        for budget in reservation.budgets:
+            self._pending_tokens[budget.key] = self._pending_tokens.get(budget.key, 0) + delta
+
+    async def flush_settlements(self) -> None:
+        if not (self._pending_ms or self._pending_tokens) or not self.redis_ok:
+            return
+        pending_ms, self._pending_ms = self._pending_ms, {}
+        pending_tokens, self._pending_tokens = self._pending_tokens, {}
+        keys = list(pending_ms) + list(pending_tokens)
+        args: list[str | int] = [len(pending_ms)]
+        args += [f"{v:.3f}" for v in pending_ms.values()]
+        args += list(pending_tokens.values())
+        try:
+            await self._settle(keys=keys, args=args)
+        except (RedisError, OSError) as exc:
+            self._enter_fallback(exc)
+
+    async def settle_loop(self) -> None:
+        while True:
+            await asyncio.sleep(self.conf.settle_flush_seconds)
+            await self.flush_settlements()
+
+    # ------------------------------------------------------------------ fallback
+
+    def _enter_fallback(self, exc: BaseException) -> None:
+        if isinstance(exc, NoScriptError):
+            return
+        if self.redis_ok:
+            self.redis_ok = False
+            metrics.REDIS_FALLBACK.set(1)
+            logger.warning(
+                "Redis is unreachable (%s); rate limits and budgets fall back to this process's own limiter",
+                type(exc).__name__,
+            )
+        if self._probe is None or self._probe.done():
+            self._probe = asyncio.get_running_loop().create_task(self._probe_until_back())
+
+    async def _probe_until_back(self) -> None:
+        while not self.redis_ok:
+            await asyncio.sleep(self.conf.redis_probe_seconds)
+            try:
+                await self.redis.ping()
+            except (RedisError, OSError):
+                continue
+            self.redis_ok = True
+            self._pending_ms.clear()
+            self._pending_tokens.clear()
+            metrics.REDIS_FALLBACK.set(0)
+            logger.warning("Redis is reachable again; rate limits are shared across processes again")
+
+    async def close(self) -> None:
+        if self._probe is not None:
+            self._probe.cancel()
+            with contextlib.suppress(BaseException):
+                await self._probe
+        with contextlib.suppress(Exception):
+            await self.flush_settlements()
+        with contextlib.suppress(Exception):
+            await self.redis.aclose()

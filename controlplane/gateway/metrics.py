@@ -1,0 +1,55 @@
+"""Prometheus metrics of the gateway, served on the console's ``GET /metrics``.
+
+Label values are bounded: ``model`` is a served model name that exists (unknown names are
+reported as ``-``), so a client cannot blow up the series count.
+"""
+
+from __future__ import annotations
+
+import os
+
+from prometheus_client import (
+    CONTENT_TYPE_LATEST,
+    REGISTRY,
+    CollectorRegistry,
+    Counter,
+    Gauge,
+    Histogram,
+    generate_latest,
+)
+
+REQUESTS = Counter("hangar_gateway_requests_total", "Gateway answers by model and HTTP status.", ["model", "status"])
+ADDED_LATENCY = Histogram(
+    "hangar_gateway_added_latency_seconds",
+    "Time the gateway itself adds to a request (everything except waiting for the upstream).",
+    buckets=(0.0002, 0.0005, 0.001, 0.002, 0.003, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1.0),
+)
+UPSTREAM_LATENCY = Histogram(
+    "hangar_gateway_upstream_seconds",
+    "Time from sending to an upstream replica until its answer is complete.",
+    buckets=(0.001, 0.005, 0.01, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120),
+)
+LIMITER_DECISIONS = Counter(
+    "hangar_gateway_limiter_decisions_total",
+    "Rate limiter and budget decisions.",
+    ["decision", "backend"],  # decision: allowed | rpm | tpm | budget | too_large; backend: redis | local
+)
+REDIS_FALLBACK = Gauge(
+    "hangar_gateway_redis_fallback", "1 while Redis is unreachable and limits use the per-process limiter."
+)
+UPSTREAM_ERRORS = Counter("hangar_gateway_upstream_errors_total", "Failures talking to replicas.", ["kind"])
+IN_FLIGHT = Gauge("hangar_gateway_in_flight_requests", "Requests currently proxied by this process.")
+COLD_STARTS = Counter("hangar_gateway_cold_starts_total", "Requests that waited for a replica to start.", ["outcome"])
+USAGE_FLUSH_FAILURES = Counter("hangar_gateway_usage_flush_failures_total", "Failed usage flushes (retried).")
+KEY_CACHE = Counter("hangar_gateway_key_cache_total", "Key cache lookups.", ["result"])  # hit | miss | negative
+
+
+def render() -> tuple[bytes, str]:
+    """The exposition text; aggregates all workers when PROMETHEUS_MULTIPROC_DIR is set."""
+    if os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
+        from prometheus_client import multiprocess
+
+        registry = CollectorRegistry()
+        multiprocess.MultiProcessCollector(registry)
+        return generate_latest(registry), CONTENT_TYPE_LATEST
+    return generate_latest(REGISTRY), CONTENT_TYPE_LATEST

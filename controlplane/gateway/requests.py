@@ -1,0 +1,140 @@
+"""Validation of the parts of a completion request the gateway acts on.
+
+The gateway checks what it needs for routing, limits and metering (model, max_tokens, stream,
+the prompt's size) and leaves the rest to the runtime, which answers its own 400s in the same
+OpenAI shape.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from typing import Any
+
+from controlplane.gateway.errors import bad_request
+
+MAX_MODEL_NAME = 256
+MAX_MESSAGES = 10_000
+
+
+@dataclass(slots=True)
+class CompletionRequest:
+    payload: dict[str, Any]
+    model: str
+    max_tokens: int | None
+    stream: bool
+    include_usage: bool
+    prompt_estimate: int
+
+
+def _int_field(payload: dict[str, Any], name: str) -> int | None:
+    value = payload.get(name)
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise bad_request(f"'{name}' must be an integer.", param=name, code="invalid_type")
+    if value < 1:
+        raise bad_request(f"'{name}' must be at least 1.", param=name)
+    return value
+
+
+def _text_len(content: Any) -> int:
+    if isinstance(content, str):
+        return len(content)
+    if isinstance(content, list):  # content parts: [{"type": "text", "text": ...}]
+        return sum(len(p.get("text", "")) for p in content if isinstance(p, dict) and isinstance(p.get("text"), str))
+    return 0
+
+
+def _estimate_chat(messages: Any) -> int:
+    if not isinstance(messages, list) or not messages:
+        raise bad_request("'messages' must be a non-empty array.", param="messages", code="invalid_type")
+    if len(messages) > MAX_MESSAGES:
+        raise bad_request(f"'messages' holds more than {MAX_MESSAGES} items.", param="messages")
+    chars = 0
+    for index, message in enumerate(messages):
+        if not isinstance(message, dict) or not isinstance(message.get("role"), str):
+            raise bad_request(
+                f"'messages[{index}]' must be an object with a string 'role'.",
+                param=f"messages[{index}]",
+                code="invalid_type",
+            )
+        content = message.get("content")
+        if content is not None and not isinstance(content, str | list):
+            raise bad_request(
+                f"'messages[{index}].content' must be a string or an array.",
+                param=f"messages[{index}].content",
+                code="invalid_type",
+            )
+        chars += _text_len(content) + 16  # role and template overhead
+    return chars // 4 + 1
+
+
+def _estimate_prompt(prompt: Any) -> int:
+    if isinstance(prompt, str):
+        return len(prompt) // 4 + 1
+    if isinstance(prompt, list) and prompt:
+        if all(isinstance(p, str) for p in prompt):
+            return sum(len(p) for p in prompt) // 4 + 1
+        if all(isinstance(p, int) and not isinstance(p, bool) for p in prompt):
+            return len(prompt)
+        if all(isinstance(p, list) and all(isinstance(t, int) and not isinstance(t, bool) for t in p) for p in prompt):
+            return sum(len(p) for p in prompt)
+    raise bad_request(
+        "'prompt' must be a string, an array of strings or an array of token ids.", param="prompt", code="invalid_type"
+    )
+
+
+def parse_completion(body: bytes, *, chat: bool) -> CompletionRequest:
+    if not body:
+        raise bad_request("The request body is empty; send a JSON object.", code="invalid_json")
+    try:
+        payload = json.loads(body)
+    except (ValueError, RecursionError):
+        raise bad_request("We could not parse the JSON body of your request.", code="invalid_json") from None
+    if not isinstance(payload, dict):
+        raise bad_request("The request body must be a JSON object.", code="invalid_json")
+    model = payload.get("model")
+    if not isinstance(model, str) or not model:
+        raise bad_request("'model' is required and must be a string.", param="model", code="invalid_type")
+    if len(model) > MAX_MODEL_NAME:
+        raise bad_request("'model' is too long.", param="model")
+    if chat:
+        if "messages" not in payload:
+            raise bad_request("'messages' is required.", param="messages", code="missing_required_parameter")
+        estimate = _estimate_chat(payload["messages"])
+    else:
+        if "prompt" not in payload:
+            raise bad_request("'prompt' is required.", param="prompt", code="missing_required_parameter")
+        estimate = _estimate_prompt(payload["prompt"])
+    max_tokens = _int_field(payload, "max_tokens")
+    if chat:
+        completion_tokens = _int_field(payload, "max_completion_tokens")
+        if completion_tokens is not None:
+            max_tokens = completion_tokens if max_tokens is None else min(max_tokens, completion_tokens)
+    stream = payload.get("stream")
+    if stream is not None and not isinstance(stream, bool):
+        raise bad_request("'stream' must be a boolean.", param="stream", code="invalid_type")
+    include_usage = False
+    options = payload.get("stream_options")
+    if options is not None:
+        if not stream:
+            raise bad_request("'stream_options' is only allowed when 'stream' is true.", param="stream_options")
+        if not isinstance(options, dict):
+            raise bad_request("'stream_options' must be an object.", param="stream_options", code="invalid_type")
+        flag = options.get("include_usage")
+        if flag is not None and not isinstance(flag, bool):
+            raise bad_request(
+                "'stream_options.include_usage' must be a boolean.",
+                param="stream_options.include_usage",
+                code="invalid_type",
+            )
+        include_usage = bool(flag)
+    return CompletionRequest(
+        payload=payload,
+        model=model,
+        max_tokens=max_tokens,
+        stream=bool(stream),
+        include_usage=include_usage,
+        prompt_estimate=estimate,
+    )

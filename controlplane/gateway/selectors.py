@@ -1,0 +1,175 @@
+"""Database reads of the gateway (synchronous; the gateway calls them via ``sync_to_async``
+only on cache misses). They return plain frozen records, never model instances, so the
+async side never touches the ORM."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import datetime
+
+from django.db.models import Sum
+
+from controlplane.deployments.choices import DesiredState, ReplicaState
+from controlplane.deployments.models import Deployment, Replica
+from controlplane.keys.models import ApiKey
+from controlplane.usage.models import UsageRecord
+
+
+@dataclass(frozen=True, slots=True)
+class KeyRecord:
+    pk: int
+    key_id: str
+    digest: str
+    tenant_id: int
+    scopes: frozenset[str]
+    allowed_models: frozenset[str]  # empty = every model of the tenant
+    rpm_limit: int
+    tpm_limit: int
+    monthly_token_budget: int
+    expires_at: float | None  # epoch seconds
+    revoked: bool
+    tenant_rpm_limit: int
+    tenant_tpm_limit: int
+    tenant_monthly_token_budget: int
+
+
+@dataclass(frozen=True, slots=True)
+class ReplicaTarget:
+    pk: int
+    endpoint: str  # scheme://host:port, from Replica.endpoint only
+
+
+@dataclass(frozen=True, slots=True)
+class Route:
+    deployment_id: int
+    tenant_id: int
+    served_model_name: str
+    phase: str
+    desired_state: str
+    replicas: int
+    min_replicas: int
+    max_replicas: int
+    autoscale: bool
+    max_tokens_cap: int
+    created: int
+    ready: tuple[ReplicaTarget, ...]
+
+
+def _epoch(value: datetime | None) -> float | None:
+    return value.timestamp() if value is not None else None
+
+
+def gateway_key_get(*, key_id: str) -> KeyRecord | None:
+    """The key with this public id and its tenant's limits, or ``None``."""
+    row = (
+        ApiKey.objects.filter(key_id=key_id)
+        .values(
+            "pk",
+            "key_id",
+            "digest",
+            "tenant_id",
+            "scopes",
+            "allowed_models",
+            "rpm_limit",
+            "tpm_limit",
+            "monthly_token_budget",
+            "expires_at",
+            "revoked_at",
+            "tenant__rpm_limit",
+            "tenant__tpm_limit",
+            "tenant__monthly_token_budget",
+        )
+        .first()
+    )
+    if row is None:
+        return None
+    scopes = row["scopes"] if isinstance(row["scopes"], list) else []
+    allowed = row["allowed_models"] if isinstance(row["allowed_models"], list) else []
+    return KeyRecord(
+        pk=row["pk"],
+        key_id=row["key_id"],
+        digest=row["digest"],
+        tenant_id=row["tenant_id"],
+        scopes=frozenset(str(s) for s in scopes),
+        allowed_models=frozenset(str(m) for m in allowed),
+        rpm_limit=row["rpm_limit"],
+        tpm_limit=row["tpm_limit"],
+        monthly_token_budget=row["monthly_token_budget"],
+        expires_at=_epoch(row["expires_at"]),
+        revoked=row["revoked_at"] is not None,
+        tenant_rpm_limit=row["tenant__rpm_limit"],
+        tenant_tpm_limit=row["tenant__tpm_limit"],
+        tenant_monthly_token_budget=row["tenant__monthly_token_budget"],
+    )
+
+
+def _valid_endpoint(endpoint: str) -> bool:
+    from urllib.parse import urlsplit
+
+    try:
+        parts = urlsplit(endpoint)
+        return parts.scheme in {"http", "https"} and bool(parts.hostname) and parts.port is not None
+    except ValueError:
+        return False
+
+
+def gateway_routes(*, tenant_id: int) -> dict[str, Route]:
+    """Served model name -> route for every live deployment of the tenant (two queries)."""
+    deployments = list(
+        Deployment.objects.filter(tenant_id=tenant_id)
+        .exclude(desired_state=DesiredState.DELETED)
+        .values(
+            "pk",
+            "served_model_name",
+            "phase",
+            "desired_state",
+            "replicas",
+            "min_replicas",
+            "max_replicas",
+            "autoscale",
+            "max_tokens_cap",
+            "created_at",
+        )
+    )
+    ready: dict[int, list[ReplicaTarget]] = {}
+    for rep in (
+        Replica.objects.filter(tenant_id=tenant_id, state=ReplicaState.READY)
+        .exclude(endpoint="")
+        .values("pk", "deployment_id", "endpoint")
+        .order_by("pk")
+    ):
+        endpoint = rep["endpoint"].rstrip("/")
+        if _valid_endpoint(endpoint):
+            ready.setdefault(rep["deployment_id"], []).append(ReplicaTarget(pk=rep["pk"], endpoint=endpoint))
+    return {
+        d["served_model_name"]: Route(
+            deployment_id=d["pk"],
+            tenant_id=tenant_id,
+            served_model_name=d["served_model_name"],
+            phase=d["phase"],
+            desired_state=d["desired_state"],
+            replicas=d["replicas"],
+            min_replicas=d["min_replicas"],
+            max_replicas=d["max_replicas"],
+            autoscale=d["autoscale"],
+            max_tokens_cap=d["max_tokens_cap"],
+            created=int(d["created_at"].timestamp()),
+            ready=tuple(ready.get(d["pk"], ())),
+        )
+        for d in deployments
+    }
+
+
+def gateway_tokens_used(*, since: datetime, api_key_id: int | None = None, tenant_id: int | None = None) -> int:
+    """Prompt + completion tokens metered since ``since`` for a key or a tenant (budget rebuild)."""
+    qs = UsageRecord.objects.filter(minute__gte=since)
+    if api_key_id is not None:
+        qs = qs.filter(api_key_id=api_key_id)
+    if tenant_id is not None:
+        qs = qs.filter(tenant_id=tenant_id)
+    totals = qs.aggregate(p=Sum("prompt_tokens"), c=Sum("completion_tokens"))
+    return int(totals["p"] or 0) + int(totals["c"] or 0)
+
+
+def gateway_deployment_for_wake(*, deployment_id: int) -> Deployment | None:
+    return Deployment.objects.filter(pk=deployment_id).first()
