@@ -45,3 +45,40 @@ def run(fake_driver: FakeDriver) -> Any:
 @pytest.fixture
 def deployment(db: Any, tmp_path: Path) -> Iterator[Any]:
     yield DeploymentFactory(replicas=2, max_replicas=4, model__source=str(tmp_path / "model"))
+
+
+@pytest.fixture
+def test_broker(transactional_db: Any) -> Iterator[str]:
+    """Point this process's Celery app at the tests' own broker database, emptied first."""
+    import redis
+
+    from console.celery import app
+    from tests.workers.processes import test_broker_url
+
+    url = test_broker_url()
+    redis.Redis.from_url(url).flushdb()
+    saved = app.conf.broker_url
+    app.conf.broker_url = url
+    app._pool = None
+    app.amqp._producer_pool = None
+    yield url
+    app.conf.broker_url = saved
+    app._pool = None
+    app.amqp._producer_pool = None
+
+
+@pytest.fixture
+def start_worker(test_broker: str, tmp_path: Path) -> Iterator[Any]:
+    """``start_worker(**env)`` -> a running Celery worker (with beat); all stopped at teardown."""
+    from tests.workers.processes import Worker, worker_env
+
+    workers: list[Worker] = []
+
+    def start(**extra: str) -> Worker:
+        worker = Worker(tmp_path / f"worker-{len(workers)}.log", worker_env(**extra)).start()
+        workers.append(worker)
+        return worker
+
+    yield start
+    for worker in workers:
+        worker.stop()

@@ -1,0 +1,121 @@
+"""The local driver with real subprocesses: start, list by labels, health, logs, remove, errors."""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from workers.drivers.base import BackendState, PermanentDriverError, ReplicaSpec, health_ok
+from workers.drivers.local import LocalDriver, _proc_start_ticks
+
+FAKE = "tests.workers.fake_runtime"
+
+
+def wait_for(predicate: Any, timeout: float = 20.0, interval: float = 0.05) -> Any:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = predicate()
+        if value:
+            return value
+        time.sleep(interval)
+    raise AssertionError(f"condition not met within {timeout} s")
+
+
+@pytest.fixture
+def model_dir(tmp_path: Path) -> Path:
+    path = tmp_path / "model"
+    path.mkdir()
+    (path / "config.json").write_text("{}")
+    return path
+
+
+@pytest.fixture
+def driver(tmp_path: Path) -> Iterator[LocalDriver]:
+    drv = LocalDriver(state_dir=tmp_path / "replicas", instance="test", runtime_module=FAKE)
+    yield drv
+    for replica in drv.list():
+        drv.remove(replica.backend_id)
+
+
+def spec(model: Path, *, name: str = "chat-g1-0", slot: int = 0, deployment_id: int = 7, **kw: Any) -> ReplicaSpec:
+    return ReplicaSpec(
+        instance="test",
+        tenant_id=1,
+        deployment_id=deployment_id,
+        deployment_name="chat",
+        name=name,
+        slot=slot,
+        generation=1,
+        model_path=str(model),
+        served_model_name="chat",
+        **kw,
+    )
+
+
+def test_create_list_health_logs_remove(driver: LocalDriver, model_dir: Path) -> None:
+    created = driver.create(spec(model_dir))
+    assert created.endpoint.startswith("http://127.0.0.1:")
+    wait_for(lambda: health_ok(created.endpoint))
+
+    [listed] = driver.list(7)
+    assert listed.name == "chat-g1-0" and listed.generation == 1 and listed.state == BackendState.RUNNING
+    assert listed.labels["hangar.deployment"] == "7"
+    assert driver.list(8) == []
+    assert "stage=ready" in wait_for(
+        lambda: driver.logs(created.backend_id) if "ready" in driver.logs(created.backend_id) else ""
+    )
+    assert driver.stage(created.backend_id).step == "ready"
+
+    driver.remove(created.backend_id)
+    assert driver.list(7) == []
+    assert not health_ok(created.endpoint)
+    driver.remove(created.backend_id)  # removing twice is fine
+
+
+def test_a_killed_replica_is_listed_as_exited(driver: LocalDriver, model_dir: Path) -> None:
+    created = driver.create(spec(model_dir))
+    state = driver._read_state(driver._state_path(created.backend_id))
+    os.kill(state["pid"], signal.SIGKILL)
+    wait_for(lambda: driver.list(7)[0].state == BackendState.EXITED)
+
+
+def test_a_recycled_pid_is_not_mistaken_for_the_replica(driver: LocalDriver, model_dir: Path) -> None:
+    created = driver.create(spec(model_dir))
+    path = driver._state_path(created.backend_id)
+    state = driver._read_state(path)
+    state["start_ticks"] = _proc_start_ticks(state["pid"]) - 1  # same pid, another process
+    path.write_text(__import__("json").dumps(state))
+    assert driver.list(7)[0].state == BackendState.EXITED
+
+
+def test_missing_model_path_is_permanent(driver: LocalDriver, tmp_path: Path) -> None:
+    with pytest.raises(PermanentDriverError) as info:
+        driver.create(spec(tmp_path / "nowhere"))
+    assert info.value.reason == "ModelPathMissing"
+    assert "nowhere" in info.value.message
+
+
+def test_port_clash_is_permanent(driver: LocalDriver, model_dir: Path) -> None:
+    with socket.socket() as busy:
+        busy.bind(("127.0.0.1", 0))
+        busy.listen()
+        port = busy.getsockname()[1]
+        with pytest.raises(PermanentDriverError) as info:
+            driver.create(spec(model_dir, host_port=port))
+    assert info.value.reason == "PortClash"
+    assert str(port) in info.value.message
+
+
+def test_state_survives_a_new_driver_instance(driver: LocalDriver, model_dir: Path, tmp_path: Path) -> None:
+    created = driver.create(spec(model_dir))
+    fresh = LocalDriver(state_dir=tmp_path / "replicas", instance="test", runtime_module=FAKE)
+    assert [r.backend_id for r in fresh.list()] == [created.backend_id]
+    other_instance = LocalDriver(state_dir=tmp_path / "replicas", instance="other", runtime_module=FAKE)
+    assert other_instance.list() == []
