@@ -160,10 +160,11 @@
         Object.values(charts).forEach((c) => c.add(msg));
         setField(root, "tps", fmt(msg.tokens_per_second));
         setField(root, "in_flight", fmt(msg.in_flight, 0));
-        if (msg.replicas) {
-          const body = $("#replicas", root);
-          if (body) body.replaceChildren(...msg.replicas.map(replicaRow));
-        }
+      }
+      const rows = msg.kind === "metrics" ? msg.replicas : msg.replica_rows;
+      if (Array.isArray(rows)) {
+        const body = $("#replicas", root);
+        if (body && rows.length) body.replaceChildren(...rows.map(replicaRow));
       }
       if (msg.kind === "deployment" || msg.kind === "metrics") {
         if (msg.phase) setField(root, "phase", msg.phase);
