@@ -10,6 +10,8 @@ from pathlib import Path
 from typing import Any
 
 MAX_HEADER_BYTES = 100 * 1024 * 1024
+# A model directory holds a handful of files; walking "/" or a home directory must stop early.
+MAX_FILES = 10_000
 
 
 @dataclass
@@ -42,7 +44,13 @@ def _safetensors_params(path: Path) -> int:
 
 def inspect_model_dir(path: Path) -> ModelInfo:
     info = ModelInfo()
-    files = [p for p in path.rglob("*") if p.is_file()]
+    files = []
+    for count, entry in enumerate(path.rglob("*")):
+        if count >= MAX_FILES:
+            info.problems.append(f"more than {MAX_FILES} entries: this is not a model directory")
+            return info
+        if entry.is_file():
+            files.append(entry)
     info.size_bytes = sum(p.stat().st_size for p in files)
     weights = [p for p in files if p.suffix == ".safetensors"]
     pickles = [p for p in files if p.suffix in {".bin", ".pt", ".pth", ".pkl"}]

@@ -77,7 +77,7 @@ class ScopedViewSet(viewsets.GenericViewSet):
         serializer_class = type(
             "Filters", (serializers.Serializer,), {k: copy.deepcopy(v) for k, v in self.filter_fields.items()}
         )
-        serializer = serializer_class(data=present)
+        serializer = serializer_class(data=present, partial=True)
         serializer.is_valid(raise_exception=True)
         return {k: v for k, v in serializer.validated_data.items() if k in present}
 

@@ -1,0 +1,274 @@
+"""A reusable set of API tests applied to every endpoint (after NetBox's APIViewTestCases).
+
+An endpoint test class names its endpoint (a key of ``API_PERMISSIONS``) and says how to make
+one object, what to create and what to change. The mixin then checks, for each role:
+list, detail, create, update, delete and every extra action allow or deny exactly as
+``API_PERMISSIONS`` × ``ROLE_PERMISSIONS`` say; that members of another tenant can neither
+see nor change the object (by id, by filter, in lists); and that the number of queries of a
+list does not grow with the number of rows.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, ClassVar
+
+import pytest
+from django.db import connection
+from django.test.utils import CaptureQueriesContext
+from rest_framework.test import APIClient
+
+from controlplane.tenancy.choices import ROLE_PERMISSIONS, Perm, Role
+from tests.api.permission_table import API_PERMISSIONS, SELF, STAFF
+from tests.factories import TenantFactory
+
+ROLES = [Role.OWNER.value, Role.ADMIN.value, Role.OPERATOR.value, Role.VIEWER.value]
+
+
+def allows(role: str, perm: Perm | str) -> bool:
+    if perm == SELF:
+        return True
+    if perm == STAFF:
+        return False
+    return perm in ROLE_PERMISSIONS[role]
+
+
+def rows(response: Any) -> list[dict[str, Any]]:
+    data = response.json()
+    return data["results"] if isinstance(data, dict) and "results" in data else data
+
+
+def listed_ids(response: Any) -> set[Any]:
+    return {row.get("id") for row in rows(response)}
+
+
+class EndpointTests:
+    endpoint: ClassVar[str]
+    lookup: ClassVar[str] = "pk"
+    create_status: ClassVar[int] = 201
+    update_status: ClassVar[int] = 200
+    delete_status: ClassVar[int] = 204
+    # action -> (HTTP method, body, status on success)
+    detail_actions: ClassVar[dict[str, tuple[str, dict[str, Any], int]]] = {}
+    list_actions: ClassVar[dict[str, int]] = {}
+    max_list_queries: ClassVar[int] = 3
+    max_detail_queries: ClassVar[int] = 3
+    tmp_path: Path
+
+    @pytest.fixture(autouse=True)
+    def _endpoint_setup(self, db: Any, tmp_path: Path) -> None:
+        self.tmp_path = tmp_path
+
+    # -- hooks
+
+    def make(self, tenant: Any) -> Any:
+        raise NotImplementedError
+
+    def make_many(self, tenant: Any, count: int, user: Any) -> None:
+        for _ in range(count):
+            self.make(tenant)
+
+    def create_data(self, tenant: Any) -> dict[str, Any]:
+        raise NotImplementedError
+
+    def update_data(self, obj: Any) -> dict[str, Any]:
+        raise NotImplementedError
+
+    def check_updated(self, obj: Any, body: dict[str, Any]) -> None:
+        for key, value in self.update_data(obj).items():
+            assert body[key] == value, key
+
+    def filters_reaching(self, obj: Any) -> list[dict[str, Any]]:
+        """Query parameters that would select ``obj`` if the caller could see it."""
+        return [{"tenant": obj.tenant.slug}]
+
+    # -- helpers
+
+    @property
+    def perms(self) -> dict[str, Perm | str]:
+        return API_PERMISSIONS[self.endpoint]
+
+    @property
+    def url(self) -> str:
+        return f"/api/v1/{self.endpoint}/"
+
+    def detail_url(self, obj: Any, action: str | None = None) -> str:
+        url = f"{self.url}{getattr(obj, self.lookup)}/"
+        return f"{url}{action}/" if action else url
+
+    def denied_status(self, role: str) -> int:
+        """A member whose role may see the object but not change it gets 403; one who may not
+        even see it gets 404, like a stranger."""
+        return 403 if allows(role, self.perms["retrieve"]) else 404
+
+    # -- role matrix
+
+    @pytest.mark.parametrize("role", ROLES)
+    def test_list_as_role(self, role: str, tenant: Any, make_member: Any, client_for: Any) -> None:
+        obj = self.make(tenant)
+        response = client_for(make_member(role, tenant)).get(self.url)
+        if allows(role, self.perms["list"]):
+            assert response.status_code == 200, response.content
+            assert obj.pk in listed_ids(response)
+        else:
+            assert response.status_code == 403, response.content
+
+    @pytest.mark.parametrize("role", ROLES)
+    def test_detail_as_role(self, role: str, tenant: Any, make_member: Any, client_for: Any) -> None:
+        obj = self.make(tenant)
+        response = client_for(make_member(role, tenant)).get(self.detail_url(obj))
+        if allows(role, self.perms["retrieve"]):
+            assert response.status_code == 200, response.content
+            assert response.json()["id"] == obj.pk
+        else:
+            assert response.status_code == 404, response.content
+
+    @pytest.mark.parametrize("role", ROLES)
+    def test_create_as_role(self, role: str, tenant: Any, make_member: Any, client_for: Any) -> None:
+        client = client_for(make_member(role, tenant))
+        perm = self.perms.get("create")
+        if perm is None:
+            assert client.post(self.url, {}, format="json").status_code == 405
+            return
+        if perm == STAFF:
+            pytest.skip("creation is not a tenant role's right; tested separately")
+        response = client.post(self.url, self.create_data(tenant), format="json")
+        if allows(role, perm):
+            assert response.status_code == self.create_status, response.content
+            if perm != SELF:
+                assert response.json()["tenant"] == tenant.slug
+        else:
+            assert response.status_code == 403, response.content
+
+    @pytest.mark.parametrize("role", ROLES)
+    def test_update_as_role(self, role: str, tenant: Any, make_member: Any, client_for: Any) -> None:
+        obj = self.make(tenant)
+        client = client_for(make_member(role, tenant))
+        perm = self.perms.get("update")
+        if perm is None:
+            assert client.patch(self.detail_url(obj), {}, format="json").status_code == 405
+            assert client.put(self.detail_url(obj), {}, format="json").status_code == 405
+            return
+        response = client.patch(self.detail_url(obj), self.update_data(obj), format="json")
+        if allows(role, perm):
+            assert response.status_code == self.update_status, response.content
+            self.check_updated(obj, response.json())
+        else:
+            assert response.status_code == self.denied_status(role), response.content
+        # PUT is never offered: updates are partial.
+        assert client.put(self.detail_url(obj), self.update_data(obj), format="json").status_code == 405
+
+    @pytest.mark.parametrize("role", ROLES)
+    def test_delete_as_role(self, role: str, tenant: Any, make_member: Any, client_for: Any) -> None:
+        obj = self.make(tenant)
+        client = client_for(make_member(role, tenant))
+        perm = self.perms.get("delete")
+        response = client.delete(self.detail_url(obj))
+        if perm is None:
+            assert response.status_code == 405
+        elif allows(role, perm):
+            assert response.status_code == self.delete_status, response.content
+        else:
+            assert response.status_code == self.denied_status(role), response.content
+
+    @pytest.mark.parametrize("role", ROLES)
+    def test_action_as_role(
+        self, role: str, action_name: str | None, tenant: Any, make_member: Any, client_for: Any
+    ) -> None:
+        if action_name is None:
+            pytest.skip("no extra actions")
+        method, body, ok = self.detail_actions[action_name]
+        obj = self.make(tenant)
+        client = client_for(make_member(role, tenant))
+        response = getattr(client, method)(self.detail_url(obj, action_name), body, format="json")
+        if allows(role, self.perms[action_name]):
+            assert response.status_code == ok, response.content
+        else:
+            assert response.status_code == self.denied_status(role), response.content
+
+    @pytest.mark.parametrize("role", ROLES)
+    def test_list_action_as_role(
+        self, role: str, list_action_name: str | None, tenant: Any, make_member: Any, client_for: Any
+    ) -> None:
+        if list_action_name is None:
+            pytest.skip("no list actions")
+        self.make(tenant)
+        response = client_for(make_member(role, tenant)).get(f"{self.url}{list_action_name}/")
+        if allows(role, self.perms[list_action_name]):
+            assert response.status_code == self.list_actions[list_action_name], response.content
+        else:
+            assert response.status_code == 403, response.content
+
+    def test_anonymous_is_refused(self, tenant: Any) -> None:
+        obj = self.make(tenant)
+        client = APIClient(REMOTE_ADDR="127.0.0.1")
+        assert client.get(self.url).status_code == 401
+        assert client.get(self.detail_url(obj)).status_code == 401
+
+    # -- two-tenant isolation
+
+    def _stranger(self, make_member: Any, client_for: Any) -> tuple[Any, Any, APIClient]:
+        a, b = TenantFactory(), TenantFactory()
+        obj = self.make(a)
+        self.make(b)
+        return obj, a, client_for(make_member(Role.OWNER, b))
+
+    def test_other_tenant_absent_from_lists(self, make_member: Any, client_for: Any) -> None:
+        obj, a, client = self._stranger(make_member, client_for)
+        for params in [{}, *self.filters_reaching(obj)]:
+            response = client.get(self.url, params)
+            assert response.status_code == 200, (params, response.content)
+            assert obj.pk not in listed_ids(response), params
+        for action in self.list_actions:
+            response = client.get(f"{self.url}{action}/", {"tenant": a.slug})
+            assert response.status_code == 200
+            assert rows(response) == [], action
+
+    def test_other_tenant_detail_is_404(self, make_member: Any, client_for: Any) -> None:
+        obj, _, client = self._stranger(make_member, client_for)
+        assert client.get(self.detail_url(obj)).status_code == 404
+
+    def test_other_tenant_cannot_change(self, make_member: Any, client_for: Any) -> None:
+        obj, _, client = self._stranger(make_member, client_for)
+        if "update" in self.perms:
+            assert client.patch(self.detail_url(obj), self.update_data(obj), format="json").status_code == 404
+        if "delete" in self.perms:
+            assert client.delete(self.detail_url(obj)).status_code == 404
+        for action, (method, body, _) in self.detail_actions.items():
+            response = getattr(client, method)(self.detail_url(obj, action), body, format="json")
+            assert response.status_code == 404, (action, response.content)
+
+    def test_create_in_other_tenant_is_refused(self, make_member: Any, client_for: Any) -> None:
+        perm = self.perms.get("create")
+        if perm is None or perm in (STAFF, SELF):
+            pytest.skip("not a tenant-scoped create")
+        a, b = TenantFactory(), TenantFactory()
+        client = client_for(make_member(Role.OWNER, b))
+        response = client.post(self.url, self.create_data(a), format="json")
+        assert response.status_code == 400, response.content
+        assert "tenant" in response.json()["errors"]
+
+    # -- bounded queries
+
+    def test_list_query_count_does_not_grow(
+        self, tenant: Any, make_member: Any, client_for: Any, django_assert_max_num_queries: Any
+    ) -> None:
+        user = make_member(Role.OWNER, tenant)
+        client = client_for(user)
+        self.make_many(tenant, 3, user)
+        with CaptureQueriesContext(connection) as small:
+            response = client.get(self.url, {"limit": 100})
+        assert response.status_code == 200 and len(rows(response)) >= 3
+        self.make_many(tenant, 27, user)
+        with django_assert_max_num_queries(self.max_list_queries), CaptureQueriesContext(connection) as large:
+            response = client.get(self.url, {"limit": 100})
+        assert response.status_code == 200 and len(rows(response)) >= 30
+        assert len(large) == len(small), [q["sql"] for q in large.captured_queries]
+
+    def test_detail_query_count(
+        self, tenant: Any, make_member: Any, client_for: Any, django_assert_max_num_queries: Any
+    ) -> None:
+        obj = self.make(tenant)
+        client = client_for(make_member(Role.OWNER, tenant))
+        with django_assert_max_num_queries(self.max_detail_queries):
+            assert client.get(self.detail_url(obj)).status_code == 200
