@@ -1,0 +1,171 @@
+"""Websocket consumers over the real ASGI stack: auth, origin, tenant isolation, logout, pushes."""
+
+from __future__ import annotations
+
+import asyncio
+from collections import deque
+from typing import Any
+
+import pytest
+from asgiref.sync import sync_to_async
+from channels.auth import AuthMiddlewareStack
+from channels.layers import get_channel_layer
+from channels.routing import URLRouter
+from channels.security.websocket import AllowedHostsOriginValidator
+from django.test import Client, override_settings
+
+from console import consumers
+from console.routing import websocket_urlpatterns
+from controlplane.core.realtime import deployment_group, send_now, tenant_group
+from controlplane.tenancy.choices import Role
+from tests.dashboard.wsclient import WebsocketCommunicator
+from tests.factories import DeploymentFactory, MembershipFactory, TenantFactory, UserFactory
+
+pytestmark = [pytest.mark.django_db(transaction=True), pytest.mark.timeout(60)]
+
+ORIGIN = (b"origin", b"http://testserver")
+
+
+def application() -> Any:
+    return AllowedHostsOriginValidator(AuthMiddlewareStack(URLRouter(websocket_urlpatterns)))
+
+
+def _login(user: Any) -> tuple[Client, bytes]:
+    client = Client()
+    client.force_login(user)
+    return client, f"sessionid={client.cookies['sessionid'].value}".encode()
+
+
+async def connect(path: str, cookie: bytes | None, origin: tuple[bytes, bytes] = ORIGIN) -> WebsocketCommunicator:
+    headers = [origin, (b"host", b"testserver")]
+    if cookie:
+        headers.append((b"cookie", cookie))
+    with override_settings(ALLOWED_HOSTS=["testserver"]):
+        app = application()
+    return WebsocketCommunicator(app, path, headers=headers)
+
+
+@pytest.fixture
+def member() -> dict[str, Any]:
+    tenant = TenantFactory()
+    user = UserFactory()
+    MembershipFactory(user=user, tenant=tenant, role=Role.VIEWER)
+    return {"user": user, "tenant": tenant, "deployment": DeploymentFactory(tenant=tenant)}
+
+
+async def test_unauthenticated_connections_are_refused(member: dict[str, Any]) -> None:
+    ws = await connect(f"/ws/deployments/{member['deployment'].pk}/", cookie=None)
+    connected, code = await ws.connect()
+    assert not connected and code == consumers.CLOSE_UNAUTHENTICATED
+    ws = await connect("/ws/tenant/", cookie=b"sessionid=forged")
+    connected, code = await ws.connect()
+    assert not connected
+
+
+async def test_wrong_origin_is_refused(member: dict[str, Any]) -> None:
+    _, cookie = await sync_to_async(_login)(member["user"])
+    ws = await connect(
+        f"/ws/deployments/{member['deployment'].pk}/", cookie, origin=(b"origin", b"http://evil.example")
+    )
+    connected, _ = await ws.connect()
+    assert not connected
+    ws = await connect(f"/ws/deployments/{member['deployment'].pk}/", cookie, origin=(b"x-no-origin", b""))
+    connected, _ = await ws.connect()
+    assert not connected
+    ok = await connect(f"/ws/deployments/{member['deployment'].pk}/", cookie)
+    connected, _ = await ok.connect()
+    assert connected
+    await ok.disconnect()
+
+
+async def test_cannot_subscribe_to_another_tenants_deployment(member: dict[str, Any]) -> None:
+    other = await sync_to_async(DeploymentFactory)()
+    _, cookie = await sync_to_async(_login)(member["user"])
+    ws = await connect(f"/ws/deployments/{other.pk}/", cookie)
+    connected, code = await ws.connect()
+    assert not connected and code == consumers.CLOSE_NOT_FOUND
+    # and pushes to the other deployment never reach the user's own sockets
+    mine = await connect(f"/ws/deployments/{member['deployment'].pk}/", cookie)
+    assert (await mine.connect())[0]
+    tenant_ws = await connect("/ws/tenant/", cookie)
+    assert (await tenant_ws.connect())[0]
+    layer = get_channel_layer()
+    await layer.group_send(
+        deployment_group(other.pk), {"type": "push", "payload": {"kind": "metrics", "deployment": other.pk}}
+    )
+    await layer.group_send(
+        tenant_group(other.tenant_id), {"type": "push", "payload": {"kind": "event", "deployment": other.pk}}
+    )
+    assert await mine.receive_nothing(timeout=0.3)
+    assert await tenant_ws.receive_nothing(timeout=0.1)
+    await mine.disconnect()
+    await tenant_ws.disconnect()
+
+
+async def test_a_pushed_metric_reaches_a_subscribed_client(member: dict[str, Any]) -> None:
+    deployment = member["deployment"]
+    _, cookie = await sync_to_async(_login)(member["user"])
+    ws = await connect(f"/ws/deployments/{deployment.pk}/", cookie)
+    tenant_ws = await connect("/ws/tenant/", cookie)
+    assert (await ws.connect())[0] and (await tenant_ws.connect())[0]
+    payload = {"kind": "metrics", "deployment": deployment.pk, "tokens_per_second": 42.0, "ts": 1.0}
+    await sync_to_async(send_now)(deployment_group(deployment.pk), payload)
+    assert await ws.receive_json_from(timeout=5) == payload
+    event = {"kind": "deployment", "deployment": deployment.pk, "phase": "Running"}
+    await sync_to_async(send_now)(tenant_group(member["tenant"].pk), event)
+    assert await tenant_ws.receive_json_from(timeout=5) == event
+    await ws.disconnect()
+    await tenant_ws.disconnect()
+
+
+async def test_logout_closes_the_sessions_sockets(member: dict[str, Any]) -> None:
+    client, cookie = await sync_to_async(_login)(member["user"])
+    other_client, other_cookie = await sync_to_async(_login)(member["user"])  # a second browser
+    ws = await connect(f"/ws/deployments/{member['deployment'].pk}/", cookie)
+    other = await connect(f"/ws/deployments/{member['deployment'].pk}/", other_cookie)
+    assert (await ws.connect())[0] and (await other.connect())[0]
+    response = await sync_to_async(client.post)("/logout/")
+    assert response.status_code == 302
+    closed = await ws.receive_output(timeout=5)
+    assert closed == {"type": "websocket.close", "code": consumers.CLOSE_UNAUTHENTICATED}
+    assert await other.receive_nothing(timeout=0.3)  # the other session stays connected
+    await other.disconnect()
+    # and the logged-out cookie no longer connects
+    again = await connect(f"/ws/deployments/{member['deployment'].pk}/", cookie)
+    assert not (await again.connect())[0]
+
+
+async def test_a_slow_client_gets_coalesced_metrics_and_is_dropped_when_far_behind() -> None:
+    consumer = consumers.DeploymentConsumer()
+    gate = asyncio.Event()
+    sent: list[dict[str, Any]] = []
+    closed: list[int] = []
+
+    async def slow_send(payload: dict[str, Any]) -> None:
+        await gate.wait()
+        sent.append(payload)
+
+    async def close(code: int | None = None) -> None:
+        closed.append(code or 1000)
+
+    consumer.send_json = slow_send  # type: ignore[method-assign]
+    consumer.close = close  # type: ignore[method-assign]
+    consumer._queue = deque()
+    consumer._metrics = {}
+    consumer._wakeup = asyncio.Event()
+    consumer._sender = asyncio.create_task(consumer._send_loop())
+    await consumer.push({"payload": {"kind": "metrics", "deployment": 1, "seq": 0}})
+    await asyncio.sleep(0.01)  # the sender takes seq 0 and blocks on the socket
+    for seq in range(1, 500):
+        await consumer.push({"payload": {"kind": "metrics", "deployment": 1, "seq": seq}})
+    assert len(consumer._metrics) == 1  # only the newest waits
+    gate.set()
+    await asyncio.sleep(0.05)
+    assert [p["seq"] for p in sent] == [0, 499]
+    gate.clear()
+    await consumer.push({"payload": {"kind": "event", "n": -1}})
+    await asyncio.sleep(0.01)
+    for n in range(consumers.MAX_PENDING + 1):
+        await consumer.push({"payload": {"kind": "event", "n": n}})
+    assert closed == [consumers.CLOSE_TOO_SLOW]
+    assert consumer._sender is None
