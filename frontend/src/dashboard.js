@@ -40,6 +40,8 @@
     if (!list) return;
     let step = normaliseStep(progress && progress.step);
     if (phase === "Running") step = "ready";
+    const failed = (progress && progress.step === "failed") || phase === "Failed";
+    list.classList.toggle("failed", failed);
     const index = step ? STEP_ORDER.indexOf(step) : -1;
     $all("li[data-step]", list).forEach((li) => {
       const i = STEP_ORDER.indexOf(li.dataset.step);

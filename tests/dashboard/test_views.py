@@ -483,7 +483,11 @@ def test_overview_shows_live_figures(login: Any, team: dict[str, Any]) -> None:
 def test_log_tail_partial(login: Any, team: dict[str, Any], monkeypatch: Any) -> None:
     from console.dashboard.views import deployments as views
 
-    monkeypatch.setattr(views, "_replica_logs", lambda: lambda replica, tail: f"line from {replica.name}\n<b>")
+    def fake_logs(*, access: Any, replica_id: int, tail: int) -> str:
+        assert access.can(team["tenant"].pk, "deployment.view")
+        return f"line from replica {replica_id}\n<b>"
+
+    monkeypatch.setattr(views, "replica_logs", fake_logs)
     content = login(team["viewer"]).get(reverse("dashboard:deployment-logs", args=[team["deployment"].pk])).content
-    assert f"line from {team['replica'].name}".encode() in content
+    assert f"line from replica {team['replica'].pk}".encode() in content
     assert b"&lt;b&gt;" in content  # escaped

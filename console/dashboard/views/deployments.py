@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import importlib
 import logging
 from collections.abc import Callable
 from typing import Any
@@ -21,6 +20,7 @@ from controlplane.deployments import services
 from controlplane.deployments.models import Deployment
 from controlplane.deployments.selectors import deployment_get, event_list, replica_list, target_list
 from controlplane.tenancy.choices import Perm
+from workers.logs import replica_logs
 
 logger = logging.getLogger(__name__)
 
@@ -33,8 +33,6 @@ PROGRESS_STEPS = [
     ("warming", "Warming up"),
     ("ready", "Ready"),
 ]
-# Where the deployment engine exposes ``replica_logs(replica, tail=...) -> str``.
-LOG_READERS = ("workers.logs", "workers.reconciler", "workers.tasks", "workers.drivers")
 
 
 def _spec_initial(deployment: Deployment) -> dict[str, Any]:
@@ -182,32 +180,15 @@ def deployment_delete(request: HttpRequest, pk: int) -> HttpResponse:
     )
 
 
-def _replica_logs() -> Callable[..., str] | None:
-    for module_name in LOG_READERS:
-        try:
-            module = importlib.import_module(module_name)
-        except ImportError:
-            continue
-        reader = getattr(module, "replica_logs", None)
-        if callable(reader):
-            return reader  # type: ignore[no-any-return]
-    return None
-
-
 @tenant_view(Perm.DEPLOYMENT_VIEW)
 def deployment_logs(request: HttpRequest, pk: int) -> HttpResponse:
     """The log tail partial, polled by htmx every few seconds."""
     deployment = _get(request, pk)
-    reader = _replica_logs()
     tails = []
     for replica in replica_list(access=request.access, filters={"deployment": deployment.pk}):
-        if reader is None:
-            text = "Log tail is not available on this installation."
-        else:
-            try:
-                text = reader(replica, tail=LOG_TAIL_LINES)
-            except Exception as exc:  # a backend hiccup must not break the page
-                logger.info("log tail of %s failed: %s", replica.pk, exc)
-                text = f"(logs unavailable: {exc})"
+        try:
+            text = replica_logs(access=request.access, replica_id=replica.pk, tail=LOG_TAIL_LINES)
+        except DomainError as exc:  # backend unreachable: say so in place of the tail
+            text = f"(logs unavailable: {exc.message})"
         tails.append((replica, text))
     return page(request, "dashboard/_logs.html", {"tails": tails, "deployment": deployment})
