@@ -462,7 +462,7 @@ class Gateway:
                     else:
                         error = await self._relay_body(exchange, response, usage, state)
                 finally:
-                    response.close()
+                    response.release()
                 t_done = time.perf_counter()
                 metrics.UPSTREAM_LATENCY.observe(t_done - t_up)
                 metrics.ADDED_LATENCY.observe(pre + exchange.post)
