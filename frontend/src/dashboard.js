@@ -152,6 +152,7 @@
       const spec = CHARTS[el.dataset.chart];
       if (spec && typeof uPlot !== "undefined") charts[el.dataset.chart] = new Chart(el, spec, initial);
     });
+    window.hangarCharts = charts;  // for tests and debugging in the console
     const id = Number(root.dataset.deployment);
     const progressEl = document.getElementById("progress-data");
     const phaseEl = $('[data-field="phase"]', root);
