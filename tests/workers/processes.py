@@ -93,15 +93,9 @@ class Worker:
         self.proc.wait(timeout=30)
 
     def stop(self) -> None:
-        if self.proc is None or self.proc.poll() is not None:
-            return
-        try:
-            os.killpg(self.proc.pid, signal.SIGTERM)
-            self.proc.wait(timeout=20)
-        except subprocess.TimeoutExpired:
+        """Tests need no graceful shutdown: a late-acked task it held is redelivered or resynced."""
+        if self.proc is not None and self.proc.poll() is None:
             self.kill9()
-        except ProcessLookupError:
-            pass
 
 
 def worker_env(**extra: str) -> dict[str, str]:

@@ -1,0 +1,321 @@
+"""Fault tests against the real Docker daemon with the real runtime image and the tiny model.
+
+Marked ``docker``: they run whenever a daemon answers (``make test``) and fail, not skip, when
+none does (set ``HANGAR_SKIP_DOCKER=1`` to skip deliberately, as tests/e2e does). Every
+container carries ``hangar.instance=test_<db>`` and is removed at the start and end of the module.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+import subprocess
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from django.conf import settings
+
+from controlplane.core.context import SYSTEM
+from controlplane.deployments import services
+from controlplane.deployments.choices import ConditionType, Phase
+from controlplane.deployments.models import Deployment, DeploymentEvent, Replica, Target
+from tests.factories import ModelFactory, TargetFactory, TenantFactory
+from tests.workers.processes import REPO_ROOT, wait_for
+from workers import reconciler
+from workers.drivers import instance_name
+from workers.drivers.base import LABEL_DEPLOYMENT, LABEL_INSTANCE
+
+pytestmark = [pytest.mark.docker, pytest.mark.slow, pytest.mark.timeout(400)]
+
+DOCKER_URL = "unix:///var/run/docker.sock"
+READY_TIMEOUT = 150
+
+
+@pytest.fixture(scope="module")
+def docker_client() -> Iterator[Any]:
+    if os.environ.get("HANGAR_SKIP_DOCKER") == "1":
+        pytest.skip("HANGAR_SKIP_DOCKER=1")
+    import docker
+
+    try:
+        client = docker.DockerClient(base_url=DOCKER_URL, version="auto")
+        client.ping()
+    except Exception as exc:
+        pytest.fail(
+            f"Docker daemon not reachable ({exc}). Run `deploy/dev/services.sh start`, "
+            "or set HANGAR_SKIP_DOCKER=1 to skip the Docker tests.",
+            pytrace=False,
+        )
+    _remove_test_containers(client)
+    yield client
+    _remove_test_containers(client)
+    client.close()
+
+
+def _remove_test_containers(client: Any) -> None:
+    for container in client.containers.list(all=True, filters={"label": LABEL_INSTANCE}):
+        if container.labels.get(LABEL_INSTANCE, "").startswith("test_"):
+            container.remove(force=True)
+
+
+@pytest.fixture(scope="module")
+def runtime_image(docker_client: Any) -> str:
+    """The runtime image; built with deploy/images/build when absent (cached between runs)."""
+    import docker.errors
+
+    image = settings.HANGAR_RUNTIME_IMAGE
+    try:
+        docker_client.images.get(image)
+    except docker.errors.ImageNotFound:
+        proc = subprocess.run(
+            [str(REPO_ROOT / "deploy" / "images" / "build")], cwd=REPO_ROOT, capture_output=True, text=True
+        )
+        assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    return image
+
+
+@pytest.fixture(scope="module")
+def shared_model(tiny_model_dir: Path) -> Path:
+    """The tiny model, readable by the image's unprivileged user (uid 10001)."""
+    for path in [tiny_model_dir, *tiny_model_dir.rglob("*")]:
+        path.chmod(0o755 if path.is_dir() else 0o644)
+    return tiny_model_dir
+
+
+@pytest.fixture
+def docker_env(runtime_image: str, shared_model: Path) -> Path:
+    return shared_model
+
+
+def deploy(model_dir: Path | str, *, replicas: int = 1, docker_url: str = DOCKER_URL, **data: Any) -> Deployment:
+    tenant = TenantFactory()
+    model = ModelFactory(tenant=tenant, source=str(model_dir))
+    target = TargetFactory(tenant=tenant, kind="docker", docker_url=docker_url)
+    spec = {"name": "chat", "replicas": replicas, "max_replicas": 4, "cpus": 2.0, **data}
+    return services.deployment_create(actor=SYSTEM, tenant=tenant, model=model, target=target, data=spec)
+
+
+def containers(client: Any, deployment: Deployment) -> list[Any]:
+    return client.containers.list(
+        all=True, filters={"label": [f"{LABEL_INSTANCE}={instance_name()}", f"{LABEL_DEPLOYMENT}={deployment.pk}"]}
+    )
+
+
+def fresh(deployment: Deployment) -> Deployment:
+    return Deployment.objects.get(pk=deployment.pk)
+
+
+def running(deployment: Deployment) -> bool:
+    d = fresh(deployment)
+    assert d.phase != Phase.FAILED, d.phase_message
+    return d.phase == Phase.RUNNING
+
+
+def reconcile_until(deployment: Deployment, predicate: Any, timeout: float = READY_TIMEOUT) -> None:
+    """In-process passes (no worker), the way the task re-enqueues itself, until ``predicate``."""
+
+    def step() -> bool:
+        reconciler.reconcile(deployment.pk, owner="test-inline")
+        return bool(predicate())
+
+    wait_for(step, timeout=timeout, interval=0.5)
+
+
+# ----------------------------------------------------------------------------- with workers
+
+
+def test_worker_killed_mid_deploy_leaves_exactly_the_desired_containers(
+    docker_client: Any, docker_env: Path, start_worker: Any
+) -> None:
+    worker = start_worker()
+    deployment = deploy(docker_env, replicas=2)
+    # Mid-deploy: containers exist, nothing is ready yet.
+    wait_for(lambda: containers(docker_client, deployment), timeout=60, interval=0.05, message="first container")
+    assert fresh(deployment).phase != Phase.RUNNING
+    worker.kill9()
+
+    start_worker()
+    wait_for(lambda: running(deployment), timeout=READY_TIMEOUT, message="Running after the restart")
+    found = containers(docker_client, deployment)
+    assert len(found) == 2, [c.name for c in found]
+    assert all(c.status == "running" for c in found)
+    assert {c.id for c in found} == set(
+        Replica.objects.filter(deployment=deployment).values_list("backend_id", flat=True)
+    )
+    # No orphans anywhere: every test container belongs to an existing deployment.
+    for container in docker_client.containers.list(all=True, filters={"label": f"{LABEL_INSTANCE}={instance_name()}"}):
+        assert Deployment.objects.filter(pk=int(container.labels[LABEL_DEPLOYMENT])).exists(), container.name
+
+    services.deployment_delete(actor=SYSTEM, deployment=deployment)
+    wait_for(lambda: not Deployment.objects.filter(pk=deployment.pk).exists(), timeout=60, message="deleted")
+    assert containers(docker_client, deployment) == []
+
+
+def test_docker_killed_replica_is_healed_within_the_resync_interval(
+    docker_client: Any, docker_env: Path, start_worker: Any
+) -> None:
+    start_worker()
+    deployment = deploy(docker_env, replicas=1)
+    wait_for(lambda: running(deployment), timeout=READY_TIMEOUT, message="Running")
+    [victim] = containers(docker_client, deployment)
+
+    victim.kill()
+    killed = time.monotonic()
+    resync = 1.0  # HANGAR_RESYNC_INTERVAL of the test worker
+
+    def replacement() -> Any:
+        return [c for c in containers(docker_client, deployment) if c.id != victim.id and c.status == "running"]
+
+    wait_for(replacement, timeout=resync + 10, interval=0.1, message="replacement container")
+    noticed = time.monotonic() - killed
+    assert noticed <= resync + 10
+    wait_for(lambda: running(deployment), timeout=READY_TIMEOUT, message="Running again")
+    assert [c.id for c in containers(docker_client, deployment)] != [victim.id]
+    assert DeploymentEvent.objects.filter(deployment=deployment, reason="ReplicaExited").exists()
+    print(f"[docker] killed replica replaced after {noticed:.2f} s")
+
+
+def test_two_workers_never_create_duplicates(docker_client: Any, docker_env: Path, start_worker: Any) -> None:
+    from workers.tasks import reconcile_deployment
+
+    start_worker()
+    start_worker()
+    deployment = deploy(docker_env, replicas=2)
+    for _ in range(10):
+        reconcile_deployment.delay(deployment.pk)
+    most = 0
+
+    def converged() -> bool:
+        nonlocal most
+        most = max(most, len(containers(docker_client, deployment)))
+        return running(deployment)
+
+    wait_for(converged, timeout=READY_TIMEOUT, interval=0.1, message="Running")
+    assert most == 2
+    assert len(containers(docker_client, deployment)) == 2
+
+
+def test_daemon_unreachable_degrades_then_recovers_by_itself(
+    docker_client: Any, docker_env: Path, start_worker: Any
+) -> None:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        closed_port = probe.getsockname()[1]
+    start_worker()
+    deployment = deploy(docker_env, replicas=1, docker_url=f"tcp://127.0.0.1:{closed_port}")
+
+    def degraded() -> bool:
+        d = fresh(deployment)
+        return d.phase == Phase.DEGRADED
+
+    wait_for(degraded, timeout=30, message="Degraded")
+    d = fresh(deployment)
+    assert "unreachable" in d.phase_message and f"127.0.0.1:{closed_port}" in d.phase_message
+    reachable = next(c for c in d.conditions if c["type"] == ConditionType.BACKEND_REACHABLE)
+    assert reachable["status"] == "False" and reachable["reason"] == "DaemonUnreachable"
+
+    services.target_update(actor=SYSTEM, target=d.target, data={"docker_url": DOCKER_URL})
+    wait_for(lambda: running(deployment), timeout=READY_TIMEOUT, message="Running after the daemon came back")
+    assert len(containers(docker_client, deployment)) == 1
+
+
+# ----------------------------------------------------------------------------- in-process passes
+
+
+def test_reconcile_twice_changes_nothing(docker_client: Any, docker_env: Path, transactional_db: Any) -> None:
+    deployment = deploy(docker_env, replicas=1)
+    reconcile_until(deployment, lambda: running(deployment))
+    ids = {c.id for c in containers(docker_client, deployment)}
+    n_events = DeploymentEvent.objects.filter(deployment=deployment).count()
+    state = fresh(deployment)
+
+    first = reconciler.reconcile(deployment.pk, owner="again-1")
+    second = reconciler.reconcile(deployment.pk, owner="again-2")
+
+    assert first.actions == [] and second.actions == []
+    assert {c.id for c in containers(docker_client, deployment)} == ids
+    assert DeploymentEvent.objects.filter(deployment=deployment).count() == n_events
+    after = fresh(deployment)
+    assert (after.phase, after.conditions, after.observed_generation) == (
+        state.phase,
+        state.conditions,
+        state.observed_generation,
+    )
+
+
+def test_concurrent_passes_create_no_duplicates(docker_client: Any, docker_env: Path, transactional_db: Any) -> None:
+    from django.db import connection
+
+    deployment = deploy(docker_env, replicas=2)
+    barrier = threading.Barrier(4)
+
+    def race(n: int) -> None:
+        barrier.wait()
+        try:
+            reconciler.reconcile(deployment.pk, owner=f"racer-{n}")
+        finally:
+            connection.close()
+
+    threads = [threading.Thread(target=race, args=(n,)) for n in range(4)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert len(containers(docker_client, deployment)) == 2
+
+
+def test_image_missing_fails_with_how_to_build_it(docker_env: Path, transactional_db: Any, settings: Any) -> None:
+    settings.HANGAR_RUNTIME_IMAGE = "hangar-runtime:no-such-tag"
+    deployment = deploy(docker_env)
+    reconciler.reconcile(deployment.pk, owner="t")
+    d = fresh(deployment)
+    assert d.phase == Phase.FAILED
+    assert "hangar-runtime:no-such-tag" in d.phase_message and "deploy/images/build" in d.phase_message
+    assert DeploymentEvent.objects.filter(deployment=d, reason="ImageMissing", type="Warning").exists()
+
+
+def test_port_clash_fails_and_leaves_no_container(docker_client: Any, docker_env: Path, transactional_db: Any) -> None:
+    with socket.socket() as busy:
+        busy.bind(("127.0.0.1", 0))
+        busy.listen()
+        port = busy.getsockname()[1]
+        deployment = deploy(docker_env, host_port=port)
+        reconciler.reconcile(deployment.pk, owner="t")
+    d = fresh(deployment)
+    assert d.phase == Phase.FAILED, d.phase_message
+    assert f"port {port}" in d.phase_message.lower() and "already in use" in d.phase_message
+    assert containers(docker_client, deployment) == []
+
+
+def test_model_path_missing_fails_clearly(docker_client: Any, docker_env: Path, transactional_db: Any) -> None:
+    deployment = deploy("/nonexistent/hangar-model")
+    reconciler.reconcile(deployment.pk, owner="t")
+    d = fresh(deployment)
+    assert d.phase == Phase.FAILED
+    assert "/nonexistent/hangar-model" in d.phase_message and "does not exist" in d.phase_message
+    assert containers(docker_client, deployment) == []
+
+
+def test_missing_socket_path_is_a_temporary_error(docker_env: Path, transactional_db: Any) -> None:
+    deployment = deploy(docker_env, docker_url="unix:///nonexistent/docker.sock")
+    outcome = reconciler.reconcile(deployment.pk, owner="t")
+    assert outcome.temporary_error
+    d = fresh(deployment)
+    assert d.phase == Phase.DEGRADED and "unreachable" in d.phase_message
+
+
+def test_check_target_records_health(docker_env: Path, transactional_db: Any) -> None:
+    from workers.tasks import check_target
+
+    ok = TargetFactory(kind="docker", docker_url=DOCKER_URL)
+    down = TargetFactory(kind="docker", docker_url="unix:///nonexistent/docker.sock")
+    check_target(ok.pk)
+    check_target(down.pk)
+    ok_health = Target.objects.get(pk=ok.pk).health
+    assert ok_health["reachable"] is True and ok_health["version"] and ok_health["runtime_image_present"] is True
+    down_health = Target.objects.get(pk=down.pk).health
+    assert down_health["reachable"] is False and "unreachable" in down_health["error"]
