@@ -9,13 +9,16 @@ by PostgreSQL and SQLite (≥ 3.24).
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Iterable
 from dataclasses import dataclass
 from datetime import datetime
 
-from django.db import connection, transaction
+from django.db import IntegrityError, connection, transaction
 
 from controlplane.usage.models import UsageRecord
+
+logger = logging.getLogger(__name__)
 
 _COUNTERS = ("requests", "prompt_tokens", "completion_tokens", "errors", "latency_ms_sum")
 
@@ -64,6 +67,20 @@ def usage_record_batch(*, deltas: Iterable[UsageDelta]) -> int:
     if not rows:
         return 0
     sql = _upsert_sql()
+    try:
+        with transaction.atomic(), connection.cursor() as cursor:
+            cursor.executemany(sql, rows)
+        return len(rows)
+    except IntegrityError:
+        pass
+    # A key or tenant was deleted since the usage was buffered: write the others, drop those.
+    written = 0
     with transaction.atomic(), connection.cursor() as cursor:
-        cursor.executemany(sql, rows)
-    return len(rows)
+        for row in rows:
+            try:
+                with transaction.atomic():
+                    cursor.execute(sql, row)
+                written += 1
+            except IntegrityError:
+                logger.warning("dropped usage of a deleted key or tenant (key %s)", row[1])
+    return written

@@ -128,7 +128,13 @@ def runtime_server(tiny_model_dir: Path) -> Iterator[Server]:
     stop(proc)
 
 
-def start_gateway(db_name: str, *, redis_url: str | None = None, extra_env: dict[str, str] | None = None) -> Server:
+def start_gateway(
+    db_name: str,
+    *,
+    redis_url: str | None = None,
+    extra_env: dict[str, str] | None = None,
+    log_path: Path | None = None,
+) -> Server:
     port = free_port()
     env = dict(os.environ)
     env.update(
@@ -159,10 +165,12 @@ def start_gateway(db_name: str, *, redis_url: str | None = None, extra_env: dict
             "on",
             "--no-access-log",
             "--log-level",
-            "warning",
+            "debug" if log_path else "warning",
         ],
         cwd=REPO_ROOT,
         env=env,
+        stdout=log_path.open("ab") if log_path else None,
+        stderr=subprocess.STDOUT if log_path else None,
     )
     wait_http(f"http://127.0.0.1:{port}/metrics", 30, proc)
     return Server(f"http://127.0.0.1:{port}", proc, port)

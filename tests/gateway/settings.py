@@ -25,5 +25,8 @@ LOGGING = {
     "version": 1,
     "disable_existing_loggers": False,
     "handlers": {"console": {"class": "logging.StreamHandler"}},
-    "root": {"handlers": ["console"], "level": "WARNING"},
+    "root": {"handlers": ["console"], "level": os.environ.get("HANGAR_LOG_LEVEL", "WARNING")},
 }
+# Reconcile tasks that the gateway's wake-up enqueues go to a Redis database no worker reads,
+# so they cannot reach another suite's workers (which know nothing of this test database).
+CELERY_BROKER_URL = os.environ.get("REDIS_URL", "redis://127.0.0.1:6379/0").rsplit("/", 1)[0] + "/15"

@@ -1,0 +1,303 @@
+"""Gateway overhead: the same requests sent straight to an upstream and through the gateway.
+
+    eval "$(bash deploy/dev/services.sh env)"
+    .venv/bin/python bench/gateway_overhead.py [--duration 10] [--litellm /path/to/litellm]
+
+Upstreams: ``bench/stub_upstream.py`` with a fixed latency, and the real runtime serving the
+tiny model. The gateway runs under uvicorn (uvloop, httptools) with 1 and 2 workers, with
+key verification, RPM/TPM limits (set high enough never to refuse), budgets and metering on.
+Load comes from ``wrk`` (C, one thread, closed loop; far cheaper than a Python client on a
+2-core machine). The bench uses a database of its own (``<db>_bench``) migrated on first use.
+Prints a markdown table.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import re
+import shutil
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import httpx
+
+ROOT = Path(__file__).resolve().parent.parent
+PY = sys.executable
+STUB_LATENCY_MS = 5.0
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def wait_http(url: str, timeout: float, ok: set[int] | None = None) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            status = httpx.get(url, timeout=1).status_code
+            if (ok and status in ok) or (not ok and status < 500):
+                return
+        except httpx.HTTPError:
+            pass
+        time.sleep(0.2)
+    raise TimeoutError(url)
+
+
+def stop(proc: subprocess.Popen[bytes]) -> None:
+    if proc.poll() is None:
+        proc.terminate()
+        try:
+            proc.wait(15)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+
+
+# ----------------------------------------------------------------------------- database
+
+
+def bench_database() -> str:
+    """Create and migrate ``<name>_bench``; returns its URL."""
+    import psycopg
+
+    url = os.environ["DATABASE_URL"]
+    base, name = url.rsplit("/", 1)
+    bench_name = f"{name.split('?')[0]}_bench"
+    with psycopg.connect(url, autocommit=True) as conn:
+        exists = conn.execute("SELECT 1 FROM pg_database WHERE datname = %s", (bench_name,)).fetchone()
+        if not exists:
+            conn.execute(f'CREATE DATABASE "{bench_name}"')
+    bench_url = f"{base}/{bench_name}"
+    env = {**os.environ, "DATABASE_URL": bench_url, "DJANGO_SETTINGS_MODULE": "console.settings.test"}
+    subprocess.run([PY, "manage.py", "migrate", "-v", "0"], cwd=ROOT, env=env, check=True)
+    return bench_url
+
+
+def seed(bench_url: str, stub_url: str, runtime_url: str) -> str:
+    """A tenant with a high-limit key and two deployments (stub, tiny). Returns the token."""
+    code = f"""
+import django, json
+django.setup()
+from controlplane.core.context import SYSTEM
+from controlplane.deployments.models import Deployment, Replica
+from controlplane.keys.services import api_key_create
+from tests.factories import DeploymentFactory, ReplicaFactory, TenantFactory
+import uuid
+tenant = TenantFactory(slug="bench-" + uuid.uuid4().hex[:8], rpm_limit=10_000_000, tpm_limit=1_000_000_000,
+                       monthly_token_budget=10**12)
+for name, endpoint in (("stub", {stub_url!r}), ("tiny", {runtime_url!r})):
+    d = DeploymentFactory(tenant=tenant, served_model_name=name, phase="Running", max_tokens_cap=1024)
+    ReplicaFactory(deployment=d, endpoint=endpoint, state="ready")
+key, token = api_key_create(actor=SYSTEM, tenant=tenant, data={{"name": "bench", "rpm_limit": 10_000_000,
+    "tpm_limit": 1_000_000_000, "monthly_token_budget": 10**12}})
+print(json.dumps({{"token": token}}))
+"""
+    env = {**os.environ, "DATABASE_URL": bench_url, "DJANGO_SETTINGS_MODULE": "console.settings.test"}
+    out = subprocess.run([PY, "-c", code], cwd=ROOT, env=env, check=True, capture_output=True, text=True).stdout
+    return str(json.loads(out.strip().splitlines()[-1])["token"])
+
+
+# ----------------------------------------------------------------------------- servers
+
+
+def start_stub() -> tuple[subprocess.Popen[bytes], str]:
+    port = free_port()
+    proc = subprocess.Popen(
+        [PY, str(ROOT / "bench" / "stub_upstream.py"), "--port", str(port), "--latency-ms", str(STUB_LATENCY_MS)]
+    )
+    url = f"http://127.0.0.1:{port}"
+    wait_http(url + "/health", 15)
+    return proc, url
+
+
+def start_runtime(model_dir: Path) -> tuple[subprocess.Popen[bytes], str]:
+    port = free_port()
+    proc = subprocess.Popen(
+        [PY, "-m", "workers.runtime", "--model", str(model_dir), "--port", str(port), "--served-model-name", "tiny"],
+        cwd=ROOT,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    url = f"http://127.0.0.1:{port}"
+    wait_http(url + "/health", 180, ok={200})
+    return proc, url
+
+
+def start_gateway(bench_url: str, workers: int) -> tuple[subprocess.Popen[bytes], str]:
+    port = free_port()
+    env = {
+        **os.environ,
+        "DATABASE_URL": bench_url,
+        "DJANGO_SETTINGS_MODULE": "console.settings.test",
+        "HANGAR_LOG_LEVEL": "WARNING",
+    }
+    proc = subprocess.Popen(
+        [
+            PY,
+            "-m",
+            "uvicorn",
+            "console.asgi:application",
+            "--port",
+            str(port),
+            "--workers",
+            str(workers),
+            "--loop",
+            "uvloop",
+            "--http",
+            "httptools",
+            "--no-access-log",
+            "--log-level",
+            "warning",
+        ],
+        cwd=ROOT,
+        env=env,
+    )
+    url = f"http://127.0.0.1:{port}"
+    wait_http(url + "/metrics", 30)
+    return proc, url
+
+
+def start_litellm(litellm: str, stub_url: str) -> tuple[subprocess.Popen[bytes], str, Path]:
+    port = free_port()
+    config = Path(tempfile.mkdtemp()) / "litellm.yaml"
+    config.write_text(
+        "model_list:\n"
+        "  - model_name: stub\n"
+        "    litellm_params:\n"
+        "      model: openai/stub\n"
+        f"      api_base: {stub_url}/v1\n"
+        "      api_key: none\n"
+        "general_settings:\n"
+        "  master_key: sk-bench-1234\n"
+    )
+    proc = subprocess.Popen(
+        [litellm, "--config", str(config), "--port", str(port), "--num_workers", "1"],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    url = f"http://127.0.0.1:{port}"
+    wait_http(url + "/health/liveliness", 120)
+    return proc, url, config
+
+
+# ----------------------------------------------------------------------------- load
+
+
+def wrk(url: str, body: dict[str, Any], token: str | None, connections: int, duration: float) -> dict[str, float]:
+    """Closed-loop load with wrk; returns rps, p50/p99 (ms) and the non-2xx count."""
+    headers = {"Content-Type": "application/json"}
+    if token:
+        headers["Authorization"] = f"Bearer {token}"
+    lua = Path(tempfile.mkdtemp()) / "post.lua"
+    lines = ['wrk.method = "POST"', f"wrk.body = {json.dumps(json.dumps(body))}"]
+    lines += [f'wrk.headers["{k}"] = "{v}"' for k, v in headers.items()]
+    lines += [
+        "done = function(summary, latency, requests)",
+        '  io.write(string.format("P50 %f\\nP99 %f\\n", latency:percentile(50), latency:percentile(99)))',
+        "end",
+    ]
+    lua.write_text("\n".join(lines) + "\n")
+    out = subprocess.run(
+        ["wrk", "-t1", f"-c{connections}", f"-d{duration:.0f}s", "-s", str(lua), "--timeout", "10s", url],
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout
+    rps = float(re.search(r"Requests/sec:\s+([\d.]+)", out).group(1))  # type: ignore[union-attr]
+    bad = re.search(r"Non-2xx or 3xx responses:\s+(\d+)", out)
+    errors = re.search(r"Socket errors:.*", out)
+    return {
+        "rps": rps,
+        "p50": float(re.search(r"P50 ([\d.]+)", out).group(1)) / 1000,  # type: ignore[union-attr]
+        "p99": float(re.search(r"P99 ([\d.]+)", out).group(1)) / 1000,  # type: ignore[union-attr]
+        "non2xx": float(bad.group(1)) if bad else 0.0,
+        "socket_errors": 1.0 if errors else 0.0,
+    }
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--duration", type=float, default=10)
+    parser.add_argument("--latency-connections", type=int, default=4)
+    parser.add_argument("--throughput-connections", default="32,64,128")
+    parser.add_argument("--litellm", default=shutil.which("litellm") or "")
+    parser.add_argument("--skip-runtime", action="store_true")
+    args = parser.parse_args()
+    if not shutil.which("wrk"):
+        sys.exit("wrk is not installed (apt-get install wrk)")
+
+    procs: list[subprocess.Popen[bytes]] = []
+    rows: list[tuple[str, str, int, dict[str, float]]] = []
+    try:
+        bench_url = bench_database()
+        stub, stub_url = start_stub()
+        procs.append(stub)
+        runtime_url = "http://127.0.0.1:1"
+        if not args.skip_runtime:
+            sys.path.insert(0, str(ROOT))
+            from workers.runtime.tinymodel import build_tiny_model
+
+            model_dir = build_tiny_model(Path(tempfile.mkdtemp()) / "tiny-llama")
+            runtime, runtime_url = start_runtime(model_dir)
+            procs.append(runtime)
+        token = seed(bench_url, stub_url, runtime_url)
+        chat_stub = {"model": "stub", "messages": [{"role": "user", "content": "Say hello"}], "max_tokens": 16}
+        chat_tiny = {"model": "tiny", "messages": [{"role": "user", "content": "Say hello"}], "max_tokens": 8}
+        path = "/v1/chat/completions"
+        d = args.duration
+        lc = args.latency_connections
+
+        rows.append(("stub (5 ms)", "direct", lc, wrk(stub_url + path, chat_stub, None, lc, d)))
+        if not args.skip_runtime:
+            rows.append(("tiny runtime", "direct", 1, wrk(runtime_url + path, chat_tiny, None, 1, d)))
+        for workers in (1, 2):
+            gw, gw_url = start_gateway(bench_url, workers)
+            procs.append(gw)
+            wrk(gw_url + path, chat_stub, token, 8, 2)  # warm caches and pools in every worker
+            rows.append(("stub (5 ms)", f"gateway {workers}w", lc, wrk(gw_url + path, chat_stub, token, lc, d)))
+            if not args.skip_runtime:
+                rows.append(("tiny runtime", f"gateway {workers}w", 1, wrk(gw_url + path, chat_tiny, token, 1, d)))
+            for c in (int(x) for x in args.throughput_connections.split(",")):
+                rows.append(("stub (5 ms)", f"gateway {workers}w", c, wrk(gw_url + path, chat_stub, token, c, d)))
+            stop(gw)
+            procs.remove(gw)
+        for c in (int(x) for x in args.throughput_connections.split(",")):
+            rows.append(("stub (5 ms)", "direct", c, wrk(stub_url + path, chat_stub, None, c, d)))
+        if args.litellm:
+            ll, ll_url, _ = start_litellm(args.litellm, stub_url)
+            procs.append(ll)
+            wrk(ll_url + path, chat_stub, "sk-bench-1234", 8, 2)
+            rows.append(("stub (5 ms)", "litellm 1w", lc, wrk(ll_url + path, chat_stub, "sk-bench-1234", lc, d)))
+            for c in (int(x) for x in args.throughput_connections.split(",")):
+                rows.append(("stub (5 ms)", "litellm 1w", c, wrk(ll_url + path, chat_stub, "sk-bench-1234", c, d)))
+    finally:
+        for proc in procs:
+            stop(proc)
+
+    direct = {(u, c): r for u, how, c, r in rows if how == "direct"}
+    print()
+    print(f"load: wrk 1 thread, closed loop, {args.duration:.0f} s per row; 2-core machine shared by all processes")
+    print()
+    print("| upstream | path | conns | req/s | p50 ms | p99 ms | added p50 ms | added p99 ms | non-2xx |")
+    print("|---|---|---:|---:|---:|---:|---:|---:|---:|")
+    for upstream, how, conns, r in rows:
+        base = direct.get((upstream, conns))
+        added = ("", "")
+        if base and how != "direct":
+            added = (f"{(r['p50'] - base['p50']):.2f}", f"{(r['p99'] - base['p99']):.2f}")
+        print(
+            f"| {upstream} | {how} | {conns} | {r['rps']:.0f} | {r['p50']:.2f} | {r['p99']:.2f} | "
+            f"{added[0]} | {added[1]} | {r['non2xx']:.0f} |"
+        )
+
+
+if __name__ == "__main__":
+    main()
