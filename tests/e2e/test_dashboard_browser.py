@@ -1,0 +1,441 @@
+"""End to end in a real Chromium: the product's processes, the dashboard, a deployment, the playground.
+
+Starts the real product against the test database: ``uvicorn console.asgi:application``, a
+Celery worker and Celery beat (plus the metrics scraper), then drives Debian's Chromium with
+Playwright: log in, register the tiny model, add a local target, deploy, watch the phase reach
+Running and chart points arrive without reloading, create an API key (secret shown once), chat
+in the playground with streamed tokens, revoke the key, and check that a viewer is denied the
+operator's actions. Every page is saved under ``artifacts/screenshots/``; the steps that passed
+are written to ``artifacts/e2e/dashboard_steps.json``.
+
+Never skipped when /usr/bin/chromium exists; no browser is downloaded.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+from django.db import connection
+
+from controlplane.deployments.models import Deployment, Replica
+from controlplane.tenancy.choices import Role
+from tests.factories import MembershipFactory, TenantFactory, UserFactory
+
+REPO_ROOT = Path(__file__).resolve().parents[2]
+CHROMIUM = Path("/usr/bin/chromium")
+SCREENSHOTS = REPO_ROOT / "artifacts" / "screenshots"
+STEPS_FILE = REPO_ROOT / "artifacts" / "e2e" / "dashboard_steps.json"
+VENV_BIN = REPO_ROOT / ".venv" / "bin"
+BROKER_DB = 12  # a broker database of our own, apart from a developer's worker and the engine tests
+PASSWORD = "pw-for-tests-1"
+CHROMIUM_ARGS = [
+    "--headless",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+    "--no-first-run",
+]
+SCRAPE_TASK = "workers.metrics_tasks.scrape_metrics"
+
+pytestmark = [
+    pytest.mark.browser,
+    pytest.mark.slow,
+    pytest.mark.timeout(900),
+    pytest.mark.skipif(not CHROMIUM.exists(), reason="no /usr/bin/chromium"),
+]
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def wait_for(predicate: Callable[[], Any], timeout: float, message: str, interval: float = 0.2) -> Any:
+    deadline = time.monotonic() + timeout
+    last = None
+    while time.monotonic() < deadline:
+        last = predicate()
+        if last:
+            return last
+        time.sleep(interval)
+    raise AssertionError(f"{message}: not within {timeout} s (last {last!r})")
+
+
+class Processes:
+    """The product's processes, each in its own session so teardown takes their children too."""
+
+    def __init__(self, logs: Path, env: dict[str, str]) -> None:
+        self.logs = logs
+        self.env = env
+        self.procs: dict[str, subprocess.Popen[bytes]] = {}
+
+    def start(self, name: str, argv: list[str]) -> None:
+        log = (self.logs / f"{name}.log").open("ab")
+        self.procs[name] = subprocess.Popen(
+            argv, cwd=REPO_ROOT, env=self.env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True
+        )
+
+    def log(self, name: str) -> str:
+        path = self.logs / f"{name}.log"
+        return path.read_text(errors="replace") if path.exists() else ""
+
+    def check_alive(self) -> None:
+        for name, proc in self.procs.items():
+            if proc.poll() is not None:
+                raise AssertionError(f"{name} exited with {proc.returncode}:\n{self.log(name)[-3000:]}")
+
+    def stop(self) -> None:
+        for proc in self.procs.values():
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(proc.pid, signal.SIGTERM)
+        for proc in self.procs.values():
+            try:
+                proc.wait(timeout=20)
+            except subprocess.TimeoutExpired:
+                with contextlib.suppress(ProcessLookupError):
+                    os.killpg(proc.pid, signal.SIGKILL)
+                proc.wait(timeout=10)
+
+
+def ensure_frontend_built() -> None:
+    if (REPO_ROOT / "frontend" / "dist" / "hangar" / "dashboard.js").exists():
+        return
+    npm = shutil.which("npm")
+    assert npm, "frontend/dist is missing and npm is not installed"
+    subprocess.run([npm, "ci", "--prefix", "frontend"], cwd=REPO_ROOT, check=True)
+    subprocess.run([npm, "run", "--prefix", "frontend", "build"], cwd=REPO_ROOT, check=True)
+
+
+def scraper_scheduled_by_beat() -> bool:
+    from workers.schedule import beat_schedule
+
+    return any(entry.get("task") == SCRAPE_TASK for entry in beat_schedule().values())
+
+
+@pytest.fixture
+def product(transactional_db: Any, tmp_path: Path) -> Iterator[dict[str, Any]]:
+    """uvicorn + Celery worker + beat (+ the scraper) on the test database; yields the base URL."""
+    ensure_frontend_built()
+    from django.conf import settings
+
+    s = connection.settings_dict
+    database_url = f"postgres://{s['USER']}:{s['PASSWORD']}@{s['HOST']}:{s['PORT']}/{s['NAME']}"
+    broker = f"{settings.REDIS_URL.rsplit('/', 1)[0]}/{BROKER_DB}"
+    import redis
+
+    redis.Redis.from_url(broker).flushdb()
+    data_dir = tmp_path / "data"
+    env = {
+        **os.environ,
+        "DJANGO_SETTINGS_MODULE": "console.settings.test",
+        "DATABASE_URL": database_url,
+        "CELERY_BROKER_URL": broker,
+        "HANGAR_DATA_DIR": str(data_dir),
+        "HANGAR_METRICS_INTERVAL": "1",
+        "HANGAR_RESYNC_INTERVAL": "2",
+        "PYTHONUNBUFFERED": "1",
+    }
+    # WhiteNoise serves STATIC_ROOT when DEBUG is off; collect the built assets there.
+    subprocess.run(
+        [sys.executable, "manage.py", "collectstatic", "--noinput", "-v0"], cwd=REPO_ROOT, env=env, check=True
+    )
+    port = free_port()
+    procs = Processes(tmp_path, env)
+    procs.start(
+        "web",
+        [str(VENV_BIN / "uvicorn"), "console.asgi:application", "--host", "127.0.0.1", "--port", str(port)],
+    )
+    procs.start(
+        "worker",
+        [
+            str(VENV_BIN / "celery"), "-A", "console", "worker", "-I", "workers.metrics_tasks",
+            "--concurrency", "3", "--loglevel", "INFO", "--without-gossip", "--without-mingle",
+            "--hostname", f"e2e-dashboard-{os.getpid()}@%h",
+        ],
+    )  # fmt: skip
+    procs.start(
+        "beat",
+        [str(VENV_BIN / "celery"), "-A", "console", "beat", "--schedule", str(tmp_path / "beat.db"), "-l", "INFO"],
+    )
+    scraper = "beat"
+    if not scraper_scheduled_by_beat():
+        # Until workers.schedule lists the scrape task, run the same pass on the same interval here.
+        scraper = "loop"
+        procs.start(
+            "scraper",
+            [
+                sys.executable, "-c",
+                "import time, django; django.setup()\n"
+                "from workers.metrics import scrape_with_lock\n"
+                "while True:\n    scrape_with_lock(); time.sleep(1)\n",
+            ],
+        )  # fmt: skip
+    base = f"http://127.0.0.1:{port}"
+    try:
+        wait_for(lambda: _answers(base + "/login/"), 60, "uvicorn answering")
+        wait_for(lambda: "ready." in procs.log("worker"), 90, "celery worker ready")
+        yield {"base": base, "procs": procs, "data_dir": data_dir, "scraper": scraper}
+    finally:
+        procs.stop()
+        _remove_local_replicas(data_dir)
+
+
+def _answers(url: str) -> bool:
+    try:
+        return httpx.get(url, timeout=2).status_code == 200
+    except httpx.HTTPError:
+        return False
+
+
+def _remove_local_replicas(data_dir: Path) -> None:
+    """Stop replica processes a failed run left behind (normally the delete step removed them)."""
+    from django.test import override_settings
+
+    from workers.drivers import local_driver
+
+    with override_settings(DATA_DIR=data_dir):
+        driver = local_driver()
+        for observed in driver.list():
+            with contextlib.suppress(Exception):
+                driver.remove(observed.backend_id)
+
+
+class Steps:
+    """Records which steps of the scenario passed (the report quotes this file)."""
+
+    def __init__(self) -> None:
+        self.results: list[dict[str, Any]] = []
+
+    @contextlib.contextmanager
+    def __call__(self, name: str) -> Iterator[None]:
+        started = time.monotonic()
+        try:
+            yield
+        except BaseException as exc:
+            self._record(name, "failed", started, repr(exc)[:500])
+            raise
+        self._record(name, "passed", started)
+
+    def _record(self, name: str, outcome: str, started: float, error: str = "") -> None:
+        self.results.append(
+            {"step": name, "outcome": outcome, "seconds": round(time.monotonic() - started, 2), "error": error}
+        )
+        STEPS_FILE.parent.mkdir(parents=True, exist_ok=True)
+        STEPS_FILE.write_text(json.dumps(self.results, indent=2) + "\n")
+        print(f"[e2e-dashboard] {outcome:6} {name} ({self.results[-1]['seconds']} s)")
+
+
+def test_dashboard_end_to_end(product: dict[str, Any], tiny_model_dir: Path) -> None:
+    from playwright.sync_api import expect, sync_playwright
+
+    base = product["base"]
+    tenant = TenantFactory(name="Acme", slug="acme")
+    owner = UserFactory(username="olivia")
+    viewer = UserFactory(username="victor")
+    MembershipFactory(user=owner, tenant=tenant, role=Role.OWNER)
+    MembershipFactory(user=viewer, tenant=tenant, role=Role.VIEWER)
+    # Playwright's sync API runs an event loop in this thread; the ORM checks below are plain reads.
+    os.environ["DJANGO_ALLOW_ASYNC_UNSAFE"] = "true"
+    SCREENSHOTS.mkdir(parents=True, exist_ok=True)
+    step = Steps()
+
+    def shot(page: Any, name: str) -> None:
+        page.screenshot(path=str(SCREENSHOTS / f"{name}.png"), full_page=True)
+
+    def login(page: Any, username: str) -> None:
+        page.goto(base + "/login/")
+        page.fill("#id_username", username)
+        page.fill("#id_password", PASSWORD)
+        page.click("button[type=submit]")
+        page.wait_for_url(base + "/")
+
+    with sync_playwright() as pw:
+        browser = pw.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_ARGS)
+        try:
+            context = browser.new_context(viewport={"width": 1280, "height": 900})
+            page = context.new_page()
+            page.on("dialog", lambda dialog: dialog.accept())
+            expect.set_options(timeout=15_000)
+
+            with step("log in"):
+                page.goto(base + "/")
+                expect(page).to_have_url(base + "/login/?next=/")
+                shot(page, "01-login")
+                login(page, "olivia")
+                expect(page.get_by_test_id("whoami")).to_contain_text("olivia · owner")
+                expect(page.locator(".ws-state")).to_have_text("live")  # the tenant websocket
+                shot(page, "02-overview-empty")
+
+            with step("register the tiny model"):
+                page.goto(base + "/models/")
+                page.fill("#id_name", "tiny")
+                page.fill("#id_source", "relative/path")
+                page.click("#model-register button[type=submit]")
+                expect(page.locator('[data-field-error="source"]')).to_contain_text("absolute")
+                page.fill("#id_source", str(tiny_model_dir))
+                page.click("#model-register button[type=submit]")
+                expect(page.locator("#memory-estimate")).to_contain_text("float32")
+                shot(page, "03-model-detail")
+                page.goto(base + "/models/")
+                shot(page, "04-models")
+
+            with step("add a local target"):
+                page.goto(base + "/targets/")
+                page.fill("#id_name", "this-machine")
+                page.select_option("#id_kind", "local")
+                page.click("#target-add button[type=submit]")
+                expect(page.locator("h1")).to_contain_text("this-machine")
+                page.wait_for_timeout(1500)  # let check_target run, for the screenshot
+                page.reload()
+                shot(page, "05-target-detail")
+                page.goto(base + "/targets/")
+                shot(page, "06-targets")
+
+            with step("deploy on the local driver"):
+                page.goto(base + "/deployments/new/")
+                page.fill("#id_name", "tiny-chat")
+                page.select_option("#id_model", label="tiny")
+                page.select_option("#id_target", label="this-machine")
+                page.fill("#id_served_model_name", "tiny-chat")
+                page.fill("#id_max_model_len", "512")
+                page.fill("#id_max_tokens_cap", "256")
+                shot(page, "07-deployment-new")
+                page.click("#deployment-new button[type=submit]")
+                expect(page.get_by_test_id("phase")).to_be_visible()
+                deployment = Deployment.objects.get(name="tiny-chat")
+
+            with step("phase reaches Running without reloading"):
+                page.evaluate("window.__noReload = true")
+                expect(page.locator(".ws-state")).to_have_text("live")
+                expect(page.get_by_test_id("phase")).to_have_text("Running", timeout=240_000)
+                assert page.evaluate("window.__noReload === true"), "the page was reloaded"
+                expect(page.locator("[data-progress] li[data-step=ready]")).to_have_class("done")
+                expect(page.locator("#events")).to_contain_text("Created")
+
+            with step("chart points arrive live"):
+                points = int(page.locator('[data-chart="tps"]').get_attribute("data-points") or 0)
+                page.wait_for_function(
+                    "n => Number(document.querySelector('[data-chart=tps]').dataset.points) >= n + 2",
+                    arg=points,
+                    timeout=30_000,
+                )
+                assert page.evaluate("window.__noReload === true")
+                expect(page.locator("#replicas")).to_contain_text("ready")
+                expect(page.locator("#logs pre.logs").first).not_to_be_empty(timeout=20_000)
+                shot(page, "08-deployment-running")
+
+            with step("create an API key; its secret is shown exactly once"):
+                page.goto(base + "/keys/")
+                page.fill("#id_name", "e2e")
+                page.fill("#id_rpm_limit", "600")
+                page.click("#key-create button[type=submit]")
+                secret = page.get_by_test_id("secret").inner_text().strip()
+                assert secret.startswith("hgr_")
+                shot(page, "09-keys-secret-once")
+                page.goto(base + "/keys/")
+                assert secret not in page.content()
+                expect(page.locator("#keys")).to_contain_text("e2e")
+
+            with step("chat in the playground with streamed tokens"):
+                page.goto(base + "/playground/")
+                page.select_option("#pg-model", "tiny-chat")
+                page.fill("#pg-key", secret)
+                page.fill("#pg-max", "48")
+                page.fill("#pg-prompt", "Tell me about the harbor.")
+                page.evaluate(
+                    """() => { window.__chunks = [];
+                      new MutationObserver(() => window.__chunks.push(performance.now()))
+                        .observe(document.getElementById('chat-log'), {subtree: true, characterData: true, childList: true}); }"""
+                )
+                page.click("#chat-send")
+                expect(page.locator("#chat-status")).to_contain_text("chunks in", timeout=60_000)
+                answer = page.locator("#chat-log .msg-assistant .content").last
+                assert answer.inner_text().strip(), "no tokens arrived"
+                assert int(answer.get_attribute("data-chunks") or 0) >= 2
+                times = page.evaluate("window.__chunks")
+                assert len({round(t) for t in times}) >= 3, "tokens did not arrive incrementally"
+                shot(page, "10-playground")
+
+            with step("revoke the key; the gateway refuses it"):
+                page.goto(base + "/keys/")
+                page.locator("#keys tr", has_text="e2e").get_by_role("button", name="Revoke").click()
+                expect(page.locator("#keys tr", has_text="e2e")).to_contain_text("revoked")
+                shot(page, "11-keys-revoked")
+                page.goto(base + "/playground/")
+                page.fill("#pg-key", secret)
+                page.fill("#pg-prompt", "Still there?")
+                page.click("#chat-send")
+                expect(page.locator("#chat-status")).to_contain_text("error", timeout=20_000)
+
+            with step("the other pages render"):
+                for name, path in [
+                    ("12-overview", "/"),
+                    ("13-usage", "/usage/"),
+                    ("14-members", "/members/"),
+                    ("15-audit", "/audit/"),
+                ]:
+                    page.goto(base + path)
+                    expect(page.locator("h1")).to_be_visible()
+                    shot(page, name)
+                page.goto(base + "/")
+                expect(page.locator(f'[data-deployment-row="{deployment.pk}"]')).to_contain_text("Running")
+                page.set_viewport_size({"width": 390, "height": 844})
+                page.goto(base + f"/deployments/{deployment.pk}/")
+                shot(page, "16-deployment-phone")
+                page.set_viewport_size({"width": 1280, "height": 900})
+
+            with step("a viewer is denied the operator's actions"):
+                viewer_context = browser.new_context(viewport={"width": 1280, "height": 900})
+                vpage = viewer_context.new_page()
+                login(vpage, "victor")
+                vpage.goto(base + f"/deployments/{deployment.pk}/")
+                expect(vpage.get_by_test_id("phase")).to_have_text("Running")
+                assert vpage.get_by_test_id("deployment-actions").count() == 0
+                assert vpage.locator("#scale-form").count() == 0
+                status = vpage.evaluate(
+                    """async (url) => {
+                        const token = document.querySelector('[name=csrfmiddlewaretoken]').value;
+                        const r = await fetch(url, {method: 'POST', headers: {'X-CSRFToken': token}});
+                        return r.status; }""",
+                    f"/deployments/{deployment.pk}/stop/",
+                )
+                assert status == 403
+                vpage.goto(base + "/keys/")
+                assert vpage.locator("#key-create").count() == 0
+                shot(vpage, "17-viewer-deployment")
+                vpage.goto(base + "/audit/")
+                expect(vpage.locator("[data-denied]")).to_be_visible()
+                viewer_context.close()
+                assert Deployment.objects.get(pk=deployment.pk).desired_state == "running"
+
+            with step("delete the deployment; its replicas go away"):
+                page.goto(base + f"/deployments/{deployment.pk}/delete/")
+                shot(page, "18-delete-confirm")
+                page.fill("#id_confirm", "tiny-chat")
+                page.click("#delete-form button[type=submit]")
+                expect(page).to_have_url(base + "/")
+                wait_for(
+                    lambda: not Deployment.objects.filter(pk=deployment.pk).exists(),
+                    90,
+                    "the reconciler removes the deployment",
+                )
+                assert not Replica.objects.filter(deployment_id=deployment.pk).exists()
+        finally:
+            browser.close()
+    product["procs"].check_alive()
