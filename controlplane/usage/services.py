@@ -73,14 +73,14 @@ def usage_record_batch(*, deltas: Iterable[UsageDelta]) -> int:
         return len(rows)
     except IntegrityError:
         pass
-    # A key or tenant was deleted since the usage was buffered: write the others, drop those.
+    # A key or tenant was deleted since the usage was buffered (PostgreSQL checks the foreign
+    # keys at commit): write each row in its own transaction and drop the ones that fail.
     written = 0
-    with transaction.atomic(), connection.cursor() as cursor:
-        for row in rows:
-            try:
-                with transaction.atomic():
-                    cursor.execute(sql, row)
-                written += 1
-            except IntegrityError:
-                logger.warning("dropped usage of a deleted key or tenant (key %s)", row[1])
+    for row in rows:
+        try:
+            with transaction.atomic(), connection.cursor() as cursor:
+                cursor.execute(sql, row)
+            written += 1
+        except IntegrityError:
+            logger.warning("dropped usage of a deleted key or tenant (key %s)", row[1])
     return written
