@@ -371,6 +371,11 @@ def test_dashboard_end_to_end(product: dict[str, Any], tiny_model_dir: Path) -> 
                 times = page.evaluate("window.__chunks")
                 assert len({round(t) for t in times}) >= 3, "tokens did not arrive incrementally"
                 shot(page, "10-playground")
+                # The scraper saw those tokens: the deployment's tokens/s chart has a point above zero.
+                page.goto(base + f"/deployments/{deployment.pk}/")
+                page.wait_for_function(
+                    "() => window.hangarCharts && window.hangarCharts.tps.data[1].some(v => v > 0)", timeout=30_000
+                )
 
             with step("revoke the key; the gateway refuses it"):
                 page.goto(base + "/keys/")

@@ -117,6 +117,7 @@
     [r.name, r.state, r.endpoint || "", r.tokens_per_second === undefined ? "–" : fmt(r.tokens_per_second),
       r.in_flight === undefined ? "–" : fmt(r.in_flight, 0), r.last_error || ""].forEach((text, i) => {
       const td = document.createElement("td");
+      if (i === 3 || i === 4) td.className = "num";
       if (i === 1) {
         const span = document.createElement("span");
         span.className = "badge state-" + text;
@@ -199,7 +200,11 @@
 
   function connectLive() {
     const root = $("[data-ws]");
-    if (!root || typeof HangarSocket === "undefined") return;
+    if (!root || typeof HangarSocket === "undefined") {
+      const idle = $(".ws-state");
+      if (idle) idle.hidden = true;  // nothing live on this page
+      return;
+    }
     const handler = root.dataset.deployment ? deploymentPage(root) : overviewPage(root);
     const indicator = $("[data-ws-state]");
     const socket = new HangarSocket(root.dataset.ws, {
