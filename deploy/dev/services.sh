@@ -5,9 +5,10 @@
 #   Redis          127.0.0.1:63790  no persistence, pid var/redis.pid
 #   dockerd        /var/run/docker.sock (only started if no daemon answers; log var/dockerd.log)
 #
-# Usage: deploy/dev/services.sh {start|stop|status|env}
+# Usage: deploy/dev/services.sh {start|stop|status|env} [postgres] [redis] [docker]
 #   start   start whatever is not already reachable, wait until each one answers
 #   stop    stop only what this script started (pid files under var/run/)
+#   naming services limits start/stop to them (default: all three)
 #   status  say what answers
 #   env     print `export ...` lines; use with: eval "$(deploy/dev/services.sh env)"
 #
@@ -245,26 +246,40 @@ cmd_status() {
     return $rc
 }
 
+# selected <name>: true when no services were named on the command line, or <name> was.
+selected() {
+    [[ ${#SERVICES[@]} -eq 0 ]] && return 0
+    local s
+    for s in "${SERVICES[@]}"; do [[ $s == "$1" ]] && return 0; done
+    return 1
+}
+
 main() {
     local cmd=${1:-}
+    [[ $# -gt 0 ]] && shift
+    SERVICES=("$@")
+    local s
+    for s in "${SERVICES[@]}"; do
+        [[ $s == postgres || $s == redis || $s == docker ]] || die "unknown service '$s' (postgres, redis, docker)"
+    done
     case $cmd in
         start)
             mkdir -p "$VAR" "$RUN"
-            pg_start
-            redis_start
-            dockerd_start
-            log "all services ready; eval \"\$($0 env)\" to use them"
+            if selected postgres; then pg_start; fi
+            if selected redis; then redis_start; fi
+            if selected docker; then dockerd_start; fi
+            log "services ready; eval \"\$($0 env)\" to use them"
             ;;
         stop)
             mkdir -p "$RUN"
-            redis_stop
-            pg_stop
-            dockerd_stop
+            if selected redis; then redis_stop; fi
+            if selected postgres; then pg_stop; fi
+            if selected docker; then dockerd_stop; fi
             ;;
         status) cmd_status ;;
         env) cmd_env ;;
         *)
-            printf 'usage: %s {start|stop|status|env}\n' "$0" >&2
+            printf 'usage: %s {start|stop|status|env} [postgres] [redis] [docker]\n' "$0" >&2
             exit 2
             ;;
     esac
