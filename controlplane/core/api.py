@@ -6,6 +6,7 @@ DRF's settings (filter backends, exception handler), so it must not import DRF's
 
 from __future__ import annotations
 
+import json
 import logging
 from collections.abc import Mapping
 from typing import Any, ClassVar
@@ -206,6 +207,7 @@ class TenantChoiceMixin(serializers.Serializer):
 
 
 __all__ = [
+    "BodySizeLimit",
     "InputSerializer",
     "Pagination",
     "QueryFilterBackend",
@@ -233,3 +235,63 @@ def exception_handler(exc: Exception, context: dict[str, Any]) -> Response | Non
         return Response({"detail": "Invalid input.", "code": "invalid", "errors": detail, **detail}, status=400)
     response = drf_exception_handler(exc, context)
     return response
+
+
+# ----------------------------------------------------------------------------- ASGI
+
+
+class BodySizeLimit:
+    """ASGI wrapper answering 413 once a request body passes the limit, declared or chunked.
+
+    Django's ASGI handler reads the whole body (spooling to disk) before any middleware runs,
+    and ``BodySizeLimitMiddleware`` only sees a declared Content-Length; a chunked upload has
+    none. This counts bytes as they arrive and stops at the limit. Wrap the HTTP app with it in
+    ``console.asgi``.
+    """
+
+    def __init__(self, app: Any, max_bytes: int | None = None) -> None:
+        self.app = app
+        self.max_bytes = max_bytes
+
+    async def __call__(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
+        if scope.get("type") != "http":
+            await self.app(scope, receive, send)
+            return
+        from django.conf import settings
+
+        limit = self.max_bytes if self.max_bytes is not None else int(settings.HANGAR_MAX_BODY_BYTES)
+        for name, value in scope.get("headers", []):
+            if name == b"content-length" and value.isdigit() and int(value) > limit:
+                await self._refuse(send, limit)
+                return
+        chunks: list[bytes] = []
+        size = 0
+        while True:
+            message = await receive()
+            if message["type"] == "http.disconnect":
+                return
+            body = message.get("body", b"")
+            size += len(body)
+            if size > limit:
+                await self._refuse(send, limit)
+                return
+            chunks.append(body)
+            if not message.get("more_body", False):
+                break
+        delivered = False
+
+        async def replay() -> dict[str, Any]:
+            nonlocal delivered
+            if not delivered:
+                delivered = True
+                return {"type": "http.request", "body": b"".join(chunks), "more_body": False}
+            return dict(await receive())  # later calls only wait for a disconnect
+
+        await self.app(scope, replay, send)
+
+    @staticmethod
+    async def _refuse(send: Any, limit: int) -> None:
+        body = json.dumps({"detail": f"Request body is larger than {limit} bytes."}).encode()
+        headers = [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())]
+        await send({"type": "http.response.start", "status": 413, "headers": headers})
+        await send({"type": "http.response.body", "body": body})

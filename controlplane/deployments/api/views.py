@@ -46,7 +46,7 @@ REPLICA_LOGS = "workers.logs.replica_logs"
 DEFAULT_LOG_TAIL = 200
 MAX_LOG_TAIL = 5000
 
-DEPLOYMENT_ID = serializers.IntegerField(min_value=1, help_text="Deployment id.")
+DEPLOYMENT_ID = serializers.IntegerField(min_value=1, max_value=2**63 - 1, help_text="Deployment id.")
 
 
 @extend_schema_view(list=extend_schema(summary="List targets"), retrieve=extend_schema(summary="Show a target"))

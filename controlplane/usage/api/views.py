@@ -28,7 +28,7 @@ class UsageViewSet(ScopedViewSet):
     http_method_names = ["get", "head", "options"]
     filter_fields: ClassVar[dict[str, serializers.Field]] = {
         "tenant": serializers.SlugField(max_length=50),
-        "api_key": serializers.IntegerField(min_value=1, help_text="API key id."),
+        "api_key": serializers.IntegerField(min_value=1, max_value=2**63 - 1, help_text="API key id."),
         "model": serializers.CharField(max_length=100, help_text="Served model name."),
         "since": serializers.DateTimeField(help_text="From this minute (inclusive)."),
         "until": serializers.DateTimeField(help_text="Up to this minute (exclusive)."),
