@@ -4,14 +4,17 @@ from __future__ import annotations
 
 import asyncio
 import json
+from datetime import timedelta
 from typing import Any
 
 import pytest
 from asgiref.testing import ApplicationCommunicator
 from django.core.asgi import get_asgi_application
+from django.utils import timezone
 
 from controlplane.core.api import BodySizeLimit
 from controlplane.tenancy.choices import Role
+from controlplane.usage.models import UsageRecord
 from tests.api.mixins import rows
 from tests.factories import DeploymentFactory, ModelFactory, TargetFactory
 
@@ -149,11 +152,6 @@ def test_paging_and_ordering_are_forgiving_and_bounded(tenant: Any, operator_cli
 
 
 def test_max_page_size(tenant: Any, operator_client: Any) -> None:
-    from controlplane.usage.models import UsageRecord
-
-    from django.utils import timezone
-    from datetime import timedelta
-
     now = timezone.now().replace(second=0, microsecond=0)
     UsageRecord.objects.bulk_create(
         UsageRecord(tenant=tenant, model="m", minute=now - timedelta(minutes=i)) for i in range(510)
@@ -199,9 +197,7 @@ def _asgi_post(app: Any, chunks: list[bytes], headers: list[tuple[bytes, bytes]]
         }
         communicator = ApplicationCommunicator(app, scope)
         for index, chunk in enumerate(chunks):
-            await communicator.send_input(
-                {"type": "http.request", "body": chunk, "more_body": index < len(chunks) - 1}
-            )
+            await communicator.send_input({"type": "http.request", "body": chunk, "more_body": index < len(chunks) - 1})
         start = await communicator.receive_output(timeout=10)
         body = await communicator.receive_output(timeout=10)
         await communicator.wait(timeout=10)

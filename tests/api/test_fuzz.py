@@ -38,7 +38,9 @@ scalars = (
     | st.integers(min_value=-(2**80), max_value=2**80)
     | st.floats(allow_nan=False, allow_infinity=False)
     | text
-    | st.sampled_from(["", "/", "0", "-1", "float16", "docker", "owner", "2030-01-01T00:00:00Z", "9999-12-31T23:59:59-14:00"])
+    | st.sampled_from(
+        ["", "/", "0", "-1", "float16", "docker", "owner", "2030-01-01T00:00:00Z", "9999-12-31T23:59:59-14:00"]
+    )
 )
 values = st.recursive(
     scalars, lambda inner: st.lists(inner, max_size=4) | st.dictionaries(text, inner, max_size=4), max_leaves=10
