@@ -399,8 +399,7 @@ class Pass:
         except PermanentDriverError as exc:
             failure, self._fail_reason = exc.message, exc.reason
         actual = [r for r in self.driver.list(d.pk) if r.alive]
-        for uid, type_, reason, message in self.driver.backend_events(d.pk):
-            del uid
+        for _uid, type_, reason, message in self.driver.backend_events(d.pk, since=d.reconciled_at):
             self.event(reason, message, warning=type_ == "Warning")
         observations = [
             ReplicaObservation(
@@ -436,12 +435,14 @@ class Pass:
 
     def delete(self) -> Outcome:
         d = self.d
-        for replica in self.driver.list(d.pk):
-            self.renew()
-            self.driver.remove(replica.backend_id)
-            self.actions.append(f"remove {replica.name}")
         if self.driver.group_managed:
-            self.driver.teardown(d.pk)
+            self.renew()
+            self.driver.teardown(d.pk)  # its controller removes the pods
+        else:
+            for replica in self.driver.list(d.pk):
+                self.renew()
+                self.driver.remove(replica.backend_id)
+                self.actions.append(f"remove {replica.name}")
         if self.driver.list(d.pk):  # not gone yet (terminating): look again
             return Outcome(requeue_after=POLL_WHILE_DELETING_S, actions=self.actions)
         forget = getattr(self.driver, "forget", None)
@@ -465,8 +466,9 @@ def reconcile(deployment_id: int, *, owner: str, driver_factory: DriverFactory =
         return Outcome(skipped=True)
     started_generation = deployment.generation
     outcome = Outcome()
-    driver = driver_factory(deployment.target)
+    driver: Driver | None = None
     try:
+        driver = driver_factory(deployment.target)
         outcome = Pass(deployment, driver, owner).run()
     except LeaseLost:
         logger.warning("lost the lease of deployment %s; another worker carries on", deployment_id)
@@ -478,7 +480,8 @@ def reconcile(deployment_id: int, *, owner: str, driver_factory: DriverFactory =
         _report_error(deployment, owner, exc, temporary=False)
         outcome = Outcome(requeue_after=settings.HANGAR_FAILED_RETRY_SECONDS)
     finally:
-        driver.close()
+        if driver is not None:
+            driver.close()
         status.deployment_release(deployment_id=deployment_id, owner=owner)
     latest = Deployment.objects.filter(pk=deployment_id).values_list("generation", flat=True).first()
     if latest is not None and latest != started_generation:
@@ -518,16 +521,20 @@ def _report_error(deployment: Deployment, owner: str, exc: DriverError, *, tempo
 
 def collect_orphans(driver: Driver) -> list[str]:
     """Remove every replica of this installation whose deployment row no longer exists."""
-    removed = []
+    removed: list[str] = []
+    if driver.group_managed:
+        known = driver.known_deployment_ids()
+        existing = set(Deployment.objects.filter(pk__in=known).values_list("pk", flat=True))
+        for deployment_id in sorted(known - existing):
+            driver.teardown(deployment_id)
+            removed.append(f"deployment {deployment_id}")
+        return removed
     observed = driver.list(None)
     existing = set(Deployment.objects.filter(pk__in={r.deployment_id for r in observed}).values_list("pk", flat=True))
     for replica in observed:
         if replica.deployment_id not in existing:
             driver.remove(replica.backend_id)
             removed.append(replica.name)
-    if driver.group_managed:
-        for deployment_id in {r.deployment_id for r in observed} - existing:
-            driver.teardown(deployment_id)
     if removed:
         logger.info("removed %d orphaned replica(s): %s", len(removed), ", ".join(removed))
     return removed

@@ -221,9 +221,13 @@ class Driver(abc.ABC):
     def teardown(self, deployment_id: int) -> None:  # noqa: B027 - optional hook
         """Remove group-level resources (Kubernetes Deployment + Service) of a deployment."""
 
-    def backend_events(self, deployment_id: int) -> list[tuple[str, str, str, str]]:
-        """New backend events as (uid, type, reason, message); Kubernetes only."""
+    def backend_events(self, deployment_id: int, since: datetime | None = None) -> list[tuple[str, str, str, str]]:
+        """Backend events newer than ``since`` as (uid, type, reason, message); Kubernetes only."""
         return []
+
+    def known_deployment_ids(self) -> set[int]:
+        """Ids of every deployment with resources on this backend (for orphan collection)."""
+        return {r.deployment_id for r in self.list(None)}
 
     def close(self) -> None:  # noqa: B027 - optional hook
         """Release connections."""

@@ -1,0 +1,238 @@
+"""Kubernetes driver: manifests validated against the official schemas, calls against a recording fake."""
+
+from __future__ import annotations
+
+import os
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import kubernetes_validate
+import pytest
+from kubernetes import client as k8s
+
+from controlplane.core.context import SYSTEM
+from controlplane.deployments import services
+from controlplane.deployments.choices import Phase
+from controlplane.deployments.models import Deployment, DeploymentEvent, Replica
+from tests.factories import DeploymentFactory
+from tests.workers.k8s_fake import FakeCluster
+from workers import reconciler
+from workers.drivers.base import ReplicaSpec
+from workers.drivers.kubernetes import KubernetesDriver, build_deployment, build_service
+
+K8S_SCHEMA_VERSION = "1.37"  # the newest schema kubernetes-validate ships
+
+
+def serialize(obj: Any) -> dict[str, Any]:
+    return k8s.ApiClient().sanitize_for_serialization(obj)
+
+
+def spec(**overrides: Any) -> ReplicaSpec:
+    base: dict[str, Any] = {
+        "instance": "test_hangar",
+        "tenant_id": 3,
+        "deployment_id": 42,
+        "deployment_name": "chat",
+        "name": "chat-g2-0",
+        "slot": 0,
+        "generation": 2,
+        "model_path": "/srv/models/tiny",
+        "served_model_name": "tiny-chat",
+    }
+    return ReplicaSpec(**(base | overrides))
+
+
+@pytest.mark.parametrize(
+    "overrides, volume",
+    [
+        ({}, {}),
+        (
+            {
+                "gpus": 2,
+                "node_selector": {"nvidia.com/gpu.product": "A100", "pool": "gpu"},
+                "tolerations": [{"key": "nvidia.com/gpu", "operator": "Exists", "effect": "NoSchedule"}],
+                "cpus": 7.5,
+                "memory_mb": 30000,
+            },
+            {"type": "pvc", "claimName": "models"},
+        ),
+    ],
+)
+def test_manifests_validate_against_the_official_schema(overrides: dict[str, Any], volume: dict[str, Any]) -> None:
+    deployment = build_deployment(
+        spec(**overrides), replicas=3, namespace="serving", image="hangar-runtime:latest", volume=volume
+    )
+    service = build_service(spec(**overrides), namespace="serving")
+    for manifest in (serialize(deployment), serialize(service)):
+        kubernetes_validate.validate(manifest, K8S_SCHEMA_VERSION, strict=True)
+
+    data = serialize(deployment)
+    pod = data["spec"]["template"]["spec"]
+    container = pod["containers"][0]
+    assert data["spec"]["replicas"] == 3
+    assert data["spec"]["selector"]["matchLabels"] == {"hangar.instance": "test_hangar", "hangar.deployment": "42"}
+    assert data["spec"]["template"]["metadata"]["labels"]["hangar.generation"] == "2"
+    assert data["spec"]["strategy"]["rollingUpdate"] == {"maxSurge": 1, "maxUnavailable": 0}
+    assert container["readinessProbe"]["httpGet"]["path"] == "/health"
+    assert container["livenessProbe"]["httpGet"]["path"] == "/health"
+    assert container["volumeMounts"] == [{"name": "model", "mountPath": "/model", "readOnly": True}]
+    assert container["args"][:2] == ["--model", "/model"]
+    if overrides:
+        assert container["resources"]["limits"]["nvidia.com/gpu"] == "2"
+        assert pod["nodeSelector"]["pool"] == "gpu"
+        assert pod["tolerations"][0]["key"] == "nvidia.com/gpu"
+        assert pod["volumes"][0]["persistentVolumeClaim"] == {"claimName": "models", "readOnly": True}
+        assert "--device" in container["args"]
+    else:
+        assert "nvidia.com/gpu" not in container["resources"]["limits"]
+        assert pod["volumes"][0]["hostPath"] == {"path": "/srv/models/tiny", "type": "Directory"}
+
+
+def test_scaling_does_not_change_the_pod_template() -> None:
+    one = serialize(build_deployment(spec(), replicas=1, namespace="n", image="i", volume={}))
+    three = serialize(build_deployment(spec(), replicas=3, namespace="n", image="i", volume={}))
+    assert one["spec"]["template"] == three["spec"]["template"]
+    restarted = serialize(build_deployment(spec(generation=3), replicas=1, namespace="n", image="i", volume={}))
+    assert restarted["spec"]["template"] != one["spec"]["template"]
+
+
+@pytest.fixture
+def cluster() -> FakeCluster:
+    return FakeCluster()
+
+
+@pytest.fixture
+def k8s_run(cluster: FakeCluster) -> Any:
+    def make_driver(target: Any) -> KubernetesDriver:
+        return KubernetesDriver(
+            apps=cluster.apps,
+            core=cluster.core,
+            namespace=target.kube_namespace,
+            image="hangar-runtime:latest",
+            instance="test_hangar",
+        )
+
+    def run(deployment: Any) -> reconciler.Outcome:
+        outcome = reconciler.reconcile(deployment.pk, owner="k8s-test", driver_factory=make_driver)
+        if Deployment.objects.filter(pk=deployment.pk).exists():
+            deployment.refresh_from_db()
+        return outcome
+
+    return run
+
+
+@pytest.mark.django_db
+def test_reconcile_through_the_fake_cluster(cluster: FakeCluster, k8s_run: Any) -> None:
+    deployment = DeploymentFactory(
+        replicas=2,
+        max_replicas=4,
+        target__kind="kubernetes",
+        target__kube_namespace="serving",
+        gpus=1,
+        target__node_selector={"pool": "gpu"},
+        node_selector={"zone": "a"},
+    )
+    k8s_run(deployment)
+    [(method, (namespace, body))] = [c for c in cluster.calls if c[0] == "create_namespaced_deployment"]
+    assert namespace == "serving" and body.spec.replicas == 2
+    assert body.spec.template.spec.node_selector == {"pool": "gpu", "zone": "a"}
+    assert any(c[0] == "create_namespaced_service" for c in cluster.calls)
+    assert deployment.phase == Phase.DEPLOYING
+
+    cluster.run_pods("serving", ready=True)
+    k8s_run(deployment)
+    assert deployment.phase == Phase.RUNNING
+    assert deployment.ready_replicas == 2
+    assert Replica.objects.filter(deployment=deployment, state="ready").count() == 2
+
+    # Converged: a second pass reads but changes nothing in the cluster and emits no event.
+    before_calls = len(cluster.mutations())
+    n_events = DeploymentEvent.objects.filter(deployment=deployment).count()
+    k8s_run(deployment)
+    assert len(cluster.mutations()) == before_calls
+    assert DeploymentEvent.objects.filter(deployment=deployment).count() == n_events
+
+    # Scale: only spec.replicas changes (same template, no restart).
+    services.deployment_scale(actor=SYSTEM, deployment=deployment, replicas=3)
+    k8s_run(deployment)
+    _, (name, _, patched) = [c for c in cluster.calls if c[0] == "patch_namespaced_deployment"][-1]
+    assert patched.spec.replicas == 3 and patched.spec.template.metadata.labels["hangar.generation"] == "1"
+
+    # Restart: the template's generation label changes -> Kubernetes rolls the pods.
+    services.deployment_restart(actor=SYSTEM, deployment=deployment)
+    k8s_run(deployment)
+    _, (_, _, patched) = [c for c in cluster.calls if c[0] == "patch_namespaced_deployment"][-1]
+    assert patched.spec.template.metadata.labels["hangar.generation"] == "2"
+    cluster.run_pods("serving", ready=True)
+    k8s_run(deployment)
+    assert deployment.phase == Phase.RUNNING and deployment.observed_generation == deployment.generation
+
+    # Kubernetes events about our objects become deployment events.
+    cluster.events.append(
+        k8s.CoreV1Event(
+            metadata=k8s.V1ObjectMeta(name="e1", namespace="serving", uid="u1"),
+            involved_object=k8s.V1ObjectReference(kind="Pod", name=f"hgr-{deployment.pk}-{deployment.name}-2-0"),
+            reason="FailedScheduling",
+            message="0/3 nodes are available: 3 Insufficient nvidia.com/gpu.",
+            type="Warning",
+            last_timestamp=datetime.now(UTC) + timedelta(seconds=1),
+        )
+    )
+    k8s_run(deployment)
+    assert DeploymentEvent.objects.filter(deployment=deployment, reason="FailedScheduling", type="Warning").exists()
+
+    # Delete: Deployment and Service removed, pods gone, then the row.
+    services.deployment_delete(actor=SYSTEM, deployment=deployment)
+    k8s_run(deployment)
+    assert not cluster.deployments and not cluster.services and not cluster.pods
+    assert not Deployment.objects.filter(pk=deployment.pk).exists()
+
+
+@pytest.mark.django_db
+def test_orphaned_kubernetes_deployments_are_removed(cluster: FakeCluster, k8s_run: Any) -> None:
+    deployment = DeploymentFactory(replicas=1, target__kind="kubernetes", target__kube_namespace="serving")
+    k8s_run(deployment)
+    Deployment.objects.filter(pk=deployment.pk).delete()
+    driver = KubernetesDriver(
+        apps=cluster.apps, core=cluster.core, namespace="serving", image="i", instance="test_hangar"
+    )
+    assert reconciler.collect_orphans(driver) == [f"deployment {deployment.pk}"]
+    assert not cluster.deployments and not cluster.services
+
+
+def test_logs_and_check(cluster: FakeCluster) -> None:
+    driver = KubernetesDriver(
+        apps=cluster.apps, core=cluster.core, namespace="serving", image="i", instance="test_hangar"
+    )
+    driver.apply(spec(), 1)
+    cluster.run_pods("serving", ready=False)
+    [pod] = driver.list(42)
+    assert pod.ready is False and pod.generation == 2
+    cluster.logs[pod.name] = "a\nb\nhangar-runtime: stage=warming_up\n"
+    assert driver.logs(pod.backend_id, tail=1) == "hangar-runtime: stage=warming_up"
+    assert driver.stage(pod.backend_id).step == "warming_up"
+    assert driver.check()["gpus"] == 4
+
+
+@pytest.mark.kubernetes_live
+@pytest.mark.skipif(not os.environ.get("HANGAR_TEST_KUBECONFIG"), reason="HANGAR_TEST_KUBECONFIG not set")
+def test_live_cluster_apply_list_teardown() -> None:
+    from kubernetes import config
+
+    api = config.new_client_from_config(config_file=os.environ["HANGAR_TEST_KUBECONFIG"])
+    namespace = os.environ.get("HANGAR_TEST_KUBE_NAMESPACE", "default")
+    driver = KubernetesDriver(
+        apps=k8s.AppsV1Api(api),
+        core=k8s.CoreV1Api(api),
+        namespace=namespace,
+        image="hangar-runtime:latest",
+        instance="test_live",
+        version_api=k8s.VersionApi(api),
+    )
+    assert driver.check()["reachable"]
+    try:
+        driver.apply(spec(instance="test_live", deployment_id=999_001), 1)
+        assert driver.known_deployment_ids() >= {999_001}
+        driver.list(999_001)
+    finally:
+        driver.teardown(999_001)

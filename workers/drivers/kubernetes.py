@@ -1,0 +1,374 @@
+"""Kubernetes driver: one Deployment + one Service per Hangar deployment, via the official client.
+
+Kubernetes has its own controller, so this driver is *group managed*: the reconciler hands it the
+whole replica spec and count (``apply``); the pod template carries ``hangar.generation``, so a
+template change is a Kubernetes rolling update (maxSurge 1, maxUnavailable 0: never below the
+ready count asked) while a scale only changes ``spec.replicas``. Pods are observed by labels;
+readiness comes from the pod's Ready condition (readiness probe on ``/health``). Manifests are
+built as the client's model objects (``V1Deployment``...), never as loose dicts.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+from datetime import datetime
+from typing import Any
+
+from kubernetes import client as k8s
+from kubernetes.client.exceptions import ApiException
+
+from controlplane.deployments.models import Target
+from workers.drivers.base import (
+    LABEL_DEPLOYMENT,
+    LABEL_GENERATION,
+    LABEL_INSTANCE,
+    LABEL_TENANT,
+    BackendState,
+    Driver,
+    ObservedReplica,
+    PermanentDriverError,
+    ReplicaSpec,
+    TemporaryDriverError,
+)
+
+PORT = 8000
+MODEL_MOUNT = "/model"
+SPEC_HASH = "hangar.spec-hash"
+RUNTIME_UID = 10001
+GPU_RESOURCE = "nvidia.com/gpu"
+STARTUP_BUDGET_S = 600  # model loading: the startup probe allows this long before liveness counts
+
+
+def resource_name(spec: ReplicaSpec) -> str:
+    """DNS-1035 name of the Deployment and Service: ``hgr-<id>-<name>``, at most 63 characters."""
+    return f"hgr-{spec.deployment_id}-{spec.deployment_name}"[:63].rstrip("-")
+
+
+def _selector(instance: str, deployment_id: int) -> dict[str, str]:
+    return {LABEL_INSTANCE: instance, LABEL_DEPLOYMENT: str(deployment_id)}
+
+
+def _label_selector(labels: dict[str, str]) -> str:
+    return ",".join(f"{k}={v}" for k, v in sorted(labels.items()))
+
+
+def _quantity_cpu(cpus: float) -> str:
+    return f"{round(cpus * 1000)}m"
+
+
+def model_volume(spec: ReplicaSpec, config: dict[str, Any]) -> k8s.V1Volume:
+    """The model directory as a volume: a hostPath on the node (default) or a PVC."""
+    if config.get("type") == "pvc":
+        return k8s.V1Volume(
+            name="model",
+            persistent_volume_claim=k8s.V1PersistentVolumeClaimVolumeSource(
+                claim_name=config["claimName"], read_only=True
+            ),
+        )
+    return k8s.V1Volume(
+        name="model", host_path=k8s.V1HostPathVolumeSource(path=config.get("path") or spec.model_path, type="Directory")
+    )
+
+
+def build_deployment(
+    spec: ReplicaSpec, *, replicas: int, namespace: str, image: str, volume: dict[str, Any]
+) -> k8s.V1Deployment:
+    """The apps/v1 Deployment running ``replicas`` pods of ``spec``."""
+    selector = _selector(spec.instance, spec.deployment_id)
+    labels = {**selector, LABEL_TENANT: str(spec.tenant_id)}
+    pod_labels = {**labels, LABEL_GENERATION: str(spec.generation)}
+    limits = {"cpu": _quantity_cpu(spec.cpus), "memory": f"{spec.memory_mb}Mi"}
+    if spec.gpus:
+        limits[GPU_RESOURCE] = str(spec.gpus)
+    probe_action = k8s.V1HTTPGetAction(path="/health", port="http")
+    container = k8s.V1Container(
+        name="runtime",
+        image=image,
+        image_pull_policy="IfNotPresent",
+        args=spec.runtime_args(model=MODEL_MOUNT, host="0.0.0.0", port=PORT),
+        ports=[k8s.V1ContainerPort(name="http", container_port=PORT, protocol="TCP")],
+        env=[k8s.V1EnvVar(name="HANGAR_RUNTIME_PORT", value=str(PORT))],
+        resources=k8s.V1ResourceRequirements(
+            requests={"cpu": _quantity_cpu(spec.cpus), "memory": f"{spec.memory_mb}Mi"}, limits=limits
+        ),
+        volume_mounts=[k8s.V1VolumeMount(name="model", mount_path=MODEL_MOUNT, read_only=True)],
+        startup_probe=k8s.V1Probe(
+            http_get=probe_action, period_seconds=2, failure_threshold=STARTUP_BUDGET_S // 2, timeout_seconds=2
+        ),
+        readiness_probe=k8s.V1Probe(http_get=probe_action, period_seconds=2, failure_threshold=3, timeout_seconds=2),
+        liveness_probe=k8s.V1Probe(http_get=probe_action, period_seconds=10, failure_threshold=3, timeout_seconds=5),
+        security_context=k8s.V1SecurityContext(
+            run_as_non_root=True,
+            run_as_user=RUNTIME_UID,
+            run_as_group=RUNTIME_UID,
+            allow_privilege_escalation=False,
+            capabilities=k8s.V1Capabilities(drop=["ALL"]),
+        ),
+    )
+    tolerations = [
+        k8s.V1Toleration(
+            key=t.get("key"),
+            operator=t.get("operator", "Equal"),
+            value=t.get("value"),
+            effect=t.get("effect") or None,
+            toleration_seconds=t.get("tolerationSeconds"),
+        )
+        for t in spec.tolerations
+    ]
+    body = k8s.V1Deployment(
+        api_version="apps/v1",
+        kind="Deployment",
+        metadata=k8s.V1ObjectMeta(name=resource_name(spec), namespace=namespace, labels=labels, annotations={}),
+        spec=k8s.V1DeploymentSpec(
+            replicas=replicas,
+            selector=k8s.V1LabelSelector(match_labels=selector),
+            strategy=k8s.V1DeploymentStrategy(
+                type="RollingUpdate",
+                rolling_update=k8s.V1RollingUpdateDeployment(max_surge=1, max_unavailable=0),
+            ),
+            template=k8s.V1PodTemplateSpec(
+                metadata=k8s.V1ObjectMeta(labels=pod_labels),
+                spec=k8s.V1PodSpec(
+                    containers=[container],
+                    volumes=[model_volume(spec, volume)],
+                    node_selector=spec.node_selector or None,
+                    tolerations=tolerations or None,
+                    termination_grace_period_seconds=30,
+                    automount_service_account_token=False,
+                ),
+            ),
+        ),
+    )
+    digest = hashlib.sha256(
+        json.dumps(k8s.ApiClient().sanitize_for_serialization(body), sort_keys=True).encode()
+    ).hexdigest()[:16]
+    body.metadata.annotations[SPEC_HASH] = digest
+    return body
+
+
+def build_service(spec: ReplicaSpec, *, namespace: str) -> k8s.V1Service:
+    """A ClusterIP Service in front of the deployment's ready pods (for in-cluster clients)."""
+    selector = _selector(spec.instance, spec.deployment_id)
+    return k8s.V1Service(
+        api_version="v1",
+        kind="Service",
+        metadata=k8s.V1ObjectMeta(
+            name=resource_name(spec), namespace=namespace, labels={**selector, LABEL_TENANT: str(spec.tenant_id)}
+        ),
+        spec=k8s.V1ServiceSpec(
+            type="ClusterIP",
+            selector=selector,
+            ports=[k8s.V1ServicePort(name="http", port=PORT, target_port="http", protocol="TCP")],
+        ),
+    )
+
+
+class KubernetesDriver(Driver):
+    kind = "kubernetes"
+    group_managed = True
+
+    def __init__(
+        self,
+        *,
+        apps: Any,
+        core: Any,
+        namespace: str,
+        image: str,
+        instance: str,
+        volume: dict[str, Any] | None = None,
+        version_api: Any = None,
+    ) -> None:
+        self.apps = apps
+        self.core = core
+        self.namespace = namespace or "default"
+        self.image = image
+        self.instance = instance
+        self.volume = volume or {}
+        self.version_api = version_api
+
+    @classmethod
+    def for_target(cls, target: Target, *, image: str, instance: str) -> KubernetesDriver:
+        from kubernetes import config as k8s_config
+
+        try:
+            api_client = k8s_config.new_client_from_config(
+                config_file=target.kubeconfig_path or None, context=target.kube_context or None
+            )
+        except (k8s_config.ConfigException, OSError) as exc:
+            raise PermanentDriverError(
+                f"Cannot load the kubeconfig {target.kubeconfig_path or '~/.kube/config'} "
+                f"(context {target.kube_context or 'current'}) on the worker: {exc}",
+                reason="KubeconfigInvalid",
+            ) from None
+        return cls(
+            apps=k8s.AppsV1Api(api_client),
+            core=k8s.CoreV1Api(api_client),
+            namespace=target.kube_namespace,
+            image=image,
+            instance=instance,
+            volume=target.model_volume,
+            version_api=k8s.VersionApi(api_client),
+        )
+
+    # ------------------------------------------------------------------ errors
+
+    def _call(self, func: Any, *args: Any, **kwargs: Any) -> Any:
+        try:
+            return func(*args, **kwargs)
+        except ApiException as exc:
+            if exc.status == 404:
+                raise
+            message = self._message(exc)
+            if exc.status in (401, 403):
+                raise PermanentDriverError(
+                    f"Kubernetes refused access in namespace {self.namespace}: {message}", reason="Forbidden"
+                ) from None
+            if exc.status and 400 <= exc.status < 500 and exc.status not in (409, 429):
+                raise PermanentDriverError(f"Kubernetes rejected the manifest: {message}", reason="Invalid") from None
+            raise TemporaryDriverError(f"Kubernetes API error ({exc.status}): {message}") from None
+        except Exception as exc:  # urllib3/socket errors: the API server is unreachable
+            if isinstance(exc, PermanentDriverError | TemporaryDriverError):
+                raise
+            raise TemporaryDriverError(
+                f"Kubernetes API unreachable: {exc}"[:900], reason="ClusterUnreachable"
+            ) from None
+
+    @staticmethod
+    def _message(exc: ApiException) -> str:
+        try:
+            return str(json.loads(exc.body or "{}").get("message") or exc.reason)
+        except ValueError:
+            return str(exc.reason)
+
+    # ------------------------------------------------------------------ group interface
+
+    def apply(self, spec: ReplicaSpec, replicas: int) -> None:
+        body = build_deployment(spec, replicas=replicas, namespace=self.namespace, image=self.image, volume=self.volume)
+        name = body.metadata.name
+        try:
+            current = self._call(self.apps.read_namespaced_deployment, name, self.namespace)
+        except ApiException:
+            current = None
+        if current is None:
+            try:
+                self._call(self.apps.create_namespaced_deployment, self.namespace, body)
+            except ApiException:
+                raise TemporaryDriverError(f"Deployment {name} vanished while being created") from None
+        else:
+            annotations = (current.metadata.annotations or {}) if current.metadata else {}
+            same = annotations.get(SPEC_HASH) == body.metadata.annotations[SPEC_HASH]
+            if not same or (current.spec and current.spec.replicas != replicas):
+                self._call(self.apps.patch_namespaced_deployment, name, self.namespace, body)
+        service = build_service(spec, namespace=self.namespace)
+        try:
+            self._call(self.core.read_namespaced_service, name, self.namespace)
+        except ApiException:
+            self._call(self.core.create_namespaced_service, self.namespace, service)
+
+    def teardown(self, deployment_id: int) -> None:
+        selector = _label_selector(_selector(self.instance, deployment_id))
+        for item in self._call(self.apps.list_namespaced_deployment, self.namespace, label_selector=selector).items:
+            with contextlib.suppress(ApiException):
+                self._call(
+                    self.apps.delete_namespaced_deployment,
+                    item.metadata.name,
+                    self.namespace,
+                    body=k8s.V1DeleteOptions(propagation_policy="Background"),
+                )
+        for item in self._call(self.core.list_namespaced_service, self.namespace, label_selector=selector).items:
+            with contextlib.suppress(ApiException):
+                self._call(self.core.delete_namespaced_service, item.metadata.name, self.namespace)
+
+    def known_deployment_ids(self) -> set[int]:
+        selector = LABEL_INSTANCE + "=" + self.instance
+        items = self._call(self.apps.list_namespaced_deployment, self.namespace, label_selector=selector).items
+        return {
+            int(i.metadata.labels[LABEL_DEPLOYMENT]) for i in items if LABEL_DEPLOYMENT in (i.metadata.labels or {})
+        }
+
+    # ------------------------------------------------------------------ pods
+
+    def _observe(self, pod: Any) -> ObservedReplica:
+        labels = pod.metadata.labels or {}
+        phase = pod.status.phase if pod.status else "Pending"
+        if phase == "Running":
+            state = BackendState.RUNNING
+        elif phase in ("Succeeded", "Failed"):
+            state = BackendState.EXITED
+        else:
+            state = BackendState.STARTING
+        ready = any(c.type == "Ready" and c.status == "True" for c in (pod.status.conditions or []))
+        detail = ""
+        for cs in (pod.status.container_statuses or []) if pod.status else []:
+            waiting = cs.state.waiting if cs.state else None
+            if waiting and waiting.reason:
+                detail = f"{waiting.reason}: {waiting.message or ''}".strip(": ")
+        ip = pod.status.pod_ip if pod.status else None
+        started = pod.status.start_time if pod.status else None
+        return ObservedReplica(
+            name=pod.metadata.name,
+            backend_id=pod.metadata.name,
+            deployment_id=int(labels.get(LABEL_DEPLOYMENT, 0)),
+            generation=int(labels.get(LABEL_GENERATION, 0)),
+            state=state,
+            endpoint=f"http://{ip}:{PORT}" if ip else "",
+            started_at=started if isinstance(started, datetime) else None,
+            detail=detail,
+            ready=ready and pod.metadata.deletion_timestamp is None,
+            labels=dict(labels),
+        )
+
+    def list(self, deployment_id: int | None = None) -> list[ObservedReplica]:
+        labels = {LABEL_INSTANCE: self.instance}
+        if deployment_id is not None:
+            labels[LABEL_DEPLOYMENT] = str(deployment_id)
+        pods = self._call(self.core.list_namespaced_pod, self.namespace, label_selector=_label_selector(labels))
+        return [self._observe(p) for p in pods.items]
+
+    def create(self, spec: ReplicaSpec) -> ObservedReplica:
+        raise PermanentDriverError("Kubernetes replicas are created by their Deployment; use apply().")
+
+    def remove(self, backend_id: str) -> None:
+        try:
+            self._call(self.core.delete_namespaced_pod, backend_id, self.namespace)
+        except ApiException:
+            return
+
+    def logs(self, backend_id: str, tail: int = 200) -> str:
+        try:
+            return str(self._call(self.core.read_namespaced_pod_log, backend_id, self.namespace, tail_lines=tail) or "")
+        except ApiException:
+            return ""
+
+    def backend_events(self, deployment_id: int, since: datetime | None = None) -> list[tuple[str, str, str, str]]:
+        """Kubernetes events about this deployment's Deployment, ReplicaSets and pods, newer than ``since``."""
+        events = self._call(self.core.list_namespaced_event, self.namespace).items
+        prefix = f"hgr-{deployment_id}-"
+        found = []
+        for event in events:
+            involved = event.involved_object
+            if involved is None or not (involved.name or "").startswith(prefix):
+                continue
+            when = (
+                event.last_timestamp
+                or event.event_time
+                or (event.metadata.creation_timestamp if event.metadata else None)
+            )
+            if since is not None and when is not None and when <= since:
+                continue
+            text = f"{involved.kind} {involved.name}: {event.message or ''}".strip()
+            found.append(
+                (event.metadata.uid if event.metadata else "", event.type or "Normal", event.reason or "Event", text)
+            )
+        return found
+
+    def check(self) -> dict[str, Any]:
+        try:
+            version = self._call(self.version_api.get_code).git_version if self.version_api else ""
+            nodes = self._call(self.core.list_node).items
+        except (TemporaryDriverError, PermanentDriverError) as exc:
+            return {"reachable": False, "version": "", "gpus": 0, "error": exc.message}
+        gpus = sum(int((n.status.allocatable or {}).get(GPU_RESOURCE, 0)) for n in nodes if n.status)
+        return {"reachable": True, "version": version, "gpus": gpus, "nodes": len(nodes), "error": ""}
