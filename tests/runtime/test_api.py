@@ -27,7 +27,7 @@ def reference_text(reference_model: tuple[Any, Any], prompt_ids: list[int], n: i
     import torch
 
     model, tokenizer = reference_model
-    out = model.generate(torch.tensor([prompt_ids]), max_new_tokens=n, min_new_tokens=n, do_sample=False)
+    out = model.generate(torch.tensor([prompt_ids]), max_new_tokens=n, do_sample=False, eos_token_id=-1)
     return str(tokenizer.decode(out[0, len(prompt_ids) :], skip_special_tokens=True))
 
 

@@ -23,9 +23,13 @@ PROMPTS = [
 
 
 def reference_greedy(model: Any, tokenizer: Any, prompt: str, n: int) -> list[int]:
-    """``model.generate`` on the prompt alone: the ground truth for greedy decoding."""
+    """``model.generate`` on the prompt alone: the ground truth for greedy decoding.
+
+    ``eos_token_id=-1`` disables EOS, matching ``ignore_eos`` (``min_new_tokens`` would instead
+    forbid EOS and change which token wins).
+    """
     ids = tokenizer(prompt, return_tensors="pt")["input_ids"]
-    out = model.generate(ids, max_new_tokens=n, min_new_tokens=n, do_sample=False)
+    out = model.generate(ids, max_new_tokens=n, do_sample=False, eos_token_id=-1)
     return out[0, ids.shape[1] :].tolist()
 
 

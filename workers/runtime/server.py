@@ -499,65 +499,92 @@ def _sse_event(payload: dict[str, Any]) -> bytes:
     return b"data: " + json.dumps(payload, separators=(",", ":"), ensure_ascii=False).encode() + b"\n\n"
 
 
-async def _sse(job: _Job) -> AsyncIterator[bytes]:
-    runtime = job.runtime
-    include_usage = job.params.include_usage
-    chat = job.kind == "chat"
-    obj = "chat.completion.chunk" if chat else "text_completion"
-    status = "499"
-    finished = False
+class _ChunkWriter:
+    """Builds the SSE events of one stream.
 
-    def chunk(text: str | None, finish_reason: str | None, *, role: bool = False) -> bytes:
-        if chat:
+    Text deltas are by far the most frequent event (one per token per stream), so their JSON
+    is a precomputed prefix and suffix around the encoded text instead of a full ``dumps``.
+    """
+
+    def __init__(self, job: _Job) -> None:
+        self.job = job
+        self.chat = job.kind == "chat"
+        self.object = "chat.completion.chunk" if self.chat else "text_completion"
+        probe = "\x00PROBE\x00"
+        template = self.encode(probe, None).decode()
+        head, tail = template.split(json.dumps(probe), 1)
+        self._prefix, self._suffix = head.encode(), tail.encode()
+
+    def encode(self, text: str | None, finish_reason: str | None, *, role: bool = False) -> bytes:
+        if self.chat:
             delta: dict[str, Any] = {"role": "assistant", "content": ""} if role else {}
-            if text:
+            if text is not None:
                 delta["content"] = text
             choice: dict[str, Any] = {"index": 0, "delta": delta, "logprobs": None, "finish_reason": finish_reason}
         else:
             choice = {"index": 0, "text": text or "", "logprobs": None, "finish_reason": finish_reason}
         payload: dict[str, Any] = {
-            "id": job.id,
-            "object": obj,
-            "created": job.created,
-            "model": job.params.model,
+            "id": self.job.id,
+            "object": self.object,
+            "created": self.job.created,
+            "model": self.job.params.model,
             "choices": [choice],
         }
-        if include_usage:
+        if self.job.params.include_usage:
             payload["usage"] = None
         return _sse_event(payload)
 
+    def text(self, text: str) -> bytes:
+        # json.dumps with ensure_ascii=False matches _sse_event's encoding of the same text.
+        return self._prefix + json.dumps(text, ensure_ascii=False).encode() + self._suffix
+
+    def usage(self, prompt_tokens: int, completion_tokens: int) -> bytes:
+        return _sse_event(
+            {
+                "id": self.job.id,
+                "object": self.object,
+                "created": self.job.created,
+                "model": self.job.params.model,
+                "choices": [],
+                "usage": usage(prompt_tokens, completion_tokens),
+            }
+        )
+
+
+async def _sse(job: _Job) -> AsyncIterator[bytes]:
+    runtime = job.runtime
+    queue = job.consumer.queue
+    writer = _ChunkWriter(job)
+    status = "499"
+    finished = False
     try:
-        if chat:
-            yield chunk(None, None, role=True)
-        while True:
-            out = await job.consumer.queue.get()
-            if out.finished:
+        if writer.chat:
+            yield writer.encode(None, None, role=True)
+        while not finished:
+            # Take everything already delivered and send it in one write: when the loop is
+            # busy, several tokens per stream pile up and one send is much cheaper than many.
+            outs = [await queue.get()]
+            while not queue.empty():
+                outs.append(queue.get_nowait())
+            parts: list[bytes] = []
+            for out in outs:
+                if out.text:
+                    parts.append(writer.text(out.text))
+                if not out.finished:
+                    continue
                 finished = True
                 if out.finish_reason == "error":
                     status = "500"
-                    yield _sse_event(
-                        ApiError("generation failed: " + str(out.error), status=500, type="server_error").body()
-                    )
+                    error = ApiError("generation failed: " + str(out.error), status=500, type="server_error")
+                    parts.append(_sse_event(error.body()))
                     break
-                if out.text:
-                    yield chunk(out.text, None)
-                yield chunk(None, out.finish_reason)
-                if include_usage:
-                    yield _sse_event(
-                        {
-                            "id": job.id,
-                            "object": obj,
-                            "created": job.created,
-                            "model": job.params.model,
-                            "choices": [],
-                            "usage": usage(out.prompt_tokens, out.completion_tokens),
-                        }
-                    )
-                yield b"data: [DONE]\n\n"
+                parts.append(writer.encode(None, out.finish_reason))
+                if job.params.include_usage:
+                    parts.append(writer.usage(out.prompt_tokens, out.completion_tokens))
+                parts.append(b"data: [DONE]\n\n")
                 status = "200"
-                break
-            if out.text:
-                yield chunk(out.text, None)
+            if parts:
+                yield b"".join(parts)
     finally:
         # Runs on normal completion and when Starlette cancels us on client disconnect.
         if not finished:
