@@ -64,9 +64,13 @@ class EndpointTests:
     def make(self, tenant: Any) -> Any:
         raise NotImplementedError
 
+    def make_for(self, tenant: Any, user: Any) -> Any:
+        """The object the role tests act on; ``user`` is the caller (for per-user objects)."""
+        return self.make(tenant)
+
     def make_many(self, tenant: Any, count: int, user: Any) -> None:
         for _ in range(count):
-            self.make(tenant)
+            self.make_for(tenant, user)
 
     def create_data(self, tenant: Any) -> dict[str, Any]:
         raise NotImplementedError
@@ -105,8 +109,9 @@ class EndpointTests:
 
     @pytest.mark.parametrize("role", ROLES)
     def test_list_as_role(self, role: str, tenant: Any, make_member: Any, client_for: Any) -> None:
-        obj = self.make(tenant)
-        response = client_for(make_member(role, tenant)).get(self.url)
+        user = make_member(role, tenant)
+        obj = self.make_for(tenant, user)
+        response = client_for(user).get(self.url)
         if allows(role, self.perms["list"]):
             assert response.status_code == 200, response.content
             assert obj.pk in listed_ids(response)
@@ -115,8 +120,9 @@ class EndpointTests:
 
     @pytest.mark.parametrize("role", ROLES)
     def test_detail_as_role(self, role: str, tenant: Any, make_member: Any, client_for: Any) -> None:
-        obj = self.make(tenant)
-        response = client_for(make_member(role, tenant)).get(self.detail_url(obj))
+        user = make_member(role, tenant)
+        obj = self.make_for(tenant, user)
+        response = client_for(user).get(self.detail_url(obj))
         if allows(role, self.perms["retrieve"]):
             assert response.status_code == 200, response.content
             assert response.json()["id"] == obj.pk
@@ -142,8 +148,9 @@ class EndpointTests:
 
     @pytest.mark.parametrize("role", ROLES)
     def test_update_as_role(self, role: str, tenant: Any, make_member: Any, client_for: Any) -> None:
-        obj = self.make(tenant)
-        client = client_for(make_member(role, tenant))
+        user = make_member(role, tenant)
+        obj = self.make_for(tenant, user)
+        client = client_for(user)
         perm = self.perms.get("update")
         if perm is None:
             assert client.patch(self.detail_url(obj), {}, format="json").status_code == 405
@@ -160,8 +167,9 @@ class EndpointTests:
 
     @pytest.mark.parametrize("role", ROLES)
     def test_delete_as_role(self, role: str, tenant: Any, make_member: Any, client_for: Any) -> None:
-        obj = self.make(tenant)
-        client = client_for(make_member(role, tenant))
+        user = make_member(role, tenant)
+        obj = self.make_for(tenant, user)
+        client = client_for(user)
         perm = self.perms.get("delete")
         response = client.delete(self.detail_url(obj))
         if perm is None:
@@ -178,8 +186,9 @@ class EndpointTests:
         if action_name is None:
             pytest.skip("no extra actions")
         method, body, ok = self.detail_actions[action_name]
-        obj = self.make(tenant)
-        client = client_for(make_member(role, tenant))
+        user = make_member(role, tenant)
+        obj = self.make_for(tenant, user)
+        client = client_for(user)
         response = getattr(client, method)(self.detail_url(obj, action_name), body, format="json")
         if allows(role, self.perms[action_name]):
             assert response.status_code == ok, response.content
@@ -268,7 +277,8 @@ class EndpointTests:
     def test_detail_query_count(
         self, tenant: Any, make_member: Any, client_for: Any, django_assert_max_num_queries: Any
     ) -> None:
-        obj = self.make(tenant)
-        client = client_for(make_member(Role.OWNER, tenant))
+        user = make_member(Role.OWNER, tenant)
+        obj = self.make_for(tenant, user)
+        client = client_for(user)
         with django_assert_max_num_queries(self.max_detail_queries):
             assert client.get(self.detail_url(obj)).status_code == 200
