@@ -15,12 +15,13 @@ from typing import Any
 from celery import shared_task
 from celery.signals import worker_ready
 from django.conf import settings
+from django.core.cache import cache
 
 from controlplane.core.tasks import CHECK_TARGET, RECONCILE_DEPLOYMENT
 from controlplane.deployments.models import Deployment, Target
 from controlplane.deployments.status import target_health_write
 from workers import reconciler
-from workers.drivers import driver_for, local_driver
+from workers.drivers import driver_for, instance_name, local_driver
 from workers.drivers.base import DriverError
 
 logger = logging.getLogger(__name__)
@@ -36,18 +37,36 @@ def _owner(task: Any) -> str:
     return f"{socket.gethostname()}:{os.getpid()}:{task.request.id or 'local'}"
 
 
+def _follow_up_key(deployment_id: int) -> str:
+    return f"reconcile-follow-up:{instance_name()}:{deployment_id}"
+
+
+def _schedule_follow_up(deployment_id: int, countdown: float, attempt: int = 0) -> None:
+    """At most one scheduled follow-up per deployment, however many passes ask for one.
+
+    Passes started by beat, by services and by follow-ups all want to look again while a
+    deployment converges; without this guard every resync would start one more polling chain.
+    """
+    if countdown <= 0:  # the spec changed during the pass: look again now, whatever is scheduled
+        reconcile_deployment.delay(deployment_id)
+    elif cache.add(_follow_up_key(deployment_id), "1", timeout=int(countdown) + 10):
+        reconcile_deployment.apply_async(
+            args=[deployment_id], kwargs={"follow_up": True, "attempt": attempt}, countdown=countdown
+        )
+
+
 @shared_task(name=RECONCILE_DEPLOYMENT, bind=True, ignore_result=True)
-def reconcile_deployment(self: Any, deployment_id: int) -> None:
-    """One reconcile pass; re-enqueues itself while replicas converge, backs off on backend errors."""
-    outcome = reconciler.reconcile(int(deployment_id), owner=_owner(self))
+def reconcile_deployment(self: Any, deployment_id: int, follow_up: bool = False, attempt: int = 0) -> None:
+    """One reconcile pass; looks again while replicas converge, backs off on backend errors."""
+    deployment_id = int(deployment_id)
+    if follow_up:
+        cache.delete(_follow_up_key(deployment_id))
+    outcome = reconciler.reconcile(deployment_id, owner=_owner(self))
     if outcome.temporary_error:
-        # 1, 2, 4 ... 30 s; after a handful of tries the periodic resync keeps trying.
-        attempt = self.request.retries
-        if attempt < 6:
-            raise self.retry(countdown=min(MAX_BACKOFF_S, 2.0**attempt), max_retries=6)
-        return
-    if outcome.requeue_after is not None:
-        self.apply_async(args=[deployment_id], countdown=outcome.requeue_after)
+        # 1, 2, 4 ... 30 s between tries while the backend is unreachable (beat keeps trying too).
+        _schedule_follow_up(deployment_id, min(MAX_BACKOFF_S, 2.0**attempt), attempt=attempt + 1)
+    elif outcome.requeue_after is not None:
+        _schedule_follow_up(deployment_id, outcome.requeue_after)
 
 
 @shared_task(name=CHECK_TARGET, ignore_result=True)
