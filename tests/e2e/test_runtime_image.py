@@ -277,3 +277,19 @@ def test_streamed_chat_completion(runtime_container: dict[str, Any]) -> None:
     _record(stream_time_to_first_token_s=None if first_token_s is None else round(first_token_s, 3))
     assert finish_reasons and finish_reasons[-1] in {"stop", "length"}
     assert isinstance("".join(pieces), str)
+
+
+def test_metrics_count_the_completions(runtime_container: dict[str, Any]) -> None:
+    """The worker's scraper reads /metrics from inside the container like this."""
+    response = httpx.get(f"{runtime_container['base_url']}/metrics", timeout=10)
+    assert response.status_code == 200
+    assert response.headers["content-type"].startswith("text/plain")
+    samples = {
+        line.split(" ")[0]: float(line.rsplit(" ", 1)[1])
+        for line in response.text.splitlines()
+        if line and not line.startswith("#")
+    }
+    assert samples.get("hangar_runtime_ready") == 1.0
+    # Tests in this module share the container; at least one completion ran before this one
+    # when run in file order, and the counter exists from start-up either way.
+    assert "hangar_runtime_completion_tokens_total" in samples
