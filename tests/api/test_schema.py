@@ -1,0 +1,77 @@
+"""OpenAPI schema and Swagger UI: generated without warnings, served offline."""
+
+from __future__ import annotations
+
+from io import StringIO
+from pathlib import Path
+from typing import Any
+
+import pytest
+from django.conf import settings as django_settings
+from django.core.management import call_command
+from django.test import override_settings
+from drf_spectacular.settings import patched_settings
+from rest_framework.test import APIClient
+
+pytestmark = pytest.mark.django_db
+
+# Settings the API needs beyond base.py (see the report for the lead): enum naming, and
+# Swagger UI assets from the drf-spectacular-sidecar package instead of a CDN.
+ENUM_NAME_OVERRIDES = {"DTypeEnum": "controlplane.catalog.choices.DType"}
+SIDECAR = {"SWAGGER_UI_DIST": "SIDECAR", "SWAGGER_UI_FAVICON_HREF": "SIDECAR", "REDOC_DIST": "SIDECAR"}
+
+RESOURCES = ["tenants", "members", "models", "targets", "deployments", "replicas", "events", "keys", "usage", "audit", "tokens"]  # fmt: skip
+
+
+def test_schema_validates_without_warnings(tmp_path: Any) -> None:
+    out = tmp_path / "schema.yaml"
+    # drf-spectacular reads its settings once per process: patch them, don't override Django's.
+    with patched_settings({"ENUM_NAME_OVERRIDES": ENUM_NAME_OVERRIDES}):
+        call_command("spectacular", "--validate", "--fail-on-warn", "--file", str(out), stderr=StringIO())
+    text = out.read_text()
+    for resource in RESOURCES:
+        assert f"/api/v1/{resource}/" in text
+    for action in ("scale/", "stop/", "start/", "restart/", "check/", "revoke/", "logs/", "totals/"):
+        assert action in text
+    assert "accessToken" in text and "bearerFormat" in text
+
+
+def test_schema_is_served() -> None:
+    response = APIClient().get("/api/schema/", HTTP_ACCEPT="application/vnd.oai.openapi+json")
+    assert response.status_code == 200
+    schema = response.json()
+    assert schema["info"]["title"] == "Hangar API"
+    listing = schema["paths"]["/api/v1/deployments/"]["get"]
+    names = {p["name"] for p in listing["parameters"]}
+    assert {"limit", "offset", "ordering", "tenant", "phase"} <= names
+    phase = next(p for p in listing["parameters"] if p["name"] == "phase")
+    assert "Running" in phase["schema"]["enum"]
+
+
+def test_swagger_ui_loads() -> None:
+    response = APIClient().get("/api/docs/")
+    assert response.status_code == 200
+    assert b"SwaggerUIBundle" in response.content
+
+
+def test_swagger_ui_works_offline_with_the_sidecar() -> None:
+    drf_spectacular_sidecar = pytest.importorskip("drf_spectacular_sidecar")
+    with (
+        override_settings(INSTALLED_APPS=[*django_settings.INSTALLED_APPS, "drf_spectacular_sidecar"]),
+        patched_settings(SIDECAR),
+    ):
+        html = APIClient().get("/api/docs/").content.decode()
+    assert "/static/drf_spectacular_sidecar/swagger-ui-dist/swagger-ui-bundle.js" in html
+    assert "cdn.jsdelivr.net" not in html and "https://" not in html.split("<body")[0]
+    assert (
+        Path(drf_spectacular_sidecar.__file__)
+        .parent.joinpath("static/drf_spectacular_sidecar/swagger-ui-dist/swagger-ui-bundle.js")
+        .is_file()
+    )
+
+
+def test_installed_settings_serve_swagger_assets_locally() -> None:
+    if "drf_spectacular_sidecar" not in django_settings.INSTALLED_APPS:
+        pytest.skip("pending: add drf_spectacular_sidecar to INSTALLED_APPS and SWAGGER_UI_DIST='SIDECAR'")
+    html = APIClient().get("/api/docs/").content.decode()
+    assert "cdn.jsdelivr.net" not in html
