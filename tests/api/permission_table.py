@@ -63,3 +63,42 @@ API_PERMISSIONS: dict[str, dict[str, Perm | str]] = {
     "audit": {"list": Perm.AUDIT_VIEW, "retrieve": Perm.AUDIT_VIEW},
     "tokens": {"list": SELF, "retrieve": SELF, "create": SELF, "revoke": SELF},
 }
+
+# What each permission lets a member do, in words (the first column of the role table).
+PERM_DESCRIPTIONS: dict[Perm, str] = {
+    Perm.TENANT_VIEW: "See the tenant and its limits",
+    Perm.TENANT_CHANGE: "Rename the tenant, change its rate limits and token budget; allow unsafe weights or remote code on a model",
+    Perm.TENANT_DELETE: "Delete the tenant (once it has no deployments)",
+    Perm.MEMBER_VIEW: "See who is a member, with which role",
+    Perm.MEMBER_CHANGE: "Add and remove members, change roles (never above your own)",
+    Perm.MODEL_VIEW: "See catalog models, their metadata and memory estimates",
+    Perm.MODEL_CHANGE: "Register, edit and remove catalog models",
+    Perm.TARGET_VIEW: "See targets and their health",
+    Perm.TARGET_CHANGE: "Add, edit and remove targets; run a health check",
+    Perm.DEPLOYMENT_VIEW: "See deployments, replicas, events, live metrics and replica logs",
+    Perm.DEPLOYMENT_CHANGE: "Create, edit, scale, stop, start, restart and delete deployments",
+    Perm.APIKEY_VIEW: "See API keys (never their secrets)",
+    Perm.APIKEY_CHANGE: "Create and revoke API keys",
+    Perm.USAGE_VIEW: "See metered usage and per-key totals",
+    Perm.AUDIT_VIEW: "Read the audit trail",
+}  # fmt: skip
+
+# Dashboard screens and buttons and the permission each must check (the dashboard calls the
+# same selectors and services, so it enforces the same table).
+DASHBOARD_ACTIONS: list[tuple[str, Perm]] = [
+    ("Tenant settings page", Perm.TENANT_VIEW),
+    ("Save tenant settings", Perm.TENANT_CHANGE),
+    ("Delete tenant", Perm.TENANT_DELETE),
+    ("Members page", Perm.MEMBER_VIEW),
+    ("Invite member, change role, remove member", Perm.MEMBER_CHANGE),
+    ("Models page and model detail", Perm.MODEL_VIEW),
+    ("Register, edit, remove model", Perm.MODEL_CHANGE),
+    ("Targets page and target health", Perm.TARGET_VIEW),
+    ("Add, edit, remove target; check health", Perm.TARGET_CHANGE),
+    ("Deployments, live metrics, replicas, event timeline, log tail", Perm.DEPLOYMENT_VIEW),
+    ("Create, edit, scale, stop, start, restart, delete deployment", Perm.DEPLOYMENT_CHANGE),
+    ("API keys page", Perm.APIKEY_VIEW),
+    ("Create API key (secret shown once), revoke key", Perm.APIKEY_CHANGE),
+    ("Usage page", Perm.USAGE_VIEW),
+    ("Audit log page", Perm.AUDIT_VIEW),
+]

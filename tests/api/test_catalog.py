@@ -81,3 +81,10 @@ class TestModelRules:
         deployment = DeploymentFactory(tenant=tenant)
         response = client_for(make_member(Role.OPERATOR, tenant)).delete(f"/api/v1/models/{deployment.model_id}/")
         assert response.status_code == 409
+
+
+def test_trust_permission_matches_the_documented_table() -> None:
+    from controlplane.catalog.api.views import TRUST_PERM
+    from tests.api.permission_table import API_PERMISSIONS
+
+    assert API_PERMISSIONS["models"]["set allow_unsafe_weights / trust_remote_code"] == TRUST_PERM
