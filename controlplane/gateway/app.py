@@ -330,6 +330,7 @@ class Gateway:
         """Proxy while watching for the client's disconnect, which cancels the upstream call."""
         task = asyncio.current_task()
         assert task is not None
+        # done: the answer is complete, a disconnect no longer matters; gone: the client left.
         state = {"gone": False, "done": False}
 
         async def watch() -> None:
@@ -351,7 +352,8 @@ class Gateway:
         except asyncio.CancelledError:
             if not state["gone"]:
                 raise
-            exchange.status = exchange.status or 499
+            exchange.status = 499  # metrics: the client left before the answer was complete
+            error = True
             if task.cancelling():
                 task.uncancel()
         finally:
@@ -542,17 +544,21 @@ class Gateway:
                         chunks += 1
                         if not request.include_usage:
                             event = _strip_null_usage(event)
+                    elif event.startswith(b"data: [DONE]"):
+                        # Clients may hang up as soon as they read this: the answer is complete.
+                        state["done"] = True
                     out.append(event + b"\n\n")
                 if out:
                     await exchange.body(b"".join(out), more=True)
+            if buffer.strip():
+                await exchange.body(buffer + b"\n\n", more=True)
         except (aiohttp.ClientError, TimeoutError):
             metrics.UPSTREAM_ERRORS.labels("stream").inc()
             error = True
-        if buffer.strip():
-            await exchange.body(buffer + b"\n\n", more=True)
-        if not got_usage:  # cut short: estimate so that budgets and TPM still see the tokens
-            usage[0] = request.prompt_estimate
-            usage[1] = chunks
+        finally:
+            if not got_usage:  # cut short: estimate so that budgets and TPM still see the tokens
+                usage[0] = request.prompt_estimate
+                usage[1] = chunks
         state["done"] = True
         await exchange.body(b"", more=False)
         return error
