@@ -7,7 +7,7 @@ Upstreams: ``bench/stub_upstream.py`` with a fixed latency, and the real runtime
 tiny model. The gateway runs under uvicorn (uvloop, httptools) with 1 and 2 workers, with
 key verification, RPM/TPM limits (set high enough never to refuse), budgets and metering on.
 Load comes from ``wrk`` (C, one thread, closed loop; far cheaper than a Python client on a
-2-core machine). The bench uses a database of its own (``<db>_bench``) migrated on first use.
+2-core machine). The bench uses a database of its own (``<db>_gateway_bench``) migrated on first use.
 Prints a markdown table.
 """
 
@@ -70,7 +70,7 @@ def bench_database() -> str:
 
     url = os.environ["DATABASE_URL"]
     base, name = url.rsplit("/", 1)
-    bench_name = f"{name.split('?')[0]}_bench"
+    bench_name = f"{name.split('?')[0]}_gateway_bench"
     with psycopg.connect(url, autocommit=True) as conn:
         exists = conn.execute("SELECT 1 FROM pg_database WHERE datname = %s", (bench_name,)).fetchone()
         if not exists:

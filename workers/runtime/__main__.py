@@ -33,6 +33,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--max-model-len", type=_positive, help="context limit (default: the model's)")
     p.add_argument("--max-queue", type=_positive, default=256, help="waiting requests before 503")
     p.add_argument("--device", default="cpu", help="cpu, cuda or cuda:N")
+    p.add_argument("--threads", type=_positive, help="torch intra-op threads (default: torch's choice)")
     p.add_argument("--drain-timeout", type=float, default=120.0, help="seconds to wait for in-flight requests")
     p.add_argument("--allow-unsafe-weights", action="store_true", help="allow pickle-based weights (.bin/.pt)")
     p.add_argument("--trust-remote-code", action="store_true", help="allow the model directory's Python code")
@@ -57,6 +58,7 @@ def main(argv: list[str] | None = None) -> int:
         max_model_len=args.max_model_len,
         max_queue=args.max_queue,
         drain_timeout=args.drain_timeout,
+        threads=args.threads,
         load=LoadOptions(
             dtype=args.dtype,
             quantization=args.quantization,

@@ -81,6 +81,7 @@ class ServerConfig:
     max_model_len: int | None = None
     max_queue: int = 256
     drain_timeout: float = 120.0
+    threads: int | None = None
     load: LoadOptions = field(default_factory=LoadOptions)
 
 
@@ -141,6 +142,10 @@ class Runtime:
                 quantization=cfg.load.quantization,
                 device=cfg.load.device,
             )
+            if cfg.threads:
+                import torch
+
+                torch.set_num_threads(cfg.threads)
             loaded = load_model(cfg.model_dir, cfg.load)
             max_len = loaded.max_model_len
             if cfg.max_model_len is not None:

@@ -1,0 +1,309 @@
+"""Websocket fan-out benchmark: N clients on one deployment, a burst of metric pushes.
+
+    eval "$(bash deploy/dev/services.sh env)"
+    DATABASE_URL=postgres://hangar:hangar@127.0.0.1:54329/hangar_bench \
+        .venv/bin/python bench/ws_fanout.py --clients 1000 --messages 50 --rate 10
+
+(any database works; it is migrated first and the bench's rows are removed at the end).
+
+What it does:
+
+1. creates a tenant, a viewer, a deployment and a logged-in session in the database named by
+   ``DATABASE_URL`` (all removed at the end);
+2. starts ``uvicorn console.asgi:application`` on a free port of 127.0.0.1 (the real ASGI stack:
+   origin validator, session auth, ``DeploymentConsumer``, the Redis channel layer);
+3. opens ``--clients`` websockets to ``/ws/deployments/<id>/`` from ``--client-procs`` separate
+   processes, with the session cookie and the right ``Origin``;
+4. from this process, sends ``--messages`` metric payloads with ``channel_layer.group_send`` to
+   the deployment's group at ``--rate`` per second, each stamped with its send time;
+5. every client records each message's delivery latency (receive time − send time, one clock).
+
+Prints a markdown table: clients, messages, expected and delivered messages, lost, latency
+p50/p95/p99/max. Goal: 0 lost, p99 ≤ 100 ms.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import multiprocessing as mp
+import os
+import signal
+import socket
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO_ROOT))
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+# ----------------------------------------------------------------------------- clients (no Django)
+
+
+def client_process(
+    url: str, cookie: str, origin: str, count: int, expected: int, ready: Any, stop: Any, results: Any
+) -> None:
+    asyncio.run(_clients(url, cookie, origin, count, expected, ready, stop, results))
+
+
+async def _clients(
+    url: str, cookie: str, origin: str, count: int, expected: int, ready: Any, stop: Any, results: Any
+) -> None:
+    from websockets.asyncio.client import connect
+
+    latencies: list[float] = []
+    received = [0] * count
+    duplicates = 0
+    seen: list[set[int]] = [set() for _ in range(count)]
+    limit = asyncio.Semaphore(50)
+    sockets: list[Any] = []
+    started = time.monotonic()
+
+    async def open_one() -> Any:
+        async with limit:
+            return await connect(
+                url, additional_headers={"Cookie": cookie}, origin=origin, open_timeout=60, max_queue=None
+            )
+
+    sockets = await asyncio.gather(*(open_one() for _ in range(count)))
+    ready.put({"connected": len(sockets), "seconds": time.monotonic() - started})
+
+    async def listen(index: int, ws: Any) -> None:
+        nonlocal duplicates
+        async for raw in ws:
+            now = time.time()
+            message = json.loads(raw)
+            if message.get("kind") != "metrics" or "bench_seq" not in message:
+                continue
+            seq = message["bench_seq"]
+            if seq in seen[index]:
+                duplicates += 1
+                continue
+            seen[index].add(seq)
+            received[index] += 1
+            latencies.append(now - message["bench_sent_at"])
+            if received[index] >= expected:
+                return
+
+    listeners = [asyncio.create_task(listen(i, ws)) for i, ws in enumerate(sockets)]
+    loop = asyncio.get_running_loop()
+    waiter = loop.run_in_executor(None, stop.wait)
+    done = asyncio.gather(*listeners)
+    await asyncio.wait([waiter, done], return_when=asyncio.FIRST_COMPLETED)
+    for task in listeners:
+        task.cancel()
+    await asyncio.gather(*(ws.close() for ws in sockets), return_exceptions=True)
+    results.put({"latencies": latencies, "received": sum(received), "duplicates": duplicates})
+    stop.set()  # release the executor thread if all messages came before the stop signal
+
+
+# ----------------------------------------------------------------------------- server side (Django)
+
+
+def setup_django() -> None:
+    os.environ.setdefault("DJANGO_SETTINGS_MODULE", "console.settings.local")
+    os.environ.setdefault("HANGAR_DEBUG", "false")
+    import django
+
+    django.setup()
+
+
+def create_fixture() -> dict[str, Any]:
+    from django.contrib.auth import get_user_model
+    from django.test import Client
+
+    from controlplane.catalog.models import Model
+    from controlplane.deployments.models import Deployment, Target
+    from controlplane.tenancy.models import Membership, Tenant
+
+    tag = f"bench-{os.getpid()}-{int(time.time())}"
+    tenant = Tenant.objects.create(name=tag, slug=tag)
+    user = get_user_model().objects.create_user(username=tag, password="bench-password-1")
+    Membership.objects.create(user=user, tenant=tenant, role="viewer")
+    model = Model.objects.create(tenant=tenant, name=tag, source="/models/none")
+    target = Target.objects.create(tenant=tenant, name=tag, kind="local")
+    deployment = Deployment.objects.create(
+        tenant=tenant, name=tag, served_model_name=tag, model=model, target=target, phase="Running"
+    )
+    client = Client()
+    client.force_login(user)
+    return {
+        "tenant": tenant,
+        "user": user,
+        "deployment": deployment,
+        "cookie": f"sessionid={client.cookies['sessionid'].value}",
+    }
+
+
+def remove_fixture(fixture: dict[str, Any]) -> None:
+    from controlplane.deployments.models import Deployment, Target
+
+    Deployment.objects.filter(pk=fixture["deployment"].pk).delete()
+    Target.objects.filter(tenant=fixture["tenant"]).delete()
+    fixture["tenant"].delete()
+    fixture["user"].delete()
+
+
+def start_server(port: int, log_path: Path, extra: list[str]) -> subprocess.Popen[bytes]:
+    env = {**os.environ, "HANGAR_DB_CONN_MAX_AGE": "60", "PYTHONUNBUFFERED": "1"}
+    log = log_path.open("wb")
+    profile = os.environ.get("BENCH_PROFILE")  # a path: write a cProfile of the server there
+    argv = [
+        sys.executable, *(["-m", "cProfile", "-o", profile] if profile else []), "-m", "uvicorn", "console.asgi:application",
+        "--host", "127.0.0.1", "--port", str(port), "--log-level", "warning", "--no-access-log", *extra,
+    ]  # fmt: skip
+    return subprocess.Popen(argv, cwd=REPO_ROOT, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+
+
+def wait_http(url: str, timeout: float) -> None:
+    import httpx
+
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            if httpx.get(url, timeout=2).status_code < 500:
+                return
+        except httpx.HTTPError:
+            pass
+        time.sleep(0.2)
+    raise SystemExit(f"server at {url} did not answer within {timeout} s")
+
+
+async def publish(deployment_id: int, messages: int, rate: float) -> float:
+    from channels.layers import get_channel_layer
+
+    from controlplane.core.realtime import deployment_group
+
+    layer = get_channel_layer()
+    group = deployment_group(deployment_id)
+    gap = 1.0 / rate
+    start = time.monotonic()
+    for seq in range(messages):
+        target = start + seq * gap
+        delay = target - time.monotonic()
+        if delay > 0:
+            await asyncio.sleep(delay)
+        payload = {
+            "kind": "metrics",
+            "deployment": deployment_id,
+            "ts": time.time(),
+            "tokens_per_second": 1234.5,
+            "latency_p50": 0.21,
+            "latency_p95": 0.48,
+            "ttft_p50": 0.05,
+            "in_flight": 12,
+            "error_rate": 0.0,
+            "phase": "Running",
+            "ready_replicas": 2,
+            "replicas": [{"id": i, "name": f"r-{i}", "state": "ready", "tokens_per_second": 617.2} for i in range(2)],
+            "bench_seq": seq,
+            "bench_sent_at": time.time(),
+        }
+        await layer.group_send(group, {"type": "push", "payload": payload})
+    return time.monotonic() - start
+
+
+def percentile(values: list[float], q: float) -> float:
+    if not values:
+        return float("nan")
+    ordered = sorted(values)
+    index = min(len(ordered) - 1, max(0, round(q * (len(ordered) - 1))))
+    return ordered[index]
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--clients", type=int, default=1000)
+    parser.add_argument("--messages", type=int, default=50, help="metric updates in the burst")
+    parser.add_argument("--rate", type=float, default=10.0, help="updates per second during the burst")
+    parser.add_argument("--client-procs", type=int, default=2)
+    parser.add_argument(
+        "--server-arg",
+        action="append",
+        default=[],
+        help="extra uvicorn argument (repeatable), e.g. --ws=websockets-sansio",
+    )
+    parser.add_argument("--grace", type=float, default=10.0, help="seconds to wait for stragglers")
+    args = parser.parse_args()
+
+    setup_django()
+    from django.core.management import call_command
+
+    call_command("migrate", verbosity=0, interactive=False)
+    fixture = create_fixture()
+    port = free_port()
+    log_path = REPO_ROOT / "var" / "bench-ws-fanout-server.log"
+    log_path.parent.mkdir(parents=True, exist_ok=True)
+    server = start_server(port, log_path, args.server_arg)
+    ctx = mp.get_context("spawn")
+    procs: list[Any] = []
+    try:
+        wait_http(f"http://127.0.0.1:{port}/login/", 60)
+        url = f"ws://127.0.0.1:{port}/ws/deployments/{fixture['deployment'].pk}/"
+        origin = f"http://127.0.0.1:{port}"
+        ready, results, stop = ctx.Queue(), ctx.Queue(), ctx.Event()
+        shares = [args.clients // args.client_procs + (1 if i < args.clients % args.client_procs else 0)
+                  for i in range(args.client_procs)]  # fmt: skip
+        for share in shares:
+            proc = ctx.Process(
+                target=client_process,
+                args=(url, fixture["cookie"], origin, share, args.messages, ready, stop, results),
+                daemon=True,
+            )
+            proc.start()
+            procs.append(proc)
+        connect_reports = [ready.get(timeout=300) for _ in procs]
+        connected = sum(r["connected"] for r in connect_reports)
+        connect_s = max(r["seconds"] for r in connect_reports)
+        time.sleep(1.0)  # let every consumer finish joining its groups
+        burst_s = asyncio.run(publish(fixture["deployment"].pk, args.messages, args.rate))
+        deadline = time.monotonic() + args.grace
+        collected = []
+        for _ in procs:
+            remaining = max(0.5, deadline - time.monotonic())
+            try:
+                collected.append(results.get(timeout=remaining))
+            except Exception:
+                stop.set()
+                collected.append(results.get(timeout=30))
+        stop.set()
+    finally:
+        for proc in procs:
+            proc.join(timeout=10)
+        os.killpg(server.pid, signal.SIGINT)  # SIGINT: a profiled server still writes its profile
+        server.wait(timeout=30)
+        remove_fixture(fixture)
+
+    latencies = [value for c in collected for value in c["latencies"]]
+    delivered = sum(c["received"] for c in collected)
+    expected = connected * args.messages
+    ms = [v * 1000 for v in latencies]
+    print()
+    print(f"ws fan-out: {connected} clients connected in {connect_s:.1f} s; {args.messages} updates "
+          f"at {args.rate:g}/s sent in {burst_s:.2f} s; {os.cpu_count()} CPUs; uvicorn 1 process")  # fmt: skip
+    print()
+    print(
+        "| clients | updates | expected | delivered | lost | duplicates | p50 ms | p95 ms | p99 ms | max ms | mean ms |"
+    )
+    print("|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
+    print(
+        f"| {connected} | {args.messages} | {expected} | {delivered} | {expected - delivered} | "
+        f"{sum(c['duplicates'] for c in collected)} | {percentile(ms, 0.5):.1f} | {percentile(ms, 0.95):.1f} | "
+        f"{percentile(ms, 0.99):.1f} | {max(ms, default=float('nan')):.1f} | "
+        f"{statistics.fmean(ms) if ms else float('nan'):.1f} |"
+    )
+
+
+if __name__ == "__main__":
+    main()
