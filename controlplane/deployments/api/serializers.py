@@ -128,13 +128,20 @@ DEPLOYMENT_OUTPUT_FIELDS = (
 
 class DeploymentSerializer(serializers.ModelSerializer):
     tenant = TenantSlugField()
-    model_name = serializers.CharField(source="model.name", read_only=True)
-    target_name = serializers.CharField(source="target.name", read_only=True)
+    model_name = serializers.SerializerMethodField()
+    target_name = serializers.SerializerMethodField()
 
     class Meta:
         model = Deployment
         fields = DEPLOYMENT_OUTPUT_FIELDS
         read_only_fields = DEPLOYMENT_OUTPUT_FIELDS
+
+    # Lists annotate the names (see DeploymentViewSet.select_list); single objects join.
+    def get_model_name(self, obj: Deployment) -> str:
+        return str(getattr(obj, "model_name", None) or obj.model.name)
+
+    def get_target_name(self, obj: Deployment) -> str:
+        return str(getattr(obj, "target_name", None) or obj.target.name)
 
 
 def _bounded(name: str, **kwargs: Any) -> serializers.Field:
