@@ -67,6 +67,7 @@ class Command(BaseCommand):
             self._stop_and_exit(0)
         except CommandError:
             self._stop_all()
+            self._stop_local_replicas()
             raise
 
     def _spawn(self, name: str, argv: list[str], env: dict[str, str], log: Path | None = None) -> subprocess.Popen[Any]:
@@ -164,7 +165,18 @@ class Command(BaseCommand):
                 proc.kill()
                 proc.wait()
 
+    def _stop_local_replicas(self) -> None:
+        # Local replicas run in their own sessions so they survive a worker crash; at a
+        # deliberate stop they go too. The deployments stay desired: the next run restarts them.
+        from workers.drivers import local_driver
+
+        driver = local_driver()
+        for replica in driver.list(None):
+            driver.remove(replica.backend_id)
+            self.stdout.write(f"  stopped replica {replica.name}")
+
     def _stop_and_exit(self, code: int) -> None:
         self.stdout.write("\nStopping Hangar...")
         self._stop_all()
+        self._stop_local_replicas()
         sys.exit(code)
