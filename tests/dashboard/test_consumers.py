@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import json
 from collections import deque
 from typing import Any
 
@@ -141,31 +142,55 @@ async def test_a_slow_client_gets_coalesced_metrics_and_is_dropped_when_far_behi
     sent: list[dict[str, Any]] = []
     closed: list[int] = []
 
-    async def slow_send(payload: dict[str, Any]) -> None:
+    async def slow_send(text_data: str) -> None:
         await gate.wait()
-        sent.append(payload)
+        sent.append(json.loads(text_data))
 
     async def close(code: int | None = None) -> None:
         closed.append(code or 1000)
 
-    consumer.send_json = slow_send  # type: ignore[method-assign]
+    consumer.send = slow_send  # type: ignore[method-assign,assignment]
     consumer.close = close  # type: ignore[method-assign]
     consumer._queue = deque()
     consumer._metrics = {}
+    consumer._closing = False
     consumer._wakeup = asyncio.Event()
     consumer._sender = asyncio.create_task(consumer._send_loop())
-    await consumer.push({"payload": {"kind": "metrics", "deployment": 1, "seq": 0}})
+
+    def push(payload: dict[str, Any]) -> None:
+        consumer.enqueue(payload, json.dumps(payload))
+
+    push({"kind": "metrics", "deployment": 1, "seq": 0})
     await asyncio.sleep(0.01)  # the sender takes seq 0 and blocks on the socket
     for seq in range(1, 500):
-        await consumer.push({"payload": {"kind": "metrics", "deployment": 1, "seq": seq}})
+        push({"kind": "metrics", "deployment": 1, "seq": seq})
     assert len(consumer._metrics) == 1  # only the newest waits
     gate.set()
     await asyncio.sleep(0.05)
     assert [p["seq"] for p in sent] == [0, 499]
     gate.clear()
-    await consumer.push({"payload": {"kind": "event", "n": -1}})
+    push({"kind": "event", "n": -1})
     await asyncio.sleep(0.01)
     for n in range(consumers.MAX_PENDING + 1):
-        await consumer.push({"payload": {"kind": "event", "n": n}})
+        push({"kind": "event", "n": n})
+    await asyncio.sleep(0.01)
     assert closed == [consumers.CLOSE_TOO_SLOW]
     assert consumer._sender is None
+
+
+async def test_one_hub_subscription_serves_every_socket_of_a_group(member: dict[str, Any]) -> None:
+    deployment = member["deployment"]
+    _, cookie = await sync_to_async(_login)(member["user"])
+    sockets = [await connect(f"/ws/deployments/{deployment.pk}/", cookie) for _ in range(5)]
+    for ws in sockets:
+        assert (await ws.connect())[0]
+    hub = consumers.GroupHub.current()
+    group = deployment_group(deployment.pk)
+    assert len(hub.members[group]) == 5 and group in hub.channels
+    payload = {"kind": "event", "deployment": deployment.pk, "n": 1}
+    await get_channel_layer().group_send(group, {"type": "push", "payload": payload})
+    for ws in sockets:
+        assert await ws.receive_json_from(timeout=5) == payload
+    for ws in sockets:
+        await ws.disconnect()
+    assert group not in hub.members and group not in hub.channels  # unsubscribed with the last socket
