@@ -12,6 +12,7 @@ from collections.abc import Mapping
 from typing import Any, ClassVar
 
 from django.core.exceptions import RequestDataTooBig
+from django.db import DataError, IntegrityError
 from django.http import Http404
 from drf_spectacular.plumbing import build_basic_type, build_parameter_type
 from drf_spectacular.types import OpenApiTypes
@@ -230,6 +231,15 @@ def exception_handler(exc: Exception, context: dict[str, Any]) -> Response | Non
         return Response({"detail": "Request body too large."}, status=status.HTTP_413_REQUEST_ENTITY_TOO_LARGE)
     if isinstance(exc, Http404):
         return Response({"detail": "Not found.", "code": "not_found"}, status=404)
+    if isinstance(exc, IntegrityError):
+        # Services check uniqueness first; two concurrent writes can still race past the check.
+        logger.warning("integrity error answered with 409: %s", exc)
+        return Response(
+            {"detail": "This conflicts with a change made at the same time; retry.", "code": "conflict"}, status=409
+        )
+    if isinstance(exc, DataError):
+        logger.warning("data error answered with 400: %s", exc)
+        return Response({"detail": "A value is out of range for the database.", "code": "invalid"}, status=400)
     if isinstance(exc, exceptions.ValidationError):
         detail = exc.detail if isinstance(exc.detail, dict) else {"non_field_errors": exc.detail}
         return Response({"detail": "Invalid input.", "code": "invalid", "errors": detail, **detail}, status=400)

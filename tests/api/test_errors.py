@@ -218,3 +218,20 @@ def test_chunked_oversized_body_is_413_through_the_asgi_limit(settings: Any) -> 
     # A small chunked body passes through the limit untouched (then fails authentication).
     status, _ = _asgi_post(app, [b'{"na', b'me": "k"}'], [(b"transfer-encoding", b"chunked")])
     assert status == 401
+
+
+def test_a_lost_uniqueness_race_is_409_not_500(
+    tenant: Any, operator_client: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from django.db import IntegrityError
+
+    from controlplane.deployments import services
+
+    def racing(**kwargs: Any) -> None:
+        raise IntegrityError('duplicate key value violates unique constraint "deployment_unique_name_per_tenant"')
+
+    monkeypatch.setattr(services, "deployment_create", racing)
+    model, target = ModelFactory(tenant=tenant), TargetFactory(tenant=tenant)
+    data = {"name": "chat", "model": model.pk, "target": target.pk}
+    response = operator_client.post("/api/v1/deployments/", data, format="json")
+    assert response.status_code == 409

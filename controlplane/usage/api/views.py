@@ -11,6 +11,7 @@ from rest_framework.decorators import action
 from rest_framework.request import Request
 from rest_framework.response import Response
 
+from controlplane.core.api import QueryFilterBackend
 from controlplane.core.exceptions import NotFound
 from controlplane.tenancy.api.base import ScopedViewSet
 from controlplane.tenancy.choices import Perm
@@ -47,7 +48,7 @@ class UsageViewSet(ScopedViewSet):
         return record
 
     @extend_schema(summary="Totals per API key over the filtered range", responses=UsageTotalsSerializer(many=True))
-    @action(detail=False, methods=["get"], serializer_class=UsageTotalsSerializer, filter_backends=[])
+    @action(detail=False, methods=["get"], serializer_class=UsageTotalsSerializer, filter_backends=[QueryFilterBackend])
     def totals(self, request: Request) -> Response:
         self.check_list_perm()
         rows = selectors.usage_totals_by_key(access=self.access, filters=self.get_filters())
