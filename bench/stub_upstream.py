@@ -98,6 +98,8 @@ class Stub(asyncio.Protocol):
 
     def write(self, status: str, content_type: bytes, data: bytes, keep_alive: bool) -> None:
         assert self.transport is not None
+        if self.transport.is_closing():  # the client left while we "generated"
+            return
         head = (
             f"HTTP/1.1 {status}\r\ncontent-type: ".encode()
             + content_type

@@ -115,6 +115,27 @@ async def read_body(scope: Message, receive: Receive, limit: int) -> bytes:
     return chunks[0] if len(chunks) == 1 else b"".join(chunks)
 
 
+_DECODER = json.JSONDecoder()
+
+
+def _read_usage(data: bytes, usage: list[int]) -> None:
+    """Prompt and completion tokens from an answer's ``usage`` object, without parsing the
+    rest of the answer (it can be large; ``usage`` is small and, in practice, last)."""
+    at = data.rfind(b'"usage"')
+    if at < 0:
+        return
+    try:
+        tail = data[at + 7 :].decode("utf-8", "replace").lstrip()
+        if not tail.startswith(":"):
+            return
+        counts, _ = _DECODER.raw_decode(tail[1:].lstrip())
+        if isinstance(counts, dict):
+            usage[0] = int(counts.get("prompt_tokens") or 0)
+            usage[1] = int(counts.get("completion_tokens") or 0)
+    except (ValueError, TypeError):
+        pass
+
+
 def _strip_null_usage(event: bytes) -> bytes:
     return event.replace(b',"usage":null', b"").replace(b', "usage": null', b"")
 
@@ -239,7 +260,7 @@ class Gateway:
                 await exchange.error(
                     GatewayError(500, "The gateway failed to process the request.", type="server_error")
                 )
-        metrics.REQUESTS.labels(label, str(exchange.status)).inc()
+        metrics.count_request(label, exchange.status)
 
     # ------------------------------------------------------------------ /v1/models
 
@@ -485,12 +506,7 @@ class Gateway:
         t_post = time.perf_counter()
         status = response.status
         if status == 200:
-            try:
-                counts = json.loads(data).get("usage") or {}
-                usage[0] = int(counts.get("prompt_tokens") or 0)
-                usage[1] = int(counts.get("completion_tokens") or 0)
-            except (ValueError, AttributeError, TypeError):
-                pass
+            _read_usage(data, usage)
         content_type = response.headers.get("Content-Type", "application/json").encode("latin-1")
         headers = []
         retry_after = response.headers.get("Retry-After")
@@ -529,13 +545,8 @@ class Gateway:
                     if not event:
                         continue
                     if b'"usage":{' in event or b'"usage": {' in event:
-                        try:
-                            counts = json.loads(event[event.index(b"{") :]).get("usage") or {}
-                            usage[0] = int(counts.get("prompt_tokens") or 0)
-                            usage[1] = int(counts.get("completion_tokens") or 0)
-                            got_usage = True
-                        except (ValueError, AttributeError, TypeError):
-                            pass
+                        _read_usage(event, usage)
+                        got_usage = True
                         if not request.include_usage:
                             continue
                     elif event.startswith(b"data: {"):

@@ -28,6 +28,7 @@ from controlplane.keys.services import REVOCATION_CHANNEL
 logger = logging.getLogger(__name__)
 
 MAX_CACHED = 100_000
+KEY_HIT, KEY_MISS, KEY_NEGATIVE = (metrics.KEY_CACHE.labels(r) for r in ("hit", "miss", "negative"))
 INVALID = "Invalid API key. Send a valid key as 'Authorization: Bearer hgr_...'."
 
 
@@ -44,9 +45,9 @@ class KeyCache:
     async def get(self, key_id: str) -> KeyRecord | None:
         entry = self.entries.get(key_id)
         if entry is not None and entry[0] > time.monotonic():
-            metrics.KEY_CACHE.labels("hit" if entry[1] is not None else "negative").inc()
+            (KEY_HIT if entry[1] is not None else KEY_NEGATIVE).inc()
             return entry[1]
-        metrics.KEY_CACHE.labels("miss").inc()
+        KEY_MISS.inc()
         pending = self.loading.get(key_id)
         if pending is not None:
             return await asyncio.shield(pending)

@@ -7,6 +7,7 @@ reported as ``-``), so a client cannot blow up the series count.
 from __future__ import annotations
 
 import os
+from typing import Any
 
 from prometheus_client import (
     CONTENT_TYPE_LATEST,
@@ -42,6 +43,25 @@ IN_FLIGHT = Gauge("hangar_gateway_in_flight_requests", "Requests currently proxi
 COLD_STARTS = Counter("hangar_gateway_cold_starts_total", "Requests that waited for a replica to start.", ["outcome"])
 USAGE_FLUSH_FAILURES = Counter("hangar_gateway_usage_flush_failures_total", "Failed usage flushes (retried).")
 KEY_CACHE = Counter("hangar_gateway_key_cache_total", "Key cache lookups.", ["result"])  # hit | miss | negative
+
+
+_request_counters: dict[tuple[str, int], Any] = {}
+_decision_counters: dict[tuple[str, str], Any] = {}
+
+
+def count_request(model: str, status: int) -> None:
+    """``REQUESTS.labels(...).inc()`` with the label lookup cached (hot path)."""
+    child = _request_counters.get((model, status))
+    if child is None:
+        child = _request_counters[(model, status)] = REQUESTS.labels(model, str(status))
+    child.inc()
+
+
+def count_decision(decision: str, backend: str) -> None:
+    child = _decision_counters.get((decision, backend))
+    if child is None:
+        child = _decision_counters[(decision, backend)] = LIMITER_DECISIONS.labels(decision, backend)
+    child.inc()
 
 
 def render() -> tuple[bytes, str]:
