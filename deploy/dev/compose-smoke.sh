@@ -65,8 +65,8 @@ cleanup() {
     "${compose[@]}" down -v --remove-orphans >/dev/null 2>&1 || true
     # Replicas belong to the worker, not to compose: remove the ones this instance started.
     local ids
-    ids=$("$docker_bin" ps -aq --filter "label=hangar.instance=$HANGAR_INSTANCE")
-    [[ -z $ids ]] || "$docker_bin" rm -f $ids >/dev/null
+    mapfile -t ids < <("$docker_bin" ps -aq --filter "label=hangar.instance=$HANGAR_INSTANCE")
+    [[ ${#ids[@]} -eq 0 ]] || "$docker_bin" rm -f "${ids[@]}" >/dev/null
     log "cleaned up"
 }
 trap cleanup EXIT
