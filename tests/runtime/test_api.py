@@ -12,7 +12,7 @@ import pytest
 
 from tests.runtime.conftest import RuntimeServer, poll
 
-MESSAGES = [
+MESSAGES: list[Any] = [
     {"role": "system", "content": "You are a helpful assistant."},
     {"role": "user", "content": "Tell me about the harbor at low tide."},
 ]

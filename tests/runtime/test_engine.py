@@ -43,13 +43,13 @@ class Collector:
     """Consumer that records what the engine delivered."""
 
     def __init__(self) -> None:
-        self.outputs: dict[int, list[Any]] = {}
+        self.outputs: dict[Any, list[Any]] = {}
 
     def __call__(self, outputs: list[tuple[Any, Any]]) -> None:
         for consumer, out in outputs:
             self.outputs.setdefault(consumer, []).append(out)
 
-    def finished(self, consumer: int) -> bool:
+    def finished(self, consumer: Any) -> bool:
         return bool(self.outputs.get(consumer)) and self.outputs[consumer][-1].finished
 
 

@@ -34,6 +34,7 @@ from typing import Any
 
 import torch
 from transformers import DynamicCache
+from transformers.cache_utils import DynamicLayer
 
 from workers.runtime.detokenizer import IncrementalDetokenizer
 from workers.runtime.metrics import RuntimeMetrics
@@ -271,9 +272,9 @@ class Engine:
         assert self._mask is not None and self._positions is not None
         old_t, new_t = self._mask.shape[1], mask.shape[1]
         width = max(old_t, new_t)
-        for old_layer, new_layer in zip(self._cache.layers, cache.layers, strict=True):
-            old_layer.keys = _cat_left_padded(old_layer.keys, new_layer.keys, width)
-            old_layer.values = _cat_left_padded(old_layer.values, new_layer.values, width)
+        for old_layer, new_layer in zip(_layers(self._cache), _layers(cache), strict=True):
+            old_layer.keys = _cat_left_padded(_tensor(old_layer.keys), _tensor(new_layer.keys), width)
+            old_layer.values = _cat_left_padded(_tensor(old_layer.values), _tensor(new_layer.values), width)
         self._mask = torch.cat([_left_pad(self._mask, width, -1), _left_pad(mask, width, -1)], dim=0)
         self._positions = torch.cat([self._positions, positions])
         self._running.extend(seqs)
@@ -293,9 +294,9 @@ class Engine:
         start = int(mask.any(dim=0).to(torch.int8).argmax())
         self._mask = mask[:, start:]
         self._positions = self._positions.index_select(0, idx)
-        for layer in self._cache.layers:
-            layer.keys = layer.keys.index_select(0, idx)[:, :, start:]
-            layer.values = layer.values.index_select(0, idx)[:, :, start:]
+        for layer in _layers(self._cache):
+            layer.keys = _tensor(layer.keys).index_select(0, idx)[:, :, start:]
+            layer.values = _tensor(layer.values).index_select(0, idx)[:, :, start:]
 
     # ---------------------------------------------------------------- outputs
 
@@ -413,6 +414,24 @@ class Engine:
         finally:
             self.deliver = saved
         return [(s.output_ids, finals[s.consumer]) for s in seqs]
+
+
+class UnsupportedCacheError(RuntimeError):
+    """The model uses a cache layout (sliding window, linear attention...) we cannot splice."""
+
+
+def _layers(cache: DynamicCache) -> list[DynamicLayer]:
+    layers = list(cache.layers)
+    for layer in layers:
+        # Exact type: subclasses (sliding window, ...) keep extra state that row surgery breaks.
+        if type(layer) is not DynamicLayer:
+            raise UnsupportedCacheError(f"cache layer {type(layer).__name__} is not supported by the scheduler")
+    return layers  # type: ignore[return-value]  # checked above
+
+
+def _tensor(x: torch.Tensor | None) -> torch.Tensor:
+    assert x is not None, "cache layer used before initialisation"
+    return x
 
 
 def _left_pad(x: torch.Tensor, width: int, dim: int) -> torch.Tensor:

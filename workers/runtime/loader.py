@@ -94,7 +94,7 @@ def load_model(model_dir: Path, options: LoadOptions) -> LoadedModel:
         tokenizer = AutoTokenizer.from_pretrained(
             str(model_dir), local_files_only=True, trust_remote_code=options.trust_remote_code
         )
-        model = AutoModelForCausalLM.from_pretrained(
+        model: Any = AutoModelForCausalLM.from_pretrained(
             str(model_dir),
             dtype=getattr(torch, options.dtype),
             local_files_only=True,

@@ -107,7 +107,8 @@ def _build_model(outdir: Path, seed: int) -> None:
 
     tokenizer = AutoTokenizer.from_pretrained(str(outdir), local_files_only=True)
     vocab = len(tokenizer)
-    eos_ids = [tokenizer.convert_tokens_to_ids(IM_END), tokenizer.convert_tokens_to_ids(ENDOFTEXT)]
+    token_ids = tokenizer.get_vocab()
+    eos_ids = [token_ids[IM_END], token_ids[ENDOFTEXT]]
     config = LlamaConfig(
         vocab_size=vocab,
         hidden_size=256,
@@ -126,7 +127,7 @@ def _build_model(outdir: Path, seed: int) -> None:
         pad_token_id=tokenizer.pad_token_id,
     )
     torch.manual_seed(seed)
-    model = LlamaForCausalLM(config).to(torch.float32)
+    model = LlamaForCausalLM(config)  # float32 by default
     model.generation_config = GenerationConfig(
         bos_token_id=eos_ids[1],
         eos_token_id=eos_ids,
