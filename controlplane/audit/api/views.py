@@ -20,6 +20,7 @@ from controlplane.tenancy.choices import Perm
     list=extend_schema(summary="List audit rows (newest first)"),
     retrieve=extend_schema(summary="Show an audit row"),
 )
+@extend_schema(tags=["audit"])
 class AuditLogViewSet(ScopedViewSet):
     serializer_class = AuditLogSerializer
     http_method_names = ["get", "head", "options"]

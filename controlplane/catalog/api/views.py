@@ -30,6 +30,7 @@ TRUST_PERM = Perm.TENANT_CHANGE
     list=extend_schema(summary="List catalog models"),
     retrieve=extend_schema(summary="Show a model with its memory estimate per dtype"),
 )
+@extend_schema(tags=["models"])
 class ModelViewSet(ScopedViewSet):
     serializer_class = ModelSerializer
     filter_fields: ClassVar[dict[str, serializers.Field]] = {

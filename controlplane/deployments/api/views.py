@@ -50,6 +50,7 @@ DEPLOYMENT_ID = serializers.IntegerField(min_value=1, max_value=2**63 - 1, help_
 
 
 @extend_schema_view(list=extend_schema(summary="List targets"), retrieve=extend_schema(summary="Show a target"))
+@extend_schema(tags=["targets"])
 class TargetViewSet(ScopedViewSet):
     """Where replicas run: local processes, a Docker host or a Kubernetes namespace."""
 
@@ -101,6 +102,7 @@ class TargetViewSet(ScopedViewSet):
 
 
 @extend_schema_view(list=extend_schema(summary="List deployments"), retrieve=extend_schema(summary="Show a deployment"))
+@extend_schema(tags=["deployments"])
 class DeploymentViewSet(ScopedViewSet):
     """Desired state of a served model. Every change bumps ``generation``; a worker reconciles
     it and reports ``observed_generation``, ``phase`` and conditions."""
@@ -219,6 +221,7 @@ class DeploymentViewSet(ScopedViewSet):
 
 
 @extend_schema_view(list=extend_schema(summary="List replicas"), retrieve=extend_schema(summary="Show a replica"))
+@extend_schema(tags=["replicas"])
 class ReplicaViewSet(ScopedViewSet):
     """Observed replicas of deployments (read-only: the reconciler owns them)."""
 
@@ -287,6 +290,7 @@ class ReplicaViewSet(ScopedViewSet):
     list=extend_schema(summary="List deployment events (newest first)"),
     retrieve=extend_schema(summary="Show an event"),
 )
+@extend_schema(tags=["events"])
 class EventViewSet(ScopedViewSet):
     """The append-only timeline of deployments: what happened, why, and who asked for it."""
 

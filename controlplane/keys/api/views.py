@@ -22,6 +22,7 @@ from controlplane.tenancy.choices import Perm
     list=extend_schema(summary="List API keys (never their secrets)"),
     retrieve=extend_schema(summary="Show an API key (never its secret)"),
 )
+@extend_schema(tags=["keys"])
 class ApiKeyViewSet(ScopedViewSet):
     """Per-tenant keys for the OpenAI-compatible gateway. Keys are revoked, never edited or
     deleted, so usage history keeps pointing at them."""

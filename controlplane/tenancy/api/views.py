@@ -34,6 +34,7 @@ from controlplane.tenancy.models import AccessToken, Membership, Tenant
     list=extend_schema(summary="List the tenants you belong to"),
     retrieve=extend_schema(summary="Show a tenant"),
 )
+@extend_schema(tags=["tenants"])
 class TenantViewSet(ScopedViewSet):
     """Tenants you are a member of. Creating one is reserved to staff users (the operators of
     this installation): a tenant may register targets and models, which run on their hosts."""
@@ -81,6 +82,7 @@ class TenantViewSet(ScopedViewSet):
     list=extend_schema(summary="List members of your tenants"),
     retrieve=extend_schema(summary="Show a membership"),
 )
+@extend_schema(tags=["members"])
 class MembershipViewSet(ScopedViewSet):
     """Who holds which role in a tenant. Nobody grants or changes a role above their own."""
 
@@ -129,6 +131,7 @@ class MembershipViewSet(ScopedViewSet):
     list=extend_schema(summary="List your personal access tokens"),
     retrieve=extend_schema(summary="Show one of your personal access tokens"),
 )
+@extend_schema(tags=["tokens"])
 class AccessTokenViewSet(ScopedViewSet):
     """Your personal access tokens for automation (``Authorization: Bearer hgp_...``).
 

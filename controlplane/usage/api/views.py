@@ -24,6 +24,7 @@ from controlplane.usage.models import UsageRecord
     list=extend_schema(summary="List usage per key, model and minute (newest first)"),
     retrieve=extend_schema(summary="Show one usage row"),
 )
+@extend_schema(tags=["usage"])
 class UsageViewSet(ScopedViewSet):
     serializer_class = UsageRecordSerializer
     http_method_names = ["get", "head", "options"]
