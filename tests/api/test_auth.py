@@ -175,3 +175,10 @@ class TestTokens(EndpointTests):
         assert client.get(f"/api/v1/tokens/{theirs.pk}/").status_code == 404
         assert client.post(f"/api/v1/tokens/{theirs.pk}/revoke/").status_code == 404
         assert theirs.pk not in {t["id"] for t in rows(client.get("/api/v1/tokens/"))}
+
+
+def test_bearer_writes_need_no_csrf(tenant: Any, make_member: Any) -> None:
+    _, secret = make_token(make_member(Role.OPERATOR, tenant))
+    response = bearer(secret).post("/api/v1/keys/", {"name": "from-ci"}, format="json")
+    assert response.status_code == 201, response.content
+    assert response.json()["created_by"] is not None
