@@ -235,3 +235,13 @@ def test_a_lost_uniqueness_race_is_409_not_500(
     data = {"name": "chat", "model": model.pk, "target": target.pk}
     response = operator_client.post("/api/v1/deployments/", data, format="json")
     assert response.status_code == 409
+
+
+@pytest.mark.parametrize(
+    "endpoint", ["tenants", "members", "models", "targets", "deployments", "replicas", "events", "keys", "usage", "audit", "tokens"]
+)  # fmt: skip
+def test_options_and_head_answer(tenant: Any, make_member: Any, client_for: Any, endpoint: str) -> None:
+    client = client_for(make_member(Role.OWNER, tenant))
+    options = client.options(f"/api/v1/{endpoint}/")
+    assert options.status_code == 200, options.content
+    assert client.head(f"/api/v1/{endpoint}/").status_code == 200
