@@ -214,6 +214,12 @@ async def publish(deployment_id: int, messages: int, rate: float) -> float:
     return time.monotonic() - start
 
 
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU time of a process (Linux /proc), to report the server's cost per delivery."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
 def percentile(values: list[float], q: float) -> float:
     if not values:
         return float("nan")
@@ -267,6 +273,7 @@ def main() -> None:
         connected = sum(r["connected"] for r in connect_reports)
         connect_s = max(r["seconds"] for r in connect_reports)
         time.sleep(1.0)  # let every consumer finish joining its groups
+        cpu_before = cpu_seconds(server.pid)
         burst_s = asyncio.run(publish(fixture["deployment"].pk, args.messages, args.rate))
         deadline = time.monotonic() + args.grace
         collected = []
@@ -278,6 +285,7 @@ def main() -> None:
                 stop.set()
                 collected.append(results.get(timeout=30))
         stop.set()
+        server_cpu = cpu_seconds(server.pid) - cpu_before
     finally:
         for proc in procs:
             proc.join(timeout=10)
@@ -291,7 +299,9 @@ def main() -> None:
     ms = [v * 1000 for v in latencies]
     print()
     print(f"ws fan-out: {connected} clients connected in {connect_s:.1f} s; {args.messages} updates "
-          f"at {args.rate:g}/s sent in {burst_s:.2f} s; {os.cpu_count()} CPUs; uvicorn 1 process")  # fmt: skip
+          f"at {args.rate:g}/s sent in {burst_s:.2f} s; {os.cpu_count()} CPUs, load average "
+          f"{os.getloadavg()[0]:.1f}; server CPU {server_cpu:.2f} s = "
+          f"{1e6 * server_cpu / max(1, delivered):.0f} µs per delivered message")  # fmt: skip
     print()
     print(
         "| clients | updates | expected | delivered | lost | duplicates | p50 ms | p95 ms | p99 ms | max ms | mean ms |"
