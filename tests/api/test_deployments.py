@@ -6,6 +6,7 @@ from typing import Any
 
 import pytest
 
+from controlplane.core.exceptions import DomainError
 from controlplane.core.tasks import CHECK_TARGET, RECONCILE_DEPLOYMENT
 from controlplane.deployments.api import views as deployment_views
 from controlplane.deployments.models import Deployment
@@ -17,6 +18,19 @@ from tests.factories import DeploymentFactory, ModelFactory, ReplicaFactory, Tar
 
 def fake_logs(*, access: Any, replica_id: int, tail: int) -> str:
     return f"replica {replica_id}: last {tail} lines"
+
+
+class BackendDown(DomainError):
+    status = 503
+    code = "backend_unavailable"
+
+
+def logs_backend_down(*, access: Any, replica_id: int, tail: int) -> str:
+    raise BackendDown("Could not read the logs: connection refused")
+
+
+def logs_crash(*, access: Any, replica_id: int, tail: int) -> str:
+    raise RuntimeError("socket closed")
 
 
 class TestTargets(EndpointTests):
@@ -203,6 +217,18 @@ class TestReplicaLogs:
         response = client_for(make_member(Role.VIEWER, tenant)).get(f"/api/v1/replicas/{replica.pk}/logs/")
         assert response.status_code == 501
         assert "not available" in response.json()["detail"]
+
+
+@pytest.mark.parametrize(("function", "status"), [("logs_backend_down", 503), ("logs_crash", 502)])
+@pytest.mark.django_db
+def test_logs_backend_errors(
+    function: str, status: int, tenant: Any, make_member: Any, client_for: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(deployment_views, "REPLICA_LOGS", f"{__name__}.{function}")
+    replica = ReplicaFactory(deployment=DeploymentFactory(tenant=tenant))
+    response = client_for(make_member(Role.VIEWER, tenant)).get(f"/api/v1/replicas/{replica.pk}/logs/")
+    assert response.status_code == status
+    assert "logs" in response.json()["detail"]
 
 
 class TestEvents(EndpointTests):
