@@ -260,3 +260,13 @@ def test_events_filter_and_order(tenant: Any, make_member: Any, client_for: Any)
     assert [e["reason"] for e in ordered] == ["A", "B"]
     bad = client.get("/api/v1/events/", {"deployment": "abc", "type": "Loud"})
     assert bad.status_code == 400 and set(bad.json()["errors"]) == {"deployment", "type"}
+
+
+@pytest.mark.django_db
+def test_logs_use_the_engine(tenant: Any, make_member: Any, client_for: Any) -> None:
+    """The real workers.logs.replica_logs is wired in (a replica not started yet has no logs)."""
+    pytest.importorskip("workers.logs")
+    replica = ReplicaFactory(deployment=DeploymentFactory(tenant=tenant), backend_id="")
+    response = client_for(make_member(Role.VIEWER, tenant)).get(f"/api/v1/replicas/{replica.pk}/logs/", {"tail": 5})
+    assert response.status_code == 200, response.content
+    assert response.json() == {"replica": replica.pk, "tail": 5, "logs": ""}
