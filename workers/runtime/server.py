@@ -384,6 +384,40 @@ class _Job:
     kind: str  # "chat" | "text"
     id: str = ""
     created: int = 0
+    done: bool = False  # the engine sent the final output
+    closed: bool = False
+
+    def close(self, status: str) -> None:
+        """Release the request exactly once; cancel its sequence if it did not finish."""
+        if self.closed:
+            return
+        self.closed = True
+        if not self.done:
+            self.runtime.engine.cancel(self.seq)
+        self.runtime.release()
+        self.runtime.metrics.requests.labels(status=status).inc()
+
+
+class _SSEResponse(StreamingResponse):
+    """A streaming response that always releases its job, even if its body never started.
+
+    Starlette cancels the body iterator when the client disconnects; if that happens before
+    the first iteration, the generator's ``finally`` never runs, so cleanup lives here too.
+    """
+
+    def __init__(self, job: _Job) -> None:
+        super().__init__(
+            _sse(job),
+            media_type="text/event-stream",
+            headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"},
+        )
+        self.job = job
+
+    async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
+        try:
+            await super().__call__(scope, receive, send)
+        finally:
+            self.job.close("499")  # no-op when the stream completed
 
 
 async def _submit(
@@ -440,11 +474,7 @@ async def completions(request: Request, runtime: Runtime) -> Response:
 
 async def _respond(request: Request, job: _Job) -> Response:
     if job.params.stream:
-        return StreamingResponse(
-            _sse(job),
-            media_type="text/event-stream",
-            headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"},
-        )
+        return _SSEResponse(job)
     return await _collect(request, job)
 
 
@@ -557,15 +587,13 @@ class _ChunkWriter:
 
 
 async def _sse(job: _Job) -> AsyncIterator[bytes]:
-    runtime = job.runtime
     queue = job.consumer.queue
     writer = _ChunkWriter(job)
     status = "499"
-    finished = False
     try:
         if writer.chat:
             yield writer.encode(None, None, role=True)
-        while not finished:
+        while not job.done:
             # Take everything already delivered and send it in one write: when the loop is
             # busy, several tokens per stream pile up and one send is much cheaper than many.
             outs = [await queue.get()]
@@ -577,7 +605,7 @@ async def _sse(job: _Job) -> AsyncIterator[bytes]:
                     parts.append(writer.text(out.text))
                 if not out.finished:
                     continue
-                finished = True
+                job.done = True
                 if out.finish_reason == "error":
                     status = "500"
                     error = ApiError("generation failed: " + str(out.error), status=500, type="server_error")
@@ -592,10 +620,7 @@ async def _sse(job: _Job) -> AsyncIterator[bytes]:
                 yield b"".join(parts)
     finally:
         # Runs on normal completion and when Starlette cancels us on client disconnect.
-        if not finished:
-            runtime.engine.cancel(job.seq)
-        runtime.release()
-        runtime.metrics.requests.labels(status=status).inc()
+        job.close(status)
 
 
 async def list_models(request: Request) -> Response:
