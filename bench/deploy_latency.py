@@ -71,7 +71,7 @@ def start_worker(data_dir: Path, log: Path, resync: float) -> subprocess.Popen[b
     with log.open("ab") as out:
         proc = subprocess.Popen(
             [str(REPO / ".venv/bin/celery"), "-A", "console", "worker", "-B", "--schedule", str(log.with_suffix(".db")),
-             "--concurrency", "2", "--loglevel", "WARNING", "--without-gossip", "--without-mingle"],
+             "--concurrency", "2", "--loglevel", "INFO", "--without-gossip", "--without-mingle"],
             cwd=REPO, env=env, stdout=out, stderr=subprocess.STDOUT, start_new_session=True,
         )  # fmt: skip
     time.sleep(0.2)
@@ -94,13 +94,16 @@ def use_bench_broker() -> None:
 def deploy_once(kind: str, model_dir: Path, index: int, cpus: float) -> tuple[float, Any]:
     from controlplane.core.context import SYSTEM
     from controlplane.deployments import services
-    from controlplane.deployments.models import Deployment
+    from controlplane.deployments.models import Deployment, DeploymentEvent
     from tests.factories import ModelFactory, TargetFactory, TenantFactory
 
     tenant = TenantFactory(slug=f"bench-{kind}-{index}-{time.monotonic_ns()}")
     model = ModelFactory(tenant=tenant, source=str(model_dir))
-    target = TargetFactory(tenant=tenant, kind=kind, docker_url="unix:///var/run/docker.sock" if kind == "docker" else "")
+    target = TargetFactory(
+        tenant=tenant, kind=kind, docker_url="unix:///var/run/docker.sock" if kind == "docker" else ""
+    )
     started = time.monotonic()
+    wall = time.time()
     deployment = services.deployment_create(
         actor=SYSTEM, tenant=tenant, model=model, target=target,
         data={"name": f"bench-{index}", "replicas": 1, "cpus": cpus},
@@ -113,7 +116,18 @@ def deploy_once(kind: str, model_dir: Path, index: int, cpus: float) -> tuple[fl
         return d.phase == "Running"
 
     wait_for(running, timeout=300)
-    return time.monotonic() - started, deployment
+    elapsed = time.monotonic() - started
+    marks = {
+        reason: round(created.timestamp() - wall, 2)
+        for reason, created in DeploymentEvent.objects.filter(deployment_id=deployment.pk).values_list(
+            "reason", "created_at"
+        )
+        if reason in ("ReplicaCreated", "ReplicaReady")
+    }
+    print(
+        f"[{kind}]   replica started +{marks.get('ReplicaCreated')} s, ready (as seen) +{marks.get('ReplicaReady')} s"
+    )
+    return elapsed, deployment
 
 
 def delete(deployment: Any) -> None:
@@ -123,6 +137,13 @@ def delete(deployment: Any) -> None:
 
     services.deployment_delete(actor=SYSTEM, deployment=deployment)
     wait_for(lambda: not Deployment.objects.filter(pk=deployment.pk).exists(), timeout=120)
+
+
+def delete_async(deployment: Any) -> None:
+    from controlplane.core.context import SYSTEM
+    from controlplane.deployments import services
+
+    services.deployment_delete(actor=SYSTEM, deployment=deployment)
 
 
 def heal_docker(deployment: Any) -> dict[str, float]:
@@ -165,7 +186,12 @@ def main() -> int:
     model_dir = build_tiny_model(work / "tiny-llama")
     for path in [work, model_dir, *model_dir.rglob("*")]:
         path.chmod(0o755 if path.is_dir() else 0o644)
+    from controlplane.deployments.models import Deployment
+
+    for leftover in Deployment.objects.all():  # from an interrupted run: let the worker clean up
+        delete_async(leftover)
     worker = start_worker(work / "data", work / "worker.log", args.resync)
+    wait_for(lambda: not Deployment.objects.exists(), timeout=120)
     results: dict[str, Any] = {"runs": args.runs, "resync_interval_s": args.resync, "cpus_per_replica": args.cpus}
     try:
         kinds = [k for k, skip in (("local", args.skip_local), ("docker", args.skip_docker)) if not skip]

@@ -108,9 +108,14 @@ class Pass:
         self.owner = owner
         self.now = timezone.now()
         self.actions: list[str] = []
-        self.rows = {r.name: r for r in Replica.objects.filter(deployment_id=deployment.pk)}
+        self._rows = {r.name: r for r in Replica.objects.filter(deployment_id=deployment.pk)}
 
     # ------------------------------------------------------------------ helpers
+
+    def row(self, replica: ObservedReplica) -> Replica | None:
+        """The Replica row of this very incarnation (a replacement may reuse the name)."""
+        row = self._rows.get(replica.name)
+        return row if row is not None and row.backend_id == replica.backend_id else None
 
     def renew(self) -> None:
         if not status.deployment_renew(
@@ -181,7 +186,7 @@ class Pass:
             if replica.alive:
                 alive.append(replica)
                 continue
-            row = self.rows.get(replica.name)
+            row = self.row(replica)
             last = replica.detail or self._last_line(replica)
             code = f" (exit code {replica.exit_code})" if replica.exit_code is not None else ""
             self.remove(replica, "ReplicaExited", f"Replica {replica.name} exited{code}: {last}".strip(), warning=True)
@@ -192,7 +197,7 @@ class Pass:
         health = self.healthy(alive)
         survivors: list[ObservedReplica] = []
         for replica in alive:
-            row = self.rows.get(replica.name)
+            row = self.row(replica)
             if health[replica.name]:
                 survivors.append(replica)
                 continue
@@ -268,7 +273,7 @@ class Pass:
         observations = []
         for replica in remaining:
             ok = bool(health.get(replica.name))
-            row = self.rows.get(replica.name)
+            row = self.row(replica)
             if ok and (row is None or row.ready_at is None):
                 self.event("ReplicaReady", f"Replica {replica.name} is ready at {replica.endpoint}")
             observations.append(
@@ -414,7 +419,7 @@ class Pass:
             for r in actual
         ]
         for o in observations:
-            row = self.rows.get(o.name)
+            row = self._rows.get(o.name)
             if o.healthy and (row is None or row.ready_at is None):
                 self.event("ReplicaReady", f"Pod {o.name} is ready")
         status.replicas_sync(deployment=d, observed=observations)

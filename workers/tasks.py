@@ -135,8 +135,12 @@ def autoscale() -> None:
 
 @worker_ready.connect
 def _collect_orphans_at_start(**_: Any) -> None:
-    """A worker (re)starting cleans up after a crashed predecessor, then resyncs everything."""
+    """A worker (re)starting cleans up after a crashed predecessor, resyncs everything and starts
+    the watchers that reconcile a deployment as soon as one of its replicas dies."""
     if settings.CELERY_TASK_ALWAYS_EAGER:
         return
     collect_orphans.delay()
     resync_deployments.delay()
+    from workers import watch
+
+    watch.start(watch.debounce(lambda deployment_id: reconcile_deployment.delay(deployment_id)))

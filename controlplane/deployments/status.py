@@ -248,6 +248,17 @@ def replicas_sync(*, deployment: Deployment, observed: list[ReplicaObservation])
             result[obs.name] = row
             continue
         fields: dict[str, Any] = {}
+        if row.backend_id != obs.backend_id:
+            # Same name, new incarnation (a replaced replica): its history starts over.
+            fields.update(
+                started_at=obs.started_at or now,
+                ready_at=None,
+                last_heartbeat_at=None,
+                consecutive_failures=0,
+                last_error="",
+            )
+            row.ready_at = None
+            row.consecutive_failures = 0
         if obs.healthy:
             fields["last_heartbeat_at"] = now
             if row.consecutive_failures:

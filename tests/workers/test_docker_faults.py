@@ -176,6 +176,7 @@ def test_docker_killed_replica_is_healed_within_the_resync_interval(
     wait_for(lambda: running(deployment), timeout=READY_TIMEOUT, message="Running again")
     assert [c.id for c in containers(docker_client, deployment)] != [victim.id]
     assert DeploymentEvent.objects.filter(deployment=deployment, reason="ReplicaExited").exists()
+    assert not DeploymentEvent.objects.filter(deployment=deployment, reason="ReplicaUnhealthy").exists()
     print(f"[docker] killed replica replaced after {noticed:.2f} s")
 
 

@@ -289,3 +289,26 @@ def test_deleting_is_verified_before_the_row_goes(deployment: Any, fake_driver: 
     fake_driver.fail_with = None
     run(deployment)
     assert not Deployment.objects.filter(pk=deployment.pk).exists()
+
+
+def test_a_replacement_reusing_the_name_starts_with_a_clean_history(
+    deployment: Any, fake_driver: FakeDriver, run: Any
+) -> None:
+    fake_driver.auto_ready = True
+    run(deployment)
+    run(deployment)
+    victim = fake_driver.list(deployment.pk)[0]
+    Replica.objects.filter(name=victim.name).update(consecutive_failures=2)
+    fake_driver.auto_ready = False
+    fake_driver.kill(victim.backend_id)
+
+    for _ in range(5):  # the replacement loads slowly: it must not be judged by its predecessor's record
+        run(deployment)
+    row = Replica.objects.get(name=victim.name)
+    assert row.backend_id != victim.backend_id
+    assert row.ready_at is None and row.consecutive_failures == 0
+    assert row.backend_id in fake_driver.replicas
+    assert "ReplicaUnhealthy" not in events(deployment)
+    fake_driver.make_all_ready()
+    run(deployment)
+    assert deployment.phase == Phase.RUNNING

@@ -87,3 +87,13 @@ def test_target_health_write_through_status() -> None:
     target = TargetFactory()
     target_health_write(target_id=target.pk, health={"reachable": False, "error": "x"})
     assert Target.objects.get(pk=target.pk).health["error"] == "x"
+
+
+def test_watch_debounce_coalesces_bursts() -> None:
+    from workers.watch import debounce
+
+    seen: list[int] = []
+    nudge = debounce(seen.append, within_s=60)
+    for deployment_id in (1, 1, 2, 1, 2):
+        nudge(deployment_id)
+    assert seen == [1, 2]

@@ -1,0 +1,114 @@
+"""Event-driven nudges: reconcile a deployment as soon as one of its replicas dies.
+
+The periodic resync heals everything eventually (every ``HANGAR_RESYNC_INTERVAL``); these
+watchers only make it prompt. They run as daemon threads in the worker's main process:
+
+* Docker: one thread per distinct daemon URL streams ``die`` events of containers labelled with
+  this installation's ``hangar.instance`` and enqueues a reconcile of their deployment.
+* Local: one thread checks the local replicas' processes every second.
+
+A watcher that loses its daemon reconnects with backoff; nothing depends on it being up.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections.abc import Callable
+
+from django.db import close_old_connections
+
+from controlplane.deployments.choices import TargetKind
+from controlplane.deployments.models import Target
+from workers.drivers import instance_name, local_driver
+from workers.drivers.base import LABEL_DEPLOYMENT, LABEL_INSTANCE
+
+logger = logging.getLogger(__name__)
+
+LOCAL_EVERY_S = 1.0
+DISCOVER_EVERY_S = 30.0
+MAX_BACKOFF_S = 30.0
+
+Nudge = Callable[[int], None]
+
+
+def _docker_watch(url: str, instance: str, nudge: Nudge, stop: threading.Event) -> None:
+    import docker
+
+    backoff = 1.0
+    while not stop.is_set():
+        try:
+            client = docker.DockerClient(base_url=url, version="auto", timeout=None)
+            events = client.events(
+                decode=True,
+                filters={"type": "container", "event": ["die", "oom"], "label": [f"{LABEL_INSTANCE}={instance}"]},
+            )
+            backoff = 1.0
+            for event in events:
+                labels = (event.get("Actor") or {}).get("Attributes") or {}
+                if labels.get(LABEL_DEPLOYMENT, "").isdigit():
+                    nudge(int(labels[LABEL_DEPLOYMENT]))
+                if stop.is_set():
+                    break
+        except Exception as exc:  # daemon gone or unreachable: the resync covers us meanwhile
+            logger.debug("docker watcher for %s: %s", url, exc)
+        stop.wait(backoff)
+        backoff = min(MAX_BACKOFF_S, backoff * 2)
+
+
+def _local_watch(nudge: Nudge, stop: threading.Event) -> None:
+    driver = local_driver()
+    alive: dict[str, bool] = {}
+    while not stop.wait(LOCAL_EVERY_S):
+        try:
+            for replica in driver.list(None):
+                was = alive.get(replica.backend_id)
+                alive[replica.backend_id] = replica.alive
+                if was and not replica.alive:
+                    nudge(replica.deployment_id)
+        except Exception as exc:
+            logger.debug("local watcher: %s", exc)
+
+
+def _supervise(nudge: Nudge, stop: threading.Event) -> None:
+    instance = instance_name()
+    watching: set[str] = set()
+    threading.Thread(target=_local_watch, args=(nudge, stop), name="hangar-watch-local", daemon=True).start()
+    while not stop.is_set():
+        try:
+            close_old_connections()
+            urls = set(Target.objects.filter(kind=TargetKind.DOCKER).values_list("docker_url", flat=True))
+            close_old_connections()
+        except Exception as exc:
+            logger.debug("watch supervisor: %s", exc)
+            urls = set()
+        for url in sorted(urls - watching):
+            watching.add(url)
+            threading.Thread(
+                target=_docker_watch, args=(url, instance, nudge, stop), name=f"hangar-watch-{url}", daemon=True
+            ).start()
+        stop.wait(DISCOVER_EVERY_S)
+
+
+def start(nudge: Nudge) -> threading.Event:
+    """Start the watchers; set the returned event to stop them."""
+    stop = threading.Event()
+    threading.Thread(target=_supervise, args=(nudge, stop), name="hangar-watch", daemon=True).start()
+    return stop
+
+
+def debounce(nudge: Nudge, *, within_s: float = 1.0) -> Nudge:
+    """Coalesce bursts (two replicas dying together) into one reconcile per deployment."""
+    last: dict[int, float] = {}
+    lock = threading.Lock()
+
+    def wrapped(deployment_id: int) -> None:
+        now = time.monotonic()
+        with lock:
+            if now - last.get(deployment_id, -within_s) < within_s:
+                return
+            last[deployment_id] = now
+        nudge(deployment_id)
+
+    return wrapped
