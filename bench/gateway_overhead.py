@@ -178,10 +178,13 @@ def start_litellm(litellm: str, stub_url: str) -> tuple[subprocess.Popen[bytes],
         "general_settings:\n"
         "  master_key: sk-bench-1234\n"
     )
+    # Without DATABASE_URL/REDIS_URL: LiteLLM would try to run its own migrations on ours.
+    env = {k: v for k, v in os.environ.items() if k not in ("DATABASE_URL", "REDIS_URL")}
     proc = subprocess.Popen(
         [litellm, "--config", str(config), "--port", str(port), "--num_workers", "1"],
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,
+        env=env,
     )
     url = f"http://127.0.0.1:{port}"
     wait_http(url + "/health/liveliness", 120)
@@ -223,6 +226,60 @@ def wrk(url: str, body: dict[str, Any], token: str | None, connections: int, dur
     }
 
 
+CLIENT_PROBE = """
+import asyncio, json, sys, time
+import uvloop
+url, which, n, c = sys.argv[1], sys.argv[2], int(sys.argv[3]), int(sys.argv[4])
+body = json.dumps({"model": "stub", "messages": [{"role": "user", "content": "Say hello"}], "max_tokens": 16}).encode()
+headers = {"Content-Type": "application/json"}
+
+async def main():
+    left = [n]
+    if which == "aiohttp":
+        import aiohttp
+        session = aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=0))
+        async def one():
+            async with session.post(url, data=body, headers=headers) as r:
+                await r.read()
+    else:
+        import httpx
+        session = httpx.AsyncClient(limits=httpx.Limits(max_connections=None, max_keepalive_connections=c))
+        async def one():
+            r = await session.post(url, content=body, headers=headers)
+            r.read()
+    async def worker():
+        while left[0] > 0:
+            left[0] -= 1
+            await one()
+    await asyncio.gather(*(worker() for _ in range(c)))  # warm the pool
+    left[0] = n
+    t0, c0 = time.perf_counter(), time.process_time()
+    await asyncio.gather(*(worker() for _ in range(c)))
+    wall, cpu = time.perf_counter() - t0, time.process_time() - c0
+    print(json.dumps({"rps": n / wall, "cpu_us": cpu / n * 1e6}))
+    if which == "aiohttp":
+        await session.close()
+    else:
+        await session.aclose()
+
+uvloop.run(main())
+"""
+
+
+def client_choice(stub_url: str, n: int = 5000, concurrency: int = 16) -> dict[str, dict[str, float]]:
+    """The proxy's HTTP client: aiohttp vs httpx, same requests to the stub, CPU per request."""
+    results = {}
+    for which in ("aiohttp", "httpx"):
+        out = subprocess.run(
+            [PY, "-c", CLIENT_PROBE, stub_url + "/v1/chat/completions", which, str(n), str(concurrency)],
+            capture_output=True,
+            text=True,
+            check=True,
+        ).stdout
+        results[which] = json.loads(out.strip().splitlines()[-1])
+    return results
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--duration", type=float, default=10)
@@ -249,6 +306,7 @@ def main() -> None:
             runtime, runtime_url = start_runtime(model_dir)
             procs.append(runtime)
         token = seed(bench_url, stub_url, runtime_url)
+        clients = client_choice(stub_url)
         chat_stub = {"model": "stub", "messages": [{"role": "user", "content": "Say hello"}], "max_tokens": 16}
         chat_tiny = {"model": "tiny", "messages": [{"role": "user", "content": "Say hello"}], "max_tokens": 8}
         path = "/v1/chat/completions"
@@ -283,6 +341,13 @@ def main() -> None:
             stop(proc)
 
     direct = {(u, c): r for u, how, c, r in rows if how == "direct"}
+    print()
+    print("HTTP client for the proxy (5000 requests to the stub, 16 concurrent, uvloop):")
+    print()
+    print("| client | req/s | CPU µs per request |")
+    print("|---|---:|---:|")
+    for which, r in clients.items():
+        print(f"| {which} | {r['rps']:.0f} | {r['cpu_us']:.0f} |")
     print()
     print(f"load: wrk 1 thread, closed loop, {args.duration:.0f} s per row; 2-core machine shared by all processes")
     print()
