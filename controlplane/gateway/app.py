@@ -46,6 +46,7 @@ JSON = b"application/json"
 CHAT_PATH = "/v1/chat/completions"
 COMPLETIONS_PATH = "/v1/completions"
 WAKE_DEBOUNCE_SECONDS = 10.0
+WATCH_AFTER_SECONDS = 0.05  # a disconnect is noticed at most this late
 
 
 class ClientGone(Exception):
@@ -157,6 +158,7 @@ class Gateway:
         self._started = False
         self._start_lock: asyncio.Lock | None = None
         self._in_flight = 0
+        metrics.IN_FLIGHT.set_function(lambda: self._in_flight)
 
     # ------------------------------------------------------------------ lifecycle
 
@@ -363,11 +365,14 @@ class Gateway:
                 state["gone"] = True
                 task.cancel()
 
-        watcher = asyncio.get_running_loop().create_task(watch())
+        # Most answers complete within milliseconds; only a request still running after
+        # WATCH_AFTER gets a watcher task (saves a task per request on the hot path).
+        loop = asyncio.get_running_loop()
+        watcher: list[asyncio.Task[None]] = []
+        timer = loop.call_later(WATCH_AFTER_SECONDS, lambda: watcher.append(loop.create_task(watch())))
         usage = [0, 0]  # prompt, completion
         error = True
         self._in_flight += 1
-        metrics.IN_FLIGHT.set(self._in_flight)
         try:
             error = await self._proxy(exchange, route, request, upstream_body, chat, usage, t0, state)
         except asyncio.CancelledError:
@@ -379,9 +384,10 @@ class Gateway:
                 task.uncancel()
         finally:
             state["done"] = True
-            watcher.cancel()
+            timer.cancel()
+            for watching in watcher:
+                watching.cancel()
             self._in_flight -= 1
-            metrics.IN_FLIGHT.set(self._in_flight)
             assert self.limiter is not None
             self.limiter.settle(decision.reservation, usage[0] + usage[1])
             self.meter.record(
