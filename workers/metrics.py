@@ -254,6 +254,13 @@ def _replica_row(replica: Replica, extra: dict[str, Any] | None = None) -> dict[
     } | (extra or {})
 
 
+def _replica_figures(scraped: tuple[Scrape, Window | None] | None) -> dict[str, Any]:
+    if scraped is None:
+        return {"tokens_per_second": None, "in_flight": None}
+    scrape, win = scraped
+    return {"tokens_per_second": win.tokens_per_second if win else None, "in_flight": scrape.in_flight}
+
+
 def _live_deployments() -> list[Deployment]:
     """Deployments whose dashboards want updates: running, or still on their way somewhere."""
     return list(
@@ -329,15 +336,7 @@ def scrape_once() -> dict[str, int]:
                     "error_rate": (sum(w.errors for w in windows) / requests) if requests > 0 else None,
                     **q,
                     "replicas": [
-                        _replica_row(
-                            r,
-                            {
-                                "tokens_per_second": per_replica[r.pk][1].tokens_per_second
-                                if per_replica.get(r.pk) and per_replica[r.pk][1]
-                                else None,
-                                "in_flight": per_replica[r.pk][0].in_flight if r.pk in per_replica else None,
-                            },
-                        )
+                        _replica_row(r, _replica_figures(per_replica.get(r.pk)))
                         for r in replicas
                         if r.deployment_id == deployment_id
                     ],

@@ -10,7 +10,7 @@ from __future__ import annotations
 import functools
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, TypeVar
 
 from django import forms
 from django.contrib.auth.views import redirect_to_login
@@ -24,6 +24,14 @@ from controlplane.tenancy.choices import Perm
 from controlplane.tenancy.models import Tenant
 
 SESSION_TENANT = "hangar_tenant_id"
+T = TypeVar("T")
+
+
+class TenantRequest(HttpRequest):
+    """A request that passed ``tenant_view``: the caller's access and current tenant are attached."""
+
+    access: Access
+    tenant: Tenant
 
 
 @dataclass(frozen=True)
@@ -84,24 +92,26 @@ def tenant_view(perm: Perm) -> Callable[[Callable[..., HttpResponse]], Callable[
     return decorate
 
 
-def require(request: HttpRequest, perm: Perm) -> None:
+def require(request: TenantRequest, perm: Perm) -> None:
     """Enforce an action's permission on POST (buttons are hidden too, but never trusted)."""
-    request.access.require(request.tenant.pk, perm)  # type: ignore[attr-defined]
+    request.access.require(request.tenant.pk, perm)
 
 
-def in_tenant(request: HttpRequest, obj: Any) -> Any:
+def in_tenant(request: TenantRequest, obj: T) -> T:
     """Objects of the user's other tenants are not shown under the current one (perms are per tenant)."""
     if obj.tenant_id != request.tenant.pk:  # type: ignore[attr-defined]
         raise NotFound("Not found.")
     return obj
 
 
-def page(request: HttpRequest, template: str, context: dict[str, Any] | None = None, status: int = 200) -> HttpResponse:
+def page(
+    request: TenantRequest, template: str, context: dict[str, Any] | None = None, status: int = 200
+) -> HttpResponse:
     base = {
-        "tenant": request.tenant,  # type: ignore[attr-defined]
-        "role": request.access.role(request.tenant.pk),  # type: ignore[attr-defined]
-        "can": Can(request.access, request.tenant.pk),  # type: ignore[attr-defined]
-        "tenants": sorted(request.access.slugs.items(), key=lambda item: item[1]),  # type: ignore[attr-defined]
+        "tenant": request.tenant,
+        "role": request.access.role(request.tenant.pk),
+        "can": Can(request.access, request.tenant.pk),
+        "tenants": sorted(request.access.slugs.items(), key=lambda item: item[1]),
     }
     return render(request, template, base | (context or {}), status=status)
 

@@ -101,8 +101,8 @@ class DeploymentSpecForm(forms.Form):
 
 class DeploymentCreateForm(DeploymentSpecForm):
     name = forms.CharField(max_length=63, help_text="Lowercase letters, digits and '-'.")
-    model = forms.ModelChoiceField(queryset=None)  # type: ignore[arg-type]
-    target = forms.ModelChoiceField(queryset=None)  # type: ignore[arg-type]
+    model: forms.ModelChoiceField[Any] = forms.ModelChoiceField(queryset=None)  # type: ignore[arg-type]
+    target: forms.ModelChoiceField[Any] = forms.ModelChoiceField(queryset=None)  # type: ignore[arg-type]
     field_order = ["name", "model", "target", "served_model_name"]
 
     def __init__(self, *args: Any, models: Any, targets: Any, **kwargs: Any) -> None:

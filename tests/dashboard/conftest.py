@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import copy
+import uuid
 from typing import Any
 
 import pytest
@@ -11,6 +13,19 @@ from controlplane.tenancy.choices import Role
 from tests.factories import DeploymentFactory, MembershipFactory, ReplicaFactory, TenantFactory, UserFactory
 
 ROLES = [Role.VIEWER, Role.OPERATOR, Role.ADMIN, Role.OWNER]
+
+
+@pytest.fixture(autouse=True)
+def _private_redis_namespace(settings: Any) -> None:
+    """Groups and cache keys of this test only: other suites and dev servers share the Redis,
+    and their deployment and replica ids (hence group and cache key names) repeat ours."""
+    tag = uuid.uuid4().hex[:12]
+    layers = copy.deepcopy(settings.CHANNEL_LAYERS)
+    layers["default"]["CONFIG"]["prefix"] = f"asgi-test-{tag}"
+    settings.CHANNEL_LAYERS = layers
+    caches = copy.deepcopy(settings.CACHES)
+    caches["default"]["KEY_PREFIX"] = f"hangar-test-{tag}"
+    settings.CACHES = caches
 
 
 @pytest.fixture

@@ -241,7 +241,7 @@ class Steps:
         print(f"[e2e-dashboard] {outcome:6} {name} ({self.results[-1]['seconds']} s)")
 
 
-def test_dashboard_end_to_end(product: dict[str, Any], tiny_model_dir: Path) -> None:
+def test_dashboard_end_to_end(product: dict[str, Any], tiny_model_dir: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     from playwright.sync_api import expect, sync_playwright
 
     base = product["base"]
@@ -251,7 +251,7 @@ def test_dashboard_end_to_end(product: dict[str, Any], tiny_model_dir: Path) -> 
     MembershipFactory(user=owner, tenant=tenant, role=Role.OWNER)
     MembershipFactory(user=viewer, tenant=tenant, role=Role.VIEWER)
     # Playwright's sync API runs an event loop in this thread; the ORM checks below are plain reads.
-    os.environ["DJANGO_ALLOW_ASYNC_UNSAFE"] = "true"
+    monkeypatch.setenv("DJANGO_ALLOW_ASYNC_UNSAFE", "true")
     SCREENSHOTS.mkdir(parents=True, exist_ok=True)
     step = Steps()
 

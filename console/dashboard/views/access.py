@@ -10,12 +10,12 @@ from django.contrib import messages
 from django.core.paginator import Paginator
 from django.db.models import QuerySet, Sum
 from django.db.models.functions import TruncDate
-from django.http import HttpRequest, HttpResponse
+from django.http import HttpResponse
 from django.shortcuts import redirect
 from django.utils import timezone
 from django.views.decorators.http import require_POST
 
-from console.dashboard.base import actor_for, apply_domain_error, in_tenant, page, require, tenant_view
+from console.dashboard.base import TenantRequest, actor_for, apply_domain_error, in_tenant, page, require, tenant_view
 from console.dashboard.forms import ApiKeyForm, AuditFilterForm, MemberAddForm, MemberRoleForm, UsageFilterForm
 from controlplane.audit.selectors import audit_list
 from controlplane.core.exceptions import DomainError
@@ -30,7 +30,7 @@ from controlplane.usage.selectors import usage_list, usage_totals_by_key
 USAGE_WINDOW_DAYS = 30
 
 
-def served_names(request: HttpRequest) -> list[str]:
+def served_names(request: TenantRequest) -> list[str]:
     deployments = deployment_list(access=request.access, filters={"tenant": request.tenant.slug})
     return sorted(deployments.values_list("served_model_name", flat=True))
 
@@ -38,7 +38,7 @@ def served_names(request: HttpRequest) -> list[str]:
 # ----------------------------------------------------------------------------- API keys
 
 
-def _keys_page(request: HttpRequest, form: ApiKeyForm, *, secret: str = "", status: int = 200) -> HttpResponse:
+def _keys_page(request: TenantRequest, form: ApiKeyForm, *, secret: str = "", status: int = 200) -> HttpResponse:
     scope = {"tenant": request.tenant.slug}
     since = timezone.now() - timedelta(days=USAGE_WINDOW_DAYS)
     usage = {
@@ -57,7 +57,7 @@ def _keys_page(request: HttpRequest, form: ApiKeyForm, *, secret: str = "", stat
 
 
 @tenant_view(Perm.APIKEY_VIEW)
-def key_index(request: HttpRequest) -> HttpResponse:
+def key_index(request: TenantRequest) -> HttpResponse:
     names = served_names(request)
     if request.method != "POST":
         return _keys_page(request, ApiKeyForm(served_names=names))
@@ -80,7 +80,7 @@ def key_index(request: HttpRequest) -> HttpResponse:
 
 @tenant_view(Perm.APIKEY_VIEW)
 @require_POST
-def key_revoke(request: HttpRequest, pk: int) -> HttpResponse:
+def key_revoke(request: TenantRequest, pk: int) -> HttpResponse:
     require(request, Perm.APIKEY_CHANGE)
     key = in_tenant(request, api_key_get(access=request.access, pk=pk))
     key_services.api_key_revoke(actor=actor_for(request), key=key)
@@ -91,7 +91,7 @@ def key_revoke(request: HttpRequest, pk: int) -> HttpResponse:
 # ----------------------------------------------------------------------------- usage
 
 
-def _usage_rows(request: HttpRequest, form: UsageFilterForm) -> QuerySet[Any]:
+def _usage_rows(request: TenantRequest, form: UsageFilterForm) -> QuerySet[Any]:
     data = form.cleaned_data if form.is_valid() else {}
     days = data.get("days") or USAGE_WINDOW_DAYS
     filters: dict[str, Any] = {"tenant": request.tenant.slug, "since": timezone.now() - timedelta(days=days)}
@@ -115,7 +115,7 @@ def _usage_rows(request: HttpRequest, form: UsageFilterForm) -> QuerySet[Any]:
 
 
 @tenant_view(Perm.USAGE_VIEW)
-def usage(request: HttpRequest) -> HttpResponse:
+def usage(request: TenantRequest) -> HttpResponse:
     form = UsageFilterForm(request.GET or None)
     rows = list(_usage_rows(request, form))
     per_day: dict[str, int] = {}
@@ -131,7 +131,7 @@ def usage(request: HttpRequest) -> HttpResponse:
 
 
 @tenant_view(Perm.USAGE_VIEW)
-def usage_csv(request: HttpRequest) -> HttpResponse:
+def usage_csv(request: TenantRequest) -> HttpResponse:
     form = UsageFilterForm(request.GET or None)
     response = HttpResponse(content_type="text/csv; charset=utf-8")
     response["Content-Disposition"] = f'attachment; filename="usage-{request.tenant.slug}.csv"'
@@ -164,7 +164,11 @@ def _csv_safe(value: str) -> str:
 
 
 def _members_page(
-    request: HttpRequest, form: MemberAddForm | None = None, *, errors: dict[int, str] | None = None, status: int = 200
+    request: TenantRequest,
+    form: MemberAddForm | None = None,
+    *,
+    errors: dict[int, str] | None = None,
+    status: int = 200,
 ) -> HttpResponse:
     members = membership_list(access=request.access, filters={"tenant": request.tenant.slug}).order_by("user__username")
     rows = [(m, MemberRoleForm(initial={"role": m.role}, prefix=f"m{m.pk}")) for m in members]
@@ -173,7 +177,7 @@ def _members_page(
 
 
 @tenant_view(Perm.MEMBER_VIEW)
-def member_index(request: HttpRequest) -> HttpResponse:
+def member_index(request: TenantRequest) -> HttpResponse:
     if request.method != "POST":
         return _members_page(request)
     require(request, Perm.MEMBER_CHANGE)
@@ -193,7 +197,7 @@ def member_index(request: HttpRequest) -> HttpResponse:
 
 @tenant_view(Perm.MEMBER_VIEW)
 @require_POST
-def member_role(request: HttpRequest, pk: int) -> HttpResponse:
+def member_role(request: TenantRequest, pk: int) -> HttpResponse:
     require(request, Perm.MEMBER_CHANGE)
     membership = in_tenant(request, membership_get(access=request.access, pk=pk))
     form = MemberRoleForm(request.POST, prefix=f"m{pk}")
@@ -211,7 +215,7 @@ def member_role(request: HttpRequest, pk: int) -> HttpResponse:
 
 @tenant_view(Perm.MEMBER_VIEW)
 @require_POST
-def member_remove(request: HttpRequest, pk: int) -> HttpResponse:
+def member_remove(request: TenantRequest, pk: int) -> HttpResponse:
     require(request, Perm.MEMBER_CHANGE)
     membership = in_tenant(request, membership_get(access=request.access, pk=pk))
     try:
@@ -228,7 +232,7 @@ AUDIT_PAGE_SIZE = 50
 
 
 @tenant_view(Perm.AUDIT_VIEW)
-def audit(request: HttpRequest) -> HttpResponse:
+def audit(request: TenantRequest) -> HttpResponse:
     form = AuditFilterForm(request.GET or None)
     filters: dict[str, Any] = {"tenant": request.tenant.slug}
     status = 200

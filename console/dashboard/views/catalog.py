@@ -5,11 +5,11 @@ from __future__ import annotations
 from typing import Any
 
 from django.contrib import messages
-from django.http import HttpRequest, HttpResponse
+from django.http import HttpResponse
 from django.shortcuts import redirect
 from django.views.decorators.http import require_POST
 
-from console.dashboard.base import actor_for, apply_domain_error, in_tenant, page, require, tenant_view
+from console.dashboard.base import TenantRequest, actor_for, apply_domain_error, in_tenant, page, require, tenant_view
 from console.dashboard.forms import ModelRegisterForm, TargetForm
 from controlplane.catalog import services as catalog_services
 from controlplane.catalog.selectors import model_get, model_list, model_memory_estimate
@@ -47,7 +47,7 @@ def fit_on_target(needed: int, gpus: list[dict[str, Any]]) -> str:
 
 
 @tenant_view(Perm.MODEL_VIEW)
-def model_index(request: HttpRequest) -> HttpResponse:
+def model_index(request: TenantRequest) -> HttpResponse:
     form = ModelRegisterForm()
     status = 200
     if request.method == "POST":
@@ -69,7 +69,7 @@ def model_index(request: HttpRequest) -> HttpResponse:
 
 
 @tenant_view(Perm.MODEL_VIEW)
-def model_detail(request: HttpRequest, pk: int) -> HttpResponse:
+def model_detail(request: TenantRequest, pk: int) -> HttpResponse:
     model = in_tenant(request, model_get(access=request.access, pk=pk))
     estimate = model_memory_estimate(model=model)
     targets = list(target_list(access=request.access, filters={"tenant": request.tenant.slug}))
@@ -84,7 +84,7 @@ def model_detail(request: HttpRequest, pk: int) -> HttpResponse:
 
 @tenant_view(Perm.MODEL_VIEW)
 @require_POST
-def model_delete(request: HttpRequest, pk: int) -> HttpResponse:
+def model_delete(request: TenantRequest, pk: int) -> HttpResponse:
     require(request, Perm.MODEL_CHANGE)
     model = in_tenant(request, model_get(access=request.access, pk=pk))
     try:
@@ -97,7 +97,7 @@ def model_delete(request: HttpRequest, pk: int) -> HttpResponse:
 
 
 @tenant_view(Perm.TARGET_VIEW)
-def target_index(request: HttpRequest) -> HttpResponse:
+def target_index(request: TenantRequest) -> HttpResponse:
     form = TargetForm()
     status = 200
     if request.method == "POST":
@@ -118,7 +118,7 @@ def target_index(request: HttpRequest) -> HttpResponse:
 
 
 @tenant_view(Perm.TARGET_VIEW)
-def target_detail(request: HttpRequest, pk: int) -> HttpResponse:
+def target_detail(request: TenantRequest, pk: int) -> HttpResponse:
     target = in_tenant(request, target_get(access=request.access, pk=pk))
     gpus = [{"entry": g, "memory": gpu_memory_bytes(g)} for g in target.gpu_inventory or [] if isinstance(g, dict)]
     return page(request, "dashboard/target_detail.html", {"target": target, "gpus": gpus, "nav": "targets"})
@@ -126,7 +126,7 @@ def target_detail(request: HttpRequest, pk: int) -> HttpResponse:
 
 @tenant_view(Perm.TARGET_VIEW)
 @require_POST
-def target_check(request: HttpRequest, pk: int) -> HttpResponse:
+def target_check(request: TenantRequest, pk: int) -> HttpResponse:
     require(request, Perm.TARGET_CHANGE)
     target = in_tenant(request, target_get(access=request.access, pk=pk))
     deployment_services.target_check(target=target)
@@ -136,7 +136,7 @@ def target_check(request: HttpRequest, pk: int) -> HttpResponse:
 
 @tenant_view(Perm.TARGET_VIEW)
 @require_POST
-def target_delete(request: HttpRequest, pk: int) -> HttpResponse:
+def target_delete(request: TenantRequest, pk: int) -> HttpResponse:
     require(request, Perm.TARGET_CHANGE)
     target = in_tenant(request, target_get(access=request.access, pk=pk))
     try:

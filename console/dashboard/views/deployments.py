@@ -7,12 +7,12 @@ from collections.abc import Callable
 from typing import Any
 
 from django.contrib import messages
-from django.http import HttpRequest, HttpResponse
+from django.http import HttpResponse
 from django.shortcuts import redirect
 from django.views.decorators.http import require_POST
 
 from console.dashboard import live
-from console.dashboard.base import actor_for, apply_domain_error, in_tenant, page, require, tenant_view
+from console.dashboard.base import TenantRequest, actor_for, apply_domain_error, in_tenant, page, require, tenant_view
 from console.dashboard.forms import DeleteForm, DeploymentCreateForm, DeploymentSpecForm, ScaleForm
 from controlplane.catalog.selectors import model_list
 from controlplane.core.exceptions import DomainError
@@ -40,7 +40,7 @@ def _spec_initial(deployment: Deployment) -> dict[str, Any]:
 
 
 @tenant_view(Perm.DEPLOYMENT_VIEW)
-def deployment_new(request: HttpRequest) -> HttpResponse:
+def deployment_new(request: TenantRequest) -> HttpResponse:
     require(request, Perm.DEPLOYMENT_CHANGE)
     scope = {"tenant": request.tenant.slug}
     models = model_list(access=request.access, filters=scope)
@@ -69,7 +69,7 @@ def deployment_new(request: HttpRequest) -> HttpResponse:
 
 
 def _detail(
-    request: HttpRequest,
+    request: TenantRequest,
     deployment: Deployment,
     *,
     spec_form: DeploymentSpecForm | None = None,
@@ -90,18 +90,18 @@ def _detail(
     return page(request, "dashboard/deployment_detail.html", context, status=status)
 
 
-def _get(request: HttpRequest, pk: int) -> Deployment:
+def _get(request: TenantRequest, pk: int) -> Deployment:
     return in_tenant(request, deployment_get(access=request.access, pk=pk))
 
 
 @tenant_view(Perm.DEPLOYMENT_VIEW)
-def deployment_detail(request: HttpRequest, pk: int) -> HttpResponse:
+def deployment_detail(request: TenantRequest, pk: int) -> HttpResponse:
     return _detail(request, _get(request, pk))
 
 
 @tenant_view(Perm.DEPLOYMENT_VIEW)
 @require_POST
-def deployment_spec(request: HttpRequest, pk: int) -> HttpResponse:
+def deployment_spec(request: TenantRequest, pk: int) -> HttpResponse:
     require(request, Perm.DEPLOYMENT_CHANGE)
     deployment = _get(request, pk)
     form = DeploymentSpecForm(request.POST)
@@ -118,7 +118,7 @@ def deployment_spec(request: HttpRequest, pk: int) -> HttpResponse:
 
 @tenant_view(Perm.DEPLOYMENT_VIEW)
 @require_POST
-def deployment_scale(request: HttpRequest, pk: int) -> HttpResponse:
+def deployment_scale(request: TenantRequest, pk: int) -> HttpResponse:
     require(request, Perm.DEPLOYMENT_CHANGE)
     deployment = _get(request, pk)
     form = ScaleForm(request.POST)
@@ -144,7 +144,7 @@ ACTIONS: dict[str, tuple[Callable[..., Deployment], str]] = {
 
 @tenant_view(Perm.DEPLOYMENT_VIEW)
 @require_POST
-def deployment_action(request: HttpRequest, pk: int, action: str) -> HttpResponse:
+def deployment_action(request: TenantRequest, pk: int, action: str) -> HttpResponse:
     require(request, Perm.DEPLOYMENT_CHANGE)
     deployment = _get(request, pk)
     service, done = ACTIONS[action]
@@ -158,7 +158,7 @@ def deployment_action(request: HttpRequest, pk: int, action: str) -> HttpRespons
 
 
 @tenant_view(Perm.DEPLOYMENT_VIEW)
-def deployment_delete(request: HttpRequest, pk: int) -> HttpResponse:
+def deployment_delete(request: TenantRequest, pk: int) -> HttpResponse:
     """A confirmation page (type the name), then the delete request."""
     require(request, Perm.DEPLOYMENT_CHANGE)
     deployment = _get(request, pk)
@@ -181,7 +181,7 @@ def deployment_delete(request: HttpRequest, pk: int) -> HttpResponse:
 
 
 @tenant_view(Perm.DEPLOYMENT_VIEW)
-def deployment_logs(request: HttpRequest, pk: int) -> HttpResponse:
+def deployment_logs(request: TenantRequest, pk: int) -> HttpResponse:
     """The log tail partial, polled by htmx every few seconds."""
     deployment = _get(request, pk)
     tails = []

@@ -9,7 +9,7 @@ from django.utils.http import url_has_allowed_host_and_scheme
 from django.views.decorators.http import require_POST
 
 from console.dashboard import live
-from console.dashboard.base import SESSION_TENANT, page, tenant_view
+from console.dashboard.base import SESSION_TENANT, TenantRequest, page, tenant_view
 from console.dashboard.forms import TenantSwitchForm
 from controlplane.deployments.selectors import deployment_list
 from controlplane.tenancy.access import access_for
@@ -17,7 +17,7 @@ from controlplane.tenancy.choices import Perm
 
 
 @tenant_view(Perm.DEPLOYMENT_VIEW)
-def overview(request: HttpRequest) -> HttpResponse:
+def overview(request: TenantRequest) -> HttpResponse:
     deployments = list(deployment_list(access=request.access, filters={"tenant": request.tenant.slug}))
     rows = [(d, live.summary(access=request.access, deployment_id=d.pk)) for d in deployments]
     return page(request, "dashboard/overview.html", {"rows": rows, "nav": "overview"})

@@ -4,11 +4,11 @@ from __future__ import annotations
 
 from datetime import timedelta
 
-from django.http import HttpRequest, HttpResponse
+from django.http import HttpResponse
 from django.utils import timezone
 from django.views.decorators.http import require_POST
 
-from console.dashboard.base import actor_for, page, require, tenant_view
+from console.dashboard.base import TenantRequest, actor_for, page, require, tenant_view
 from controlplane.core.exceptions import DomainError
 from controlplane.deployments.choices import Phase
 from controlplane.deployments.selectors import deployment_list
@@ -20,7 +20,7 @@ PLAYGROUND_KEY_TTL = timedelta(hours=1)
 GATEWAY_CHAT_PATH = "/v1/chat/completions"
 
 
-def _page(request: HttpRequest, *, secret: str = "", error: str = "", status: int = 200) -> HttpResponse:
+def _page(request: TenantRequest, *, secret: str = "", error: str = "", status: int = 200) -> HttpResponse:
     deployments = deployment_list(access=request.access, filters={"tenant": request.tenant.slug})
     serving = [d for d in deployments if d.phase in Phase.serving()]
     context = {
@@ -38,13 +38,13 @@ def _page(request: HttpRequest, *, secret: str = "", error: str = "", status: in
 
 
 @tenant_view(Perm.DEPLOYMENT_VIEW)
-def playground(request: HttpRequest) -> HttpResponse:
+def playground(request: TenantRequest) -> HttpResponse:
     return _page(request)
 
 
 @tenant_view(Perm.DEPLOYMENT_VIEW)
 @require_POST
-def playground_key(request: HttpRequest) -> HttpResponse:
+def playground_key(request: TenantRequest) -> HttpResponse:
     """Create an inference-only key that expires within the hour; its secret is shown once."""
     require(request, Perm.APIKEY_CHANGE)
     now = timezone.now()
