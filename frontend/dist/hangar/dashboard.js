@@ -170,6 +170,11 @@
         const body = $("#replicas", root);
         if (body && rows.length) body.replaceChildren(...rows.map(replicaRow));
       }
+      if (msg.kind === "deployment" && msg.deleted) {
+        setField(root, "phase", "Deleted");
+        setField(root, "phase_message", "This deployment and its replicas were removed.");
+        return;
+      }
       if (msg.kind === "deployment" || msg.kind === "metrics") {
         if (msg.phase) setField(root, "phase", msg.phase);
         if (msg.ready_replicas !== undefined) setField(root, "ready_replicas", String(msg.ready_replicas));
