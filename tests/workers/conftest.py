@@ -82,3 +82,9 @@ def start_worker(test_broker: str, tmp_path: Path) -> Iterator[Any]:
     yield start
     for worker in workers:
         worker.stop()
+    # Local replicas outlive workers by design: stop the ones these tests started.
+    from workers.drivers import local_driver
+
+    driver = local_driver()
+    for replica in driver.list(None):
+        driver.remove(replica.backend_id)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import socket
@@ -13,7 +14,7 @@ from typing import Any
 import pytest
 
 from workers.drivers.base import BackendState, PermanentDriverError, ReplicaSpec, health_ok
-from workers.drivers.local import LocalDriver, _proc_start_ticks
+from workers.drivers.local import LocalDriver
 
 FAKE = "tests.workers.fake_runtime"
 
@@ -90,9 +91,13 @@ def test_a_recycled_pid_is_not_mistaken_for_the_replica(driver: LocalDriver, mod
     created = driver.create(spec(model_dir))
     path = driver._state_path(created.backend_id)
     state = driver._read_state(path)
-    state["start_ticks"] = _proc_start_ticks(state["pid"]) - 1  # same pid, another process
-    path.write_text(__import__("json").dumps(state))
-    assert driver.list(7)[0].state == BackendState.EXITED
+    real_ticks = state["start_ticks"]
+    state["start_ticks"] = real_ticks - 1  # same pid, another process
+    path.write_text(json.dumps(state))
+    try:
+        assert driver.list(7)[0].state == BackendState.EXITED
+    finally:
+        path.write_text(json.dumps({**state, "start_ticks": real_ticks}))
 
 
 def test_missing_model_path_is_permanent(driver: LocalDriver, tmp_path: Path) -> None:
