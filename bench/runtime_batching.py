@@ -213,8 +213,12 @@ def main() -> int:
     parser.add_argument("--json", type=Path, help="also write the figures here")
     parser.add_argument("--repeat", type=int, default=3, help="best of N for (b) and (d)")
     parser.add_argument("--threads", type=int, help="pass --threads to the runtime")
+    parser.add_argument("--omp-wait-policy", default="PASSIVE", choices=["PASSIVE", "ACTIVE"])
     args = parser.parse_args()
     n = args.tokens
+    # Same OpenMP policy as the runtime sets for itself, so (a)-(c) and (d) compete on equal
+    # terms; with spinning waits every contender collapses when the machine is shared.
+    os.environ["OMP_WAIT_POLICY"] = args.omp_wait_policy
     threads = ["--threads", str(args.threads)] if args.threads else []
 
     import torch
