@@ -27,6 +27,9 @@ LABEL_TENANT = "hangar.tenant"
 STAGE_LINE = re.compile(r"hangar-runtime: stage=(?P<stage>[a-z_]+)(?P<rest>.*)")
 HEALTH_TIMEOUT_S = 2.0
 
+# (uid, type, reason, message) of a backend's own events (Kubernetes), for the timeline.
+BackendEvents = list[tuple[str, str, str, str]]
+
 
 class DriverError(Exception):
     """Base class; ``reason`` is a short CamelCase word for conditions and events."""
@@ -221,7 +224,7 @@ class Driver(abc.ABC):
     def teardown(self, deployment_id: int) -> None:  # noqa: B027 - optional hook
         """Remove group-level resources (Kubernetes Deployment + Service) of a deployment."""
 
-    def backend_events(self, deployment_id: int, since: datetime | None = None) -> list[tuple[str, str, str, str]]:
+    def backend_events(self, deployment_id: int, since: datetime | None = None) -> BackendEvents:
         """Backend events newer than ``since`` as (uid, type, reason, message); Kubernetes only."""
         return []
 

@@ -25,6 +25,7 @@ from workers.drivers.base import (
     LABEL_GENERATION,
     LABEL_INSTANCE,
     LABEL_TENANT,
+    BackendEvents,
     BackendState,
     Driver,
     ObservedReplica,
@@ -342,7 +343,7 @@ class KubernetesDriver(Driver):
         except ApiException:
             return ""
 
-    def backend_events(self, deployment_id: int, since: datetime | None = None) -> list[tuple[str, str, str, str]]:
+    def backend_events(self, deployment_id: int, since: datetime | None = None) -> BackendEvents:
         """Kubernetes events about this deployment's Deployment, ReplicaSets and pods, newer than ``since``."""
         events = self._call(self.core.list_namespaced_event, self.namespace).items
         prefix = f"hgr-{deployment_id}-"

@@ -185,6 +185,7 @@ class LocalDriver(Driver):
             )
         started = datetime.now(UTC)
         endpoint = f"http://127.0.0.1:{port}"
+        labels = spec.labels | {LABEL_INSTANCE: self.instance}
         state = {
             "backend_id": backend_id,
             "pid": process.pid,
@@ -192,7 +193,7 @@ class LocalDriver(Driver):
             "port": port,
             "endpoint": endpoint,
             "started_at": started.isoformat(),
-            "labels": spec.labels | {LABEL_INSTANCE: self.instance},
+            "labels": labels,
             "command": command,
         }
         tmp = self._state_path(backend_id).with_suffix(".tmp")
@@ -206,7 +207,7 @@ class LocalDriver(Driver):
             state=BackendState.RUNNING,
             endpoint=endpoint,
             started_at=started,
-            labels=state["labels"],
+            labels=labels,
         )
 
     def remove(self, backend_id: str) -> None:
