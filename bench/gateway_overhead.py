@@ -283,13 +283,21 @@ def client_choice(stub_url: str, n: int = 5000, concurrency: int = 16) -> dict[s
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--duration", type=float, default=10)
-    parser.add_argument("--latency-connections", type=int, default=4)
+    parser.add_argument("--latency-connections", default="1,8")
+    parser.add_argument(
+        "--nice",
+        type=int,
+        default=0,
+        help="run every bench process at this niceness (e.g. -5 on a machine shared with other jobs; needs root)",
+    )
     parser.add_argument("--throughput-connections", default="32,64,128")
     parser.add_argument("--litellm", default=shutil.which("litellm") or "")
     parser.add_argument("--skip-runtime", action="store_true")
     args = parser.parse_args()
     if not shutil.which("wrk"):
         sys.exit("wrk is not installed (apt-get install wrk)")
+    if args.nice:
+        os.nice(args.nice)  # inherited by the stub, runtime, gateway, LiteLLM and wrk
 
     procs: list[subprocess.Popen[bytes]] = []
     rows: list[tuple[str, str, int, dict[str, float]]] = []
@@ -308,19 +316,21 @@ def main() -> None:
         token = seed(bench_url, stub_url, runtime_url)
         clients = client_choice(stub_url)
         chat_stub = {"model": "stub", "messages": [{"role": "user", "content": "Say hello"}], "max_tokens": 16}
-        chat_tiny = {"model": "tiny", "messages": [{"role": "user", "content": "Say hello"}], "max_tokens": 8}
+        chat_tiny = {"model": "tiny", "messages": [{"role": "user", "content": "Say hello"}], "max_tokens": 2}
         path = "/v1/chat/completions"
         d = args.duration
-        lc = args.latency_connections
+        latency_conns = [int(x) for x in args.latency_connections.split(",")]
 
-        rows.append(("stub (5 ms)", "direct", lc, wrk(stub_url + path, chat_stub, None, lc, d)))
+        for lc in latency_conns:
+            rows.append(("stub (5 ms)", "direct", lc, wrk(stub_url + path, chat_stub, None, lc, d)))
         if not args.skip_runtime:
             rows.append(("tiny runtime", "direct", 1, wrk(runtime_url + path, chat_tiny, None, 1, d)))
         for workers in (1, 2):
             gw, gw_url = start_gateway(bench_url, workers)
             procs.append(gw)
             wrk(gw_url + path, chat_stub, token, 8, 2)  # warm caches and pools in every worker
-            rows.append(("stub (5 ms)", f"gateway {workers}w", lc, wrk(gw_url + path, chat_stub, token, lc, d)))
+            for lc in latency_conns:
+                rows.append(("stub (5 ms)", f"gateway {workers}w", lc, wrk(gw_url + path, chat_stub, token, lc, d)))
             if not args.skip_runtime:
                 rows.append(("tiny runtime", f"gateway {workers}w", 1, wrk(gw_url + path, chat_tiny, token, 1, d)))
             for c in (int(x) for x in args.throughput_connections.split(",")):
@@ -333,7 +343,8 @@ def main() -> None:
             ll, ll_url, _ = start_litellm(args.litellm, stub_url)
             procs.append(ll)
             wrk(ll_url + path, chat_stub, "sk-bench-1234", 8, 2)
-            rows.append(("stub (5 ms)", "litellm 1w", lc, wrk(ll_url + path, chat_stub, "sk-bench-1234", lc, d)))
+            for lc in latency_conns:
+                rows.append(("stub (5 ms)", "litellm 1w", lc, wrk(ll_url + path, chat_stub, "sk-bench-1234", lc, d)))
             for c in (int(x) for x in args.throughput_connections.split(",")):
                 rows.append(("stub (5 ms)", "litellm 1w", c, wrk(ll_url + path, chat_stub, "sk-bench-1234", c, d)))
     finally:
@@ -349,7 +360,11 @@ def main() -> None:
     for which, r in clients.items():
         print(f"| {which} | {r['rps']:.0f} | {r['cpu_us']:.0f} |")
     print()
-    print(f"load: wrk 1 thread, closed loop, {args.duration:.0f} s per row; 2-core machine shared by all processes")
+    load1, load5, _ = os.getloadavg()
+    print(
+        f"load: wrk 1 thread, closed loop, {args.duration:.0f} s per row; {os.cpu_count()} cores shared by all "
+        f"processes; niceness {args.nice}; load average at the end {load1:.1f} (1 min) {load5:.1f} (5 min)"
+    )
     print()
     print("| upstream | path | conns | req/s | p50 ms | p99 ms | added p50 ms | added p99 ms | non-2xx |")
     print("|---|---|---:|---:|---:|---:|---:|---:|---:|")

@@ -22,6 +22,7 @@ from typing import Any
 
 import aiohttp
 from django.conf import settings
+from django.db import DatabaseError
 
 from controlplane.gateway import metrics
 from controlplane.gateway.auth import KeyCache, authenticate, revocation_listener
@@ -256,6 +257,12 @@ class Gateway:
                 await exchange.error(exc)
         except ClientGone:
             exchange.status = exchange.status or 499
+        except DatabaseError:
+            logger.exception("database unavailable on %s %s", method, path[:200])
+            if not exchange.started:
+                await exchange.error(
+                    unavailable("The gateway cannot reach its database; try again shortly.", 5, code="unavailable")
+                )
         except Exception:
             logger.exception("gateway error on %s %s", method, path[:200])
             if not exchange.started:

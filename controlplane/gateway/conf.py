@@ -55,7 +55,7 @@ def load() -> GatewayConf:
         upstream_read_timeout=float(get(settings, "HANGAR_GATEWAY_UPSTREAM_READ_TIMEOUT", 600.0)),
         eject_after_failures=int(get(settings, "HANGAR_GATEWAY_EJECT_AFTER_FAILURES", 3)),
         eject_seconds=float(get(settings, "HANGAR_GATEWAY_EJECT_SECONDS", 10.0)),
-        redis_timeout=float(get(settings, "HANGAR_GATEWAY_REDIS_TIMEOUT", 0.25)),
+        redis_timeout=float(get(settings, "HANGAR_GATEWAY_REDIS_TIMEOUT", 1.0)),
         redis_probe_seconds=float(get(settings, "HANGAR_GATEWAY_REDIS_PROBE_SECONDS", 1.0)),
         redis_prefix=str(get(settings, "HANGAR_GATEWAY_REDIS_PREFIX", "hangar:gw:")),
     )
