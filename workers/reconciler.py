@@ -22,7 +22,7 @@ from django.utils import timezone
 from controlplane.deployments import status
 from controlplane.deployments.choices import ConditionType, DesiredState, EventType, Phase, ReplicaState
 from controlplane.deployments.events import event_emit
-from controlplane.deployments.models import Deployment, Replica, Target
+from controlplane.deployments.models import Deployment, DeploymentEvent, Replica, Target
 from controlplane.deployments.status import ReplicaObservation, StatusUpdate
 from workers.drivers import driver_for, instance_name
 from workers.drivers.base import (
@@ -161,11 +161,24 @@ class Pass:
         """A Failed deployment retries the same spec only every HANGAR_FAILED_RETRY_SECONDS."""
         if self.d.phase != Phase.FAILED or self.d.observed_generation != self.d.generation:
             return False
-        for cond in self.d.conditions:
-            if cond.get("type") == ConditionType.PROGRESSING and cond.get("status") == "False":
-                since = datetime.fromisoformat(cond["last_transition_time"])
-                return self.now - since < timedelta(seconds=settings.HANGAR_FAILED_RETRY_SECONDS)
-        return False
+        # The last failure: when Progressing turned False, or the last warning since (a crash of
+        # a retried replica), so a crash-looping replica is retried every N seconds, not every pass.
+        moments = [
+            datetime.fromisoformat(c["last_transition_time"])
+            for c in self.d.conditions
+            if c.get("type") == ConditionType.PROGRESSING and c.get("status") == "False"
+        ]
+        last_warning = (
+            DeploymentEvent.objects.filter(deployment_id=self.d.pk, type=EventType.WARNING)
+            .order_by("-created_at")
+            .values_list("created_at", flat=True)
+            .first()
+        )
+        if last_warning is not None:
+            moments.append(last_warning)
+        if not moments:
+            return False
+        return self.now - max(moments) < timedelta(seconds=settings.HANGAR_FAILED_RETRY_SECONDS)
 
     # ------------------------------------------------------------------ the pass
 

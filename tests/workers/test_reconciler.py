@@ -312,3 +312,28 @@ def test_a_replacement_reusing_the_name_starts_with_a_clean_history(
     fake_driver.make_all_ready()
     run(deployment)
     assert deployment.phase == Phase.RUNNING
+
+
+def test_a_crash_looping_replica_is_retried_with_a_delay(
+    deployment: Any, fake_driver: FakeDriver, run: Any, settings: Any
+) -> None:
+    settings.HANGAR_FAILED_RETRY_SECONDS = 30.0
+    deployment.replicas = 1
+    deployment.save()
+    start = timezone.now()
+    run(deployment)
+    for step in range(3):
+        for replica in fake_driver.list(deployment.pk):
+            fake_driver.kill(replica.backend_id, exit_code=1)
+        noticed = start + timedelta(seconds=10 + 50 * step)
+        with time_machine.travel(noticed):
+            run(deployment)  # the crash is noticed: Failed, nothing recreated yet
+            assert fake_driver.names(deployment.pk) == []
+        with time_machine.travel(noticed + timedelta(seconds=20)):
+            run(deployment)  # still within the delay
+            assert fake_driver.names(deployment.pk) == []
+        with time_machine.travel(noticed + timedelta(seconds=35)):
+            run(deployment)  # the delay since the last crash has passed: one more try
+            assert len(fake_driver.names(deployment.pk)) == 1
+    assert deployment.phase == Phase.FAILED
+    assert len(fake_driver.created) == 4
