@@ -203,7 +203,7 @@ class Pass:
             last = replica.detail or self._last_line(replica)
             code = f" (exit code {replica.exit_code})" if replica.exit_code is not None else ""
             self.remove(replica, "ReplicaExited", f"Replica {replica.name} exited{code}: {last}".strip(), warning=True)
-            if replica.generation == gen and (row is None or row.ready_at is None):
+            if replica.generation == gen and not replica.never_started and (row is None or row.ready_at is None):
                 crashed.append(f"Replica {replica.name} exited{code} before becoming ready: {last}".strip())
 
         # 2. Health: /health of every live replica; replace the ones past the threshold or timeout.

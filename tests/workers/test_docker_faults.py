@@ -320,3 +320,21 @@ def test_check_target_records_health(docker_env: Path, transactional_db: Any) ->
     assert ok_health["reachable"] is True and ok_health["version"] and ok_health["runtime_image_present"] is True
     down_health = Target.objects.get(pk=down.pk).health
     assert down_health["reachable"] is False and "unreachable" in down_health["error"]
+
+
+def test_a_container_its_worker_never_started_is_replaced(
+    docker_client: Any, docker_env: Path, transactional_db: Any
+) -> None:
+    from workers.drivers.docker import DockerDriver
+
+    deployment = fresh(deploy(docker_env))
+    driver = DockerDriver(url=DOCKER_URL, image=settings.HANGAR_RUNTIME_IMAGE, instance=instance_name())
+    spec = reconciler.replica_spec(deployment, slot=0)
+    # What a worker killed between "create" and "start" leaves behind.
+    orphan = docker_client.containers.create(
+        settings.HANGAR_RUNTIME_IMAGE, name=driver.container_name(spec), labels=spec.labels
+    )
+    reconciler.reconcile(deployment.pk, owner="t")
+    [container] = containers(docker_client, deployment)
+    assert container.id != orphan.id and container.status == "running"
+    assert fresh(deployment).phase == Phase.DEPLOYING

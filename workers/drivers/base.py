@@ -143,6 +143,7 @@ class ObservedReplica:
     exit_code: int | None = None
     detail: str = ""  # e.g. "OOMKilled", last log line
     ready: bool | None = None  # backends with their own readiness (Kubernetes) fill this in
+    never_started: bool = False  # created, but its creator died before starting it: not a crash
     labels: dict[str, str] = field(default_factory=dict)
 
     @property

@@ -118,12 +118,11 @@ class DockerDriver(Driver):
         labels = container.labels or {}
         state = container.attrs.get("State", {})
         status = state.get("Status", container.status)
-        if status in ("running", "paused"):
-            backend_state = BackendState.RUNNING
-        elif status in ("created", "restarting"):
-            backend_state = BackendState.STARTING
-        else:
-            backend_state = BackendState.EXITED
+        # create() starts the container at once, so one still "created" lost its worker in
+        # between: report it as exited (removed and replaced), not as a replica to wait for.
+        never_started = status == "created"
+        running = status in ("running", "paused", "restarting")
+        backend_state = BackendState.RUNNING if running else BackendState.EXITED
         endpoint = ""
         bindings = (container.attrs.get("NetworkSettings", {}).get("Ports") or {}).get(CONTAINER_PORT) or []
         if bindings:
@@ -139,9 +138,10 @@ class DockerDriver(Driver):
             state=backend_state,
             endpoint=endpoint,
             started_at=_parse_time(state.get("StartedAt")),
-            exit_code=state.get("ExitCode") if backend_state == BackendState.EXITED else None,
-            detail=detail,
+            exit_code=state.get("ExitCode") if backend_state == BackendState.EXITED and not never_started else None,
+            detail="never started" if never_started else detail,
             labels=dict(labels),
+            never_started=never_started,
         )
 
     def list(self, deployment_id: int | None = None) -> list[ObservedReplica]:
