@@ -78,6 +78,7 @@ async def _clients(
 
     sockets = await asyncio.gather(*(open_one() for _ in range(count)))
     ready.put({"connected": len(sockets), "seconds": time.monotonic() - started})
+    cpu_start = time.process_time()
 
     async def listen(index: int, ws: Any) -> None:
         nonlocal duplicates
@@ -104,7 +105,14 @@ async def _clients(
     for task in listeners:
         task.cancel()
     await asyncio.gather(*(ws.close() for ws in sockets), return_exceptions=True)
-    results.put({"latencies": latencies, "received": sum(received), "duplicates": duplicates})
+    results.put(
+        {
+            "latencies": latencies,
+            "received": sum(received),
+            "duplicates": duplicates,
+            "cpu": time.process_time() - cpu_start,
+        }
+    )
     stop.set()  # release the executor thread if all messages came before the stop signal
 
 
@@ -308,7 +316,8 @@ def main() -> None:
     print(f"ws fan-out: {connected} clients connected in {connect_s:.1f} s; {args.messages} updates "
           f"at {args.rate:g}/s sent in {burst_s:.2f} s; {os.cpu_count()} CPUs, load average "
           f"{os.getloadavg()[0]:.1f}; server CPU {server_cpu:.2f} s = "
-          f"{1e6 * server_cpu / max(1, delivered):.0f} µs per delivered message")  # fmt: skip
+          f"{1e6 * server_cpu / max(1, delivered):.0f} µs per delivered message; clients' CPU "
+          f"{sum(c['cpu'] for c in collected):.2f} s")  # fmt: skip
     print()
     print(
         "| clients | updates | expected | delivered | lost | duplicates | p50 ms | p95 ms | p99 ms | max ms | mean ms |"
