@@ -166,3 +166,12 @@ def test_overlapping_passes_are_skipped(monkeypatch: Any) -> None:
     assert metrics.scrape_with_lock() is None
     cache.delete(metrics.LOCK_KEY)
     assert calls == [1]
+
+
+@pytest.mark.django_db
+def test_the_celery_task_runs_a_pass(monkeypatch: Any) -> None:
+    from workers.metrics_tasks import scrape_metrics
+
+    monkeypatch.setattr(metrics, "scrape_once", lambda: {"replicas": 0, "samples": 0, "pruned": 0, "pushed": 0})
+    assert scrape_metrics.name == "workers.metrics_tasks.scrape_metrics"
+    assert scrape_metrics.apply().get() == {"replicas": 0, "samples": 0, "pruned": 0, "pushed": 0}
