@@ -257,3 +257,18 @@ def test_every_declared_ordering_works(tenant: Any, make_member: Any, client_for
             for term in (field, f"-{field}", f"{field},-id"):
                 response = client.get(f"/api/v1/{prefix}/", {"ordering": term})
                 assert response.status_code == 200, (prefix, term, response.content[:300])
+
+
+@pytest.mark.parametrize(
+    ("content_type", "status"),
+    [
+        ("application/json; charset=bogus", 400),
+        ("application/json; charset=utf-16", 400),
+        ("application/json; charset=latin-1", 201),
+        ("application/vnd.api+json", 415),
+        ("text/plain", 415),
+    ],
+)
+def test_charsets_and_media_types(operator_client: Any, content_type: str, status: int) -> None:
+    response = operator_client.generic("POST", "/api/v1/keys/", b'{"name": "k\xe9"}', content_type=content_type)
+    assert response.status_code == status, response.content
