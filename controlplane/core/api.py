@@ -207,19 +207,6 @@ class TenantChoiceMixin(serializers.Serializer):
     )
 
 
-__all__ = [
-    "BodySizeLimit",
-    "InputSerializer",
-    "Pagination",
-    "QueryFilterBackend",
-    "StableOrderingFilter",
-    "StrictJSONParser",
-    "TenantChoiceMixin",
-    "TenantSlugField",
-    "exception_handler",
-]
-
-
 def exception_handler(exc: Exception, context: dict[str, Any]) -> Response | None:
     if isinstance(exc, DomainError):
         body: dict[str, Any] = {"detail": exc.message, "code": exc.code}
@@ -305,3 +292,16 @@ class BodySizeLimit:
         headers = [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())]
         await send({"type": "http.response.start", "status": 413, "headers": headers})
         await send({"type": "http.response.body", "body": body})
+
+
+__all__ = [
+    "BodySizeLimit",
+    "InputSerializer",
+    "Pagination",
+    "QueryFilterBackend",
+    "StableOrderingFilter",
+    "StrictJSONParser",
+    "TenantChoiceMixin",
+    "TenantSlugField",
+    "exception_handler",
+]
