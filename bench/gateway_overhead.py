@@ -81,8 +81,10 @@ def bench_database() -> str:
     return bench_url
 
 
-def seed(bench_url: str, stub_url: str, runtime_url: str) -> str:
-    """A tenant with a high-limit key and two deployments (stub, tiny). Returns the token."""
+def seed(bench_url: str, stub_url: str, runtime_url: str) -> tuple[str, str]:
+    """A tenant with a high-limit key (RPM, TPM, budget: every limiter path runs but never
+    refuses) and two deployments (stub, tiny); and a tenant whose key has no limits at all
+    (no Redis call). Returns both tokens."""
     code = f"""
 import django, json
 django.setup()
@@ -98,11 +100,16 @@ for name, endpoint in (("stub", {stub_url!r}), ("tiny", {runtime_url!r})):
     ReplicaFactory(deployment=d, endpoint=endpoint, state="ready")
 key, token = api_key_create(actor=SYSTEM, tenant=tenant, data={{"name": "bench", "rpm_limit": 10_000_000,
     "tpm_limit": 1_000_000_000, "monthly_token_budget": 10**12}})
-print(json.dumps({{"token": token}}))
+tenant2 = TenantFactory(slug="bench-nolimit-" + uuid.uuid4().hex[:8])
+d = DeploymentFactory(tenant=tenant2, served_model_name="stub", phase="Running", max_tokens_cap=1024)
+ReplicaFactory(deployment=d, endpoint={stub_url!r}, state="ready")
+_, unlimited = api_key_create(actor=SYSTEM, tenant=tenant2, data={{"name": "bench-unlimited"}})
+print(json.dumps({{"token": token, "unlimited": unlimited}}))
 """
     env = {**os.environ, "DATABASE_URL": bench_url, "DJANGO_SETTINGS_MODULE": "console.settings.test"}
     out = subprocess.run([PY, "-c", code], cwd=ROOT, env=env, check=True, capture_output=True, text=True).stdout
-    return str(json.loads(out.strip().splitlines()[-1])["token"])
+    tokens = json.loads(out.strip().splitlines()[-1])
+    return str(tokens["token"]), str(tokens["unlimited"])
 
 
 # ----------------------------------------------------------------------------- servers
@@ -266,6 +273,78 @@ uvloop.run(main())
 """
 
 
+PAIRED_PROBE = """
+import asyncio, json, sys, time
+import aiohttp, uvloop
+direct, gateway, token, body, n = sys.argv[1], sys.argv[2], sys.argv[3], sys.argv[4].encode(), int(sys.argv[5])
+
+async def main():
+    async with aiohttp.ClientSession() as session:
+        plain = {"Content-Type": "application/json"}
+        authed = {**plain, "Authorization": "Bearer " + token}
+        times = {"direct": [], "gateway": []}
+        async def one(which):
+            url, headers = (direct, plain) if which == "direct" else (gateway, authed)
+            t0 = time.perf_counter()
+            async with session.post(url, data=body, headers=headers) as r:
+                await r.read()
+                assert r.status == 200, (which, r.status)
+            times[which].append(time.perf_counter() - t0)
+        for i in range(20):
+            await one("direct"); await one("gateway")
+        times = {"direct": [], "gateway": []}
+        for i in range(n):
+            order = ("direct", "gateway") if i % 2 else ("gateway", "direct")
+            for which in order:
+                await one(which)
+    def q(xs, p):
+        xs = sorted(xs)
+        return xs[min(len(xs) - 1, int(p * len(xs)))] * 1000
+    print(json.dumps({w: {"p50": q(t, 0.5), "p99": q(t, 0.99)} for w, t in times.items()}))
+
+uvloop.run(main())
+"""
+
+
+def paired_latency(direct_url: str, gateway_url: str, token: str, body: dict[str, Any], n: int) -> dict[str, float]:
+    """Added latency from interleaved sequential requests (direct, gateway, direct, ...), so
+    both paths see the same machine load: p50/p99 of each path in ms."""
+    out = subprocess.run(
+        [PY, "-c", PAIRED_PROBE, direct_url, gateway_url, token, json.dumps(body), str(n)],
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout
+    result = json.loads(out.strip().splitlines()[-1])
+    return {
+        "direct_p50": result["direct"]["p50"],
+        "direct_p99": result["direct"]["p99"],
+        "gateway_p50": result["gateway"]["p50"],
+        "gateway_p99": result["gateway"]["p99"],
+    }
+
+
+def histogram_quantiles(metrics_url: str, name: str) -> dict[str, float]:
+    """p50/p99 (ms) of a Prometheus histogram scraped from one gateway process."""
+    buckets: list[tuple[float, float]] = []
+    for line in httpx.get(metrics_url).text.splitlines():
+        if line.startswith(name + "_bucket{"):
+            le = line.split('le="', 1)[1].split('"', 1)[0]
+            buckets.append((float("inf") if le == "+Inf" else float(le), float(line.rsplit(" ", 1)[1])))
+    total = buckets[-1][1] if buckets else 0.0
+    result = {}
+    for label, q in (("p50", 0.5), ("p99", 0.99)):
+        target, lower, below = q * total, 0.0, 0.0
+        for bound, count in buckets:
+            if count >= target and count > below:
+                upper = bound if bound != float("inf") else lower
+                result[label] = (lower + (upper - lower) * (target - below) / (count - below)) * 1000
+                break
+            lower, below = bound, count
+    result["count"] = total
+    return result
+
+
 def client_choice(stub_url: str, n: int = 5000, concurrency: int = 16) -> dict[str, dict[str, float]]:
     """The proxy's HTTP client: aiohttp vs httpx, same requests to the stub, CPU per request."""
     results = {}
@@ -301,6 +380,8 @@ def main() -> None:
 
     procs: list[subprocess.Popen[bytes]] = []
     rows: list[tuple[str, str, int, dict[str, float]]] = []
+    paired: dict[str, dict[str, float]] = {}
+    internal: dict[str, float] = {}
     try:
         bench_url = bench_database()
         stub, stub_url = start_stub()
@@ -313,7 +394,7 @@ def main() -> None:
             model_dir = build_tiny_model(Path(tempfile.mkdtemp()) / "tiny-llama")
             runtime, runtime_url = start_runtime(model_dir)
             procs.append(runtime)
-        token = seed(bench_url, stub_url, runtime_url)
+        token, unlimited = seed(bench_url, stub_url, runtime_url)
         clients = client_choice(stub_url)
         chat_stub = {"model": "stub", "messages": [{"role": "user", "content": "Say hello"}], "max_tokens": 16}
         chat_tiny = {"model": "tiny", "messages": [{"role": "user", "content": "Say hello"}], "max_tokens": 2}
@@ -329,6 +410,14 @@ def main() -> None:
             gw, gw_url = start_gateway(bench_url, workers)
             procs.append(gw)
             wrk(gw_url + path, chat_stub, token, 8, 2)  # warm caches and pools in every worker
+            if workers == 1:
+                paired["stub (5 ms)"] = paired_latency(stub_url + path, gw_url + path, token, chat_stub, 2000)
+                paired["stub (5 ms), key without limits (no Redis call)"] = paired_latency(
+                    stub_url + path, gw_url + path, unlimited, chat_stub, 2000
+                )
+                if not args.skip_runtime:
+                    paired["tiny runtime"] = paired_latency(runtime_url + path, gw_url + path, token, chat_tiny, 200)
+                internal = histogram_quantiles(gw_url + "/metrics", "hangar_gateway_added_latency_seconds")
             for lc in latency_conns:
                 rows.append(("stub (5 ms)", f"gateway {workers}w", lc, wrk(gw_url + path, chat_stub, token, lc, d)))
             if not args.skip_runtime:
@@ -352,6 +441,22 @@ def main() -> None:
             stop(proc)
 
     direct = {(u, c): r for u, how, c, r in rows if how == "direct"}
+    print()
+    print("Added latency, interleaved sequential requests (direct, gateway, direct, ...; 1 worker; ms):")
+    print()
+    print("| upstream | direct p50 | gateway p50 | added p50 | direct p99 | gateway p99 | added p99 |")
+    print("|---|---:|---:|---:|---:|---:|---:|")
+    for upstream, r in paired.items():
+        print(
+            f"| {upstream} | {r['direct_p50']:.2f} | {r['gateway_p50']:.2f} | {r['gateway_p50'] - r['direct_p50']:.2f} "
+            f"| {r['direct_p99']:.2f} | {r['gateway_p99']:.2f} | {r['gateway_p99'] - r['direct_p99']:.2f} |"
+        )
+    if internal:
+        print()
+        print(
+            f"Gateway's own histogram (hangar_gateway_added_latency_seconds, {internal['count']:.0f} requests): "
+            f"p50 {internal.get('p50', 0):.2f} ms, p99 {internal.get('p99', 0):.2f} ms"
+        )
     print()
     print("HTTP client for the proxy (5000 requests to the stub, 16 concurrent, uvloop):")
     print()
