@@ -17,12 +17,13 @@ from channels.routing import ProtocolTypeRouter, URLRouter  # noqa: E402
 from channels.security.websocket import AllowedHostsOriginValidator  # noqa: E402
 
 from console.routing import websocket_urlpatterns  # noqa: E402
+from controlplane.core.api import BodySizeLimit  # noqa: E402
 from controlplane.gateway.app import route_http  # noqa: E402
 
 application = route_http(
     ProtocolTypeRouter(
         {
-            "http": django_asgi_app,
+            "http": BodySizeLimit(django_asgi_app),  # 413 for chunked bodies too
             "websocket": AllowedHostsOriginValidator(AuthMiddlewareStack(URLRouter(websocket_urlpatterns))),
         }
     )
