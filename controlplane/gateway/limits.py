@@ -353,17 +353,17 @@ class Limiter:
             local = self.local.admit(buckets, budgets)
             if isinstance(local, list):
                 for j in local:
-                    budget = budgets[j - 1]
-                    self.local.used.setdefault(budget.key, await self._used_from_db(budget, now))
+                    missing = budgets[j - 1]
+                    self.local.used.setdefault(missing.key, await self._used_from_db(missing, now))
                 local = self.local.admit(buckets, budgets)
             assert not isinstance(local, list)
             result = local
         denied, retry_ms, debts = result
         headers = _rate_headers(buckets, debts, self.conf.burst_fraction)
         if denied:
-            bucket = buckets[denied - 1] if denied <= len(buckets) else None
-            budget = budgets[denied - len(buckets) - 1] if denied > len(buckets) else None
-            reason, scope, message, retry = _denial(bucket, budget, retry_ms, _month(now)[2], tokens)
+            denied_bucket = buckets[denied - 1] if denied <= len(buckets) else None
+            denied_budget = budgets[denied - len(buckets) - 1] if denied > len(buckets) else None
+            reason, scope, message, retry = _denial(denied_bucket, denied_budget, retry_ms, _month(now)[2], tokens)
             metrics.count_decision(reason, backend)
             return Decision(
                 allowed=False, reason=reason, scope=scope, message=message, retry_after=retry, headers=headers
