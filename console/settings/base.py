@@ -179,6 +179,9 @@ HANGAR_METRICS_RETENTION_SECONDS = env.int("HANGAR_METRICS_RETENTION_SECONDS", 3
 HANGAR_HEALTH_FAILURE_THRESHOLD = env.int("HANGAR_HEALTH_FAILURE_THRESHOLD", 3, minimum=1)
 HANGAR_READY_TIMEOUT = env.float("HANGAR_READY_TIMEOUT", 300.0, minimum=1.0)
 HANGAR_RUNTIME_IMAGE = env.str("HANGAR_RUNTIME_IMAGE", "hangar-runtime:latest")
+# Directories model sources must live under (empty = anywhere; production requires a list) so
+# that registering a model cannot be used to probe the control plane's filesystem.
+HANGAR_MODEL_ROOTS = [str(Path(p).resolve()) for p in env.list("HANGAR_MODEL_ROOTS", [])]
 HANGAR_DEMO_MODEL_DIR = Path(env.str("HANGAR_DEMO_MODEL_DIR", str(DATA_DIR / "models" / "tiny-llama")))
 # Deployment engine: reconcile lease (a dead worker's claim expires after this), how long a
 # Failed deployment waits before trying its spec again, the label that keeps installations

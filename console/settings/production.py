@@ -7,6 +7,7 @@ from console.settings.base import (
     DATABASES,
     DEBUG,
     HANGAR_KEY_PEPPER,
+    HANGAR_MODEL_ROOTS,
     INSECURE_DEFAULT_PEPPER,
     INSECURE_DEFAULT_SECRET,
     SECRET_KEY,
@@ -20,6 +21,9 @@ if HANGAR_KEY_PEPPER == INSECURE_DEFAULT_PEPPER or len(HANGAR_KEY_PEPPER) < 32:
     raise ImproperlyConfigured("Set HANGAR_KEY_PEPPER to a random value of at least 32 characters for production.")
 if DATABASES["default"]["ENGINE"].endswith("sqlite3"):
     raise ImproperlyConfigured("Production needs PostgreSQL: set DATABASE_URL=postgres://user:pass@host:5432/db.")
+
+if not HANGAR_MODEL_ROOTS:
+    raise ImproperlyConfigured("Set HANGAR_MODEL_ROOTS to the directories that hold models (comma-separated).")
 
 SESSION_COOKIE_SECURE = True
 CSRF_COOKIE_SECURE = True

@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+from django.conf import settings
 from django.db import transaction
 
 from controlplane.audit.services import audit_record
@@ -44,6 +45,12 @@ def model_register(
     path = Path(source)
     if not path.is_absolute():
         raise ValidationFailed("Relative path.", field_errors={"source": ["Give an absolute directory path."]})
+    roots = [Path(root) for root in settings.HANGAR_MODEL_ROOTS]
+    if roots and not any(path.resolve().is_relative_to(root) for root in roots):
+        raise ValidationFailed(
+            "Outside the model roots.",
+            field_errors={"source": [f"Model directories must be under one of: {', '.join(map(str, roots))}."]},
+        )
     if not path.is_dir():
         raise ValidationFailed(
             "Model directory not found.",

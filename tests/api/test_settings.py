@@ -106,6 +106,7 @@ GOOD_PRODUCTION = {
     "HANGAR_KEY_PEPPER": "p" * 40,
     "DATABASE_URL": "postgres://hangar:hangar@127.0.0.1:54329/hangar",
     "REDIS_URL": "redis://127.0.0.1:63790/0",
+    "HANGAR_MODEL_ROOTS": "/srv/models",
 }
 
 
@@ -132,6 +133,7 @@ def test_production_loads_with_real_secrets() -> None:
         ({"HANGAR_SECRET_KEY": "short"}, "Set HANGAR_SECRET_KEY"),
         ({"HANGAR_KEY_PEPPER": ""}, "Set HANGAR_KEY_PEPPER"),
         ({"DATABASE_URL": ""}, "Production needs PostgreSQL"),
+        ({"HANGAR_MODEL_ROOTS": ""}, "Set HANGAR_MODEL_ROOTS"),
         ({"HANGAR_DEBUG": "sometimes"}, "HANGAR_DEBUG='sometimes' is not a boolean"),
         ({"HANGAR_MAX_BODY_BYTES": "1MB"}, "HANGAR_MAX_BODY_BYTES='1MB' is not an integer"),
         ({"REDIS_URL": "localhost:6379"}, "REDIS_URL='localhost:6379' must start with redis://"),

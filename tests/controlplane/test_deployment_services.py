@@ -139,3 +139,22 @@ def test_model_of_another_tenant_is_refused(actor: Actor, deployment: Deployment
             target=deployment.target,
             data={"name": "x"},
         )
+
+
+def test_model_sources_are_confined_to_the_model_roots(actor: Actor, tmp_path: Any, settings: Any) -> None:
+    from controlplane.catalog.services import model_register
+
+    allowed = tmp_path / "models"
+    (allowed / "m").mkdir(parents=True)
+    (allowed / "m" / "model.safetensors").write_bytes(b"\x02\x00\x00\x00\x00\x00\x00\x00{}")
+    outside = tmp_path / "elsewhere"
+    outside.mkdir()
+    settings.HANGAR_MODEL_ROOTS = [str(allowed.resolve())]
+    tenant = TenantFactory()
+    with pytest.raises(ValidationFailed) as err:
+        model_register(actor=actor, tenant=tenant, name="x", source=str(outside))
+    assert "must be under one of" in err.value.field_errors["source"][0]
+    with pytest.raises(ValidationFailed):  # ../ cannot climb out either
+        model_register(actor=actor, tenant=tenant, name="x", source=str(allowed / ".." / "elsewhere"))
+    model = model_register(actor=actor, tenant=tenant, name="ok", source=str(allowed / "m"))
+    assert model.format == "safetensors"
