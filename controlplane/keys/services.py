@@ -48,10 +48,11 @@ def _validate(data: dict[str, Any]) -> dict[str, Any]:
         errors["allowed_models"] = [f"Give a list of up to {MAX_ALLOWED_MODELS} model names."]
     else:
         clean["allowed_models"] = list(dict.fromkeys(allowed))
-    for field in ("rpm_limit", "tpm_limit", "monthly_token_budget"):
+    # Upper bounds are the column sizes: int32 for per-minute limits, int64 for the budget.
+    for field, ceiling in (("rpm_limit", 2**31 - 1), ("tpm_limit", 2**31 - 1), ("monthly_token_budget", 10**15)):
         value = data.get(field, 0)
-        if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value <= 10**12:
-            errors[field] = ["Must be a whole number ≥ 0 (0 = no limit of its own)."]
+        if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value <= ceiling:
+            errors[field] = [f"Must be a whole number from 0 to {ceiling} (0 = no limit of its own)."]
         else:
             clean[field] = value
     expires_at = data.get("expires_at")
