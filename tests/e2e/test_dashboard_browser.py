@@ -323,7 +323,7 @@ def test_dashboard_end_to_end(product: dict[str, Any], tiny_model_dir: Path, mon
             with step("phase reaches Running without reloading"):
                 page.evaluate("window.__noReload = true")
                 expect(page.locator(".ws-state")).to_have_text("live")
-                expect(page.get_by_test_id("phase")).to_have_text("Running", timeout=240_000)
+                expect(page.get_by_test_id("phase")).to_have_text("Running", timeout=420_000)
                 assert page.evaluate("window.__noReload === true"), "the page was reloaded"
                 expect(page.locator("[data-progress] li[data-step=ready]")).to_have_class("done")
                 expect(page.locator("#events")).to_contain_text("Created")
