@@ -137,16 +137,23 @@ class Server:
         self.proc.wait(timeout=60)
         self.log.close()
 
-    def rss(self) -> int:
+    def gauge(self, series: str) -> int:
         for line in httpx.get(self.url + "/metrics").text.splitlines():
-            if line.startswith('hangar_runtime_memory_bytes{kind="rss"}'):
+            if line.startswith(series + " "):
                 return int(float(line.split()[-1]))
         return 0
+
+    def rss(self) -> int:
+        return self.gauge('hangar_runtime_memory_bytes{kind="rss"}')
+
+    def weights(self) -> int:
+        return self.gauge("hangar_runtime_model_weights_bytes")
 
 
 def _dechunk(body: bytes) -> bytes:
     """Undo HTTP/1.1 chunked transfer encoding."""
-    out, pos = [], 0
+    out: list[bytes] = []
+    pos = 0
     while True:
         eol = body.index(b"\r\n", pos)
         size = int(body[pos:eol].split(b";")[0], 16)
@@ -299,7 +306,7 @@ def main() -> int:
                 burst = run
         torch.set_num_threads(default_threads)
         staggered = bench_runtime(server.url, prompts, n, stagger=args.stagger)
-        fp32_rss = server.rss()
+        fp32_rss, fp32_weights = server.rss(), server.weights()
     figures["b_padded_tok_s"] = total / t_b
     figures["b_threads"] = best_b_threads
     del model
@@ -316,9 +323,9 @@ def main() -> int:
     for label, extra in (("int8", ["--quantization", "int8"]), ("bfloat16", ["--dtype", "bfloat16"])):
         with Server(model_dir, *threads, *extra) as server:
             run = bench_runtime(server.url, prompts, n)
-            variants[label] = {"tok_s": run["tok_s"], "rss": server.rss()}
+            variants[label] = {"tok_s": run["tok_s"], "rss": server.rss(), "weights": server.weights()}
         print(f"({label}) done: {run['tok_s']:.0f} tok/s", file=sys.stderr)
-    variants = {"float32": {"tok_s": burst["tok_s"], "rss": fp32_rss}, **variants}
+    variants = {"float32": {"tok_s": burst["tok_s"], "rss": fp32_rss, "weights": fp32_weights}, **variants}
 
     a, b = figures["a_one_by_one_tok_s"], figures["b_padded_tok_s"]
     c = figures["c_generate_batch_tok_s"]
@@ -347,10 +354,10 @@ def main() -> int:
         f"p99 {staggered['ttft_p99'] * 1000:.0f} ms"
     )
     print()
-    print("| runtime dtype | tok/s (32 streams) | resident memory |")
-    print("|---|---:|---:|")
+    print("| runtime dtype | tok/s (32 streams) | weights | process resident memory |")
+    print("|---|---:|---:|---:|")
     for label, v in variants.items():
-        print(f"| {label} | {v['tok_s']:,.0f} | {v['rss'] / 2**20:,.0f} MiB |")
+        print(f"| {label} | {v['tok_s']:,.0f} | {v['weights'] / 2**20:,.1f} MiB | {v['rss'] / 2**20:,.0f} MiB |")
 
     figures.update(
         {

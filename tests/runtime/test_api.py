@@ -265,6 +265,7 @@ def test_metrics_move_as_requests_are_served(runtime_server: RuntimeServer) -> N
     assert delta("hangar_runtime_e2e_latency_seconds_count") == 1
     assert delta("hangar_runtime_inter_token_latency_seconds_count") == 11
     assert after['hangar_runtime_memory_bytes{kind="rss"}'] > 50 * 1024 * 1024
+    assert after["hangar_runtime_model_weights_bytes"] > 10 * 1024 * 1024
     assert after["hangar_runtime_requests_in_flight"] == 0
     assert after["hangar_runtime_batch_size"] == 0
     assert after["hangar_runtime_queue_depth"] == 0

@@ -82,6 +82,9 @@ def test_int8_quantizes_linear_layers(runtime_model_dir: Path) -> None:
     loaded = load_model(runtime_model_dir, LoadOptions(quantization="int8"))
     q_proj = loaded.model.model.layers[0].self_attn.q_proj
     assert "quantized" in type(q_proj).__module__
+    full = load_model(runtime_model_dir, LoadOptions())
+    # Linear weights shrink 4x; embeddings stay float32.
+    assert full.weights_bytes > 2.5 * loaded.weights_bytes
     with pytest.raises(ModelLoadError, match="float32"):
         load_model(runtime_model_dir, LoadOptions(quantization="int8", dtype="bfloat16"))
 

@@ -44,6 +44,7 @@ class LoadedModel:
     eos_token_ids: list[int]
     max_model_len: int
     num_parameters: int
+    weights_bytes: int
 
 
 def check_weights(model_dir: Path, allow_unsafe: bool) -> bool:
@@ -119,7 +120,26 @@ def load_model(model_dir: Path, options: LoadOptions) -> LoadedModel:
     tok_max = int(getattr(tokenizer, "model_max_length", 0) or 0)
     if tok_max and tok_max < 10**9:  # transformers uses a huge sentinel when unknown
         max_len = min(max_len, tok_max) if max_len else tok_max
-    return LoadedModel(model, tokenizer, eos, max_len or 2048, num_parameters)
+    return LoadedModel(model, tokenizer, eos, max_len or 2048, num_parameters, weights_bytes(model))
+
+
+def weights_bytes(model: Any) -> int:
+    """Bytes held by the model's weights and buffers, quantized packed weights included."""
+    import torch
+
+    total = 0
+
+    def add(value: object) -> None:
+        nonlocal total
+        if isinstance(value, torch.Tensor):
+            total += value.numel() * value.element_size()
+        elif isinstance(value, tuple | list):  # quantized Linear keeps (weight, bias) packed
+            for item in value:
+                add(item)
+
+    for value in model.state_dict().values():
+        add(value)
+    return total
 
 
 def quantize_int8(model: Any) -> Any:

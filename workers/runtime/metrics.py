@@ -25,6 +25,8 @@ name                                           type       meaning
                                                           memory; on CUDA also
                                                           ``kind="gpu_allocated"`` and
                                                           ``kind="gpu_reserved"``
+``hangar_runtime_model_weights_bytes``        gauge      bytes of weights as loaded (after
+                                                          dtype conversion / quantization)
 ``hangar_runtime_ready``                       gauge      1 when /health answers 200
 ``hangar_runtime_max_batch_size``              gauge      the configured batch limit
 =============================================  =========  ==================================
@@ -83,6 +85,7 @@ class RuntimeMetrics:
             PREFIX + "e2e_latency_seconds", "Arrival to last token.", buckets=_E2E_BUCKETS, registry=r
         )
         self.memory = Gauge(PREFIX + "memory_bytes", "Memory use.", ["kind"], registry=r)
+        self.model_weights = Gauge(PREFIX + "model_weights_bytes", "Bytes of weights as loaded.", registry=r)
         self.ready = Gauge(PREFIX + "ready", "1 when the replica serves requests.", registry=r)
         self.max_batch_size = Gauge(PREFIX + "max_batch_size", "Configured batch limit.", registry=r)
         self._cuda = cuda

@@ -184,9 +184,11 @@ class Runtime:
                 if cfg.max_model_len > max_len:
                     raise ModelLoadError(f"--max-model-len {cfg.max_model_len} exceeds the model's limit of {max_len}")
                 max_len = cfg.max_model_len
+            self.metrics.model_weights.set(loaded.weights_bytes)
             stage(
                 "loaded",
                 parameters=loaded.num_parameters,
+                weights_bytes=loaded.weights_bytes,
                 max_model_len=max_len,
                 seconds=f"{time.monotonic() - started:.2f}",
             )
