@@ -3,12 +3,15 @@
 from __future__ import annotations
 
 import hashlib
+import subprocess
+import sys
 from pathlib import Path
 from typing import Any
 
 import pytest
 import torch
 
+from tests.runtime.conftest import REPO_ROOT
 from workers.runtime.detokenizer import IncrementalDetokenizer
 from workers.runtime.loader import LoadOptions, ModelLoadError, check_weights, load_model
 from workers.runtime.protocol import ApiError, parse_chat, parse_completion
@@ -55,6 +58,24 @@ def test_tiny_model_loads_with_auto_classes(runtime_model_dir: Path, reference_m
 
 
 # ------------------------------------------------------------------ loader
+
+
+def test_runtime_imports_nothing_from_the_control_plane(runtime_model_dir: Path) -> None:
+    """The replica image holds only workers/runtime: no Django, console or controlplane."""
+    code = (
+        "import sys\n"
+        "from pathlib import Path\n"
+        "from workers.runtime.__main__ import build_parser\n"
+        "from workers.runtime.server import Runtime, ServerConfig, create_app\n"
+        "from workers.runtime.loader import LoadOptions, load_model\n"
+        "from workers.runtime.engine import Engine\n"
+        f"loaded = load_model(Path({str(runtime_model_dir)!r}), LoadOptions())\n"
+        "Engine(loaded.model, loaded.tokenizer).warmup()\n"
+        "bad = sorted({m.split('.')[0] for m in sys.modules} & {'django', 'console', 'controlplane', 'rest_framework'})\n"
+        "print(bad)\n"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, cwd=REPO_ROOT)
+    assert out.stdout.strip().splitlines()[-1] == "[]"
 
 
 def test_check_weights(tmp_path: Path, runtime_model_dir: Path) -> None:

@@ -334,7 +334,7 @@ class Engine:
         seq.finished = True
         if reason in ("stop", "length"):
             text += seq.detok.flush(seq.output_ids)
-        if self.metrics:
+        if self.metrics and reason in ("stop", "length"):  # completed generations only
             self.metrics.e2e_latency.observe(time.monotonic() - seq.request.arrival)
         self._pending.append(
             (
