@@ -18,6 +18,7 @@ import json
 import logging
 import time
 from collections.abc import Awaitable, Callable, MutableMapping, Sequence
+from datetime import UTC, datetime
 from typing import Any
 
 import aiohttp
@@ -57,13 +58,14 @@ class ClientGone(Exception):
 class Exchange:
     """One HTTP exchange: remembers whether the response started, adds common headers."""
 
-    __slots__ = ("extra_headers", "post", "send", "started", "status")
+    __slots__ = ("extra_headers", "model", "post", "send", "started", "status")
 
     def __init__(self, send: Send) -> None:
         self.send = send
         self.started = False
         self.status = 0
         self.post = 0.0  # seconds spent after the upstream answered (added latency)
+        self.model = "-"  # metrics label: a served model name that exists, never raw input
         self.extra_headers: list[tuple[bytes, bytes]] = []
 
     async def start(self, status: int, content_type: bytes, headers: Sequence[tuple[bytes, bytes]] = ()) -> None:
@@ -235,12 +237,11 @@ class Gateway:
         exchange = Exchange(send)
         path: str = scope["path"]
         method: str = scope["method"]
-        label = "-"
         try:
             if path in (CHAT_PATH, COMPLETIONS_PATH):
                 if method != "POST":
                     raise GatewayError(405, f"Use POST for {path}.", code="method_not_allowed")
-                label = await self.completion(scope, receive, exchange, chat=path == CHAT_PATH)
+                await self.completion(scope, receive, exchange, chat=path == CHAT_PATH)
             elif path == "/v1/models" or path.startswith("/v1/models/"):
                 if method != "GET":
                     raise GatewayError(405, f"Use GET for {path}.", code="method_not_allowed")
@@ -269,7 +270,7 @@ class Gateway:
                 await exchange.error(
                     GatewayError(500, "The gateway failed to process the request.", type="server_error")
                 )
-        metrics.count_request(label, exchange.status)
+        metrics.count_request(exchange.model, exchange.status)
 
     # ------------------------------------------------------------------ /v1/models
 
@@ -294,7 +295,7 @@ class Gateway:
 
     # ------------------------------------------------------------------ completions
 
-    async def completion(self, scope: Message, receive: Receive, exchange: Exchange, *, chat: bool) -> str:
+    async def completion(self, scope: Message, receive: Receive, exchange: Exchange, *, chat: bool) -> None:
         t0 = time.perf_counter()
         key = await authenticate(self.keys, scope["headers"], Scope.INFERENCE)
         body = await read_body(scope, receive, self.conf.max_body_bytes)
@@ -303,6 +304,7 @@ class Gateway:
         route = routes.get(request.model)
         if route is None or (key.allowed_models and request.model not in key.allowed_models):
             raise model_not_found(request.model)
+        exchange.model = route.served_model_name
         if request.max_tokens is not None and request.max_tokens > route.max_tokens_cap:
             raise bad_request(
                 f"'max_tokens' is {request.max_tokens}, above this model's limit of {route.max_tokens_cap}.",
@@ -343,7 +345,6 @@ class Gateway:
             )
         self.meter.touch(key.pk, route.deployment_id)
         await self._proxy_guarded(receive, exchange, key, route, request, upstream_body, decision, chat, t0)
-        return route.served_model_name
 
     async def _proxy_guarded(
         self,
@@ -431,8 +432,6 @@ class Gateway:
             last = self._woken.get(route.deployment_id, 0.0)
             if time.monotonic() - last > WAKE_DEBOUNCE_SECONDS:
                 self._woken[route.deployment_id] = time.monotonic()
-                from datetime import UTC, datetime
-
                 try:
                     await run_db(deployment_wake, deployment_id=route.deployment_id, at=datetime.now(UTC))
                 except Exception:

@@ -320,6 +320,7 @@ class Limiter:
         self._pending_tokens: dict[str, int] = {}
         self._batch: list[tuple[list[str], list[float | int | str], asyncio.Future[list[Any]]]] = []
         self._batch_scheduled = False
+        self._admits_in_flight = 0
         metrics.REDIS_FALLBACK.set(0)
 
     # ------------------------------------------------------------------ admission
@@ -385,7 +386,15 @@ class Limiter:
         for bud in budgets:
             args += [bud.limit, bud.cost]
         for _ in range(2):
-            reply = await self._admit_batched(keys, args)
+            if not self._batch and not self._admits_in_flight:
+                # Nothing else in flight: send at once rather than wait a loop iteration.
+                self._admits_in_flight += 1
+                try:
+                    reply = await self._admit(keys=keys, args=args)
+                finally:
+                    self._admits_in_flight -= 1
+            else:
+                reply = await self._admit_batched(keys, args)
             if int(reply[0]) != -1:
                 return int(reply[1]), float(reply[2]), [float(x) for x in reply[3:]]
             now = time.time()
@@ -439,6 +448,8 @@ class Limiter:
                     future.set_exception(exc if isinstance(exc, Exception) else RedisError("cancelled"))
             if not isinstance(exc, Exception):
                 raise
+        finally:
+            self._admits_in_flight -= 1
 
     async def _used_from_db(self, budget: Budget, now: float) -> int:
         _, start, _ = _month(now)
