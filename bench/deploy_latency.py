@@ -86,7 +86,7 @@ def use_bench_broker() -> None:
 
     url = settings.REDIS_URL.rsplit("/", 1)[0] + f"/{BROKER_DB}"
     redis.Redis.from_url(url).flushdb()
-    app.conf.broker_url = url
+    app.conf.broker_write_url = url  # what producers use (broker_url is already resolved into it)
     app._pool = None
     app.amqp._producer_pool = None
 

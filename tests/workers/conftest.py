@@ -57,12 +57,13 @@ def test_broker(transactional_db: Any) -> Iterator[str]:
 
     url = test_broker_url()
     redis.Redis.from_url(url).flushdb()
-    saved = app.conf.broker_url
-    app.conf.broker_url = url
+    # broker_write_url is what producers use; setting broker_url afterwards does not reach it.
+    saved = app.conf.broker_write_url
+    app.conf.broker_write_url = url
     app._pool = None
     app.amqp._producer_pool = None
     yield url
-    app.conf.broker_url = saved
+    app.conf.broker_write_url = saved
     app._pool = None
     app.amqp._producer_pool = None
 

@@ -97,3 +97,22 @@ def test_watch_debounce_coalesces_bursts() -> None:
     for deployment_id in (1, 1, 2, 1, 2):
         nudge(deployment_id)
     assert seen == [1, 2]
+
+
+def test_service_enqueues_reach_the_test_broker(test_broker: str) -> None:
+    """Guard for the worker tests: what services enqueue must land where the test workers listen."""
+    import redis
+
+    from controlplane.core.context import SYSTEM
+    from controlplane.deployments import services
+    from tests.factories import ModelFactory, TenantFactory
+
+    tenant = TenantFactory()
+    services.deployment_create(
+        actor=SYSTEM,
+        tenant=tenant,
+        model=ModelFactory(tenant=tenant),
+        target=TargetFactory(tenant=tenant),
+        data={"name": "queued"},
+    )
+    assert redis.Redis.from_url(test_broker).llen("celery") == 1
