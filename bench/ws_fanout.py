@@ -62,7 +62,7 @@ async def _clients(
 ) -> None:
     from websockets.asyncio.client import connect
 
-    latencies: list[float] = []
+    latencies: list[tuple[int, float]] = []
     received = [0] * count
     duplicates = 0
     seen: list[set[int]] = [set() for _ in range(count)]
@@ -93,7 +93,7 @@ async def _clients(
                 continue
             seen[index].add(seq)
             received[index] += 1
-            latencies.append(now - message["bench_sent_at"])
+            latencies.append((seq, now - message["bench_sent_at"]))
             if received[index] >= expected:
                 return
 
@@ -255,6 +255,7 @@ def main() -> None:
         default=[],
         help="extra uvicorn argument (repeatable), e.g. --ws=websockets-sansio",
     )
+    parser.add_argument("--per-update", action="store_true", help="also print each update's p50 and max")
     parser.add_argument("--grace", type=float, default=10.0, help="seconds to wait for stragglers")
     args = parser.parse_args()
 
@@ -308,7 +309,8 @@ def main() -> None:
         server.wait(timeout=30)
         remove_fixture(fixture)
 
-    latencies = [value for c in collected for value in c["latencies"]]
+    pairs = [pair for c in collected for pair in c["latencies"]]
+    latencies = [value for _, value in pairs]
     delivered = sum(c["received"] for c in collected)
     expected = connected * args.messages
     ms = [v * 1000 for v in latencies]
@@ -329,6 +331,14 @@ def main() -> None:
         f"{percentile(ms, 0.99):.1f} | {max(ms, default=float('nan')):.1f} | "
         f"{statistics.fmean(ms) if ms else float('nan'):.1f} |"
     )
+
+    if args.per_update:
+        print()
+        print("| update | p50 ms | max ms |")
+        print("|---:|---:|---:|")
+        for seq in range(args.messages):
+            values = [v * 1000 for s, v in pairs if s == seq]
+            print(f"| {seq} | {percentile(values, 0.5):.1f} | {max(values, default=float('nan')):.1f} |")
 
 
 if __name__ == "__main__":
