@@ -137,6 +137,8 @@ class Command(BaseCommand):
                 "--port",
                 str(port),
                 "--no-access-log",
+                "--ws-per-message-deflate",
+                "false",
                 "--timeout-graceful-shutdown",
                 "5",
             ],
