@@ -71,10 +71,10 @@ def start_worker(data_dir: Path, log: Path, resync: float) -> subprocess.Popen[b
     with log.open("ab") as out:
         proc = subprocess.Popen(
             [str(REPO / ".venv/bin/celery"), "-A", "console", "worker", "-B", "--schedule", str(log.with_suffix(".db")),
-             "--concurrency", "2", "--loglevel", "WARNING", "--without-gossip", "--without-mingle"],
+             "--concurrency", "2", "--loglevel", "INFO", "--without-gossip", "--without-mingle"],
             cwd=REPO, env=env, stdout=out, stderr=subprocess.STDOUT, start_new_session=True,
         )  # fmt: skip
-    time.sleep(0.2)
+    wait_for(lambda: "ready." in log.read_text(errors="replace"), timeout=120)  # measure work, not boot
     return proc
 
 
