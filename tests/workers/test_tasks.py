@@ -25,10 +25,12 @@ def test_task_names_match_what_the_control_plane_enqueues() -> None:
 
 
 def test_beat_schedule_resyncs_every_deployment() -> None:
+    from django.conf import settings
+
     from console.celery import app
 
+    app.loader.import_default_modules()  # what a worker does at start: autodiscovery included
     schedule = app.conf.beat_schedule
-    from django.conf import settings
 
     assert schedule["hangar-resync-deployments"]["schedule"] == settings.HANGAR_RESYNC_INTERVAL
     assert {entry["task"] for entry in schedule.values()} <= set(app.tasks)
