@@ -236,3 +236,28 @@ def test_live_cluster_apply_list_teardown() -> None:
         driver.list(999_001)
     finally:
         driver.teardown(999_001)
+
+
+@pytest.mark.django_db
+def test_api_errors_map_to_failed_or_degraded(cluster: FakeCluster, k8s_run: Any, monkeypatch: Any) -> None:
+    from kubernetes.client.exceptions import ApiException
+
+    deployment = DeploymentFactory(replicas=1, target__kind="kubernetes", target__kube_namespace="serving")
+
+    def forbidden(*args: Any, **kwargs: Any) -> Any:
+        exc = ApiException(status=403, reason="Forbidden")
+        exc.body = '{"message": "deployments.apps is forbidden: User \\"hangar\\" cannot create"}'
+        raise exc
+
+    monkeypatch.setattr(cluster.apps, "create_namespaced_deployment", forbidden)
+    k8s_run(deployment)
+    assert deployment.phase == Phase.FAILED and "cannot create" in deployment.phase_message
+
+    def unreachable(*args: Any, **kwargs: Any) -> Any:
+        raise ConnectionRefusedError("Connection refused")
+
+    monkeypatch.setattr(cluster.core, "list_namespaced_pod", unreachable)
+    monkeypatch.setattr(cluster.apps, "read_namespaced_deployment", unreachable)
+    outcome = k8s_run(deployment)
+    assert outcome.temporary_error and deployment.phase == Phase.DEGRADED
+    assert "unreachable" in deployment.phase_message
