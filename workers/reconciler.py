@@ -547,6 +547,9 @@ def collect_orphans(driver: Driver) -> list[str]:
             driver.teardown(deployment_id)
             removed.append(f"deployment {deployment_id}")
         return removed
+    kill_strays = getattr(driver, "kill_strays", None)
+    if kill_strays is not None:  # local processes that lost their state file
+        removed += [f"pid {pid}" for pid in kill_strays()]
     observed = driver.list(None)
     existing = set(Deployment.objects.filter(pk__in={r.deployment_id for r in observed}).values_list("pk", flat=True))
     for replica in observed:

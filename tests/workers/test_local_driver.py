@@ -124,3 +124,16 @@ def test_state_survives_a_new_driver_instance(driver: LocalDriver, model_dir: Pa
     assert [r.backend_id for r in fresh.list()] == [created.backend_id]
     other_instance = LocalDriver(state_dir=tmp_path / "replicas", instance="other", runtime_module=FAKE)
     assert other_instance.list() == []
+
+
+def test_a_replica_without_state_file_is_found_as_a_stray(driver: LocalDriver, model_dir: Path) -> None:
+    created = driver.create(spec(model_dir))
+    state = driver._read_state(driver._state_path(created.backend_id))
+    driver._state_path(created.backend_id).unlink()  # the worker died before writing it
+    assert driver.list(7) == []
+    assert driver.strays() == []  # too young: its creator may still be writing the file
+    assert driver.strays(min_age_s=0) == [state["pid"]]
+    other = LocalDriver(state_dir=driver.root.parent, instance="other", runtime_module=FAKE)
+    assert other.strays(min_age_s=0) == []  # another installation's processes are not ours
+    driver._stop(state["pid"], state["start_ticks"])
+    assert driver.strays(min_age_s=0) == []

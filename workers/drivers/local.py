@@ -34,6 +34,8 @@ from workers.drivers.base import (
 )
 
 STOP_GRACE_S = 10.0
+STRAY_MARK = "HANGAR_LOCAL_REPLICA_OF"
+STRAY_MIN_AGE_S = 60.0
 
 
 def _proc_start_ticks(pid: int) -> int | None:
@@ -170,7 +172,13 @@ class LocalDriver(Driver):
             self.runtime_module,
             *spec.runtime_args(model=str(model), host="127.0.0.1", port=port),
         ]
-        env = {**os.environ, "PYTHONUNBUFFERED": "1", "HANGAR_RUNTIME_PORT": str(port)}
+        env = {
+            **os.environ,
+            "PYTHONUNBUFFERED": "1",
+            "HANGAR_RUNTIME_PORT": str(port),
+            # Marks the process as ours even if its state file was never written (see strays()).
+            STRAY_MARK: self.instance,
+        }
         with log_path.open("ab") as log:
             # Own session: the replica survives its worker (even kill -9) and can be stopped
             # as a process group.
@@ -254,6 +262,42 @@ class LocalDriver(Driver):
                 path.unlink(missing_ok=True)
             with contextlib.suppress(OSError):
                 directory.rmdir()
+
+    def strays(self, *, min_age_s: float = STRAY_MIN_AGE_S) -> list[int]:
+        """Replica processes of this installation that no state file knows about.
+
+        A worker killed between starting a replica and writing its state file leaves one; they
+        are found by the mark in their environment. Young processes are left alone: their
+        creator may be writing the file right now.
+        """
+        known = set()
+        for path in self.root.glob("*/*.json") if self.root.is_dir() else []:
+            state = self._read_state(path)
+            if state is not None:
+                known.add(int(state["pid"]))
+        mark = f"{STRAY_MARK}={self.instance}".encode()
+        ticks_per_s = os.sysconf("SC_CLK_TCK")
+        uptime_s = float(Path("/proc/uptime").read_text().split()[0])
+        found = []
+        for entry in Path("/proc").iterdir():
+            if not entry.name.isdigit() or int(entry.name) in known or int(entry.name) == os.getpid():
+                continue
+            try:
+                environ = (entry / "environ").read_bytes().split(b"\0")
+            except OSError:
+                continue
+            if mark not in environ:
+                continue
+            ticks = _proc_start_ticks(int(entry.name))
+            if ticks is not None and uptime_s - ticks / ticks_per_s >= min_age_s:
+                found.append(int(entry.name))
+        return found
+
+    def kill_strays(self) -> list[int]:
+        pids = self.strays()
+        for pid in pids:
+            self._stop(pid, _proc_start_ticks(pid))
+        return pids
 
     def check(self) -> dict[str, Any]:
         return {"reachable": True, "version": f"python {sys.version.split()[0]}", "gpus": 0, "error": ""}
