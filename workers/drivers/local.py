@@ -9,6 +9,7 @@ port and labels. ``list`` therefore works the same after a worker restart.
 
 from __future__ import annotations
 
+import builtins
 import contextlib
 import json
 import os
@@ -263,7 +264,7 @@ class LocalDriver(Driver):
             with contextlib.suppress(OSError):
                 directory.rmdir()
 
-    def strays(self, *, min_age_s: float = STRAY_MIN_AGE_S) -> list[int]:
+    def strays(self, *, min_age_s: float = STRAY_MIN_AGE_S) -> builtins.list[int]:
         """Replica processes of this installation that no state file knows about.
 
         A worker killed between starting a replica and writing its state file leaves one; they
@@ -293,7 +294,7 @@ class LocalDriver(Driver):
                 found.append(int(entry.name))
         return found
 
-    def kill_strays(self) -> list[int]:
+    def kill_strays(self) -> builtins.list[int]:
         pids = self.strays()
         for pid in pids:
             self._stop(pid, _proc_start_ticks(pid))
