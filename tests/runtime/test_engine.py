@@ -151,3 +151,34 @@ def test_queue_limit_and_cancel(reference_model: tuple[Any, Any]) -> None:
     engine._flush()
     assert collector.outputs["a"][-1].finish_reason == "cancelled"
     assert engine.batch_size == 1, "the waiting request took the freed slot"
+
+
+def test_long_prompt_is_prefilled_in_chunks_while_the_batch_keeps_decoding(
+    engine: Engine, reference_model: tuple[Any, Any]
+) -> None:
+    from workers.runtime.engine import PREFILL_CHUNK
+
+    model, tokenizer = reference_model
+    long_prompt = " ".join(PROMPTS * 14)
+    long_ids = tokenizer(long_prompt)["input_ids"][: 2 * PREFILL_CHUNK + 100]
+    assert len(long_ids) > 2 * PREFILL_CHUNK
+    engine.deliver = Collector()
+    with torch.inference_mode():
+        short = engine.submit(
+            GenerationRequest(tokenizer(PROMPTS[1])["input_ids"], max_tokens=20, sampling=GREEDY, ignore_eos=True), "s"
+        )
+        engine.step()
+        long = engine.submit(GenerationRequest(long_ids, max_tokens=10, sampling=GREEDY, ignore_eos=True), "l")
+        progress = []
+        for _ in range(3):  # three chunks: 512 + 512 + 100 tokens
+            before = len(short.output_ids)
+            engine.step()
+            progress.append(len(short.output_ids) - before)
+        assert progress == [1, 1, 1], "the running sequence decodes during every chunk"
+        # Joined after its last chunk: first token from the prefill, one more from that decode step.
+        assert len(long.output_ids) == 2
+        while engine.batch_size or engine.queue_depth:
+            engine.step()
+    ref = model.generate(torch.tensor([long_ids]), max_new_tokens=10, do_sample=False, eos_token_id=-1)
+    assert long.output_ids == ref[0, len(long_ids) :].tolist()
+    assert short.output_ids == reference_greedy(model, tokenizer, PROMPTS[1], 20)

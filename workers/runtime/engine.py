@@ -4,6 +4,8 @@ Scheduling is iteration-level. Between two decode steps the loop (1) drops seque
 client went away, (2) prefills newly arrived requests (several at once, left-padded) and
 splices them into the running batch, (3) runs one decode step for every running sequence and
 (4) removes finished sequences at once. Nobody waits for the slowest member of a batch.
+Prompts longer than ``PREFILL_CHUNK`` tokens are prefilled alone, one chunk per iteration
+(chunked prefill), so a long prompt never stalls the running streams for its whole prefill.
 
 KV cache layout: one batched ``DynamicCache`` whose rows are *left-padded* to a common length
 ``T``. A 2-D attention mask marks the padding and explicit per-row ``position_ids`` keep
@@ -45,6 +47,10 @@ log = logging.getLogger(__name__)
 # Upper bound of padded prompt tokens prefilled in one forward pass: keeps the pause that a
 # burst of arrivals imposes on running streams short.
 PREFILL_TOKEN_BUDGET = 8192
+# Prompts longer than this are prefilled alone, one chunk per scheduler iteration, so that a
+# long prompt delays each decode step of the running batch by one chunk instead of by its
+# whole prefill.
+PREFILL_CHUNK = 512
 
 
 class QueueFullError(Exception):
@@ -131,6 +137,8 @@ class Engine:
         self._positions: torch.Tensor | None = None  # [B] long, position of the next token
         self._pending: list[tuple[Any, StepOutput]] = []
         self._prefilling: list[Sequence] = []  # admitted, not yet in the batch
+        # Long prompts being prefilled chunk by chunk: (sequence, its own cache, tokens done).
+        self._chunked: collections.deque[tuple[Sequence, DynamicCache, int]] = collections.deque()
 
     # ---------------------------------------------------------------- thread-safe API
 
@@ -164,7 +172,7 @@ class Engine:
         with torch.inference_mode():
             while not stop.is_set():
                 with self._cond:
-                    while not stop.is_set() and not self._waiting and not self._running:
+                    while not stop.is_set() and not self._waiting and not self._running and not self._chunked:
                         self._cond.wait(timeout=0.5)
                 try:
                     self.step()
@@ -180,11 +188,14 @@ class Engine:
         admitted: list[Sequence] = []
         budget = PREFILL_TOKEN_BUDGET
         longest = 0
-        while self._waiting and len(self._running) + len(admitted) < self.max_batch_size:
+        while self._waiting and len(self._running) + len(self._chunked) + len(admitted) < self.max_batch_size:
             seq = self._waiting[0]
             if seq.cancelled:
                 self._waiting.popleft()
                 self._finish(seq, "cancelled")
+                continue
+            if seq.prompt_len > PREFILL_CHUNK:
+                self._chunked.append((self._waiting.popleft(), DynamicCache(), 0))
                 continue
             longest_if = max(longest, seq.prompt_len)
             if admitted and longest_if * (len(admitted) + 1) > budget:
@@ -201,11 +212,16 @@ class Engine:
             self._finish(seq, "cancelled")
         if cancelled:
             self._remove_finished()
+        for item in [c for c in self._chunked if c[0].cancelled]:
+            self._chunked.remove(item)
+            self._finish(item[0], "cancelled")
         with self._cond:
             self._prefilling = self._admit()
         if self._prefilling:
             self._prefill(self._prefilling)
             self._prefilling = []
+        if self._chunked:
+            self._prefill_chunk()
         if self._running:
             self._decode()
         self._update_gauges()
@@ -238,6 +254,33 @@ class Engine:
         )
         self._merge(seqs, cache, mask, torch.tensor(lengths, device=self.device))
         self._accept_tokens(seqs, tokens)
+        self._remove_finished()
+
+    def _prefill_chunk(self) -> None:
+        """Advance the oldest long prompt by one chunk; splice it in when it is complete."""
+        seq, cache, done = self._chunked[0]
+        prompt = seq.request.prompt_ids
+        end = min(done + PREFILL_CHUNK, len(prompt))
+        last = end == len(prompt)
+        out = self.model(
+            input_ids=torch.tensor([prompt[done:end]], device=self.device),
+            attention_mask=torch.ones((1, end), dtype=torch.long, device=self.device),
+            position_ids=torch.arange(done, end, device=self.device).unsqueeze(0),
+            past_key_values=cache,
+            use_cache=True,
+            logits_to_keep=1,
+        )
+        if not last:
+            self._chunked[0] = (seq, cache, end)
+            return
+        self._chunked.popleft()
+        seq.generator = make_generator(seq.request.sampling, self.device)
+        if self.metrics:
+            self.metrics.prompt_tokens.inc(len(prompt))
+        tokens = select_next_tokens(out.logits[:, -1, :], [seq.request.sampling], [seq.generator])
+        mask = torch.ones((1, end), dtype=torch.long, device=self.device)
+        self._merge([seq], cache, mask, torch.tensor([end], device=self.device))
+        self._accept_tokens([seq], tokens)
         self._remove_finished()
 
     def _decode(self) -> None:
@@ -351,9 +394,10 @@ class Engine:
         )
 
     def _fail_all(self, exc: Exception) -> None:
-        for seq in [*self._running, *self._prefilling]:
+        for seq in [*self._running, *self._prefilling, *(c[0] for c in self._chunked)]:
             self._finish(seq, "error", error=f"{type(exc).__name__}: {exc}")
         self._running, self._prefilling = [], []
+        self._chunked.clear()
         self._cache = self._mask = self._positions = None
         self._update_gauges()
 
@@ -408,7 +452,7 @@ class Engine:
         try:
             with torch.inference_mode():
                 self._waiting.extend(seqs)
-                while self._waiting or self._running:
+                while self._waiting or self._running or self._chunked:
                     self.step()
                     self._flush()
         finally:
