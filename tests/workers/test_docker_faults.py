@@ -170,9 +170,10 @@ def test_docker_killed_replica_is_healed_within_the_resync_interval(
     def replacement() -> Any:
         return [c for c in containers(docker_client, deployment) if c.id != victim.id and c.status == "running"]
 
-    wait_for(replacement, timeout=resync + 10, interval=0.1, message="replacement container")
+    # Within one resync interval plus one pass (a slow shared CI box gets a few seconds of slack);
+    # in practice the Docker event watcher replaces it in well under a second.
+    wait_for(replacement, timeout=resync + 5, interval=0.1, message="replacement container")
     noticed = time.monotonic() - killed
-    assert noticed <= resync + 10
     wait_for(lambda: running(deployment), timeout=READY_TIMEOUT, message="Running again")
     assert [c.id for c in containers(docker_client, deployment)] != [victim.id]
     assert DeploymentEvent.objects.filter(deployment=deployment, reason="ReplicaExited").exists()
