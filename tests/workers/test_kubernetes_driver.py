@@ -18,7 +18,7 @@ from tests.factories import DeploymentFactory
 from tests.workers.k8s_fake import FakeCluster
 from workers import reconciler
 from workers.drivers.base import ReplicaSpec
-from workers.drivers.kubernetes import KubernetesDriver, build_deployment, build_service
+from workers.drivers.kubernetes import KubernetesDriver, build_deployment, build_service, name_prefix
 
 K8S_SCHEMA_VERSION = "1.37"  # the newest schema kubernetes-validate ships
 
@@ -171,7 +171,9 @@ def test_reconcile_through_the_fake_cluster(cluster: FakeCluster, k8s_run: Any) 
     cluster.events.append(
         k8s.CoreV1Event(
             metadata=k8s.V1ObjectMeta(name="e1", namespace="serving", uid="u1"),
-            involved_object=k8s.V1ObjectReference(kind="Pod", name=f"hgr-{deployment.pk}-{deployment.name}-2-0"),
+            involved_object=k8s.V1ObjectReference(
+                kind="Pod", name=f"{name_prefix('test_hangar', deployment.pk)}{deployment.name}-2-0"
+            ),
             reason="FailedScheduling",
             message="0/3 nodes are available: 3 Insufficient nvidia.com/gpu.",
             type="Warning",

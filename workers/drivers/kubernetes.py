@@ -42,9 +42,14 @@ GPU_RESOURCE = "nvidia.com/gpu"
 STARTUP_BUDGET_S = 600  # model loading: the startup probe allows this long before liveness counts
 
 
+def name_prefix(instance: str, deployment_id: int) -> str:
+    """``hgr-<instance hash>-<id>-``: two installations sharing a namespace never collide."""
+    return f"hgr-{hashlib.sha256(instance.encode()).hexdigest()[:6]}-{deployment_id}-"
+
+
 def resource_name(spec: ReplicaSpec) -> str:
-    """DNS-1035 name of the Deployment and Service: ``hgr-<id>-<name>``, at most 63 characters."""
-    return f"hgr-{spec.deployment_id}-{spec.deployment_name}"[:63].rstrip("-")
+    """DNS-1035 name of the Deployment and Service, at most 63 characters."""
+    return (name_prefix(spec.instance, spec.deployment_id) + spec.deployment_name)[:63].rstrip("-")
 
 
 def _selector(instance: str, deployment_id: int) -> dict[str, str]:
@@ -346,7 +351,7 @@ class KubernetesDriver(Driver):
     def backend_events(self, deployment_id: int, since: datetime | None = None) -> BackendEvents:
         """Kubernetes events about this deployment's Deployment, ReplicaSets and pods, newer than ``since``."""
         events = self._call(self.core.list_namespaced_event, self.namespace).items
-        prefix = f"hgr-{deployment_id}-"
+        prefix = name_prefix(self.instance, deployment_id)
         found = []
         for event in events:
             involved = event.involved_object
