@@ -18,6 +18,7 @@ from django.conf import settings
 from django.core.cache import cache
 
 from controlplane.core.tasks import CHECK_TARGET, RECONCILE_DEPLOYMENT
+from controlplane.deployments.choices import Phase
 from controlplane.deployments.models import Deployment, Target
 from controlplane.deployments.status import target_health_write
 from workers import reconciler
@@ -85,6 +86,10 @@ def check_target(target_id: int) -> None:
     if not health.get("gpus") and target.gpu_inventory:
         health["gpus_declared"] = len(target.gpu_inventory)
     target_health_write(target_id=target.pk, health=health)
+    if health.get("reachable"):
+        # Deployments waiting out a backend outage need not wait for their next backoff step.
+        for deployment_id in target.deployments.filter(phase=Phase.DEGRADED).values_list("pk", flat=True):
+            reconcile_deployment.delay(deployment_id)
 
 
 @shared_task(name=RESYNC_DEPLOYMENTS, ignore_result=True)
