@@ -339,3 +339,24 @@ def test_a_container_its_worker_never_started_is_replaced(
     [container] = containers(docker_client, deployment)
     assert container.id != orphan.id and container.status == "running"
     assert fresh(deployment).phase == Phase.DEPLOYING
+
+
+def test_containers_of_deleted_deployments_are_collected(
+    docker_client: Any, docker_env: Path, transactional_db: Any
+) -> None:
+    from workers.tasks import collect_orphans
+
+    TargetFactory(kind="docker", docker_url=DOCKER_URL)
+    labels = {LABEL_INSTANCE: instance_name(), LABEL_DEPLOYMENT: "987654", "hangar.generation": "1",
+              "hangar.replica": "gone-g1-0"}  # fmt: skip
+    orphan = docker_client.containers.create(settings.HANGAR_RUNTIME_IMAGE, labels=labels)
+    foreign = docker_client.containers.create(
+        settings.HANGAR_RUNTIME_IMAGE, labels={**labels, LABEL_INSTANCE: "test_another_installation"}
+    )
+    try:
+        assert collect_orphans() >= 1
+        remaining = {c.id for c in docker_client.containers.list(all=True)}
+        assert orphan.id not in remaining
+        assert foreign.id in remaining  # another installation's containers are not ours to remove
+    finally:
+        foreign.remove(force=True)
