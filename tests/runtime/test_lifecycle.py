@@ -110,3 +110,18 @@ def test_int8_server_serves(runtime_model_dir: Path, tmp_path: Path) -> None:
         assert resp.json()["usage"]["completion_tokens"] >= 1
     finally:
         assert server.stop() == 0
+
+
+def test_sigterm_while_loading_exits_cleanly_without_becoming_ready(runtime_model_dir: Path, tmp_path: Path) -> None:
+    server = start_server(runtime_model_dir, tmp_path)
+    try:
+        # HTTP answers within a fraction of a second; loading torch and the model takes longer.
+        poll(lambda: server.health() == 503, 60, "the HTTP server to answer while loading")
+        server.proc.send_signal(signal.SIGTERM)
+        assert server.proc.wait(timeout=60) == 0
+    finally:
+        server.stop()
+    stages = server.stages()
+    assert "ready" not in stages
+    assert stages.index("draining") < stages.index("drained") < stages.index("stopped")
+    assert stages[-1] == "stopped"

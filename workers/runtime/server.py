@@ -143,6 +143,7 @@ class Runtime:
         self._thread: threading.Thread | None = None
         self._in_flight = 0
         self._idle: asyncio.Event | None = None
+        self._drain_task: asyncio.Task[None] | None = None
 
     # ------------------------------------------------------------ lifecycle
 
@@ -192,12 +193,15 @@ class Runtime:
                 max_model_len=max_len,
                 seconds=f"{time.monotonic() - started:.2f}",
             )
+            if self._stop.is_set():  # shut down while loading: skip the warm-up
+                return
             self._set_phase("warming_up")
             stage("warming_up")
             engine = self._make_engine(loaded)
             engine.warmup()
         except Exception as exc:
-            stage("failed", error=f"{type(exc).__name__}: {exc}" if not isinstance(exc, ModelLoadError) else str(exc))
+            # ModelLoadError messages are written for operators; anything else gets its type.
+            stage("failed", error=str(exc) if isinstance(exc, ModelLoadError) else f"{type(exc).__name__}: {exc}")
             self._call_in_loop(self._fail)
             return
         self.loaded, self.max_model_len = loaded, max_len
@@ -226,7 +230,12 @@ class Runtime:
             self.loop.call_soon_threadsafe(fn, *args)
 
     def _set_phase(self, phase: str) -> None:
-        self._call_in_loop(setattr, self, "phase", phase)
+        self._call_in_loop(self._advance, phase)
+
+    def _advance(self, phase: str) -> None:
+        # A drain that started while loading must not be undone by the loader's progress.
+        if self.phase not in ("draining", "failed"):
+            self.phase = phase
 
     def _ready(self, engine: Any, seconds: float) -> None:
         self.engine = engine
@@ -255,7 +264,8 @@ class Runtime:
         self.phase = "draining"
         self.metrics.ready.set(0)
         stage("draining", in_flight=self._in_flight)
-        asyncio.get_running_loop().create_task(self._drain())
+        # Keep a reference: the loop only holds tasks weakly.
+        self._drain_task = asyncio.get_running_loop().create_task(self._drain())
 
     async def _drain(self) -> None:
         assert self._idle is not None
