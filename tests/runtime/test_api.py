@@ -9,6 +9,8 @@ from typing import Any
 import httpx
 import openai
 import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 from tests.runtime.conftest import RuntimeServer, poll
 
@@ -300,3 +302,35 @@ def test_non_streaming_client_disconnect_frees_its_slot(runtime_server: RuntimeS
     with pytest.raises(httpx.ReadTimeout):
         httpx.post(runtime_server.api_url + "/completions", json=body, timeout=httpx.Timeout(5.0, read=0.5))
     poll(lambda: _idle(runtime_server), 20, "in-flight and batch size back to 0")
+
+
+JSON_VALUES = st.recursive(
+    st.none()
+    | st.booleans()
+    | st.integers(min_value=-(2**70), max_value=2**70)
+    | st.floats(allow_nan=True, allow_infinity=True)
+    | st.text(max_size=8),
+    lambda inner: st.lists(inner, max_size=3) | st.dictionaries(st.text(max_size=5), inner, max_size=3),
+    max_leaves=6,
+)
+FIELDS = [
+    "model", "prompt", "messages", "max_tokens", "max_completion_tokens", "temperature", "top_p", "n",
+    "stop", "seed", "stream", "stream_options", "logprobs", "presence_penalty", "ignore_eos", "response_format",
+]  # fmt: skip
+
+
+@settings(max_examples=40, deadline=None, database=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(endpoint=st.sampled_from(["completions", "chat/completions"]), field=st.sampled_from(FIELDS), value=JSON_VALUES)
+def test_client_input_never_causes_a_500(runtime_server: RuntimeServer, endpoint: str, field: str, value: Any) -> None:
+    """Any value in any field: the answer is a success or an OpenAI-style 4xx, never a 5xx."""
+    body: dict[str, Any] = {"model": "tiny", "max_tokens": 3, "temperature": 0}
+    body["prompt" if endpoint == "completions" else "messages"] = (
+        "hi" if endpoint == "completions" else [{"role": "user", "content": "hi"}]
+    )
+    body[field] = value
+    if field in ("max_tokens", "max_completion_tokens") and isinstance(value, int) and value > 16:
+        body[field] = 16  # keep the run short; large values are covered by the context-limit tests
+    resp = httpx.post(f"{runtime_server.api_url}/{endpoint}", content=json.dumps(body), timeout=60)
+    assert resp.status_code < 500, resp.text
+    if resp.status_code >= 400:
+        assert set(resp.json()["error"]) == {"message", "type", "param", "code"}
