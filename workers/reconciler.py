@@ -365,7 +365,8 @@ class Pass:
             observed = None
             requeue = POLL_WHILE_CONVERGING_S
             pending_spec = d.observed_generation != d.generation
-            if rolling or (ready == 0 and desired > 0):
+            # A spec being applied is Deploying/Scaling; an applied one that lost replicas is Degraded.
+            if rolling or (pending_spec and ready == 0):
                 phase, reason = Phase.DEPLOYING, "Deploying"
             elif pending_spec:
                 phase, reason = Phase.SCALING, "Scaling"

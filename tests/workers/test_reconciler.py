@@ -337,3 +337,19 @@ def test_a_crash_looping_replica_is_retried_with_a_delay(
             assert len(fake_driver.names(deployment.pk)) == 1
     assert deployment.phase == Phase.FAILED
     assert len(fake_driver.created) == 4
+
+
+def test_a_running_deployment_that_loses_its_only_replica_is_degraded(
+    deployment: Any, fake_driver: FakeDriver, run: Any
+) -> None:
+    deployment.replicas = 1
+    deployment.save()
+    fake_driver.auto_ready = True
+    run(deployment)
+    run(deployment)
+    assert deployment.phase == Phase.RUNNING
+    fake_driver.auto_ready = False
+    fake_driver.kill(fake_driver.list(deployment.pk)[0].backend_id)
+    run(deployment)
+    assert deployment.phase == Phase.DEGRADED
+    assert len(fake_driver.names(deployment.pk)) == 1  # replacement on its way

@@ -93,7 +93,11 @@ def test_a_killed_replica_process_is_replaced(start_worker: Any, fake_model: Pat
         rows = list(Replica.objects.filter(deployment=deployment, state="ready"))
         return len(rows) == 1 and health_ok(rows[0].endpoint) and rows[0].endpoint != victim.endpoint
 
-    wait_for(replaced, timeout=20, message="replica replaced")
+    try:
+        wait_for(replaced, timeout=20, message="replica replaced")
+    finally:
+        for event in DeploymentEvent.objects.filter(deployment=deployment).order_by("id"):
+            print(event.created_at.time(), event.reason, event.message)
     assert DeploymentEvent.objects.filter(deployment=deployment, reason="ReplicaExited").exists()
 
 

@@ -13,6 +13,7 @@ import builtins
 import contextlib
 import json
 import os
+import secrets
 import signal
 import socket
 import subprocess
@@ -163,7 +164,9 @@ class LocalDriver(Driver):
                 )
         else:
             port = free_port()
-        backend_id = f"{spec.deployment_id}/{spec.name}"
+        # Unique per incarnation: a replacement reusing the name is a different replica (and its
+        # predecessor's log stays readable until the deployment is deleted).
+        backend_id = f"{spec.deployment_id}/{spec.name}-{secrets.token_hex(3)}"
         directory = self._dir(spec.deployment_id)
         directory.mkdir(parents=True, exist_ok=True)
         log_path = self._log_path(backend_id)
