@@ -95,9 +95,10 @@ def test_a_killed_replica_process_is_replaced(start_worker: Any, fake_model: Pat
 
     try:
         wait_for(replaced, timeout=20, message="replica replaced")
-    finally:
+    except AssertionError:
         for event in DeploymentEvent.objects.filter(deployment=deployment).order_by("id"):
             print(event.created_at.time(), event.reason, event.message)
+        raise
     assert DeploymentEvent.objects.filter(deployment=deployment, reason="ReplicaExited").exists()
 
 
