@@ -16,6 +16,7 @@ from typing import Any
 
 from workers.runtime.sampling import SamplingParams
 
+RETRY_AFTER_SECONDS = "1"  # for every 503: queue full, loading, draining
 MAX_STOP_SEQUENCES = 4
 MAX_STOP_LENGTH = 256
 SEED_RANGE = (-(2**63), 2**64 - 1)
