@@ -90,9 +90,10 @@ def stub_upstream() -> Iterator[Server]:
 
 
 @pytest.fixture(scope="session")
-def runtime_server(tiny_model_dir: Path) -> Iterator[Server]:
+def runtime_server(tiny_model_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
     """The real model runtime serving the tiny model as ``tiny``."""
     port = free_port()
+    log = tmp_path_factory.mktemp("runtime") / "runtime.log"
     proc = subprocess.Popen(
         [
             PYTHON,
@@ -108,13 +109,14 @@ def runtime_server(tiny_model_dir: Path) -> Iterator[Server]:
             "tiny",
         ],
         cwd=REPO_ROOT,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
+        stdout=log.open("wb"),
+        stderr=subprocess.STDOUT,
     )
     deadline = time.monotonic() + 180
     while True:
         if proc.poll() is not None:
-            raise RuntimeError(f"runtime exited with {proc.returncode}")
+            tail = log.read_text(errors="replace")[-2000:]
+            raise RuntimeError(f"runtime exited with {proc.returncode}:\n{tail}")
         try:
             if httpx.get(f"http://127.0.0.1:{port}/health", timeout=1).status_code == 200:
                 break
