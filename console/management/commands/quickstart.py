@@ -60,7 +60,11 @@ class Command(BaseCommand):
     def handle(self, *args: Any, **options: Any) -> None:
         self.procs: list[subprocess.Popen[Any]] = []
         self.names: dict[int, str] = {}
-        signal.signal(signal.SIGTERM, lambda *_: self._stop_and_exit(0))
+        self.stopping = False
+        # Ctrl-C reaches every process of the terminal's group at once; note it and let the
+        # main loop stop the rest, so a child that already died of it is not reported as a crash.
+        signal.signal(signal.SIGINT, self._request_stop)
+        signal.signal(signal.SIGTERM, self._request_stop)
         try:
             self._run(options["host"], options["port"])
         except KeyboardInterrupt:
@@ -71,6 +75,8 @@ class Command(BaseCommand):
             raise
 
     def _spawn(self, name: str, argv: list[str], env: dict[str, str], log: Path | None = None) -> subprocess.Popen[Any]:
+        if self.stopping:  # Ctrl-C during start-up: start nothing more
+            self._stop_and_exit(0)
         out = log.open("ab") if log else None
         proc = subprocess.Popen(argv, env=env, stdout=out, stderr=subprocess.STDOUT if out else None)
         self.procs.append(proc)
@@ -115,6 +121,8 @@ class Command(BaseCommand):
             ["bootstrap_demo"],
         ):
             result = subprocess.run([py, manage, *step], env=env, check=False)
+            if self.stopping:
+                self._stop_and_exit(0)
             if result.returncode != 0:
                 raise CommandError(f"manage.py {' '.join(step)} failed with code {result.returncode}")
         celery = [py, "-m", "celery", "-A", "console"]
@@ -149,11 +157,18 @@ class Command(BaseCommand):
         shown_host = "127.0.0.1" if host in {"0.0.0.0", "::"} else host
         self.stdout.write(self.style.SUCCESS(f"\nHangar is running: open http://{shown_host}:{port}/"))
         self.stdout.write(f"  API docs: http://{shown_host}:{port}/api/docs/   logs: {logs}   Ctrl-C stops everything.")
-        while True:
+        while not self.stopping:
             for proc in self.procs:
                 if proc.poll() is not None:
+                    time.sleep(0.5)  # a signal that killed the child may still be on its way to us
+                    if self.stopping:
+                        break
                     raise CommandError(f"{self.names[proc.pid]} exited with code {proc.returncode}; see {logs}")
             time.sleep(0.5)
+        self._stop_and_exit(0)
+
+    def _request_stop(self, *_: Any) -> None:
+        self.stopping = True
 
     def _stop_all(self) -> None:
         for proc in reversed(self.procs):
