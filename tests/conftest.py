@@ -12,6 +12,53 @@ from rest_framework.test import APIClient
 from tests.factories import MembershipFactory, TenantFactory, UserFactory
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
+_test_database_guards: list[Any] = []  # connections holding a test database's lock until exit
+
+
+@pytest.fixture(scope="session")
+def django_db_modify_db_settings(django_db_modify_db_settings_parallel_suffix: Any) -> None:
+    """Claim the test database for this session before pytest-django (re)creates it."""
+    claim_test_database()
+
+
+def claim_test_database() -> None:
+    """Hold a session-long lock on the test database's name, or stop this session at once.
+
+    Two sessions with the same test database name (``make test`` twice, from one checkout or
+    two) otherwise share it: the second drops and recreates it while the first holds no
+    connection between transactional tests, then each one's per-test TRUNCATE wipes the other's
+    rows mid-test (seen as an API key "invalid" moments after the dashboard created it, and as
+    rows whose parent vanished). Call it wherever ``django_db_modify_db_settings`` is overridden,
+    after the test database's name is final.
+    """
+    import psycopg
+    from django.db import connection
+
+    settings = connection.settings_dict
+    if connection.vendor != "postgresql" or _test_database_guards:
+        return  # a session claims the one database it creates, however its fixtures are overridden
+    name = connection.creation._get_test_db_name()
+    params = {
+        "host": settings["HOST"] or None,
+        "port": settings["PORT"] or None,
+        "user": settings["USER"] or None,
+        "password": settings["PASSWORD"] or None,
+        "autocommit": True,
+    }
+    try:  # every session locks in one database: advisory locks are per database
+        guard = psycopg.connect(dbname="postgres", **params)
+    except psycopg.OperationalError:
+        guard = psycopg.connect(dbname=settings["NAME"], **params)
+    row = guard.execute("SELECT pg_try_advisory_lock(hashtext(%s))", [f"hangar-test-database:{name}"]).fetchone()
+    if not (row and row[0]):
+        guard.close()
+        pytest.exit(
+            f"Another test session is using the test database {name!r}; sharing it would let each "
+            "session's flushes delete the other's rows mid-test. Wait for it to finish, or give this "
+            "run a database of its own, e.g. DATABASE_URL=${DATABASE_URL%/*}/hangar_$USER.",
+            returncode=4,
+        )
+    _test_database_guards.append(guard)
 
 
 @pytest.fixture

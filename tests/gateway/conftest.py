@@ -20,7 +20,7 @@ import pytest
 from controlplane.core.context import SYSTEM
 from controlplane.deployments.choices import Phase, ReplicaState
 from controlplane.keys.services import api_key_create
-from tests.conftest import REPO_ROOT
+from tests.conftest import REPO_ROOT, claim_test_database
 from tests.factories import DeploymentFactory, ReplicaFactory, TenantFactory
 
 PYTHON = sys.executable
@@ -70,6 +70,7 @@ def django_db_modify_db_settings(django_db_modify_db_settings_parallel_suffix: A
     from django.conf import settings
 
     settings.DATABASES["default"].setdefault("TEST", {})["NAME"] = "test_hangar_gateway"
+    claim_test_database()
 
 
 def start_stub(**options: Any) -> Server:
