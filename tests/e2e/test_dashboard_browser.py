@@ -95,6 +95,11 @@ class Processes:
         path = self.logs / f"{name}.log"
         return path.read_text(errors="replace") if path.exists() else ""
 
+    def tails(self, chars: int = 6000) -> str:
+        """The end of every process's log, the web process (dashboard and gateway) first."""
+        names = sorted(self.procs, key=lambda name: name != "web")
+        return "".join(f"\n--- {name}.log (last {chars} chars) ---\n{self.log(name)[-chars:]}" for name in names)
+
     def check_alive(self) -> None:
         for name, proc in self.procs.items():
             if proc.poll() is not None:
@@ -217,20 +222,38 @@ def _remove_local_replicas(data_dir: Path) -> None:
 
 
 class Steps:
-    """Records which steps of the scenario passed (the report quotes this file)."""
+    """Records which steps of the scenario passed (the report quotes this file).
 
-    def __init__(self) -> None:
+    A failed step is re-raised with the product's process logs and ``diagnose()`` attached, so a
+    failure seen once in a long run can be explained from its report alone.
+    """
+
+    def __init__(self, procs: Processes) -> None:
         self.results: list[dict[str, Any]] = []
+        self.procs = procs
+        self.diagnose: Callable[[], str] | None = None
 
     @contextlib.contextmanager
     def __call__(self, name: str) -> Iterator[None]:
         started = time.monotonic()
         try:
             yield
+        except Exception as exc:
+            self._record(name, "failed", started, repr(exc)[:500])
+            raise AssertionError(f"step {name!r} failed: {exc}{self._context()}") from exc
         except BaseException as exc:
             self._record(name, "failed", started, repr(exc)[:500])
             raise
         self._record(name, "passed", started)
+
+    def _context(self) -> str:
+        extra = ""
+        if self.diagnose is not None:
+            try:
+                extra = f"\n--- diagnosis ---\n{self.diagnose()}"
+            except Exception as exc:  # the report must not hide the original failure
+                extra = f"\n--- diagnosis failed: {exc!r} ---"
+        return extra + self.procs.tails()
 
     def _record(self, name: str, outcome: str, started: float, error: str = "") -> None:
         self.results.append(
@@ -239,6 +262,31 @@ class Steps:
         STEPS_FILE.parent.mkdir(parents=True, exist_ok=True)
         STEPS_FILE.write_text(json.dumps(self.results, indent=2) + "\n")
         print(f"[e2e-dashboard] {outcome:6} {name} ({self.results[-1]['seconds']} s)")
+
+
+def describe_key(token: str) -> str:
+    """What the test database holds for ``token``: tells a token that does not parse, a key row
+    the gateway could not find, and a digest made with another pepper apart (never prints it)."""
+    from django.conf import settings
+
+    from controlplane.core import secrets as tokens
+    from controlplane.keys.choices import KEY_PREFIX
+    from controlplane.keys.models import ApiKey
+
+    where = f"database {connection.settings_dict['NAME']!r}"
+    parsed = tokens.parse(token, KEY_PREFIX)
+    if parsed is None:
+        return f"the secret read from the page does not parse as a key ({len(token)} chars)"
+    row = ApiKey.objects.filter(key_id=parsed.key_id).values("pk", "digest", "revoked_at", "expires_at").first()
+    if row is None:
+        return f"{where} has no key with id {parsed.key_id} ({ApiKey.objects.count()} keys in all)"
+    matches = tokens.digest_matches(parsed.secret, row["digest"])
+    pepper = "the default" if settings.HANGAR_KEY_PEPPER == settings.INSECURE_DEFAULT_PEPPER else "a custom"
+    return (
+        f"{where} has key {row['pk']} (id {parsed.key_id}, revoked_at={row['revoked_at']}, "
+        f"expires_at={row['expires_at']}); its digest matches the secret with the test process's "
+        f"pepper ({pepper} one): {matches}"
+    )
 
 
 def test_dashboard_end_to_end(product: dict[str, Any], tiny_model_dir: Path, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -253,7 +301,7 @@ def test_dashboard_end_to_end(product: dict[str, Any], tiny_model_dir: Path, mon
     # Playwright's sync API runs an event loop in this thread; the ORM checks below are plain reads.
     monkeypatch.setenv("DJANGO_ALLOW_ASYNC_UNSAFE", "true")
     SCREENSHOTS.mkdir(parents=True, exist_ok=True)
-    step = Steps()
+    step = Steps(product["procs"])
 
     def shot(page: Any, name: str) -> None:
         page.screenshot(path=str(SCREENSHOTS / f"{name}.png"), full_page=True)
@@ -347,6 +395,7 @@ def test_dashboard_end_to_end(product: dict[str, Any], tiny_model_dir: Path, mon
                 page.click("#key-create button[type=submit]")
                 secret = page.get_by_test_id("secret").inner_text().strip()
                 assert secret.startswith("hgr_")
+                step.diagnose = lambda: describe_key(secret)
                 shot(page, "09-keys-secret-once")
                 page.goto(base + "/keys/")
                 assert secret not in page.content()
