@@ -17,6 +17,7 @@ from controlplane.deployments.models import Deployment, DeploymentEvent, Replica
 from tests.factories import DeploymentFactory
 from tests.workers.k8s_fake import FakeCluster
 from workers import reconciler
+from workers.drivers import instance_name
 from workers.drivers.base import ReplicaSpec
 from workers.drivers.kubernetes import KubernetesDriver, build_deployment, build_service, name_prefix
 
@@ -109,7 +110,7 @@ def k8s_run(cluster: FakeCluster) -> Any:
             core=cluster.core,
             namespace=target.kube_namespace,
             image="hangar-runtime:latest",
-            instance="test_hangar",
+            instance=instance_name(),  # what the reconciler derives from the test database's name
         )
 
     def run(deployment: Any) -> reconciler.Outcome:
@@ -172,7 +173,7 @@ def test_reconcile_through_the_fake_cluster(cluster: FakeCluster, k8s_run: Any) 
         k8s.CoreV1Event(
             metadata=k8s.V1ObjectMeta(name="e1", namespace="serving", uid="u1"),
             involved_object=k8s.V1ObjectReference(
-                kind="Pod", name=f"{name_prefix('test_hangar', deployment.pk)}{deployment.name}-2-0"
+                kind="Pod", name=f"{name_prefix(instance_name(), deployment.pk)}{deployment.name}-2-0"
             ),
             reason="FailedScheduling",
             message="0/3 nodes are available: 3 Insufficient nvidia.com/gpu.",
@@ -196,7 +197,7 @@ def test_orphaned_kubernetes_deployments_are_removed(cluster: FakeCluster, k8s_r
     k8s_run(deployment)
     Deployment.objects.filter(pk=deployment.pk).delete()
     driver = KubernetesDriver(
-        apps=cluster.apps, core=cluster.core, namespace="serving", image="i", instance="test_hangar"
+        apps=cluster.apps, core=cluster.core, namespace="serving", image="i", instance=instance_name()
     )
     assert reconciler.collect_orphans(driver) == [f"deployment {deployment.pk}"]
     assert not cluster.deployments and not cluster.services
