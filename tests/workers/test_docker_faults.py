@@ -360,3 +360,97 @@ def test_containers_of_deleted_deployments_are_collected(
         assert foreign.id in remaining  # another installation's containers are not ours to remove
     finally:
         foreign.remove(force=True)
+
+
+# ----------------------------------------------------------------------------- the whole lifecycle
+
+
+def test_rest_api_lifecycle_on_docker(
+    docker_client: Any, docker_env: Path, start_worker: Any, make_member: Any
+) -> None:
+    """Through the REST API with a bearer token: deploy 2 replicas, scale to 3 and back, roll, delete."""
+    from rest_framework.test import APIClient
+
+    from controlplane.tenancy.services import access_token_create
+    from workers.drivers.base import LABEL_GENERATION
+
+    start_worker()
+    admin = make_member("admin")
+    _, token = access_token_create(actor=SYSTEM, user=admin, name="ci")
+    api = APIClient()
+    api.credentials(HTTP_AUTHORIZATION=f"Bearer {token}")
+
+    def ok(response: Any, status: int) -> Any:
+        assert response.status_code == status, response.content[:2000]
+        return response.json() if response.content else None
+
+    model = ok(api.post("/api/v1/models/", {"name": "tiny", "source": str(docker_env)}, format="json"), 201)
+    target = ok(
+        api.post("/api/v1/targets/", {"name": "docker", "kind": "docker", "docker_url": DOCKER_URL}, format="json"),
+        201,
+    )
+    created = ok(
+        api.post(
+            "/api/v1/deployments/",
+            {
+                "name": "chat",
+                "model": model["id"],
+                "target": target["id"],
+                "replicas": 2,
+                "max_replicas": 4,
+                "cpus": 2.0,
+            },
+            format="json",
+        ),
+        201,
+    )
+    url = f"/api/v1/deployments/{created['id']}/"
+    deployment = Deployment.objects.get(pk=created["id"])
+    ready_seen: list[int] = []  # ready replicas observed while a change is under way
+
+    def settled(replicas: int, generation: int) -> bool:
+        body = ok(api.get(url), 200)
+        assert body["phase"] != Phase.FAILED, body["phase_message"]
+        ready_seen.append(body["ready_replicas"])
+        live = [c for c in containers(docker_client, deployment) if c.status == "running"]
+        return (
+            body["phase"] == Phase.RUNNING
+            and body["observed_generation"] == body["generation"]
+            and body["ready_replicas"] == replicas
+            and len(containers(docker_client, deployment)) == replicas
+            and all(c.labels[LABEL_GENERATION] == str(generation) for c in live)
+        )
+
+    def reasons() -> list[str]:
+        events = ok(api.get(f"/api/v1/events/?deployment={deployment.pk}&limit=500"), 200)["results"]
+        return [e["reason"] for e in events]
+
+    # Deploy: 2 ready replicas, each announced.
+    wait_for(lambda: settled(2, 1), timeout=READY_TIMEOUT, interval=0.25, message="2 replicas Running")
+    assert reasons().count("ReplicaReady") == 2 and "Created" in reasons()
+    first_two = {c.id for c in containers(docker_client, deployment)}
+
+    # Scale to 3: the two running replicas stay, one is added.
+    ok(api.post(url + "scale/", {"replicas": 3}, format="json"), 202)
+    wait_for(lambda: settled(3, 1), timeout=READY_TIMEOUT, interval=0.25, message="3 replicas Running")
+    assert first_two < {c.id for c in containers(docker_client, deployment)}
+    assert "Scaled" in reasons()
+
+    # And back to 2: one removed, nothing restarted.
+    ok(api.post(url + "scale/", {"replicas": 2}, format="json"), 202)
+    wait_for(lambda: settled(2, 1), timeout=60, interval=0.25, message="back to 2 replicas")
+    assert "ReplicaRemoved" in reasons()
+
+    # Rolling update (a runtime option): new generation ready before the old one goes.
+    ready_seen.clear()
+    body = ok(api.patch(url, {"dtype": "bfloat16"}, format="json"), 200)
+    assert body["dtype"] == "bfloat16"
+    wait_for(lambda: settled(2, 2), timeout=READY_TIMEOUT, interval=0.25, message="rolled to generation 2")
+    assert min(ready_seen) >= 2, f"ready replicas dipped during the rolling update: {ready_seen}"
+    assert reasons().count("ReplicaReplaced") == 2 and "SpecChanged" in reasons()
+    assert not ({c.id for c in containers(docker_client, deployment)} & first_two)
+
+    # Delete: 202, the deployment goes through Deleting, every container goes, then the row.
+    assert ok(api.delete(url), 202)["phase"] == Phase.DELETING
+    wait_for(lambda: api.get(url).status_code == 404, timeout=90, interval=0.25, message="deployment deleted")
+    assert containers(docker_client, deployment) == []
