@@ -491,3 +491,18 @@ def test_log_tail_partial(login: Any, team: dict[str, Any], monkeypatch: Any) ->
     content = login(team["viewer"]).get(reverse("dashboard:deployment-logs", args=[team["deployment"].pk])).content
     assert f"line from replica {team['replica'].pk}".encode() in content
     assert b"&lt;b&gt;" in content  # escaped
+
+
+def test_operator_cannot_allow_unsafe_weights_from_the_dashboard(make_member: Any, tiny_model_dir: Any) -> None:
+    from django.test import Client
+
+    user = make_member("operator")
+    client = Client()
+    client.force_login(user)
+    response = client.post(
+        "/models/",
+        {"name": "risky", "source": str(tiny_model_dir), "dtype_options": ["float32"], "trust_remote_code": "on"},
+    )
+    assert response.status_code == 400
+    assert b"Only admins and owners may turn this on." in response.content
+    assert not Model.objects.filter(name="risky").exists()
