@@ -14,9 +14,19 @@ from controlplane.catalog.inspect import inspect_model_dir
 from controlplane.catalog.models import Model
 from controlplane.core.context import Actor
 from controlplane.core.exceptions import Conflict, ValidationFailed
+from controlplane.tenancy.choices import Perm
 from controlplane.tenancy.models import Tenant
 
 EDITABLE = {"description", "dtype_options", "allow_unsafe_weights", "trust_remote_code"}
+# Loading pickle weights or remote code runs code on the worker hosts: an admin's decision.
+# The API and the dashboard both enforce it with these two names.
+TRUST_FIELDS = ("allow_unsafe_weights", "trust_remote_code")
+TRUST_PERM = Perm.TENANT_CHANGE
+
+
+def trust_requested(data: dict[str, Any]) -> list[str]:
+    """The trust flags that ``data`` turns on; each needs ``TRUST_PERM`` in the model's tenant."""
+    return [name for name in TRUST_FIELDS if data.get(name)]
 
 
 def _validate_dtypes(values: Any) -> list[str]:

@@ -84,7 +84,7 @@ class TestModelRules:
 
 
 def test_trust_permission_matches_the_documented_table() -> None:
-    from controlplane.catalog.api.views import TRUST_PERM
+    from controlplane.catalog.services import TRUST_PERM
     from tests.api.permission_table import API_PERMISSIONS
 
     assert API_PERMISSIONS["models"]["set allow_unsafe_weights / trust_remote_code"] == TRUST_PERM

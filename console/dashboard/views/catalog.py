@@ -53,11 +53,9 @@ def model_index(request: TenantRequest) -> HttpResponse:
     if request.method == "POST":
         require(request, Perm.MODEL_CHANGE)
         form = ModelRegisterForm(request.POST)
-        if form.is_valid() and not request.access.can(request.tenant.pk, Perm.TENANT_CHANGE):
-            # Code-executing weights and remote code need an admin's choice, as in the API.
-            for flag in ("allow_unsafe_weights", "trust_remote_code"):
-                if form.cleaned_data[flag]:
-                    form.add_error(flag, "Only admins and owners may turn this on.")
+        if form.is_valid() and not request.access.can(request.tenant.pk, catalog_services.TRUST_PERM):
+            for flag in catalog_services.trust_requested(form.cleaned_data):
+                form.add_error(flag, "Only admins and owners may turn this on.")
         if form.is_valid():
             try:
                 model = catalog_services.model_register(

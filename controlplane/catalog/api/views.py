@@ -21,10 +21,6 @@ from controlplane.catalog.models import Model
 from controlplane.tenancy.api.base import ScopedViewSet
 from controlplane.tenancy.choices import Perm
 
-# Loading pickle weights or remote code runs code on the worker hosts: an admin's decision.
-TRUST_FIELDS = ("allow_unsafe_weights", "trust_remote_code")
-TRUST_PERM = Perm.TENANT_CHANGE
-
 
 @extend_schema_view(
     list=extend_schema(summary="List catalog models"),
@@ -51,8 +47,8 @@ class ModelViewSet(ScopedViewSet):
         return selectors.model_get(access=self.access, pk=int(lookup))
 
     def _require_trust(self, tenant_id: int, data: dict[str, Any]) -> None:
-        if any(data.get(name) for name in TRUST_FIELDS):
-            self.access.require(tenant_id, TRUST_PERM)
+        if services.trust_requested(data):
+            self.access.require(tenant_id, services.TRUST_PERM)
 
     @extend_schema(
         summary="Register a model directory (metadata is read from it)",
