@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
-from controlplane.core.exceptions import NotFound, PermissionDenied
+from controlplane.core.exceptions import NotFound, PermissionDenied, ValidationFailed
 from controlplane.tenancy.choices import ROLE_PERMISSIONS, Perm, Role
 from controlplane.tenancy.models import Membership
 
@@ -45,8 +45,6 @@ class Access:
 
     def default_tenant_id(self, perm: Perm) -> int:
         """The only tenant where the caller has ``perm``; ambiguous or none is a 400."""
-        from controlplane.core.exceptions import ValidationFailed
-
         candidates = self.tenant_ids(perm)
         if len(candidates) == 1:
             return candidates[0]
