@@ -191,6 +191,25 @@ HANGAR_FAILED_RETRY_SECONDS = env.float("HANGAR_FAILED_RETRY_SECONDS", 60.0, min
 HANGAR_INSTANCE = env.str("HANGAR_INSTANCE", "")
 HANGAR_LOCAL_RUNTIME_MODULE = env.str("HANGAR_LOCAL_RUNTIME_MODULE", "workers.runtime")
 
+# Platform (infrastructure owned by platform admins, granted to tenants).
+# Fernet keys that encrypt target credentials at rest, comma-separated, newest first: add a new
+# key in front, run `manage.py rotate_encryption_keys`, then drop the old one. Without keys a
+# key derived from HANGAR_SECRET_KEY is used (development only: production requires keys).
+HANGAR_ENCRYPTION_KEYS = env.list("HANGAR_ENCRYPTION_KEYS", [])
+# The only unix:// Docker sockets a target may use. tcp:// needs TLS client certificates and
+# ssh:// an uploaded key; plain tcp:// is refused unless allowed here (never in production).
+HANGAR_DOCKER_SOCKETS = env.list("HANGAR_DOCKER_SOCKETS", ["unix:///var/run/docker.sock"])
+HANGAR_DOCKER_ALLOW_PLAIN_TCP = env.bool("HANGAR_DOCKER_ALLOW_PLAIN_TCP", False)
+# Quotas a new tenant starts with (unset = unlimited, 0 = none); platform admins change them.
+HANGAR_QUOTA_DEFAULTS: dict[str, float | None] = {
+    "gpus": env.optional_int("HANGAR_QUOTA_GPUS"),
+    "gpu_memory_mb": env.optional_int("HANGAR_QUOTA_GPU_MEMORY_MB"),
+    "cpus": env.optional_float("HANGAR_QUOTA_CPUS"),
+    "memory_mb": env.optional_int("HANGAR_QUOTA_MEMORY_MB"),
+    "replicas": env.optional_int("HANGAR_QUOTA_REPLICAS"),
+    "deployments": env.optional_int("HANGAR_QUOTA_DEPLOYMENTS"),
+}
+
 LOG_LEVEL = env.choice("HANGAR_LOG_LEVEL", "INFO", {"DEBUG", "INFO", "WARNING", "ERROR"})
 LOGGING = {
     "version": 1,

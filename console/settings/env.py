@@ -74,6 +74,17 @@ class Env:
             raise ImproperlyConfiguredEnv(f"{name}={number} is below the minimum {minimum}")
         return number
 
+    def optional_int(self, name: Text, *, minimum: int = 0) -> int | None:
+        """An integer, or ``None`` when unset (for limits where blank means unlimited)."""
+        if self.raw(name) is None:
+            return None
+        return self.int(name, 0, minimum=minimum)
+
+    def optional_float(self, name: Text, *, minimum: float = 0.0) -> float | None:
+        if self.raw(name) is None:
+            return None
+        return self.float(name, 0.0, minimum=minimum)
+
     def list(self, name: Text, default: list[Text]) -> list[Text]:
         value = self.raw(name)
         if value is None:

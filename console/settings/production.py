@@ -6,6 +6,8 @@ from console.settings.base import *  # noqa: F403
 from console.settings.base import (
     DATABASES,
     DEBUG,
+    HANGAR_DOCKER_ALLOW_PLAIN_TCP,
+    HANGAR_ENCRYPTION_KEYS,
     HANGAR_KEY_PEPPER,
     HANGAR_MODEL_ROOTS,
     INSECURE_DEFAULT_PEPPER,
@@ -24,6 +26,14 @@ if DATABASES["default"]["ENGINE"].endswith("sqlite3"):
 
 if not HANGAR_MODEL_ROOTS:
     raise ImproperlyConfigured("Set HANGAR_MODEL_ROOTS to the directories that hold models (comma-separated).")
+
+if not HANGAR_ENCRYPTION_KEYS:
+    raise ImproperlyConfigured(
+        "Set HANGAR_ENCRYPTION_KEYS to a Fernet key (target credentials are encrypted with it): "
+        "python3 -c 'from cryptography.fernet import Fernet; print(Fernet.generate_key().decode())'"
+    )
+if HANGAR_DOCKER_ALLOW_PLAIN_TCP:
+    raise ImproperlyConfigured("HANGAR_DOCKER_ALLOW_PLAIN_TCP must be off in production: use tcp:// with TLS.")
 
 SESSION_COOKIE_SECURE = True
 CSRF_COOKIE_SECURE = True

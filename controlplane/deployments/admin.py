@@ -1,12 +1,33 @@
 from django.contrib import admin
 
-from controlplane.deployments.models import Deployment, DeploymentEvent, MetricSample, Replica, Target
+from controlplane.deployments.models import Deployment, DeploymentEvent, MetricSample, Replica, Target, TargetGrant
 
 
 @admin.register(Target)
 class TargetAdmin(admin.ModelAdmin):
-    list_display = ("name", "tenant", "kind", "health_checked_at")
+    """Read-only: targets change through the platform API or dashboard (validation, audit,
+    encryption of credentials); the ciphertext is never shown."""
+
+    list_display = ("name", "kind", "health_checked_at")
     list_filter = ("kind",)
+    exclude = ("credentials",)
+
+    def has_add_permission(self, request):  # type: ignore[no-untyped-def]
+        return False
+
+    def has_change_permission(self, request, obj=None):  # type: ignore[no-untyped-def]
+        return False
+
+
+@admin.register(TargetGrant)
+class TargetGrantAdmin(admin.ModelAdmin):
+    list_display = ("target", "tenant", "namespace", "created_at")
+
+    def has_add_permission(self, request):  # type: ignore[no-untyped-def]
+        return False
+
+    def has_change_permission(self, request, obj=None):  # type: ignore[no-untyped-def]
+        return False
 
 
 @admin.register(Deployment)

@@ -9,6 +9,11 @@ class TargetKind(models.TextChoices):
     KUBERNETES = "kubernetes", "Kubernetes cluster"
 
 
+class KubeAuth(models.TextChoices):
+    IN_CLUSTER = "in_cluster", "The worker's in-cluster service account"
+    KUBECONFIG = "kubeconfig", "An uploaded kubeconfig"
+
+
 class Phase(models.TextChoices):
     PENDING = "Pending", "Pending"
     DEPLOYING = "Deploying", "Deploying"

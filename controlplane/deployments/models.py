@@ -6,17 +6,26 @@ from __future__ import annotations
 from django.db import models
 
 from controlplane.catalog.choices import DType, Quantization
-from controlplane.core.models import TenantOwned
-from controlplane.deployments.choices import DesiredState, EventType, Phase, ReplicaState, TargetKind
+from controlplane.core.models import TenantOwned, TimeStamped
+from controlplane.deployments.choices import DesiredState, EventType, KubeAuth, Phase, ReplicaState, TargetKind
 
 
-class Target(TenantOwned):
-    name = models.CharField(max_length=100)
+class Target(TimeStamped):
+    """Where replicas run. A platform resource: platform admins create it and hold its connection
+    settings and credentials; tenants are granted it (``TargetGrant``) and see only its name,
+    kind, health and capacity."""
+
+    name = models.CharField(max_length=100, unique=True)
     kind = models.CharField(max_length=16, choices=TargetKind.choices, default=TargetKind.LOCAL)
-    # docker: unix:///var/run/docker.sock, tcp://host:2376 or ssh://user@host
+    # docker: unix:// (from settings.HANGAR_DOCKER_SOCKETS), tcp:// with TLS, or ssh://user@host
     docker_url = models.CharField(max_length=500, blank=True, default="")
-    # kubernetes: kubeconfig path on the worker (never the file's content), context, namespace
-    kubeconfig_path = models.CharField(max_length=500, blank=True, default="")
+    # The host address Docker replicas publish their port on, and that the gateway calls.
+    publish_host = models.CharField(max_length=253, blank=True, default="127.0.0.1")
+    # Encrypted (controlplane.core.crypto) JSON of uploaded secrets: tls_ca, tls_cert, tls_key,
+    # ssh_key, kubeconfig. Write-only in the API, never logged, never in audit changes.
+    credentials = models.TextField(blank=True, default="")
+    # kubernetes: the worker's own service account, or an uploaded kubeconfig (+ context)
+    kube_auth = models.CharField(max_length=16, choices=KubeAuth.choices, blank=True, default="")
     kube_context = models.CharField(max_length=200, blank=True, default="")
     kube_namespace = models.CharField(max_length=63, blank=True, default="default")
     # How replicas reach the model directory on Kubernetes: {"type": "hostPath"|"pvc", ...}
@@ -25,16 +34,31 @@ class Target(TenantOwned):
     tolerations = models.JSONField(default=list, blank=True)
     labels = models.JSONField(default=dict, blank=True)
     gpu_inventory = models.JSONField(default=list, blank=True)
-    # Last observed health: {"reachable": bool, "version": str, "gpus": int, "error": str}
+    # Last observed health: {"reachable": bool, "status": str, "reason": str, "version": str, "gpus": int, ...}
     health = models.JSONField(default=dict, blank=True)
     health_checked_at = models.DateTimeField(null=True, blank=True)
 
     class Meta:
         ordering = ["name"]
-        constraints = [models.UniqueConstraint(fields=["tenant", "name"], name="target_unique_name_per_tenant")]
 
     def __str__(self) -> str:
         return self.name
+
+
+class TargetGrant(TimeStamped):
+    """A tenant may deploy onto a target. On Kubernetes, ``namespace`` (if set) replaces the
+    target's namespace for this tenant's replicas."""
+
+    target = models.ForeignKey(Target, on_delete=models.CASCADE, related_name="grants")
+    tenant = models.ForeignKey("tenancy.Tenant", on_delete=models.CASCADE, related_name="target_grants")
+    namespace = models.CharField(max_length=63, blank=True, default="")
+
+    class Meta:
+        ordering = ["target_id", "tenant_id"]
+        constraints = [models.UniqueConstraint(fields=["target", "tenant"], name="target_grant_unique")]
+
+    def __str__(self) -> str:
+        return f"{self.target_id}->{self.tenant_id}"
 
 
 class Deployment(TenantOwned):

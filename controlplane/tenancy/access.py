@@ -16,6 +16,9 @@ class Access:
     roles: dict[int, str] = field(default_factory=dict)  # tenant id -> role
     slugs: dict[int, str] = field(default_factory=dict)  # tenant id -> slug
     is_superuser: bool = False
+    # Platform admins own the infrastructure (targets, grants, quotas, tenants, users); it is not
+    # a tenant role and grants nothing inside tenants by itself.
+    is_platform_admin: bool = False
 
     def tenant_ids(self, perm: Perm | None = None) -> list[int]:
         if perm is None:
@@ -36,6 +39,11 @@ class Access:
             raise NotFound("Not found.")
         if perm not in ROLE_PERMISSIONS[role]:
             raise PermissionDenied(f"Your role ({role}) may not do this ({perm.value}).")
+
+    def require_platform_admin(self) -> None:
+        """404 for everyone else: platform endpoints do not exist for tenant roles."""
+        if not self.is_platform_admin:
+            raise NotFound("Not found.")
 
     def tenant_id_for_slug(self, slug: str) -> int:
         for tid, tslug in self.slugs.items():
@@ -66,7 +74,20 @@ def access_for(user: Any) -> Access:
         roles={tid: role for tid, role, _ in rows},
         slugs={tid: slug for tid, _, slug in rows},
         is_superuser=bool(getattr(user, "is_superuser", False)),
+        is_platform_admin=is_platform_admin(user),
     )
 
 
-__all__ = ["Access", "Role", "access_for"]
+PLATFORM_PERMISSION = "tenancy.administer_platform"
+
+
+def is_platform_admin(user: Any) -> bool:
+    """An active superuser, or an active staff user holding ``tenancy.administer_platform``."""
+    if user is None or not getattr(user, "is_authenticated", False) or not getattr(user, "is_active", False):
+        return False
+    if getattr(user, "is_superuser", False):
+        return True
+    return bool(getattr(user, "is_staff", False) and user.has_perm(PLATFORM_PERMISSION))
+
+
+__all__ = ["PLATFORM_PERMISSION", "Access", "Role", "access_for", "is_platform_admin"]

@@ -16,9 +16,18 @@ class Tenant(TimeStamped):
     rpm_limit = models.PositiveIntegerField(default=0)
     tpm_limit = models.PositiveIntegerField(default=0)
     monthly_token_budget = models.PositiveBigIntegerField(default=0)
+    # Quotas, set by platform admins (null = unlimited, 0 = none), per replica summed over every
+    # deployment that is not deleted; autoscaled deployments count at max_replicas.
+    quota_gpus = models.PositiveIntegerField(null=True, blank=True)
+    quota_gpu_memory_mb = models.PositiveBigIntegerField(null=True, blank=True)
+    quota_cpus = models.FloatField(null=True, blank=True)
+    quota_memory_mb = models.PositiveBigIntegerField(null=True, blank=True)
+    quota_replicas = models.PositiveIntegerField(null=True, blank=True)
+    quota_deployments = models.PositiveIntegerField(null=True, blank=True)
 
     class Meta:
         ordering = ["slug"]
+        permissions = [("administer_platform", "Administer the platform: targets, grants, quotas, tenants, users")]
 
     def __str__(self) -> str:
         return self.slug
