@@ -1,5 +1,6 @@
 """Production settings: refuse to start on insecure defaults, with a message that says why."""
 
+from cryptography.fernet import Fernet
 from django.core.exceptions import ImproperlyConfigured
 
 from console.settings.base import *  # noqa: F403
@@ -32,6 +33,13 @@ if not HANGAR_ENCRYPTION_KEYS:
         "Set HANGAR_ENCRYPTION_KEYS to a Fernet key (target credentials are encrypted with it): "
         "python3 -c 'from cryptography.fernet import Fernet; print(Fernet.generate_key().decode())'"
     )
+for _position, _key in enumerate(HANGAR_ENCRYPTION_KEYS, start=1):
+    try:
+        Fernet(_key.encode())
+    except ValueError:
+        raise ImproperlyConfigured(
+            f"HANGAR_ENCRYPTION_KEYS: key {_position} is not a Fernet key (32 url-safe base64-encoded bytes)."
+        ) from None
 if HANGAR_DOCKER_ALLOW_PLAIN_TCP:
     raise ImproperlyConfigured("HANGAR_DOCKER_ALLOW_PLAIN_TCP must be off in production: use tcp:// with TLS.")
 

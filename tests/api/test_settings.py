@@ -107,6 +107,7 @@ GOOD_PRODUCTION = {
     "DATABASE_URL": "postgres://hangar:hangar@127.0.0.1:54329/hangar",
     "REDIS_URL": "redis://127.0.0.1:63790/0",
     "HANGAR_MODEL_ROOTS": "/srv/models",
+    "HANGAR_ENCRYPTION_KEYS": "T0pS3cr3tKeyT0pS3cr3tKeyT0pS3cr3tKeyT0pS3cQ=",
 }
 
 
@@ -134,6 +135,9 @@ def test_production_loads_with_real_secrets() -> None:
         ({"HANGAR_KEY_PEPPER": ""}, "Set HANGAR_KEY_PEPPER"),
         ({"DATABASE_URL": ""}, "Production needs PostgreSQL"),
         ({"HANGAR_MODEL_ROOTS": ""}, "Set HANGAR_MODEL_ROOTS"),
+        ({"HANGAR_ENCRYPTION_KEYS": ""}, "Set HANGAR_ENCRYPTION_KEYS"),
+        ({"HANGAR_ENCRYPTION_KEYS": "not-a-key"}, "HANGAR_ENCRYPTION_KEYS: key 1 is not a Fernet key"),
+        ({"HANGAR_DOCKER_ALLOW_PLAIN_TCP": "true"}, "HANGAR_DOCKER_ALLOW_PLAIN_TCP must be off"),
         ({"HANGAR_DEBUG": "sometimes"}, "HANGAR_DEBUG='sometimes' is not a boolean"),
         ({"HANGAR_MAX_BODY_BYTES": "1MB"}, "HANGAR_MAX_BODY_BYTES='1MB' is not an integer"),
         ({"REDIS_URL": "localhost:6379"}, "REDIS_URL='localhost:6379' must start with redis://"),

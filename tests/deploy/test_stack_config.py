@@ -27,16 +27,21 @@ OPERATOR_ENV = {
     "POSTGRES_PASSWORD": "p" * 24,
     "HANGAR_SECRET_KEY": "s" * 48,
     "HANGAR_KEY_PEPPER": "k" * 48,
+    "HANGAR_ENCRYPTION_KEYS": "T0pS3cr3tKeyT0pS3cr3tKeyT0pS3cr3tKeyT0pS3cQ=",
     "DOCKER_GID": "999",
 }
 # The hangar-secrets Secret that deploy/kubernetes/README.md tells operators to create.
 KUBE_SECRET = {
     "HANGAR_SECRET_KEY": "s" * 48,
     "HANGAR_KEY_PEPPER": "k" * 48,
+    "HANGAR_ENCRYPTION_KEYS": "T0pS3cr3tKeyT0pS3cr3tKeyT0pS3cr3tKeyT0pS3cQ=",
     "DATABASE_URL": "postgres://hangar:PASSWORD@postgres.example:5432/hangar",
     "REDIS_URL": "redis://redis.example:6379/0",
 }
-LOAD_SETTINGS = "import django; django.setup(); from django.conf import settings; print(settings.HANGAR_MODEL_ROOTS)"
+LOAD_SETTINGS = (
+    "import django; django.setup(); from controlplane.core.crypto import decrypt_json, encrypt_json; "
+    "assert decrypt_json(encrypt_json({'k': 'v'})) == {'k': 'v'}"
+)
 _VAR = re.compile(r"\$\{(?P<name>[A-Za-z_][A-Za-z0-9_]*)(?:(?P<op>:-|:\?)(?P<arg>[^}]*))?\}")
 
 
