@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import factory
 from django.contrib.auth import get_user_model
 
 from controlplane.catalog.models import Model
-from controlplane.deployments.models import Deployment, Replica, Target
+from controlplane.deployments.models import Deployment, Replica, Target, TargetGrant
 from controlplane.tenancy.choices import Role
 from controlplane.tenancy.models import Membership, Tenant
 
@@ -52,12 +54,20 @@ class ModelFactory(factory.django.DjangoModelFactory):
 
 
 class TargetFactory(factory.django.DjangoModelFactory):
+    """A platform target; ``TargetFactory(tenant=t)`` also grants it to ``t``."""
+
     class Meta:
         model = Target
 
-    tenant = factory.SubFactory(TenantFactory)
     name = factory.Sequence(lambda n: f"target-{n}")
     kind = "local"
+
+    @classmethod
+    def _create(cls, model_class: type[Target], *args: Any, tenant: Tenant | None = None, **kwargs: Any) -> Target:
+        target = super()._create(model_class, *args, **kwargs)
+        if tenant is not None:
+            TargetGrant.objects.create(target=target, tenant=tenant)
+        return target
 
 
 class DeploymentFactory(factory.django.DjangoModelFactory):

@@ -12,6 +12,8 @@ from controlplane.tenancy.choices import Role
 class Tenant(TimeStamped):
     name = models.CharField(max_length=100)
     slug = models.SlugField(max_length=50, unique=True)
+    # A deactivated tenant keeps its rows, but its members, keys and replicas stop working.
+    is_active = models.BooleanField(default=True)
     # Tenant-wide gateway limits (0 = unlimited); each key may set tighter ones.
     rpm_limit = models.PositiveIntegerField(default=0)
     tpm_limit = models.PositiveIntegerField(default=0)

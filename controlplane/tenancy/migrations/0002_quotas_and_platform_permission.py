@@ -10,6 +10,11 @@ class Migration(migrations.Migration):
     ]
 
     operations = [
+        migrations.AddField(
+            model_name="tenant",
+            name="is_active",
+            field=models.BooleanField(default=True),
+        ),
         migrations.AlterModelOptions(
             name='tenant',
             options={'ordering': ['slug'], 'permissions': [('administer_platform', 'Administer the platform: targets, grants, quotas, tenants, users')]},
