@@ -139,3 +139,15 @@ class ScopedViewSet(viewsets.GenericViewSet):
             tenant_id = access.default_tenant_id(perm)
         access.require(tenant_id, perm)
         return Tenant.objects.get(pk=tenant_id)
+
+
+class PlatformViewSet(ScopedViewSet):
+    """Base of the platform endpoints (``/api/v1/platform/...``): targets, grants, quotas,
+    tenants and users. Only platform admins reach them; for everyone else they do not exist
+    (404, the same answer as an unknown URL), whatever their tenant roles."""
+
+    def initial(self, request: Request, *args: Any, **kwargs: Any) -> None:
+        super().initial(request, *args, **kwargs)  # authentication first: anonymous stays 401/403
+        if getattr(self, "swagger_fake_view", False):
+            return
+        get_access(request).require_platform_admin()
