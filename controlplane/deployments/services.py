@@ -1,4 +1,4 @@
-"""Writes of desired state: targets and deployments.
+"""Writes of desired state: targets, grants and deployments.
 
 Every write validates, saves, bumps ``generation``, appends an event and an audit row, and
 enqueues a reconcile after commit. No backend (Docker, Kubernetes, processes) is touched here.
@@ -14,13 +14,14 @@ from django.db.models import F
 from controlplane.audit.services import audit_record
 from controlplane.catalog.models import Model
 from controlplane.core.context import Actor
+from controlplane.core.crypto import CredentialsUnreadable, decrypt_json, encrypt_json
 from controlplane.core.exceptions import Conflict, ValidationFailed
 from controlplane.core.realtime import deployment_group, publish_on_commit, tenant_group
 from controlplane.core.tasks import CHECK_TARGET, RECONCILE_DEPLOYMENT, enqueue_on_commit
 from controlplane.deployments.choices import DesiredState, Phase, TargetKind
 from controlplane.deployments.events import event_emit
-from controlplane.deployments.models import Deployment, Target
-from controlplane.deployments.validation import validate_deployment_fields, validate_target_fields
+from controlplane.deployments.models import Deployment, Target, TargetGrant
+from controlplane.deployments.validation import DNS_LABEL, TARGET_SETTINGS, validate_deployment_fields, validate_target
 from controlplane.tenancy.models import Tenant
 
 # Changing one of these replaces the replicas (rolling); other spec fields do not.
@@ -48,19 +49,6 @@ SPEC_FIELDS = TEMPLATE_FIELDS | {
     "target_concurrency",
     "scale_to_zero_idle_seconds",
     "served_model_name",
-}
-TARGET_FIELDS = {
-    "name",
-    "kind",
-    "docker_url",
-    "kubeconfig_path",
-    "kube_context",
-    "kube_namespace",
-    "model_volume",
-    "node_selector",
-    "tolerations",
-    "labels",
-    "gpu_inventory",
 }
 
 
@@ -90,54 +78,136 @@ def _after_spec_change(
 
 
 # ----------------------------------------------------------------------------- targets
+# Platform resources: only platform admins call these (the API and dashboard check that first).
+# Credentials arrive as plain fields (CREDENTIAL_FIELDS), are stored encrypted, and only their
+# names ever reach an audit row.
+
+
+def _target_defaults() -> dict[str, Any]:
+    fields = {f.name: f for f in Target._meta.concrete_fields}
+    return {name: fields[name].get_default() for name in TARGET_SETTINGS}
+
+
+def _stored_credentials(target: Target) -> dict[str, str]:
+    # Unreadable credentials (a key removed too early) count as none: the platform admin
+    # uploads them again, and validation says which ones are missing.
+    try:
+        return decrypt_json(target.credentials)
+    except CredentialsUnreadable:
+        return {}
+
+
+def _refuse_taken_name(name: str, *, exclude: int = 0) -> None:
+    if Target.objects.filter(name=name).exclude(pk=exclude).exists():
+        raise ValidationFailed("Name taken.", field_errors={"name": [f"A target named {name!r} exists."]})
+
+
+def _audited(fields: dict[str, Any], credentials: tuple[str, ...]) -> dict[str, Any]:
+    """What an audit row records of a target change: settings as set, credentials by name only."""
+    changes: dict[str, Any] = dict(fields)
+    if credentials:
+        changes["credentials"] = list(credentials)
+    return changes
 
 
 @transaction.atomic
-def target_create(*, actor: Actor, tenant: Tenant, data: dict[str, Any]) -> Target:
-    clean = validate_target_fields({k: v for k, v in data.items() if k in TARGET_FIELDS})
-    name = clean.get("name", "")
-    if not isinstance(name, str) or not name.strip() or len(name) > 100:
-        raise ValidationFailed("Invalid target.", field_errors={"name": ["Give a name of 1-100 characters."]})
-    if Target.objects.filter(tenant=tenant, name=name).exists():
-        raise ValidationFailed("Name taken.", field_errors={"name": [f"A target named {name!r} exists."]})
-    kind = clean.get("kind", TargetKind.LOCAL)
-    if kind == TargetKind.DOCKER and not clean.get("docker_url"):
-        clean["docker_url"] = "unix:///var/run/docker.sock"
-    target = Target.objects.create(tenant=tenant, **clean)
-    audit_record(actor=actor, action="target.create", obj=target, changes={"kind": kind})
+def target_create(*, actor: Actor, data: dict[str, Any]) -> Target:
+    """Add a platform target (granted to no tenant yet) and queue its first health check."""
+    if not data.get("name"):
+        raise ValidationFailed("Invalid target.", field_errors={"name": ["This field is required."]})
+    change = validate_target(data, current=_target_defaults(), current_credentials={})
+    _refuse_taken_name(change.fields["name"])
+    target = Target.objects.create(**change.fields, credentials=encrypt_json(change.credentials))
+    shown = {k: v for k, v in change.fields.items() if k in data or k == "kind"}
+    audit_record(actor=actor, action="target.create", obj=target, changes=_audited(shown, change.credentials_changed))
     enqueue_on_commit(CHECK_TARGET, target.pk)
     return target
 
 
 @transaction.atomic
 def target_update(*, actor: Actor, target: Target, data: dict[str, Any]) -> Target:
-    clean = validate_target_fields({k: v for k, v in data.items() if k in TARGET_FIELDS - {"kind"}})
-    if (
-        "name" in clean
-        and Target.objects.filter(tenant_id=target.tenant_id, name=clean["name"]).exclude(pk=target.pk).exists()
-    ):
-        raise ValidationFailed("Name taken.", field_errors={"name": ["A target with this name exists."]})
-    changes = {k: v for k, v in clean.items() if getattr(target, k) != v}
+    """Change settings or credentials (the kind is fixed); a change queues a health check."""
+    target = Target.objects.select_for_update().get(pk=target.pk)
+    if "kind" in data and data["kind"] != target.kind:
+        raise ValidationFailed("Invalid target.", field_errors={"kind": ["The kind of a target cannot change."]})
+    current = {name: getattr(target, name) for name in TARGET_SETTINGS}
+    stored = _stored_credentials(target)
+    change = validate_target(data, current=current, current_credentials=stored)
+    if change.fields["name"] != target.name:
+        _refuse_taken_name(change.fields["name"], exclude=target.pk)
+    changes = {k: v for k, v in change.fields.items() if current[k] != v}
+    if not changes and not change.credentials_changed:
+        return target
     for key, value in changes.items():
         setattr(target, key, value)
-    if changes:
-        target.save(update_fields=[*changes, "updated_at"])
-        audit_record(actor=actor, action="target.update", obj=target, changes=changes)
-        enqueue_on_commit(CHECK_TARGET, target.pk)
+    update_fields = [*changes, "updated_at"]
+    if change.credentials_changed:
+        target.credentials = encrypt_json(change.credentials)
+        update_fields.append("credentials")
+    target.save(update_fields=update_fields)
+    audit_record(actor=actor, action="target.update", obj=target, changes=_audited(changes, change.credentials_changed))
+    enqueue_on_commit(CHECK_TARGET, target.pk)
     return target
 
 
 @transaction.atomic
 def target_delete(*, actor: Actor, target: Target) -> None:
+    """Remove a target and its grants; refused while any deployment uses it."""
+    target = Target.objects.select_for_update().get(pk=target.pk)
     if target.deployments.exists():
         raise Conflict("Deployments still use this target; delete them first.")
-    audit_record(actor=actor, action="target.delete", obj=target)
+    tenants = list(target.grants.values_list("tenant__slug", flat=True))
+    audit_record(actor=actor, action="target.delete", obj=target, changes={"granted_to": tenants} if tenants else {})
     target.delete()
 
 
-def target_check(*, target: Target) -> None:
-    """Ask a worker to refresh the target's health (ping, version, GPUs)."""
+@transaction.atomic
+def target_check(*, actor: Actor, target: Target) -> None:
+    """Ask a worker to refresh the target's health (reachability, version, GPUs)."""
+    audit_record(actor=actor, action="target.check", obj=target)
     enqueue_on_commit(CHECK_TARGET, target.pk)
+
+
+@transaction.atomic
+def target_grant(*, actor: Actor, target: Target, tenant: Tenant, namespace: str = "") -> TargetGrant:
+    """Let ``tenant`` deploy onto ``target``; on Kubernetes, ``namespace`` (if set) replaces the
+    target's namespace for this tenant's replicas."""
+    if namespace and target.kind != TargetKind.KUBERNETES:
+        raise ValidationFailed("Invalid grant.", field_errors={"namespace": ["Only for Kubernetes targets."]})
+    if namespace and not DNS_LABEL.match(namespace):
+        raise ValidationFailed(
+            "Invalid grant.", field_errors={"namespace": ["Not a valid Kubernetes namespace name (a DNS label)."]}
+        )
+    if TargetGrant.objects.filter(target=target, tenant=tenant).exists():
+        raise Conflict(f"Target {target.name!r} is already granted to tenant {tenant.slug!r}.")
+    grant = TargetGrant.objects.create(target=target, tenant=tenant, namespace=namespace)
+    changes = {"target": target.name, "tenant": tenant.slug} | ({"namespace": namespace} if namespace else {})
+    audit_record(actor=actor, action="target.grant", obj=grant, changes=changes)
+    return grant
+
+
+@transaction.atomic
+def target_revoke(*, actor: Actor, grant: TargetGrant) -> None:
+    """Take a target back from a tenant; refused (409) while deployments of the tenant use it,
+    so nothing already running loses its target."""
+    # The grant row is locked here and by deployment_create, so a deployment cannot be created
+    # on a grant that is being revoked.
+    grant = TargetGrant.objects.select_for_update().select_related("target", "tenant").get(pk=grant.pk)
+    if Deployment.objects.filter(target_id=grant.target_id, tenant_id=grant.tenant_id).exists():
+        raise Conflict(
+            f"Deployments of tenant {grant.tenant.slug!r} still use target {grant.target.name!r}; delete them first."
+        )
+    audit_record(
+        actor=actor,
+        action="target.revoke",
+        obj=grant,
+        changes={"target": grant.target.name, "tenant": grant.tenant.slug},
+    )
+    grant.delete()
+
+
+def _lock_grant(*, target_id: int, tenant_id: int) -> TargetGrant | None:
+    return TargetGrant.objects.select_for_update().filter(target_id=target_id, tenant_id=tenant_id).first()
 
 
 # ----------------------------------------------------------------------------- deployments
