@@ -4,7 +4,8 @@ One pass (``scrape_once``) every ``HANGAR_METRICS_INTERVAL`` seconds (Celery bea
 ``workers.metrics_tasks.scrape_metrics``):
 
 1. read the ready replicas with an endpoint, fetch their Prometheus text concurrently with a
-   short timeout (a hung replica costs one timeout, not the whole pass);
+   short timeout (a hung replica costs one timeout, not the whole pass), presenting each
+   deployment's replica token (``controlplane.deployments.replica_auth``);
 2. turn counters into rates and histograms into quantiles using the *difference* from the
    previous scrape of the same replica (kept in the cache: losing it only costs one point),
    treating a counter that went down as a restarted replica (Prometheus ``rate`` semantics);
@@ -39,6 +40,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from controlplane.core.realtime import deployment_group, tenant_group
 from controlplane.deployments.choices import DesiredState, Phase, ReplicaState
 from controlplane.deployments.models import Deployment, MetricSample, Replica
+from controlplane.deployments.replica_auth import replica_token
 
 logger = logging.getLogger(__name__)
 
@@ -216,10 +218,12 @@ def quantiles(buckets: dict[str, list[tuple[float, float]]]) -> dict[str, float 
 # ----------------------------------------------------------------------------- fetching
 
 
-async def fetch_one(client: httpx.AsyncClient, url: str, limit: asyncio.Semaphore) -> tuple[str | None, float]:
+async def fetch_one(
+    client: httpx.AsyncClient, url: str, token: str, limit: asyncio.Semaphore
+) -> tuple[str | None, float]:
     async with limit:
         try:
-            response = await client.get(url)
+            response = await client.get(url, headers={"Authorization": f"Bearer {token}"})
             at = time.time()
             if response.status_code != 200 or len(response.content) > MAX_METRICS_BYTES:
                 return None, at
@@ -229,11 +233,15 @@ async def fetch_one(client: httpx.AsyncClient, url: str, limit: asyncio.Semaphor
             return None, time.time()
 
 
-async def fetch_all(urls: dict[int, str], request_timeout: float) -> dict[int, tuple[str | None, float]]:
+async def fetch_all(
+    urls: dict[int, str], request_timeout: float, *, tokens: dict[int, str]
+) -> dict[int, tuple[str | None, float]]:
+    """``/metrics`` text (None on failure) and the time it was read, by key of ``urls``;
+    ``tokens`` holds the bearer token to present for each key."""
     limit = asyncio.Semaphore(MAX_CONCURRENT_SCRAPES)
     async with httpx.AsyncClient(timeout=request_timeout, follow_redirects=False) as client:
         keys = list(urls)
-        results = await asyncio.gather(*(fetch_one(client, urls[k], limit) for k in keys))
+        results = await asyncio.gather(*(fetch_one(client, urls[k], tokens[k], limit) for k in keys))
     return dict(zip(keys, results, strict=True))
 
 
@@ -276,7 +284,14 @@ def scrape_once() -> dict[str, int]:
     deployments = {d.pk: d for d in _live_deployments()}
     replicas = list(Replica.objects.filter(deployment_id__in=deployments).order_by("deployment_id", "name"))
     ready = [r for r in replicas if r.state == ReplicaState.READY and r.endpoint]
-    fetched = asyncio.run(fetch_all({r.pk: metrics_url(r.endpoint) for r in ready}, request_timeout=max(0.5, interval)))
+    tokens = {d: replica_token(d) for d in {r.deployment_id for r in ready}}
+    fetched = asyncio.run(
+        fetch_all(
+            {r.pk: metrics_url(r.endpoint) for r in ready},
+            request_timeout=max(0.5, interval),
+            tokens={r.pk: tokens[r.deployment_id] for r in ready},
+        )
+    )
 
     previous_states = cache.get_many([STATE_KEY.format(r.pk) for r in ready])
     now_dt = timezone.now()

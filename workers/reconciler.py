@@ -23,6 +23,7 @@ from controlplane.deployments import status
 from controlplane.deployments.choices import ConditionType, DesiredState, EventType, Phase, ReplicaState
 from controlplane.deployments.events import event_emit
 from controlplane.deployments.models import Deployment, DeploymentEvent, Replica, Target
+from controlplane.deployments.replica_auth import replica_token
 from controlplane.deployments.status import ReplicaObservation, StatusUpdate
 from workers.drivers import driver_for, instance_name
 from workers.drivers.base import (
@@ -87,6 +88,7 @@ def replica_spec(deployment: Deployment, *, slot: int) -> ReplicaSpec:
         tolerations=[*(deployment.target.tolerations or []), *(deployment.tolerations or [])],
         allow_unsafe_weights=deployment.model.allow_unsafe_weights,
         trust_remote_code=deployment.model.trust_remote_code,
+        token=replica_token(deployment.pk),
     )
 
 

@@ -472,8 +472,12 @@ class Gateway:
             try:
                 t_up = time.perf_counter()
                 try:
+                    # Only these headers: the client's own Authorization (its Hangar API key) and
+                    # anything else it sent stay here; the replica gets its deployment's credential.
                     response = await self.session.post(
-                        replica.endpoint + path, data=upstream_body, headers={"Content-Type": "application/json"}
+                        replica.endpoint + path,
+                        data=upstream_body,
+                        headers={"Content-Type": "application/json", "Authorization": route.replica_auth},
                     )
                 except aiohttp.ClientConnectorError:
                     # Nothing reached the replica: safe to try another one.
@@ -489,6 +493,20 @@ class Gateway:
                         self.conf.retry_after_seconds,
                         code="upstream_error",
                     ) from None
+                if response.status == 401:
+                    # The replica refused our credential (a replica left from before a SECRET_KEY
+                    # rotation, or processes that disagree on it): not the client's fault, and
+                    # its request was not processed, so another replica may take it.
+                    response.release()
+                    logger.error(
+                        "replica %s of deployment %s refused the gateway's credential",
+                        replica.pk,
+                        route.deployment_id,
+                    )
+                    metrics.UPSTREAM_ERRORS.labels("unauthorized").inc()
+                    self.balancer.failed(replica)
+                    tried.add(replica.pk)
+                    continue
                 self.balancer.succeeded(replica)
                 pre = t_up - t0
                 try:

@@ -11,6 +11,7 @@ from django.db.models import Sum
 
 from controlplane.deployments.choices import DesiredState, ReplicaState
 from controlplane.deployments.models import Deployment, Replica
+from controlplane.deployments.replica_auth import replica_token
 from controlplane.keys.models import ApiKey
 from controlplane.usage.models import UsageRecord
 
@@ -53,6 +54,7 @@ class Route:
     max_tokens_cap: int
     created: int
     ready: tuple[ReplicaTarget, ...]
+    replica_auth: str = ""  # "Bearer <the deployment's replica token>", what its replicas require
 
 
 def _epoch(value: datetime | None) -> float | None:
@@ -155,6 +157,7 @@ def gateway_routes(*, tenant_id: int) -> dict[str, Route]:
             max_tokens_cap=d["max_tokens_cap"],
             created=int(d["created_at"].timestamp()),
             ready=tuple(ready.get(d["pk"], ())),
+            replica_auth="Bearer " + replica_token(d["pk"]),
         )
         for d in deployments
     }

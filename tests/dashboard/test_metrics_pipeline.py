@@ -13,6 +13,7 @@ from django.utils import timezone
 
 from controlplane.core.realtime import deployment_group, tenant_group
 from controlplane.deployments.models import MetricSample
+from controlplane.deployments.replica_auth import replica_token
 from tests.factories import DeploymentFactory, ReplicaFactory
 from workers import metrics
 from workers.runtime.metrics import RuntimeMetrics
@@ -84,9 +85,13 @@ def test_scrape_once_stores_samples_rollups_prunes_and_pushes(monkeypatch: Any, 
     counters = {a.pk: [0, 100], b.pk: [0, 300]}
     tick = {"n": 0, "at": 1000.0}
 
-    async def fake_fetch(urls: dict[int, str], request_timeout: float) -> dict[int, tuple[str, float]]:
+    async def fake_fetch(
+        urls: dict[int, str], request_timeout: float, *, tokens: dict[int, str]
+    ) -> dict[int, tuple[str, float]]:
         assert set(urls) == {a.pk, b.pk}  # only ready replicas with an endpoint are scraped
         assert urls[a.pk] == "http://127.0.0.1:9001/metrics"
+        # Replicas answer /metrics only to their deployment's credential.
+        assert tokens == {a.pk: replica_token(deployment.pk), b.pk: replica_token(deployment.pk)}
         n = tick["n"]
         out = {}
         for pk, values in counters.items():

@@ -2,7 +2,9 @@
 
 Same command line and the same contract the engine relies on: progress lines on stderr
 (``hangar-runtime: stage=...``), ``GET /health`` 503 while "loading" then 200, exit 1 when the
-model directory is unusable, exit 0 on SIGTERM. ``HANGAR_FAKE_READY_DELAY`` sets the loading time.
+model directory is unusable, exit 0 on SIGTERM, and the bearer token (``--token-file``, or
+``HANGAR_RUNTIME_TOKEN``) that every path but ``/health`` requires. ``HANGAR_RUNTIME_FAKE_READY_DELAY``
+sets the loading time (a ``HANGAR_RUNTIME_*`` name, so the local driver passes it on).
 """
 
 from __future__ import annotations
@@ -15,6 +17,8 @@ import threading
 import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
+
+from workers.runtime.auth import load_token
 
 
 def stage(name: str, **fields: object) -> None:
@@ -33,12 +37,14 @@ def main() -> int:
     parser.add_argument("--max-batch-size", type=int, default=32)
     parser.add_argument("--max-model-len", type=int, default=2048)
     parser.add_argument("--device", default="cpu")
+    parser.add_argument("--token-file", type=Path)
     args = parser.parse_args()
+    token = load_token(args.token_file, os.environ)
     stage("starting", model=args.model, port=args.port)
     if not (args.model / "config.json").is_file():
         stage("failed", error="no config.json")
         return 1
-    ready_at = time.monotonic() + float(os.environ.get("HANGAR_FAKE_READY_DELAY", "0.3"))
+    ready_at = time.monotonic() + float(os.environ.get("HANGAR_RUNTIME_FAKE_READY_DELAY", "0.3"))
 
     class Handler(BaseHTTPRequestHandler):
         def do_GET(self) -> None:
@@ -47,6 +53,9 @@ def main() -> int:
                 self.send_response(200 if ok else 503)
                 self.end_headers()
                 self.wfile.write(b'{"status": "ok"}' if ok else b'{"status": "loading"}')
+            elif token and self.headers.get("Authorization") != f"Bearer {token}":
+                self.send_response(401)
+                self.end_headers()
             else:
                 self.send_response(404)
                 self.end_headers()

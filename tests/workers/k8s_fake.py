@@ -1,7 +1,7 @@
 """A recording fake of the Kubernetes AppsV1Api/CoreV1Api that accepts only real client models.
 
 Every call is recorded as (method, args); bodies must be instances of the client's model classes
-(``V1Deployment``, ``V1Service``, ``V1DeleteOptions``), exactly what the real API classes
+(``V1Deployment``, ``V1Service``, ``V1Secret``, ``V1DeleteOptions``), exactly what the real API classes
 serialize. State is kept so list/read answer like a small API server would.
 """
 
@@ -33,6 +33,7 @@ class FakeCluster:
         self.calls: list[tuple[str, tuple[Any, ...]]] = []
         self.deployments: dict[tuple[str, str], k8s.V1Deployment] = {}
         self.services: dict[tuple[str, str], k8s.V1Service] = {}
+        self.secrets: dict[tuple[str, str], k8s.V1Secret] = {}
         self.pods: dict[tuple[str, str], k8s.V1Pod] = {}
         self.events: list[k8s.CoreV1Event] = []
         self.logs: dict[str, str] = {}
@@ -153,6 +154,45 @@ class FakeCoreV1Api:
         self.c.record("delete_namespaced_service", name, namespace)
         if self.c.services.pop((namespace, name), None) is None:
             raise _not_found("services", name)
+        return k8s.V1Status(status="Success")
+
+    def read_namespaced_secret(self, name: str, namespace: str, **kw: Any) -> k8s.V1Secret:
+        self.c.record("read_namespaced_secret", name, namespace)
+        try:
+            return copy.deepcopy(self.c.secrets[(namespace, name)])
+        except KeyError:
+            raise _not_found("secrets", name) from None
+
+    def create_namespaced_secret(self, namespace: str, body: Any, **kw: Any) -> k8s.V1Secret:
+        assert isinstance(body, k8s.V1Secret), type(body)
+        self.c.record("create_namespaced_secret", namespace, body)
+        key = (namespace, body.metadata.name)
+        if key in self.c.secrets:
+            raise ApiException(status=409, reason="AlreadyExists")
+        self.c.secrets[key] = copy.deepcopy(body)
+        return body
+
+    def patch_namespaced_secret(self, name: str, namespace: str, body: Any, **kw: Any) -> k8s.V1Secret:
+        assert isinstance(body, k8s.V1Secret), type(body)
+        self.c.record("patch_namespaced_secret", name, namespace, body)
+        if (namespace, name) not in self.c.secrets:
+            raise _not_found("secrets", name)
+        self.c.secrets[(namespace, name)] = copy.deepcopy(body)
+        return body
+
+    def list_namespaced_secret(self, namespace: str, label_selector: str = "", **kw: Any) -> k8s.V1SecretList:
+        self.c.record("list_namespaced_secret", namespace, label_selector)
+        items = [
+            s
+            for (ns, _), s in self.c.secrets.items()
+            if ns == namespace and _matches(s.metadata.labels, label_selector)
+        ]
+        return k8s.V1SecretList(items=items)
+
+    def delete_namespaced_secret(self, name: str, namespace: str, **kw: Any) -> k8s.V1Status:
+        self.c.record("delete_namespaced_secret", name, namespace)
+        if self.c.secrets.pop((namespace, name), None) is None:
+            raise _not_found("secrets", name)
         return k8s.V1Status(status="Success")
 
     def list_namespaced_pod(self, namespace: str, label_selector: str = "", **kw: Any) -> k8s.V1PodList:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import base64
+import json
 import os
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -14,12 +16,20 @@ from controlplane.core.context import SYSTEM
 from controlplane.deployments import services
 from controlplane.deployments.choices import Phase
 from controlplane.deployments.models import Deployment, DeploymentEvent, Replica
+from controlplane.deployments.replica_auth import replica_token
 from tests.factories import DeploymentFactory
 from tests.workers.k8s_fake import FakeCluster
 from workers import reconciler
 from workers.drivers import instance_name
 from workers.drivers.base import ReplicaSpec
-from workers.drivers.kubernetes import KubernetesDriver, build_deployment, build_service, name_prefix
+from workers.drivers.kubernetes import (
+    KubernetesDriver,
+    build_deployment,
+    build_secret,
+    build_service,
+    name_prefix,
+    resource_name,
+)
 
 K8S_SCHEMA_VERSION = "1.37"  # the newest schema kubernetes-validate ships
 
@@ -64,7 +74,8 @@ def test_manifests_validate_against_the_official_schema(overrides: dict[str, Any
         spec(**overrides), replicas=3, namespace="serving", image="hangar-runtime:latest", volume=volume
     )
     service = build_service(spec(**overrides), namespace="serving")
-    for manifest in (serialize(deployment), serialize(service)):
+    secret = build_secret(spec(token="t0ken", **overrides), namespace="serving")
+    for manifest in (serialize(deployment), serialize(service), serialize(secret)):
         kubernetes_validate.validate(manifest, K8S_SCHEMA_VERSION, strict=True)
 
     data = serialize(deployment)
@@ -87,6 +98,26 @@ def test_manifests_validate_against_the_official_schema(overrides: dict[str, Any
     else:
         assert "nvidia.com/gpu" not in container["resources"]["limits"]
         assert pod["volumes"][0]["hostPath"] == {"path": "/srv/models/tiny", "type": "Directory"}
+
+
+def test_the_pod_takes_its_token_from_the_secret_and_never_holds_it() -> None:
+    token = "s3cr3t-replica-token-value"
+    deployment = serialize(build_deployment(spec(token=token), replicas=2, namespace="n", image="i", volume={}))
+    secret = serialize(build_secret(spec(token=token), namespace="n"))
+    assert token not in json.dumps(deployment)
+    [container] = deployment["spec"]["template"]["spec"]["containers"]
+    env = {e["name"]: e for e in container["env"]}
+    assert env["HANGAR_RUNTIME_TOKEN"] == {
+        "name": "HANGAR_RUNTIME_TOKEN",
+        "valueFrom": {"secretKeyRef": {"name": deployment["metadata"]["name"], "key": "token"}},
+    }
+    assert secret["metadata"]["name"] == deployment["metadata"]["name"]
+    assert secret["metadata"]["labels"] == deployment["metadata"]["labels"]
+    assert base64.b64decode(secret["data"]["token"]).decode() == token
+    # A new token (SECRET_KEY rotated) changes the pod template, so Kubernetes rolls the pods.
+    rotated = serialize(build_deployment(spec(token="another"), replicas=2, namespace="n", image="i", volume={}))
+    assert rotated["spec"]["template"] != deployment["spec"]["template"]
+    assert "another" not in json.dumps(rotated)
 
 
 def test_scaling_does_not_change_the_pod_template() -> None:
@@ -138,6 +169,14 @@ def test_reconcile_through_the_fake_cluster(cluster: FakeCluster, k8s_run: Any) 
     assert namespace == "serving" and body.spec.replicas == 2
     assert body.spec.template.spec.node_selector == {"pool": "gpu", "zone": "a"}
     assert any(c[0] == "create_namespaced_service" for c in cluster.calls)
+    # The replica token: in a Secret created before the Deployment, nowhere in the Deployment.
+    token = replica_token(deployment.pk)
+    [secret] = cluster.secrets.values()
+    assert secret.metadata.name == body.metadata.name and secret.metadata.labels == body.metadata.labels
+    assert base64.b64decode(secret.data["token"]).decode() == token
+    assert token not in json.dumps(serialize(body))
+    methods = [c[0] for c in cluster.calls]
+    assert methods.index("create_namespaced_secret") < methods.index("create_namespaced_deployment")
     assert deployment.phase == Phase.DEPLOYING
 
     cluster.run_pods("serving", ready=True)
@@ -184,10 +223,10 @@ def test_reconcile_through_the_fake_cluster(cluster: FakeCluster, k8s_run: Any) 
     k8s_run(deployment)
     assert DeploymentEvent.objects.filter(deployment=deployment, reason="FailedScheduling", type="Warning").exists()
 
-    # Delete: Deployment and Service removed, pods gone, then the row.
+    # Delete: Deployment, Service and Secret removed, pods gone, then the row.
     services.deployment_delete(actor=SYSTEM, deployment=deployment)
     k8s_run(deployment)
-    assert not cluster.deployments and not cluster.services and not cluster.pods
+    assert not cluster.deployments and not cluster.services and not cluster.pods and not cluster.secrets
     assert not Deployment.objects.filter(pk=deployment.pk).exists()
 
 
@@ -200,7 +239,28 @@ def test_orphaned_kubernetes_deployments_are_removed(cluster: FakeCluster, k8s_r
         apps=cluster.apps, core=cluster.core, namespace="serving", image="i", instance=instance_name()
     )
     assert reconciler.collect_orphans(driver) == [f"deployment {deployment.pk}"]
-    assert not cluster.deployments and not cluster.services
+    assert not cluster.deployments and not cluster.services and not cluster.secrets
+
+
+@pytest.mark.django_db
+def test_a_rotated_secret_key_updates_the_secret_and_rolls_the_pods(
+    cluster: FakeCluster, k8s_run: Any, settings: Any
+) -> None:
+    deployment = DeploymentFactory(replicas=1, target__kind="kubernetes", target__kube_namespace="serving")
+    k8s_run(deployment)
+    cluster.run_pods("serving", ready=True)
+    k8s_run(deployment)
+    old_token = replica_token(deployment.pk)
+    [(_, name)] = cluster.secrets
+    old_template = serialize(cluster.deployments[("serving", name)].spec.template)
+
+    settings.SECRET_KEY = settings.SECRET_KEY + "-rotated"
+    new_token = replica_token(deployment.pk)
+    assert new_token != old_token
+    k8s_run(deployment)
+    assert base64.b64decode(cluster.secrets[("serving", name)].data["token"]).decode() == new_token
+    assert serialize(cluster.deployments[("serving", name)].spec.template) != old_template
+    assert name == resource_name(reconciler.replica_spec(deployment, slot=0))
 
 
 def test_logs_and_check(cluster: FakeCluster) -> None:

@@ -11,6 +11,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import httpx
 import pytest
 
 from workers.drivers.base import BackendState, PermanentDriverError, ReplicaSpec, health_ok
@@ -137,3 +138,47 @@ def test_a_replica_without_state_file_is_found_as_a_stray(driver: LocalDriver, m
     assert other.strays(min_age_s=0) == []  # another installation's processes are not ours
     driver._stop(state["pid"], state["start_ticks"])
     assert driver.strays(min_age_s=0) == []
+
+
+def test_a_replica_inherits_no_secrets_and_reads_its_token_from_a_private_file(
+    driver: LocalDriver, model_dir: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    leaks = {
+        "HANGAR_SECRET_KEY": "leak-secret-key",
+        "HANGAR_KEY_PEPPER": "leak-pepper",
+        "HANGAR_ENCRYPTION_KEYS": "leak-fernet-key",
+        "DATABASE_URL": "postgres://hangar:leak-db-password@db/hangar",
+        "REDIS_URL": "redis://:leak-redis-password@redis/0",
+        "CELERY_BROKER_URL": "redis://:leak-broker-password@redis/1",
+        "DJANGO_SETTINGS_MODULE": "leak.settings",
+        "AWS_SECRET_ACCESS_KEY": "leak-aws",
+        "HANGAR_RUNTIME_TOKEN": "leak-a-token-the-worker-happens-to-hold",
+        "HANGAR_RUNTIME_API_KEY": "leak-even-under-the-runtime-prefix",
+    }
+    for name, value in leaks.items():
+        monkeypatch.setenv(name, value)
+    monkeypatch.setenv("HANGAR_RUNTIME_FAKE_READY_DELAY", "0.05")
+    token = "the-deployments-replica-token"
+    created = driver.create(spec(model_dir, token=token))
+    wait_for(lambda: health_ok(created.endpoint))
+    state = driver._read_state(driver._state_path(created.backend_id))
+
+    raw = Path(f"/proc/{state['pid']}/environ").read_bytes()
+    environ = dict(entry.split("=", 1) for entry in raw.decode().split("\0") if entry)
+    assert not [value for value in leaks.values() if value.encode() in raw]
+    assert token.encode() not in raw
+    assert environ["HANGAR_RUNTIME_FAKE_READY_DELAY"] == "0.05"  # the runtime's own settings pass
+    assert environ["HF_HUB_OFFLINE"] == environ["TRANSFORMERS_OFFLINE"] == "1"
+    assert environ["PATH"] == os.environ["PATH"]
+
+    token_path = driver._token_path(created.backend_id)
+    assert token_path.read_text() == token
+    assert token_path.stat().st_mode & 0o777 == 0o600
+    cmdline = Path(f"/proc/{state['pid']}/cmdline").read_bytes().split(b"\0")
+    assert str(token_path).encode() in cmdline and token.encode() not in b" ".join(cmdline)
+
+    assert httpx.get(created.endpoint + "/v1/models").status_code == 401
+    assert httpx.get(created.endpoint + "/v1/models", headers={"Authorization": f"Bearer {token}"}).status_code == 404
+
+    driver.remove(created.backend_id)
+    assert not token_path.exists()

@@ -2,24 +2,14 @@
 
 from __future__ import annotations
 
-import re
-
 from django.conf import settings
-from django.db import connection
 
+from controlplane.core.instance import instance_name
 from controlplane.deployments.choices import TargetKind
 from controlplane.deployments.models import Target
 from workers.drivers.base import Driver, PermanentDriverError
 
-
-def instance_name() -> str:
-    """Label value that keeps two installations (or the test suite and a dev setup) apart.
-
-    ``HANGAR_INSTANCE`` when set, else the database name: resources of another database's
-    deployments are never mistaken for this installation's orphans.
-    """
-    name = settings.HANGAR_INSTANCE or str(connection.settings_dict["NAME"]).rsplit("/", 1)[-1]
-    return re.sub(r"[^A-Za-z0-9_.-]", "-", name)[:63] or "hangar"
+__all__ = ["driver_for", "instance_name", "local_driver"]
 
 
 def local_driver() -> Driver:

@@ -81,6 +81,9 @@ class ReplicaSpec:
     tolerations: list[dict[str, Any]] = field(default_factory=list)
     allow_unsafe_weights: bool = False
     trust_remote_code: bool = False
+    # The bearer credential the replica requires (``controlplane.deployments.replica_auth``),
+    # set by the reconciler; each driver hands it over its own way, never in the command line.
+    token: str = field(default="", repr=False)
 
     @property
     def labels(self) -> dict[str, str]:

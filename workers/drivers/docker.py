@@ -32,6 +32,7 @@ from workers.drivers.base import (
     ReplicaSpec,
     TemporaryDriverError,
 )
+from workers.runtime.auth import TOKEN_ENV
 
 CONTAINER_PORT = "8000/tcp"
 MODEL_MOUNT = "/model"
@@ -182,7 +183,9 @@ class DockerDriver(Driver):
                 nano_cpus=int(spec.cpus * 1e9),
                 mem_limit=f"{spec.memory_mb}m",
                 device_requests=device_requests or None,
-                environment={"HANGAR_RUNTIME_PORT": "8000"},
+                # Only what the runtime needs; the image sets the rest (offline mode, PATH). The
+                # token is visible to whoever may inspect containers on this daemon: the platform.
+                environment={"HANGAR_RUNTIME_PORT": "8000"} | ({TOKEN_ENV: spec.token} if spec.token else {}),
             )
         except PermanentDriverError as exc:
             if "Conflict" in exc.message or "already in use by container" in exc.message:

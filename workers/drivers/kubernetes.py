@@ -6,10 +6,15 @@ template change is a Kubernetes rolling update (maxSurge 1, maxUnavailable 0: ne
 ready count asked) while a scale only changes ``spec.replicas``. Pods are observed by labels;
 readiness comes from the pod's Ready condition (readiness probe on ``/health``). Manifests are
 built as the client's model objects (``V1Deployment``...), never as loose dicts.
+
+The replica's bearer token lives in a Secret of the same name (``build_secret``) that the pod
+takes ``HANGAR_RUNTIME_TOKEN`` from, so no manifest the driver writes holds it in plain text;
+the pod template carries a digest of it, so a new token (``SECRET_KEY`` rotated) rolls the pods.
 """
 
 from __future__ import annotations
 
+import base64
 import contextlib
 import hashlib
 import json
@@ -33,10 +38,13 @@ from workers.drivers.base import (
     ReplicaSpec,
     TemporaryDriverError,
 )
+from workers.runtime.auth import TOKEN_ENV
 
 PORT = 8000
 MODEL_MOUNT = "/model"
 SPEC_HASH = "hangar.spec-hash"
+TOKEN_DIGEST = "hangar.token-digest"
+TOKEN_KEY = "token"  # the key in the Secret's data
 RUNTIME_UID = 10001
 GPU_RESOURCE = "nvidia.com/gpu"
 STARTUP_BUDGET_S = 600  # model loading: the startup probe allows this long before liveness counts
@@ -89,13 +97,25 @@ def build_deployment(
     if spec.gpus:
         limits[GPU_RESOURCE] = str(spec.gpus)
     probe_action = k8s.V1HTTPGetAction(path="/health", port="http")
+    env = [k8s.V1EnvVar(name="HANGAR_RUNTIME_PORT", value=str(PORT))]
+    pod_annotations: dict[str, str] = {}
+    if spec.token:
+        env.append(
+            k8s.V1EnvVar(
+                name=TOKEN_ENV,
+                value_from=k8s.V1EnvVarSource(
+                    secret_key_ref=k8s.V1SecretKeySelector(name=resource_name(spec), key=TOKEN_KEY)
+                ),
+            )
+        )
+        pod_annotations[TOKEN_DIGEST] = hashlib.sha256(spec.token.encode()).hexdigest()[:16]
     container = k8s.V1Container(
         name="runtime",
         image=image,
         image_pull_policy="IfNotPresent",
         args=spec.runtime_args(model=MODEL_MOUNT, host="0.0.0.0", port=PORT),
         ports=[k8s.V1ContainerPort(name="http", container_port=PORT, protocol="TCP")],
-        env=[k8s.V1EnvVar(name="HANGAR_RUNTIME_PORT", value=str(PORT))],
+        env=env,
         resources=k8s.V1ResourceRequirements(
             requests={"cpu": _quantity_cpu(spec.cpus), "memory": f"{spec.memory_mb}Mi"}, limits=limits
         ),
@@ -135,7 +155,7 @@ def build_deployment(
                 rolling_update=k8s.V1RollingUpdateDeployment(max_surge=1, max_unavailable=0),
             ),
             template=k8s.V1PodTemplateSpec(
-                metadata=k8s.V1ObjectMeta(labels=pod_labels),
+                metadata=k8s.V1ObjectMeta(labels=pod_labels, annotations=pod_annotations or None),
                 spec=k8s.V1PodSpec(
                     containers=[container],
                     volumes=[model_volume(spec, volume)],
@@ -168,6 +188,20 @@ def build_service(spec: ReplicaSpec, *, namespace: str) -> k8s.V1Service:
             selector=selector,
             ports=[k8s.V1ServicePort(name="http", port=PORT, target_port="http", protocol="TCP")],
         ),
+    )
+
+
+def build_secret(spec: ReplicaSpec, *, namespace: str) -> k8s.V1Secret:
+    """The Secret holding the replica token that the pods of ``spec`` require."""
+    selector = _selector(spec.instance, spec.deployment_id)
+    return k8s.V1Secret(
+        api_version="v1",
+        kind="Secret",
+        metadata=k8s.V1ObjectMeta(
+            name=resource_name(spec), namespace=namespace, labels={**selector, LABEL_TENANT: str(spec.tenant_id)}
+        ),
+        type="Opaque",
+        data={TOKEN_KEY: base64.b64encode(spec.token.encode()).decode("ascii")},
     )
 
 
@@ -251,6 +285,8 @@ class KubernetesDriver(Driver):
     # ------------------------------------------------------------------ group interface
 
     def apply(self, spec: ReplicaSpec, replicas: int) -> None:
+        if spec.token:  # before the pods that read it
+            self._apply_secret(build_secret(spec, namespace=self.namespace))
         body = build_deployment(spec, replicas=replicas, namespace=self.namespace, image=self.image, volume=self.volume)
         name = body.metadata.name
         try:
@@ -273,8 +309,27 @@ class KubernetesDriver(Driver):
         except ApiException:
             self._call(self.core.create_namespaced_service, self.namespace, service)
 
+    def _apply_secret(self, body: k8s.V1Secret) -> None:
+        name = body.metadata.name
+        try:
+            current = self._call(self.core.read_namespaced_secret, name, self.namespace)
+        except ApiException:
+            current = None
+        if current is None:
+            try:
+                self._call(self.core.create_namespaced_secret, self.namespace, body)
+            except ApiException:
+                raise TemporaryDriverError(f"Secret {name} vanished while being created") from None
+        elif (current.data or {}) != body.data:
+            self._call(self.core.patch_namespaced_secret, name, self.namespace, body)
+
     def teardown(self, deployment_id: int) -> None:
         selector = _label_selector(_selector(self.instance, deployment_id))
+        # The Secret first: should this pass die half-way, the Deployment still marks the
+        # deployment as present, so orphan collection comes back for the rest.
+        for item in self._call(self.core.list_namespaced_secret, self.namespace, label_selector=selector).items:
+            with contextlib.suppress(ApiException):
+                self._call(self.core.delete_namespaced_secret, item.metadata.name, self.namespace)
         for item in self._call(self.apps.list_namespaced_deployment, self.namespace, label_selector=selector).items:
             with contextlib.suppress(ApiException):
                 self._call(

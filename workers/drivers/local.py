@@ -5,6 +5,12 @@ them (own session, so a killed worker does not take them along); each one has a 
 ``<name>.json`` next to its log ``<name>.log`` under ``DATA_DIR/replicas/<instance>/<deployment>/``
 holding its pid, the pid's start time (so a recycled pid is never mistaken for the replica),
 port and labels. ``list`` therefore works the same after a worker restart.
+
+A replica gets an environment built from an allowlist (``replica_environment``), never the
+worker's own: that holds the secret key, the key pepper, the encryption keys and the database
+and Redis URLs, and a model may run its own code (``trust_remote_code``). Its bearer token goes
+into ``<name>.token`` (mode 0600, passed as ``--token-file``) rather than the environment, so
+it is neither in ``/proc/<pid>/environ`` nor inherited by whatever the model's code starts.
 """
 
 from __future__ import annotations
@@ -13,12 +19,14 @@ import builtins
 import contextlib
 import json
 import os
+import re
 import secrets
 import signal
 import socket
 import subprocess
 import sys
 import time
+from collections.abc import Mapping
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -38,6 +46,26 @@ from workers.drivers.base import (
 STOP_GRACE_S = 10.0
 STRAY_MARK = "HANGAR_LOCAL_REPLICA_OF"
 STRAY_MIN_AGE_S = 60.0
+
+# What a replica may inherit from the worker: where programs and the home directory are, the
+# locale and time zone, thread tuning, and the runtime's own settings. Everything else (the
+# control plane's secrets and service URLs above all) stays behind.
+INHERITED = frozenset({"PATH", "HOME", "TMPDIR", "LANG", "LANGUAGE", "TZ", "PYTHONPATH", "CUDA_VISIBLE_DEVICES"})
+INHERITED_PREFIXES = ("LC_", "OMP_", "MKL_", "HANGAR_RUNTIME_")
+# Belt and braces: even an allowed name is dropped if it looks like a credential or a service URL.
+SECRET_LIKE = re.compile(r"SECRET|PEPPER|KEY|TOKEN|PASSWORD|CREDENTIAL|DATABASE_URL|REDIS_URL|^DJANGO_|^CELERY_")
+REPLICA_DEFAULTS = {"PYTHONUNBUFFERED": "1", "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1"}
+
+
+def replica_environment(inherited: Mapping[str, str], **extra: str) -> dict[str, str]:
+    """The environment of a local replica: the allowlisted part of ``inherited``, the runtime's
+    offline defaults, then ``extra``."""
+    env = {
+        name: value
+        for name, value in inherited.items()
+        if (name in INHERITED or name.startswith(INHERITED_PREFIXES)) and not SECRET_LIKE.search(name)
+    }
+    return env | REPLICA_DEFAULTS | extra
 
 
 def _proc_start_ticks(pid: int) -> int | None:
@@ -98,6 +126,10 @@ class LocalDriver(Driver):
     def _log_path(self, backend_id: str) -> Path:
         deployment_id, _, name = backend_id.partition("/")
         return self._dir(int(deployment_id)) / f"{name}.log"
+
+    def _token_path(self, backend_id: str) -> Path:
+        deployment_id, _, name = backend_id.partition("/")
+        return self._dir(int(deployment_id)) / f"{name}.token"
 
     def _read_state(self, path: Path) -> dict[str, Any] | None:
         try:
@@ -176,13 +208,19 @@ class LocalDriver(Driver):
             self.runtime_module,
             *spec.runtime_args(model=str(model), host="127.0.0.1", port=port),
         ]
-        env = {
-            **os.environ,
-            "PYTHONUNBUFFERED": "1",
-            "HANGAR_RUNTIME_PORT": str(port),
+        if spec.token:
+            token_path = self._token_path(backend_id)
+            # Created 0600 in one step: there is no moment at which others could read it.
+            fd = os.open(token_path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+            with os.fdopen(fd, "w") as token_file:
+                token_file.write(spec.token)
+            command += ["--token-file", str(token_path)]
+        env = replica_environment(
+            os.environ,
+            HANGAR_RUNTIME_PORT=str(port),
             # Marks the process as ours even if its state file was never written (see strays()).
-            STRAY_MARK: self.instance,
-        }
+            **{STRAY_MARK: self.instance},
+        )
         with log_path.open("ab") as log:
             # Own session: the replica survives its worker (even kill -9) and can be stopped
             # as a process group.
@@ -227,6 +265,7 @@ class LocalDriver(Driver):
         state = self._read_state(path)
         if state is not None and self._alive(state):
             self._stop(int(state["pid"]), state.get("start_ticks"))
+        self._token_path(backend_id).unlink(missing_ok=True)
         path.unlink(missing_ok=True)
 
     def _stop(self, pid: int, start_ticks: int | None) -> None:
@@ -304,4 +343,5 @@ class LocalDriver(Driver):
         return pids
 
     def check(self) -> dict[str, Any]:
-        return {"reachable": True, "version": f"python {sys.version.split()[0]}", "gpus": 0, "error": ""}
+        version = f"python {sys.version.split()[0]}"
+        return {"reachable": True, "status": "ok", "reason": "", "version": version, "gpus": 0, "error": ""}

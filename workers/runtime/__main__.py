@@ -11,6 +11,7 @@ import os
 import sys
 from pathlib import Path
 
+from workers.runtime.auth import TOKEN_ENV, TokenError, load_token
 from workers.runtime.loader import DTYPES, QUANTIZATIONS, LoadOptions
 
 
@@ -38,6 +39,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--drain-timeout", type=float, default=120.0, help="seconds to wait for in-flight requests")
     p.add_argument("--allow-unsafe-weights", action="store_true", help="allow pickle-based weights (.bin/.pt)")
     p.add_argument("--trust-remote-code", action="store_true", help="allow the model directory's Python code")
+    p.add_argument(
+        "--token-file",
+        type=Path,
+        help=f"file (mode 0600) holding the bearer token that all but /health require (else ${TOKEN_ENV}; "
+        "neither: open to anyone)",
+    )
     return p
 
 
@@ -46,6 +53,12 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     if not (args.device == "cpu" or args.device == "cuda" or args.device.startswith("cuda:")):
         build_parser().error(f"--device must be cpu, cuda or cuda:N, got {args.device!r}")
+    try:
+        token = load_token(args.token_file, os.environ)
+    except TokenError as exc:
+        build_parser().error(str(exc))
+    # Read once; whatever the model's own code may start later does not inherit it.
+    os.environ.pop(TOKEN_ENV, None)
     # OpenMP threads that spin while waiting collapse throughput (10x and worse, measured)
     # as soon as anything else wants a core: here the HTTP event loop, and on shared nodes
     # other processes. Must be set before torch is imported; an operator's value wins.
@@ -64,6 +77,7 @@ def main(argv: list[str] | None = None) -> int:
         max_queue=args.max_queue,
         drain_timeout=args.drain_timeout,
         threads=args.threads,
+        token=token,
         load=LoadOptions(
             dtype=args.dtype,
             quantization=args.quantization,

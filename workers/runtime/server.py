@@ -1,7 +1,8 @@
 """The runtime process: lifecycle, model thread, graceful drain, and the ASGI app.
 
 Endpoints (handlers in ``api``): ``POST /v1/chat/completions``, ``POST /v1/completions`` (both
-with SSE streaming), ``GET /v1/models``, ``GET /health``, ``GET /metrics``.
+with SSE streaming), ``GET /v1/models``, ``GET /health``, ``GET /metrics``. With a token
+configured, all but ``/health`` require ``Authorization: Bearer <token>`` (see ``auth``).
 
 Threads: the asyncio event loop serves HTTP; one model thread loads the model, warms it up and
 then runs ``Engine.run``. The HTTP server starts first so that ``/health`` can answer 503
@@ -40,9 +41,11 @@ from typing import Any
 
 import uvicorn
 from starlette.applications import Starlette
+from starlette.middleware import Middleware
 from starlette.routing import Route
 
 from workers.runtime.api import api_endpoint, chat_completions, completions, dispatch, health, list_models, metrics
+from workers.runtime.auth import BearerAuth
 from workers.runtime.loader import LoadedModel, LoadOptions, ModelLoadError, load_model
 from workers.runtime.metrics import RuntimeMetrics
 from workers.runtime.protocol import RETRY_AFTER_SECONDS, ApiError, CommonParams, now
@@ -101,6 +104,7 @@ class ServerConfig:
     drain_timeout: float = 120.0
     threads: int | None = None
     load: LoadOptions = field(default_factory=LoadOptions)
+    token: str | None = field(default=None, repr=False)  # None: open to anyone (hand-run only)
 
 
 class Runtime:
@@ -356,6 +360,7 @@ def create_app(runtime: Runtime) -> Starlette:
             Route("/metrics", metrics, methods=["GET"]),
         ],
         lifespan=lifespan,
+        middleware=[Middleware(BearerAuth, token=runtime.config.token)],
     )
     app.state.runtime = runtime
     return app
@@ -385,7 +390,15 @@ def serve(config: ServerConfig) -> int:
         served_model_name=config.served_model_name,
         host=config.host,
         port=config.port,
+        auth="bearer" if config.token else "none",
     )
+    if not config.token:
+        print(
+            f"hangar-runtime: warning: no token configured (--token-file or HANGAR_RUNTIME_TOKEN): "
+            f"/v1/* and /metrics answer anyone who reaches {config.host}:{config.port}",
+            file=sys.stderr,
+            flush=True,
+        )
     runtime = Runtime(config)
     app = create_app(runtime)
     uv_config = uvicorn.Config(
