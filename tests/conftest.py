@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import os
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -94,9 +95,29 @@ def client_for() -> Callable[[Any], APIClient]:
     return make
 
 
+@pytest.fixture(scope="session", autouse=True)
+def model_root(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
+    """The session's one model root (``<root>/<tenant-slug>/``, ``<root>/_shared/``), set here and
+    in the environment, so the workers and servers the tests start judge sources the same way."""
+    from django.test import override_settings
+
+    root = tmp_path_factory.mktemp("model-root").resolve()
+    saved = os.environ.get("HANGAR_MODEL_ROOTS")
+    os.environ["HANGAR_MODEL_ROOTS"] = str(root)
+    with override_settings(HANGAR_MODEL_ROOTS=[str(root)]):
+        yield root
+    if saved is None:
+        os.environ.pop("HANGAR_MODEL_ROOTS", None)
+    else:
+        os.environ["HANGAR_MODEL_ROOTS"] = saved
+
+
 @pytest.fixture(scope="session")
-def tiny_model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """The tiny Llama model built once per session (deterministic, seconds to build)."""
+def tiny_model_dir(model_root: Path) -> Path:
+    """The tiny Llama model built once per session (deterministic, seconds to build), published
+    in the shared model folder so that every tenant may register it."""
+    from django.conf import settings
+
     from workers.runtime.tinymodel import build_tiny_model
 
-    return build_tiny_model(tmp_path_factory.mktemp("models") / "tiny-llama")
+    return build_tiny_model(model_root / settings.HANGAR_MODEL_SHARED_FOLDER / "tiny-llama")

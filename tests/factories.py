@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
 import factory
+from django.conf import settings
 from django.contrib.auth import get_user_model
 
 from controlplane.catalog.models import Model
@@ -46,7 +48,8 @@ class ModelFactory(factory.django.DjangoModelFactory):
 
     tenant = factory.SubFactory(TenantFactory)
     name = factory.Sequence(lambda n: f"model-{n}")
-    source = "/models/tiny"
+    # In the tenant's own folder of the session's model root, so the reconciler accepts it.
+    source = factory.LazyAttribute(lambda o: str(Path(settings.HANGAR_MODEL_ROOTS[0]) / o.tenant.slug / o.name))
     format = "safetensors"
     architecture = "LlamaForCausalLM"
     parameter_count = 3_600_000

@@ -19,6 +19,7 @@ from datetime import datetime, timedelta
 from django.conf import settings
 from django.utils import timezone
 
+from controlplane.catalog.sources import folders_text, source_allowed
 from controlplane.deployments import status
 from controlplane.deployments.choices import ConditionType, DesiredState, EventType, Phase, ReplicaState
 from controlplane.deployments.events import event_emit
@@ -64,6 +65,15 @@ class Outcome:
 
 
 def replica_spec(deployment: Deployment, *, slot: int) -> ReplicaSpec:
+    model_path = deployment.model.source
+    # Checked again at every start: a folder swapped for a symlink since registration must not
+    # hand a replica another tenant's files. The message names no path: it may lead anywhere.
+    if not source_allowed(deployment.tenant.slug, model_path):
+        raise PermanentDriverError(
+            f"Model {deployment.model.name!r}: its source no longer resolves under "
+            f"{folders_text(deployment.tenant.slug)}; replicas are not started from it.",
+            reason="ModelSourceRefused",
+        )
     gen = deployment.template_generation
     return ReplicaSpec(
         instance=instance_name(),
@@ -73,7 +83,7 @@ def replica_spec(deployment: Deployment, *, slot: int) -> ReplicaSpec:
         name=f"{deployment.name}-g{gen}-{slot}",
         slot=slot,
         generation=gen,
-        model_path=deployment.model.source,
+        model_path=model_path,
         served_model_name=deployment.served_model_name,
         dtype=deployment.dtype,
         quantization=deployment.quantization,

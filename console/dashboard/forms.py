@@ -18,13 +18,17 @@ from controlplane.tenancy.choices import Role
 
 class ModelRegisterForm(forms.Form):
     name = forms.CharField(max_length=100)
-    source = forms.CharField(max_length=1000, help_text="Absolute path of the model directory on the workers.")
+    source = forms.CharField(
+        max_length=1000, help_text="Absolute path of the model directory, under <root>/<tenant>/ or <root>/_shared/."
+    )
     description = forms.CharField(max_length=500, required=False)
     dtype_options = forms.MultipleChoiceField(
         choices=DType.choices, initial=DType.values, widget=forms.CheckboxSelectMultiple, required=False
     )
-    allow_unsafe_weights = forms.BooleanField(required=False, help_text="Allow pickle weights (.bin/.pt).")
-    trust_remote_code = forms.BooleanField(required=False)
+    allow_unsafe_weights = forms.BooleanField(
+        required=False, help_text="Allow pickle weights (.bin/.pt). Platform admins only."
+    )
+    trust_remote_code = forms.BooleanField(required=False, help_text="Platform admins only.")
 
 
 class TargetForm(forms.Form):

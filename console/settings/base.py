@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from console.settings.env import Env
+from console.settings.env import Env, ImproperlyConfiguredEnv
 
 env = Env()
 
@@ -179,10 +179,19 @@ HANGAR_METRICS_RETENTION_SECONDS = env.int("HANGAR_METRICS_RETENTION_SECONDS", 3
 HANGAR_HEALTH_FAILURE_THRESHOLD = env.int("HANGAR_HEALTH_FAILURE_THRESHOLD", 3, minimum=1)
 HANGAR_READY_TIMEOUT = env.float("HANGAR_READY_TIMEOUT", 300.0, minimum=1.0)
 HANGAR_RUNTIME_IMAGE = env.str("HANGAR_RUNTIME_IMAGE", "hangar-runtime:latest")
-# Directories model sources must live under (empty = anywhere; production requires a list) so
-# that registering a model cannot be used to probe the control plane's filesystem.
+# Directories that hold model sources: each has a folder per tenant (<root>/<tenant-slug>/) and
+# a shared folder platform admins publish from (<root>/_shared/); a tenant registers sources
+# only from those. Production requires the list; local and test settings default to
+# DATA_DIR/models.
 HANGAR_MODEL_ROOTS = [str(Path(p).resolve()) for p in env.list("HANGAR_MODEL_ROOTS", [])]
-HANGAR_DEMO_MODEL_DIR = Path(env.str("HANGAR_DEMO_MODEL_DIR", str(DATA_DIR / "models" / "tiny-llama")))
+HANGAR_MODEL_SHARED_FOLDER = env.str("HANGAR_MODEL_SHARED_FOLDER", "_shared")
+if not HANGAR_MODEL_SHARED_FOLDER.startswith("_") or "/" in HANGAR_MODEL_SHARED_FOLDER:
+    # Tenant slugs never start with "_", so the shared folder can never be a tenant's.
+    raise ImproperlyConfiguredEnv(
+        f"HANGAR_MODEL_SHARED_FOLDER={HANGAR_MODEL_SHARED_FOLDER!r} must be one folder name starting with '_'"
+    )
+# Where bootstrap_demo builds the tiny demo model (empty: <first model root>/<shared folder>/tiny-llama).
+HANGAR_DEMO_MODEL_DIR = env.str("HANGAR_DEMO_MODEL_DIR", "")
 # Deployment engine: reconcile lease (a dead worker's claim expires after this), how long a
 # Failed deployment waits before trying its spec again, the label that keeps installations
 # sharing a Docker host or cluster apart (default: the database name), the local runtime module.

@@ -1,9 +1,11 @@
 """Test settings: PostgreSQL and Redis from the environment (``make test`` starts both)."""
 
 from console.settings.base import *  # noqa: F403
-from console.settings.base import env
+from console.settings.base import DATA_DIR, HANGAR_MODEL_ROOTS, env
 
 DEBUG = False
 PASSWORD_HASHERS = ["django.contrib.auth.hashers.MD5PasswordHasher"]  # fast users in tests only
 HANGAR_RESYNC_INTERVAL = env.float("HANGAR_RESYNC_INTERVAL", 2.0, minimum=0.5)
 ALLOWED_HOSTS = ["*"]
+# Model sources always have roots to live under (production requires them set explicitly).
+HANGAR_MODEL_ROOTS = HANGAR_MODEL_ROOTS or [str(DATA_DIR / "models")]

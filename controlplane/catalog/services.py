@@ -2,31 +2,41 @@
 
 from __future__ import annotations
 
-from pathlib import Path
 from typing import Any
 
-from django.conf import settings
 from django.db import transaction
 
 from controlplane.audit.services import audit_record
 from controlplane.catalog.choices import DType, ModelFormat
 from controlplane.catalog.inspect import inspect_model_dir
 from controlplane.catalog.models import Model
+from controlplane.catalog.sources import outside_message, resolve_source
 from controlplane.core.context import Actor
-from controlplane.core.exceptions import Conflict, ValidationFailed
-from controlplane.tenancy.choices import Perm
+from controlplane.core.exceptions import Conflict, PermissionDenied, ValidationFailed
+from controlplane.tenancy.access import Access
 from controlplane.tenancy.models import Tenant
 
 EDITABLE = {"description", "dtype_options", "allow_unsafe_weights", "trust_remote_code"}
-# Loading pickle weights or remote code runs code on the worker hosts: an admin's decision.
-# The API and the dashboard both enforce it with these two names.
+# Loading pickle weights or remote code runs code on the worker hosts, which belong to the
+# platform: a platform admin's decision, never a tenant role's. The API and the dashboard both
+# enforce it with these names.
 TRUST_FIELDS = ("allow_unsafe_weights", "trust_remote_code")
-TRUST_PERM = Perm.TENANT_CHANGE
+TRUST_DENIED = "Only platform admins may allow unsafe weights or trust remote code."
 
 
 def trust_requested(data: dict[str, Any]) -> list[str]:
-    """The trust flags that ``data`` turns on; each needs ``TRUST_PERM`` in the model's tenant."""
+    """The trust flags that ``data`` turns on; each needs a platform admin."""
     return [name for name in TRUST_FIELDS if data.get(name)]
+
+
+def trust_allowed(access: Access) -> bool:
+    return access.is_platform_admin
+
+
+def require_trust(access: Access, data: dict[str, Any]) -> None:
+    """403 when ``data`` turns on a trust flag and the caller is not a platform admin."""
+    if trust_requested(data) and not trust_allowed(access):
+        raise PermissionDenied(TRUST_DENIED)
 
 
 def _validate_dtypes(values: Any) -> list[str]:
@@ -49,24 +59,24 @@ def model_register(
     allow_unsafe_weights: bool = False,
     trust_remote_code: bool = False,
 ) -> Model:
-    """Register a model directory; its metadata is read from config and safetensors headers."""
+    """Register a model directory; its metadata is read from config and safetensors headers.
+
+    ``source`` must resolve under ``<root>/<tenant-slug>/`` or the shared folder of a model root
+    (see ``controlplane.catalog.sources``); the resolved real path is what is stored.
+    """
     if Model.objects.filter(tenant=tenant, name=name).exists():
         raise ValidationFailed("Name taken.", field_errors={"name": [f"A model named {name!r} exists."]})
-    path = Path(source)
-    if not path.is_absolute():
-        raise ValidationFailed("Relative path.", field_errors={"source": ["Give an absolute directory path."]})
-    roots = [Path(root) for root in settings.HANGAR_MODEL_ROOTS]
-    if roots and not any(path.resolve().is_relative_to(root) for root in roots):
-        raise ValidationFailed(
-            "Outside the model roots.",
-            field_errors={"source": [f"Model directories must be under one of: {', '.join(map(str, roots))}."]},
-        )
+    path = resolve_source(tenant.slug, source)
+    # Inside the tenant's own folders, saying what is missing reveals nothing of anyone else's.
     if not path.is_dir():
         raise ValidationFailed(
             "Model directory not found.",
             field_errors={"source": [f"{source} is not a directory readable by the control plane."]},
         )
     info = inspect_model_dir(path)
+    # A folder swapped for a symlink while we read it must not lend us another tenant's metadata.
+    if resolve_source(tenant.slug, str(path)) != path:
+        raise ValidationFailed("Outside your model folders.", field_errors={"source": [outside_message(tenant.slug)]})
     if info.format == "":
         raise ValidationFailed("No weights.", field_errors={"source": info.problems or ["No weight files found."]})
     if info.format == ModelFormat.PYTORCH and not allow_unsafe_weights:
@@ -75,7 +85,7 @@ def model_register(
             field_errors={
                 "source": [
                     "This model has only pickle weights (.bin/.pt), which can run code when loaded. "
-                    "Convert it to safetensors, or set allow_unsafe_weights if you trust it."
+                    "Convert it to safetensors, or ask a platform admin to set allow_unsafe_weights."
                 ]
             },
         )

@@ -1,4 +1,4 @@
-"""Factories for rows the shared factories do not cover (events, keys, usage, audit, tokens)."""
+"""Factories for rows the shared factories do not cover (events, keys, usage, audit, tokens, model dirs)."""
 
 from __future__ import annotations
 
@@ -8,6 +8,7 @@ from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
+from django.conf import settings
 from django.utils import timezone
 
 from controlplane.audit.models import AuditLog
@@ -60,3 +61,18 @@ def make_model_dir(root: Path, name: str = "m") -> Path:
     header = json.dumps({"w": {"dtype": "F32", "shape": [2, 3], "data_offsets": [0, 24]}}).encode()
     (path / "model.safetensors").write_bytes(struct.pack("<Q", len(header)) + header + b"\0" * 24)
     return path
+
+
+def tenant_folder(tenant: Any) -> Path:
+    """The tenant's own folder in the first model root (``<root>/<slug>/``)."""
+    return Path(settings.HANGAR_MODEL_ROOTS[0]) / tenant.slug
+
+
+def shared_folder() -> Path:
+    """The first model root's shared folder (``<root>/_shared/``), where platform admins publish."""
+    return Path(settings.HANGAR_MODEL_ROOTS[0]) / settings.HANGAR_MODEL_SHARED_FOLDER
+
+
+def make_tenant_model_dir(tenant: Any, name: str = "m") -> Path:
+    """A model directory in ``tenant``'s own folder, which its members may register."""
+    return make_model_dir(tenant_folder(tenant), name)

@@ -7,6 +7,7 @@ from controlplane.tenancy.choices import Perm
 
 STAFF = "staff"  # not a tenant role: Django staff users (operators of the installation)
 SELF = "self"  # your own objects, whatever your roles
+PLATFORM = "platform"  # not a tenant role: platform admins only, whatever their tenant roles
 
 # endpoint -> operation -> Perm (or STAFF / SELF); operations an endpoint lacks answer 405
 API_PERMISSIONS: dict[str, dict[str, Perm | str]] = {
@@ -30,7 +31,7 @@ API_PERMISSIONS: dict[str, dict[str, Perm | str]] = {
         "create": Perm.MODEL_CHANGE,
         "update": Perm.MODEL_CHANGE,
         "delete": Perm.MODEL_CHANGE,
-        "set allow_unsafe_weights / trust_remote_code": Perm.TENANT_CHANGE,
+        "set allow_unsafe_weights / trust_remote_code": PLATFORM,
     },
     "targets": {
         "list": Perm.TARGET_VIEW,
@@ -67,7 +68,7 @@ API_PERMISSIONS: dict[str, dict[str, Perm | str]] = {
 # What each permission lets a member do, in words (the first column of the role table).
 PERM_DESCRIPTIONS: dict[Perm, str] = {
     Perm.TENANT_VIEW: "See the tenant and its limits",
-    Perm.TENANT_CHANGE: "Rename the tenant, change its rate limits and token budget; allow unsafe weights or remote code on a model",
+    Perm.TENANT_CHANGE: "Rename the tenant, change its rate limits and token budget",
     Perm.TENANT_DELETE: "Delete the tenant (once it has no deployments)",
     Perm.MEMBER_VIEW: "See who is a member, with which role",
     Perm.MEMBER_CHANGE: "Add and remove members, change roles (never above your own)",

@@ -7,7 +7,7 @@ from typing import Any
 import pytest
 
 from controlplane.tenancy.choices import Role
-from tests.api.factories import make_model_dir
+from tests.api.factories import make_tenant_model_dir, tenant_folder
 from tests.api.mixins import EndpointTests
 from tests.factories import DeploymentFactory, ModelFactory
 
@@ -19,7 +19,7 @@ class TestModels(EndpointTests):
         return ModelFactory(tenant=tenant)
 
     def create_data(self, tenant: Any) -> dict[str, Any]:
-        return {"tenant": tenant.slug, "name": "tiny", "source": str(make_model_dir(self.tmp_path))}
+        return {"tenant": tenant.slug, "name": "tiny", "source": str(make_tenant_model_dir(tenant))}
 
     def update_data(self, obj: Any) -> dict[str, Any]:
         return {"description": "A small model", "dtype_options": ["float32"]}
@@ -30,10 +30,10 @@ class TestModels(EndpointTests):
 
 @pytest.mark.django_db
 class TestModelRules:
-    def test_register_reads_metadata(self, tenant: Any, make_member: Any, client_for: Any, tmp_path: Any) -> None:
+    def test_register_reads_metadata(self, tenant: Any, make_member: Any, client_for: Any) -> None:
         client = client_for(make_member(Role.OPERATOR, tenant))
         response = client.post(
-            "/api/v1/models/", {"name": "tiny", "source": str(make_model_dir(tmp_path))}, format="json"
+            "/api/v1/models/", {"name": "tiny", "source": str(make_tenant_model_dir(tenant))}, format="json"
         )
         assert response.status_code == 201, response.content
         body = response.json()
@@ -60,22 +60,25 @@ class TestModelRules:
             "source": ["This field is read-only."],
         }
 
-    def test_bad_source_is_a_field_error(self, tenant: Any, make_member: Any, client_for: Any, tmp_path: Any) -> None:
+    def test_bad_source_is_a_field_error(self, tenant: Any, make_member: Any, client_for: Any) -> None:
         client = client_for(make_member(Role.OPERATOR, tenant))
-        for source in ("relative/dir", str(tmp_path / "missing"), str(tmp_path)):
+        empty = tenant_folder(tenant) / "empty"
+        empty.mkdir(parents=True)
+        for source in ("relative/dir", str(tenant_folder(tenant) / "missing"), str(empty)):
             response = client.post("/api/v1/models/", {"name": "m", "source": source}, format="json")
             assert response.status_code == 400, source
             assert "source" in response.json()["errors"], source
 
-    def test_trust_flags_need_an_admin(self, tenant: Any, make_member: Any, client_for: Any, tmp_path: Any) -> None:
-        data = {"name": "m", "source": str(make_model_dir(tmp_path)), "trust_remote_code": True}
-        assert (
-            client_for(make_member(Role.OPERATOR, tenant)).post("/api/v1/models/", data, format="json").status_code
-            == 403
-        )
-        assert (
-            client_for(make_member(Role.ADMIN, tenant)).post("/api/v1/models/", data, format="json").status_code == 201
-        )
+    def test_trust_flags_need_a_platform_admin(self, tenant: Any, make_member: Any, client_for: Any) -> None:
+        data = {"name": "m", "source": str(make_tenant_model_dir(tenant)), "trust_remote_code": True}
+        owner = client_for(make_member(Role.OWNER, tenant))
+        refused = owner.post("/api/v1/models/", data, format="json")
+        assert refused.status_code == 403
+        assert refused.json()["detail"] == "Only platform admins may allow unsafe weights or trust remote code."
+        admin = make_member(Role.OPERATOR, tenant)
+        admin.is_superuser = True
+        admin.save()
+        assert client_for(admin).post("/api/v1/models/", data, format="json").status_code == 201
 
     def test_model_in_use_cannot_be_deleted(self, tenant: Any, make_member: Any, client_for: Any) -> None:
         deployment = DeploymentFactory(tenant=tenant)
@@ -84,7 +87,6 @@ class TestModelRules:
 
 
 def test_trust_permission_matches_the_documented_table() -> None:
-    from controlplane.catalog.services import TRUST_PERM
-    from tests.api.permission_table import API_PERMISSIONS
+    from tests.api.permission_table import API_PERMISSIONS, PLATFORM
 
-    assert API_PERMISSIONS["models"]["set allow_unsafe_weights / trust_remote_code"] == TRUST_PERM
+    assert API_PERMISSIONS["models"]["set allow_unsafe_weights / trust_remote_code"] == PLATFORM

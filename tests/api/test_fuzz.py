@@ -16,7 +16,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from controlplane.tenancy.choices import Role
-from tests.api.factories import make_api_key, make_model_dir
+from tests.api.factories import make_api_key, make_tenant_model_dir
 from tests.factories import DeploymentFactory, MembershipFactory, ModelFactory, TargetFactory, UserFactory
 
 pytestmark = pytest.mark.django_db
@@ -79,7 +79,7 @@ def bodies(fields: list[str], base: dict[str, Any]) -> st.SearchStrategy[Any]:
 
 
 @pytest.fixture
-def world(tenant: Any, make_member: Any, client_for: Any, tmp_path: Any) -> dict[str, Any]:
+def world(tenant: Any, make_member: Any, client_for: Any) -> dict[str, Any]:
     owner = make_member(Role.OWNER, tenant)
     owner.is_staff = True
     owner.save()
@@ -92,7 +92,7 @@ def world(tenant: Any, make_member: Any, client_for: Any, tmp_path: Any) -> dict
         "target": TargetFactory(tenant=tenant),
         "member": MembershipFactory(tenant=tenant, role=Role.VIEWER),
         "key": make_api_key(tenant),
-        "model_dir": str(make_model_dir(tmp_path)),
+        "model_dir": str(make_tenant_model_dir(tenant)),
         "user": UserFactory(),
     }
 

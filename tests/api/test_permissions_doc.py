@@ -10,7 +10,7 @@ import os
 
 from console.api_urls import router
 from controlplane.tenancy.choices import ROLE_PERMISSIONS, Perm, Role
-from tests.api.permission_table import API_PERMISSIONS, DASHBOARD_ACTIONS, PERM_DESCRIPTIONS, SELF, STAFF
+from tests.api.permission_table import API_PERMISSIONS, DASHBOARD_ACTIONS, PERM_DESCRIPTIONS, PLATFORM, SELF, STAFF
 from tests.conftest import REPO_ROOT
 
 DOC = REPO_ROOT / "docs" / "permissions.md"
@@ -34,6 +34,8 @@ def _cells(perm: Perm | str) -> str:
         return " | ".join(["staff users only"] + [""] * (len(ROLES) - 1))
     if perm == SELF:
         return " | ".join(["anyone signed in, for their own"] + [""] * (len(ROLES) - 1))
+    if perm == PLATFORM:
+        return " | ".join(["platform admins only"] + [""] * (len(ROLES) - 1))
     return " | ".join(YES if perm in ROLE_PERMISSIONS[role] else NO for role in ROLES)
 
 

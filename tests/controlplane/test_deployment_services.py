@@ -141,20 +141,24 @@ def test_model_of_another_tenant_is_refused(actor: Actor, deployment: Deployment
         )
 
 
-def test_model_sources_are_confined_to_the_model_roots(actor: Actor, tmp_path: Any, settings: Any) -> None:
+def test_model_sources_are_confined_to_the_tenants_folders(actor: Actor, tmp_path: Any, settings: Any) -> None:
     from controlplane.catalog.services import model_register
 
-    allowed = tmp_path / "models"
-    (allowed / "m").mkdir(parents=True)
-    (allowed / "m" / "model.safetensors").write_bytes(b"\x02\x00\x00\x00\x00\x00\x00\x00{}")
+    root = (tmp_path / "models").resolve()
+    settings.HANGAR_MODEL_ROOTS = [str(root)]
+    tenant = TenantFactory()
+    mine = root / tenant.slug / "m"
+    mine.mkdir(parents=True)
+    (mine / "model.safetensors").write_bytes(b"\x02\x00\x00\x00\x00\x00\x00\x00{}")
     outside = tmp_path / "elsewhere"
     outside.mkdir()
-    settings.HANGAR_MODEL_ROOTS = [str(allowed.resolve())]
-    tenant = TenantFactory()
     with pytest.raises(ValidationFailed) as err:
         model_register(actor=actor, tenant=tenant, name="x", source=str(outside))
-    assert "must be under one of" in err.value.field_errors["source"][0]
+    assert err.value.field_errors["source"] == [
+        f"Model sources must be directories under {root}/{tenant.slug}/ or {root}/_shared/."
+    ]
     with pytest.raises(ValidationFailed):  # ../ cannot climb out either
-        model_register(actor=actor, tenant=tenant, name="x", source=str(allowed / ".." / "elsewhere"))
-    model = model_register(actor=actor, tenant=tenant, name="ok", source=str(allowed / "m"))
+        model_register(actor=actor, tenant=tenant, name="x", source=str(root / tenant.slug / ".." / ".." / "elsewhere"))
+    model = model_register(actor=actor, tenant=tenant, name="ok", source=str(mine))
     assert model.format == "safetensors"
+    assert model.source == str(mine)

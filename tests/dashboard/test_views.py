@@ -493,16 +493,21 @@ def test_log_tail_partial(login: Any, team: dict[str, Any], monkeypatch: Any) ->
     assert b"&lt;b&gt;" in content  # escaped
 
 
-def test_operator_cannot_allow_unsafe_weights_from_the_dashboard(make_member: Any, tiny_model_dir: Any) -> None:
+def test_only_a_platform_admin_may_allow_remote_code_from_the_dashboard(
+    make_member: Any, tiny_model_dir: Any
+) -> None:
     from django.test import Client
 
-    user = make_member("operator")
+    owner = make_member("owner")
     client = Client()
-    client.force_login(user)
-    response = client.post(
-        "/models/",
-        {"name": "risky", "source": str(tiny_model_dir), "dtype_options": ["float32"], "trust_remote_code": "on"},
-    )
+    client.force_login(owner)
+    risky = {"name": "risky", "source": str(tiny_model_dir), "dtype_options": ["float32"], "trust_remote_code": "on"}
+    response = client.post("/models/", risky)
     assert response.status_code == 400
-    assert b"Only admins and owners may turn this on." in response.content
+    assert b"Only platform admins may allow unsafe weights or trust remote code." in response.content
     assert not Model.objects.filter(name="risky").exists()
+
+    owner.is_superuser = True  # a platform admin who also owns the tenant
+    owner.save()
+    assert client.post("/models/", risky).status_code == 302
+    assert Model.objects.get(name="risky").trust_remote_code

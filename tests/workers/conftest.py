@@ -43,8 +43,8 @@ def run(fake_driver: FakeDriver) -> Any:
 
 
 @pytest.fixture
-def deployment(db: Any, tmp_path: Path) -> Iterator[Any]:
-    yield DeploymentFactory(replicas=2, max_replicas=4, model__source=str(tmp_path / "model"))
+def deployment(db: Any) -> Iterator[Any]:
+    yield DeploymentFactory(replicas=2, max_replicas=4)
 
 
 @pytest.fixture

@@ -293,12 +293,15 @@ def test_port_clash_fails_and_leaves_no_container(docker_client: Any, docker_env
     assert containers(docker_client, deployment) == []
 
 
-def test_model_path_missing_fails_clearly(docker_client: Any, docker_env: Path, transactional_db: Any) -> None:
-    deployment = deploy("/nonexistent/hangar-model")
+def test_model_path_missing_fails_clearly(
+    docker_client: Any, docker_env: Path, transactional_db: Any, model_root: Path
+) -> None:
+    missing = model_root / "_shared" / "nonexistent-hangar-model"  # allowed, but gone
+    deployment = deploy(missing)
     reconciler.reconcile(deployment.pk, owner="t")
     d = fresh(deployment)
     assert d.phase == Phase.FAILED
-    assert "/nonexistent/hangar-model" in d.phase_message and "does not exist" in d.phase_message
+    assert str(missing) in d.phase_message and "does not exist" in d.phase_message
     assert containers(docker_client, deployment) == []
 
 

@@ -25,9 +25,9 @@ pytestmark = [pytest.mark.slow, pytest.mark.timeout(240)]
 
 
 @pytest.fixture
-def fake_model(tmp_path: Path) -> Path:
-    path = tmp_path / "fake-model"
-    path.mkdir()
+def fake_model(model_root: Path, tmp_path: Path) -> Path:
+    path = model_root / "_shared" / f"fake-model-{tmp_path.name}"
+    path.mkdir(parents=True)
     (path / "config.json").write_text("{}")
     return path
 

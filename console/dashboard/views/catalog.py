@@ -53,9 +53,9 @@ def model_index(request: TenantRequest) -> HttpResponse:
     if request.method == "POST":
         require(request, Perm.MODEL_CHANGE)
         form = ModelRegisterForm(request.POST)
-        if form.is_valid() and not request.access.can(request.tenant.pk, catalog_services.TRUST_PERM):
+        if form.is_valid() and not catalog_services.trust_allowed(request.access):
             for flag in catalog_services.trust_requested(form.cleaned_data):
-                form.add_error(flag, "Only admins and owners may turn this on.")
+                form.add_error(flag, catalog_services.TRUST_DENIED)
         if form.is_valid():
             try:
                 model = catalog_services.model_register(

@@ -1,9 +1,14 @@
-"""Create the quickstart's admin user, demo tenant, local target and tiny demo model (idempotent)."""
+"""Create the quickstart's admin user, demo tenant, local target and tiny demo model (idempotent).
+
+The admin is a platform admin (a superuser); the local target is a platform target granted to
+the demo tenant; the tiny model is published in the shared model folder and registered there.
+"""
 
 from __future__ import annotations
 
 import os
 import secrets
+from pathlib import Path
 from typing import Any
 
 from django.conf import settings
@@ -13,15 +18,23 @@ from django.db import transaction
 
 from controlplane.catalog.models import Model
 from controlplane.catalog.services import model_register
+from controlplane.catalog.sources import folders_text, source_allowed
 from controlplane.core.context import Actor
-from controlplane.deployments.models import Deployment, Target
-from controlplane.deployments.services import deployment_create, target_create
+from controlplane.deployments.models import Deployment, Target, TargetGrant
+from controlplane.deployments.services import deployment_create, target_create, target_grant
 from controlplane.tenancy.choices import Role
 from controlplane.tenancy.models import Membership, Tenant
 from controlplane.tenancy.services import tenant_create
 
 DEMO_TENANT = "demo"
 DEMO_MODEL = "tiny-llama"
+
+
+def demo_model_dir() -> Path:
+    """HANGAR_DEMO_MODEL_DIR, or the first model root's shared folder (platform-published)."""
+    if settings.HANGAR_DEMO_MODEL_DIR:
+        return Path(settings.HANGAR_DEMO_MODEL_DIR)
+    return Path(settings.HANGAR_MODEL_ROOTS[0]) / settings.HANGAR_MODEL_SHARED_FOLDER / DEMO_MODEL
 
 
 class Command(BaseCommand):
@@ -38,16 +51,26 @@ class Command(BaseCommand):
         if tenant is None:
             tenant = tenant_create(actor=actor, name="Demo", slug=DEMO_TENANT)
         Membership.objects.get_or_create(user=user, tenant=tenant, defaults={"role": Role.OWNER})
-        target = Target.objects.filter(tenant=tenant, name="local").first()
-        if target is None:
-            target = target_create(actor=actor, tenant=tenant, data={"name": "local", "kind": "local"})
+        target = Target.objects.filter(name="local").first()
+        if target is None:  # a platform target, granted to the demo tenant
+            target = target_create(actor=actor, data={"name": "local", "kind": "local"})
+        if not TargetGrant.objects.filter(target=target, tenant=tenant).exists():
+            target_grant(actor=actor, target=target, tenant=tenant)
         model = Model.objects.filter(tenant=tenant, name=DEMO_MODEL).first()
         if model is None:
             from workers.runtime.tinymodel import build_tiny_model
 
             self.stdout.write("Building the tiny demo model (a few seconds)...")
-            path = build_tiny_model(settings.HANGAR_DEMO_MODEL_DIR)
+            path = build_tiny_model(demo_model_dir())
             model = model_register(actor=actor, tenant=tenant, name=DEMO_MODEL, source=str(path))
+        elif not source_allowed(tenant.slug, model.source):
+            self.stdout.write(
+                self.style.WARNING(
+                    f"The demo model's source {model.source} is outside {folders_text(tenant.slug)}, so it "
+                    "will not deploy (it predates per-tenant model folders): delete the demo deployment and "
+                    "model, then run `manage.py bootstrap_demo` again."
+                )
+            )
         if not options["no_deploy"] and not Deployment.objects.filter(tenant=tenant).exists():
             with transaction.atomic():
                 deployment_create(

@@ -68,10 +68,10 @@ class ModelEditableInput(InputSerializer):
         help_text="dtypes deployments of this model may use; all of them if omitted.",
     )
     allow_unsafe_weights = serializers.BooleanField(
-        required=False, help_text="Accept pickle weights (.bin/.pt), which can run code. Admins only."
+        required=False, help_text="Accept pickle weights (.bin/.pt), which can run code. Platform admins only."
     )
     trust_remote_code = serializers.BooleanField(
-        required=False, help_text="Let the runtime execute code shipped with the model. Admins only."
+        required=False, help_text="Let the runtime execute code shipped with the model. Platform admins only."
     )
 
 
@@ -82,7 +82,8 @@ class ModelCreateInput(TenantChoiceMixin, ModelEditableInput):
         error_messages={"invalid": "Use 1-100 letters, digits and . _ : / -, starting with a letter or digit."},
     )
     source = serializers.CharField(  # type: ignore[assignment]  # a field, not Field.source
-        max_length=1000, help_text="Absolute path of the model directory, as the control plane and workers see it."
+        max_length=1000,
+        help_text="Absolute path of the model directory, under <root>/<tenant-slug>/ or <root>/_shared/ of a model root.",
     )
 
 

@@ -46,10 +46,6 @@ class ModelViewSet(ScopedViewSet):
     def select_one(self, lookup: str) -> Model:
         return selectors.model_get(access=self.access, pk=int(lookup))
 
-    def _require_trust(self, tenant_id: int, data: dict[str, Any]) -> None:
-        if services.trust_requested(data):
-            self.access.require(tenant_id, services.TRUST_PERM)
-
     @extend_schema(
         summary="Register a model directory (metadata is read from it)",
         request=ModelCreateInput,
@@ -58,7 +54,7 @@ class ModelViewSet(ScopedViewSet):
     def create(self, request: Request) -> Response:
         data = self.validated(ModelCreateInput)
         tenant = self.tenant_for_write(data.pop("tenant", None), Perm.MODEL_CHANGE)
-        self._require_trust(tenant.pk, data)
+        services.require_trust(self.access, data)
         model = services.model_register(actor=self.actor, tenant=tenant, **data)
         return self.output(model, status.HTTP_201_CREATED)
 
@@ -67,7 +63,7 @@ class ModelViewSet(ScopedViewSet):
         model = self.get_object()
         self.access.require(model.tenant_id, Perm.MODEL_CHANGE)
         data = self.validated(ModelUpdateInput)
-        self._require_trust(model.tenant_id, data)
+        services.require_trust(self.access, data)
         return self.output(services.model_update(actor=self.actor, model=model, data=data))
 
     @extend_schema(summary="Remove a model from the catalog (no deployment may use it)")
