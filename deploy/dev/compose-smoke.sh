@@ -94,7 +94,8 @@ python3 -c 'import torch, transformers' 2>/dev/null || [[ -x $ROOT/.venv/bin/pyt
     die "need a Python with torch/transformers to build the tiny model (make venv)"
 py=python3
 [[ -x $ROOT/.venv/bin/python ]] && py=$ROOT/.venv/bin/python
-(cd "$ROOT" && "$py" -m workers.runtime.tinymodel "$HANGAR_MODELS_DIR/tiny-llama" >/dev/null)
+# Published in the model root's shared folder, which every tenant may register from.
+(cd "$ROOT" && "$py" -m workers.runtime.tinymodel "$HANGAR_MODELS_DIR/_shared/tiny-llama" >/dev/null)
 chmod -R a+rX "$HANGAR_MODELS_DIR" # replicas and the control plane run as uid 10001
 
 t0=$SECONDS
@@ -103,7 +104,7 @@ poll "$TIMEOUT" "web answering" curl -sf -o /dev/null "$base_url/login/"
 log "control plane up in $((SECONDS - t0)) s ($base_url)"
 
 t1=$SECONDS
-token=$("${compose[@]}" exec -T -e MODEL_DIR="$HANGAR_MODELS_DIR/tiny-llama" worker hangar manage shell <<'PY' | awk '/^TOKEN /{print $2}'
+token=$("${compose[@]}" exec -T -e MODEL_DIR="$HANGAR_MODELS_DIR/_shared/tiny-llama" worker hangar manage shell <<'PY' | awk '/^TOKEN /{print $2}'
 import os
 
 from django.contrib.auth import get_user_model
