@@ -4,6 +4,7 @@ from rest_framework.routers import DefaultRouter
 
 from controlplane.audit.api.views import AuditLogViewSet
 from controlplane.catalog.api.views import ModelViewSet
+from controlplane.deployments.api.quotas import PlatformQuotaViewSet
 from controlplane.deployments.api.views import DeploymentViewSet, EventViewSet, ReplicaViewSet, TargetViewSet
 from controlplane.keys.api.views import ApiKeyViewSet
 from controlplane.tenancy.api.views import AccessTokenViewSet, MembershipViewSet, TenantViewSet
@@ -21,4 +22,5 @@ router.register("keys", ApiKeyViewSet, basename="apikey")
 router.register("usage", UsageViewSet, basename="usage")
 router.register("audit", AuditLogViewSet, basename="audit")
 router.register("tokens", AccessTokenViewSet, basename="token")
+router.register("platform/quotas", PlatformQuotaViewSet, basename="platform-quota")
 urlpatterns = router.urls

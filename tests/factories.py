@@ -72,6 +72,10 @@ class TargetFactory(factory.django.DjangoModelFactory):
             TargetGrant.objects.create(target=target, tenant=tenant)
         return target
 
+    @classmethod
+    def _build(cls, model_class: type[Target], *args: Any, tenant: Tenant | None = None, **kwargs: Any) -> Target:
+        return super()._build(model_class, *args, **kwargs)  # an unsaved target grants nothing
+
 
 class DeploymentFactory(factory.django.DjangoModelFactory):
     class Meta:

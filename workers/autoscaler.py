@@ -6,6 +6,11 @@ Load is the in-flight plus queued requests of the latest ``MetricSample`` of eac
 drop capacity at once. With ``scale_to_zero_idle_seconds`` set, a deployment without requests
 for that long (``last_request_at``, written by the gateway) goes to zero; the gateway holds
 the next request while a replica cold-starts, and its ``last_request_at`` brings one back here.
+
+Quotas: an autoscaled deployment is charged at ``max_replicas`` when it is admitted
+(``controlplane.deployments.quota``), and this never sets ``replicas`` above ``max_replicas``.
+So every move the autoscaler makes is already paid for: its scale calls go through admission
+like any other, ask for nothing more, and can never take a tenant over its quota.
 """
 
 from __future__ import annotations
@@ -54,10 +59,11 @@ def desired_replicas(deployment: Deployment, *, load: float, now: datetime) -> i
         if last is None or now - last > timedelta(seconds=idle_limit):
             return 0
     want = math.ceil(load / max(deployment.target_concurrency, 1)) if load else floor
-    want = min(max(want, floor), max(deployment.max_replicas, floor))
+    want = max(want, floor)
     if want < deployment.replicas:
         want = max(want, deployment.replicas - 1)  # scale down gently, one per tick
-    return want
+    # max_replicas is what the quota charged at admission: never above it (see the docstring).
+    return min(want, deployment.max_replicas)
 
 
 def autoscale_tick() -> dict[int, int]:

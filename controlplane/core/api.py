@@ -213,6 +213,7 @@ def exception_handler(exc: Exception, context: dict[str, Any]) -> Response | Non
         if exc.field_errors:
             body["errors"] = exc.field_errors
             body.update(exc.field_errors)
+        body.update(exc.extra())
         return Response(body, status=exc.status)
     if isinstance(exc, RequestDataTooBig):
         return Response({"detail": "Request body too large."}, status=status.HTTP_413_REQUEST_ENTITY_TOO_LARGE)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 
 class DomainError(Exception):
     """Base class; ``status`` is the HTTP status the API answers with."""
@@ -13,6 +15,10 @@ class DomainError(Exception):
         super().__init__(message)
         self.message = message
         self.field_errors = field_errors or {}
+
+    def extra(self) -> dict[str, Any]:
+        """More top-level keys of the API answer's body (e.g. ``quota`` of a quota refusal)."""
+        return {}
 
 
 class ValidationFailed(DomainError):

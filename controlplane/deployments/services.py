@@ -18,6 +18,7 @@ from controlplane.core.crypto import CredentialsUnreadable, decrypt_json, encryp
 from controlplane.core.exceptions import Conflict, ValidationFailed
 from controlplane.core.realtime import deployment_group, publish_on_commit, tenant_group
 from controlplane.core.tasks import CHECK_TARGET, RECONCILE_DEPLOYMENT, enqueue_on_commit
+from controlplane.deployments import quota
 from controlplane.deployments.choices import DesiredState, Phase, TargetKind
 from controlplane.deployments.events import event_emit
 from controlplane.deployments.models import Deployment, Target, TargetGrant
@@ -217,9 +218,10 @@ def _lock_grant(*, target_id: int, tenant_id: int) -> TargetGrant | None:
 def deployment_create(
     *, actor: Actor, tenant: Tenant, model: Model, target: Target, data: dict[str, Any]
 ) -> Deployment:
-    """Record a new deployment (desired state) and ask a worker to make it so."""
-    if model.tenant_id != tenant.pk or target.tenant_id != tenant.pk:
-        raise ValidationFailed("Model and target must belong to the tenant.")
+    """Record a new deployment (desired state) and ask a worker to make it so, within the
+    tenant's quota."""
+    if model.tenant_id != tenant.pk or _lock_grant(target_id=target.pk, tenant_id=tenant.pk) is None:
+        raise ValidationFailed("The model must belong to the tenant and the target be granted to it.")
     fields = {k: v for k, v in data.items() if k in SPEC_FIELDS - {"model"} or k == "name"}
     fields.setdefault("served_model_name", model.name)
     clean = validate_deployment_fields(fields)
@@ -229,6 +231,7 @@ def deployment_create(
     clean.setdefault("min_replicas", min(replicas, 1))
     clean.setdefault("max_replicas", max(replicas, clean["min_replicas"], 1))
     _check_spec(clean, model=model)
+    quota.lock_tenant(tenant.pk)
     if Deployment.objects.filter(tenant=tenant, name=clean["name"]).exists():
         raise ValidationFailed("Name taken.", field_errors={"name": [f"A deployment named {clean['name']!r} exists."]})
     if Deployment.objects.filter(tenant=tenant, served_model_name=clean["served_model_name"]).exists():
@@ -236,7 +239,9 @@ def deployment_create(
             "Served name taken.",
             field_errors={"served_model_name": ["Another deployment already serves this model name."]},
         )
-    deployment = Deployment.objects.create(tenant=tenant, model=model, target=target, **clean)
+    deployment = Deployment(tenant=tenant, model=model, target=target, **clean)
+    quota.admit(tenant, exclude_deployment_id=None, new_cost=quota.deployment_cost(deployment, target=target))
+    deployment.save(force_insert=True)
     return _after_spec_change(
         deployment,
         actor=actor,
@@ -253,6 +258,12 @@ def _check_spec(spec: dict[str, Any], *, model: Model) -> None:
     if replicas is not None and spec.get("max_replicas") is not None and replicas > spec["max_replicas"]:
         errors["replicas"] = [f"Must not exceed max_replicas ({spec['max_replicas']})."]
     if (
+        spec.get("min_replicas") is not None
+        and spec.get("max_replicas") is not None
+        and spec["min_replicas"] > spec["max_replicas"]
+    ):
+        errors["min_replicas"] = ["Must not exceed max_replicas."]
+    if (
         replicas is not None
         and spec.get("min_replicas") is not None
         and replicas < spec["min_replicas"]
@@ -268,7 +279,16 @@ def _check_spec(spec: dict[str, Any], *, model: Model) -> None:
 
 
 def _lock(deployment: Deployment) -> Deployment:
+    """Lock the tenant row, then the deployment row: the one lock order of every deployment
+    write, so two of them can never wait for each other (see ``quota.lock_tenant``)."""
+    quota.lock_tenant(deployment.tenant_id)
     return Deployment.objects.select_for_update().get(pk=deployment.pk)
+
+
+def _admit(deployment: Deployment) -> None:
+    """Refuse the in-memory (changed, unsaved) state of a locked deployment if it does not fit
+    the tenant's quota."""
+    quota.admit(deployment.tenant_id, exclude_deployment_id=deployment.pk, new_cost=quota.deployment_cost(deployment))
 
 
 def _refuse_if_deleting(deployment: Deployment) -> None:
@@ -291,10 +311,6 @@ def deployment_update(*, actor: Actor, deployment: Deployment, data: dict[str, A
     clean = validate_deployment_fields(incoming)
     merged = {f: getattr(deployment, f) for f in SPEC_FIELDS - {"model"}} | clean
     _check_spec(merged, model=model)
-    if merged["min_replicas"] > merged["max_replicas"]:
-        raise ValidationFailed(
-            "Invalid deployment spec.", field_errors={"min_replicas": ["Must not exceed max_replicas."]}
-        )
     if (
         "served_model_name" in clean
         and Deployment.objects.filter(tenant_id=deployment.tenant_id, served_model_name=clean["served_model_name"])
@@ -312,6 +328,7 @@ def deployment_update(*, actor: Actor, deployment: Deployment, data: dict[str, A
         return deployment
     for key, value in changes.items():
         setattr(deployment, key, value)
+    _admit(deployment)
     update = {"generation": F("generation") + 1}
     rolling = bool(TEMPLATE_FIELDS & set(changes))
     if rolling:
@@ -342,6 +359,8 @@ def deployment_scale(*, actor: Actor, deployment: Deployment, replicas: int) -> 
     if replicas == deployment.replicas and deployment.desired_state == DesiredState.RUNNING:
         return deployment
     old = deployment.replicas
+    deployment.replicas, deployment.desired_state = replicas, DesiredState.RUNNING
+    _admit(deployment)
     Deployment.objects.filter(pk=deployment.pk).update(
         replicas=replicas, desired_state=DesiredState.RUNNING, generation=F("generation") + 1
     )
@@ -381,6 +400,8 @@ def deployment_start(*, actor: Actor, deployment: Deployment) -> Deployment:
     if deployment.desired_state == DesiredState.RUNNING and deployment.replicas > 0:
         return deployment
     replicas = deployment.replicas or max(deployment.min_replicas, 1)
+    deployment.replicas, deployment.desired_state = replicas, DesiredState.RUNNING
+    _admit(deployment)
     Deployment.objects.filter(pk=deployment.pk).update(
         desired_state=DesiredState.RUNNING, replicas=replicas, generation=F("generation") + 1
     )

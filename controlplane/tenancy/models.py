@@ -8,6 +8,17 @@ from django.db import models
 from controlplane.core.models import TimeStamped
 from controlplane.tenancy.choices import Role
 
+# Quota resource -> the Tenant field holding its limit (null = unlimited, 0 = none); the keys are
+# those of settings.HANGAR_QUOTA_DEFAULTS, in the order shown to people.
+QUOTA_FIELDS: dict[str, str] = {
+    "gpus": "quota_gpus",
+    "gpu_memory_mb": "quota_gpu_memory_mb",
+    "cpus": "quota_cpus",
+    "memory_mb": "quota_memory_mb",
+    "replicas": "quota_replicas",
+    "deployments": "quota_deployments",
+}
+
 
 class Tenant(TimeStamped):
     name = models.CharField(max_length=100)

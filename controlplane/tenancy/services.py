@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import math
 from datetime import datetime
 from typing import Any
 
+from django.conf import settings
 from django.contrib.auth import get_user_model
 from django.db import IntegrityError, transaction
 from django.utils import timezone
@@ -16,7 +18,7 @@ from controlplane.core.context import Actor
 from controlplane.core.exceptions import Conflict, PermissionDenied, ValidationFailed
 from controlplane.tenancy.access import Access
 from controlplane.tenancy.choices import ROLE_RANK, Role
-from controlplane.tenancy.models import AccessToken, Membership, Tenant
+from controlplane.tenancy.models import QUOTA_FIELDS, AccessToken, Membership, Tenant
 
 TOKEN_PREFIX = "hgp"
 
@@ -29,11 +31,81 @@ def tenant_create(*, actor: Actor, name: str, slug: str = "", owner: Any | None 
         raise ValidationFailed("A tenant needs a name.", field_errors={"name": ["This field may not be blank."]})
     if Tenant.objects.filter(slug=slug).exists():
         raise ValidationFailed("Slug taken.", field_errors={"slug": [f"A tenant with slug {slug!r} exists."]})
-    tenant = Tenant.objects.create(name=name, slug=slug)
+    tenant = Tenant.objects.create(name=name, slug=slug, **quota_defaults())
     owner_id = owner.pk if owner is not None else actor.user_id
     if owner_id is not None:
         Membership.objects.create(user_id=owner_id, tenant=tenant, role=Role.OWNER)
     audit_record(actor=actor, action="tenant.create", obj=tenant, tenant_id=tenant.pk)
+    return tenant
+
+
+def quota_defaults() -> dict[str, Any]:
+    """The quota fields a new tenant starts with, from ``settings.HANGAR_QUOTA_DEFAULTS``."""
+    defaults = settings.HANGAR_QUOTA_DEFAULTS
+    return {field: defaults.get(resource) for resource, field in QUOTA_FIELDS.items()}
+
+
+# resource -> (type, maximum the column holds)
+_QUOTA_BOUNDS: dict[str, tuple[type, float]] = {
+    "gpus": (int, 2_147_483_647),
+    "gpu_memory_mb": (int, 9_223_372_036_854_775_807),
+    "cpus": (float, 1e9),
+    "memory_mb": (int, 9_223_372_036_854_775_807),
+    "replicas": (int, 2_147_483_647),
+    "deployments": (int, 2_147_483_647),
+}
+
+
+def _clean_quota(data: dict[str, Any]) -> dict[str, Any]:
+    """{Tenant field: value} from ``data`` keyed by resource (``gpus``) or field (``quota_gpus``)."""
+    fields_by_name = QUOTA_FIELDS | {field: field for field in QUOTA_FIELDS.values()}
+    clean: dict[str, Any] = {}
+    errors: dict[str, list[str]] = {}
+    for key, value in data.items():
+        field = fields_by_name.get(key)
+        if field is None:
+            errors[key] = [f"Unknown quota; choose among {list(QUOTA_FIELDS)}."]
+            continue
+        kind, high = _QUOTA_BOUNDS[field.removeprefix("quota_")]
+        if value is None:
+            clean[field] = None
+        elif (
+            isinstance(value, bool)
+            or not isinstance(value, int | float)
+            or not math.isfinite(value)
+            or (kind is int and isinstance(value, float) and not value.is_integer())
+        ):
+            errors[key] = [f"Must be {'an integer' if kind is int else 'a number'}, or null for unlimited."]
+        elif not 0 <= value <= high:
+            errors[key] = [f"Must be between 0 and {high:g}, or null for unlimited."]
+        else:
+            clean[field] = kind(value)
+    if errors:
+        raise ValidationFailed("Invalid quota.", field_errors=errors)
+    return clean
+
+
+@transaction.atomic
+def tenant_quota_set(*, actor: Actor, tenant: Tenant, data: dict[str, Any]) -> Tenant:
+    """Set some of a tenant's quotas (platform admins only; the caller checks). ``data`` maps a
+    resource (``gpus``, ``gpu_memory_mb``, ``cpus``, ``memory_mb``, ``replicas``,
+    ``deployments``) or its Tenant field (``quota_gpus``...) to a limit: null = unlimited,
+    0 = none. A limit below current usage is allowed: running deployments stay, and only changes
+    that ask for more of that resource are refused.
+
+    The tenant row is locked as admission locks it, so a change waits for admissions in flight
+    and the next admission sees the new limits.
+    """
+    clean = _clean_quota(data)
+    tenant = Tenant.objects.select_for_update(no_key=True).get(pk=tenant.pk)
+    changes = {
+        field: [getattr(tenant, field), value] for field, value in clean.items() if getattr(tenant, field) != value
+    }
+    if changes:
+        for field, (_, value) in changes.items():
+            setattr(tenant, field, value)
+        tenant.save(update_fields=[*changes, "updated_at"])
+        audit_record(actor=actor, action="tenant.quota", obj=tenant, tenant_id=tenant.pk, changes=changes)
     return tenant
 
 

@@ -11,6 +11,7 @@ from django.views.decorators.http import require_POST
 from console.dashboard import live
 from console.dashboard.base import SESSION_TENANT, TenantRequest, page, tenant_view
 from console.dashboard.forms import TenantSwitchForm
+from controlplane.deployments.quota import quota_bars, tenant_quota_usage
 from controlplane.deployments.selectors import deployment_list
 from controlplane.tenancy.access import access_for
 from controlplane.tenancy.choices import Perm
@@ -20,7 +21,8 @@ from controlplane.tenancy.choices import Perm
 def overview(request: TenantRequest) -> HttpResponse:
     deployments = list(deployment_list(access=request.access, filters={"tenant": request.tenant.slug}))
     rows = [(d, live.summary(access=request.access, deployment_id=d.pk)) for d in deployments]
-    return page(request, "dashboard/overview.html", {"rows": rows, "nav": "overview"})
+    quota = quota_bars(tenant_quota_usage(request.tenant))
+    return page(request, "dashboard/overview.html", {"rows": rows, "quota": quota, "nav": "overview"})
 
 
 @login_required

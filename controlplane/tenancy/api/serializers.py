@@ -7,6 +7,7 @@ from typing import Any
 from rest_framework import serializers
 
 from controlplane.core.api import InputSerializer, TenantChoiceMixin, TenantSlugField
+from controlplane.deployments.api.quotas import QuotaListSerializer, QuotaUsageField
 from controlplane.tenancy.access import Access
 from controlplane.tenancy.choices import Role
 from controlplane.tenancy.models import AccessToken, Membership, Tenant
@@ -22,6 +23,7 @@ TENANT_FIELDS = (
     "tpm_limit",
     "monthly_token_budget",
     "role",
+    "quota",
     "created_at",
     "updated_at",
 )
@@ -29,11 +31,13 @@ TENANT_FIELDS = (
 
 class TenantSerializer(serializers.ModelSerializer):
     role = serializers.SerializerMethodField(help_text="Your role in this tenant.")
+    quota = QuotaUsageField()
 
     class Meta:
         model = Tenant
         fields = TENANT_FIELDS
         read_only_fields = TENANT_FIELDS
+        list_serializer_class = QuotaListSerializer
 
     def get_role(self, obj: Tenant) -> str | None:
         access = self.context.get("access")
@@ -54,7 +58,7 @@ class TenantCreateInput(TenantLimitsInput):
 
 
 class TenantUpdateInput(TenantLimitsInput):
-    read_only_names = frozenset({"id", "slug", "role", "created_at", "updated_at"})
+    read_only_names = frozenset({"id", "slug", "role", "quota", "created_at", "updated_at"})
     name = serializers.CharField(max_length=100, required=False)
 
 
