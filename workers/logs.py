@@ -28,7 +28,10 @@ def replica_logs(*, access: Access, replica_id: int, tail: int = 200) -> str:
     tail = min(max(int(tail), 1), MAX_TAIL)
     if not replica.backend_id:
         return ""
-    driver = driver_for(replica.deployment.target)
+    try:
+        driver = driver_for(replica.deployment.target, tenant_id=replica.deployment.tenant_id)
+    except DriverError as exc:
+        raise LogsUnavailable(f"Could not read the logs: {exc.message}") from None
     try:
         return driver.logs(replica.backend_id, tail=tail)
     except DriverError as exc:

@@ -11,10 +11,10 @@ from __future__ import annotations
 
 import logging
 import re
-from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
+from typing import Protocol
 
 from django.conf import settings
 from django.utils import timezone
@@ -51,7 +51,11 @@ STEPS = {
     "failed": "failed",
 }
 
-DriverFactory = Callable[[Target], Driver]
+
+class DriverFactory(Protocol):
+    """``driver_for``'s shape: the driver of a target, for one tenant's replicas."""
+
+    def __call__(self, target: Target, *, tenant_id: int | None = None) -> Driver: ...
 
 
 @dataclass
@@ -499,7 +503,7 @@ def reconcile(deployment_id: int, *, owner: str, driver_factory: DriverFactory =
     outcome = Outcome()
     driver: Driver | None = None
     try:
-        driver = driver_factory(deployment.target)
+        driver = driver_factory(deployment.target, tenant_id=deployment.tenant_id)
         outcome = Pass(deployment, driver, owner).run()
     except LeaseLost:
         logger.warning("lost the lease of deployment %s; another worker carries on", deployment_id)

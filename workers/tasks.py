@@ -18,12 +18,13 @@ from django.conf import settings
 from django.core.cache import cache
 
 from controlplane.core.tasks import CHECK_TARGET, RECONCILE_DEPLOYMENT
-from controlplane.deployments.choices import Phase
+from controlplane.deployments.choices import Phase, TargetKind
 from controlplane.deployments.models import Deployment, Target
 from controlplane.deployments.status import target_health_write
 from workers import reconciler
 from workers.drivers import driver_for, instance_name, local_driver
-from workers.drivers.base import DriverError
+from workers.drivers.base import Driver, DriverError
+from workers.drivers.health import Reason, report
 
 logger = logging.getLogger(__name__)
 
@@ -72,17 +73,22 @@ def reconcile_deployment(self: Any, deployment_id: int, follow_up: bool = False,
 
 @shared_task(name=CHECK_TARGET, ignore_result=True)
 def check_target(target_id: int) -> None:
-    """Refresh ``Target.health``: reachability, version, GPUs (never raises on backend errors)."""
+    """Refresh ``Target.health``: status, a short fixed reason, version, capacity (never raises
+    on backend errors, never stores what the backend said)."""
     target = Target.objects.filter(pk=int(target_id)).first()
     if target is None:
         return
-    driver = driver_for(target)
     try:
-        health = driver.check()
-    except DriverError as exc:
-        health = {"reachable": False, "version": "", "gpus": 0, "error": exc.message}
-    finally:
-        driver.close()
+        driver = driver_for(target)
+    except DriverError as exc:  # settings refused before any network call
+        health = report(exc.cause or Reason.UNEXPECTED)
+    else:
+        try:
+            health = driver.check()
+        except DriverError as exc:
+            health = report(exc.cause or Reason.UNEXPECTED)
+        finally:
+            driver.close()
     if not health.get("gpus") and target.gpu_inventory:
         health["gpus_declared"] = len(target.gpu_inventory)
     target_health_write(target_id=target.pk, health=health)
@@ -111,16 +117,25 @@ def check_targets() -> None:
 def collect_orphans() -> int:
     """Beat: remove backend resources whose deployment row is gone, on every distinct backend."""
     removed = 0
-    drivers = [local_driver()]
-    seen: set[tuple[str, ...]] = set()
-    for target in Target.objects.exclude(kind="local"):
-        key = (target.kind, target.docker_url, target.kubeconfig_path, target.kube_context, target.kube_namespace)
-        if key not in seen:
-            seen.add(key)
+    drivers: list[Driver] = [local_driver()]
+    seen: set[tuple[object, ...]] = set()
+    for target in Target.objects.exclude(kind="local").prefetch_related("grants"):
+        # On Kubernetes every granted tenant may have a namespace of its own.
+        tenants: list[int | None] = [None]
+        if target.kind == TargetKind.KUBERNETES:
+            tenants += [g.tenant_id for g in target.grants.all() if g.namespace]
+        for tenant_id in tenants:
             try:
-                drivers.append(driver_for(target))
+                driver = driver_for(target, tenant_id=tenant_id)
             except DriverError as exc:
-                logger.warning("skipping orphan collection on target %s: %s", target.pk, exc)
+                logger.warning("skipping orphan collection on target %s: %s", target.pk, exc.message)
+                continue
+            key = _backend_key(target, driver)
+            if key in seen:
+                driver.close()
+            else:
+                seen.add(key)
+                drivers.append(driver)
     for driver in drivers:
         try:
             removed += len(reconciler.collect_orphans(driver))
@@ -129,6 +144,13 @@ def collect_orphans() -> int:
         finally:
             driver.close()
     return removed
+
+
+def _backend_key(target: Target, driver: Driver) -> tuple[object, ...]:
+    """What tells two backends apart: the daemon, or the cluster credentials and namespace."""
+    if target.kind == TargetKind.DOCKER:
+        return (target.kind, getattr(driver, "url", target.docker_url))
+    return (target.kind, target.kube_auth, target.credentials, target.kube_context, getattr(driver, "namespace", ""))
 
 
 @shared_task(name=AUTOSCALE, ignore_result=True)

@@ -3,8 +3,10 @@
 The periodic resync heals everything eventually (every ``HANGAR_RESYNC_INTERVAL``); these
 watchers only make it prompt. They run as daemon threads in the worker's main process:
 
-* Docker: one thread per distinct daemon URL streams ``die`` events of containers labelled with
-  this installation's ``hangar.instance`` and enqueues a reconcile of their deployment.
+* Docker: one thread per Docker target streams ``die`` events of containers labelled with this
+  installation's ``hangar.instance`` and enqueues a reconcile of their deployment. It connects
+  the way the driver does (``docker_connection``: the same URL policy, the target's uploaded
+  credentials), re-reading the target at every reconnect.
 * Local: one thread checks the local replicas' processes every second.
 
 A watcher that loses its daemon reconnects with backoff; nothing depends on it being up.
@@ -16,13 +18,15 @@ import logging
 import threading
 import time
 from collections.abc import Callable
+from typing import Any
 
-from django.db import close_old_connections
+from django.db import close_old_connections, connection
 
 from controlplane.deployments.choices import TargetKind
 from controlplane.deployments.models import Target
-from workers.drivers import instance_name, local_driver
+from workers.drivers import instance_name, local_driver, target_credentials
 from workers.drivers.base import LABEL_DEPLOYMENT, LABEL_INSTANCE
+from workers.drivers.docker_connection import DockerConnection
 
 logger = logging.getLogger(__name__)
 
@@ -33,13 +37,24 @@ MAX_BACKOFF_S = 30.0
 Nudge = Callable[[int], None]
 
 
-def _docker_watch(url: str, instance: str, nudge: Nudge, stop: threading.Event) -> None:
-    import docker
+def _docker_target(target_id: int) -> Target | None:
+    try:
+        return Target.objects.filter(pk=target_id, kind=TargetKind.DOCKER).first()
+    finally:
+        connection.close()  # this thread mostly waits on the daemon: hold no database connection
 
+
+def _docker_watch(target_id: int, instance: str, nudge: Nudge, stop: threading.Event) -> None:
     backoff = 1.0
     while not stop.is_set():
+        daemon: DockerConnection | None = None
+        client: Any = None
         try:
-            client = docker.DockerClient(base_url=url, version="auto", timeout=None)
+            target = _docker_target(target_id)
+            if target is None:  # deleted, or no longer a Docker target
+                return
+            daemon = DockerConnection.checked(target.docker_url, target_credentials(target))
+            client = daemon.open(timeout=None)
             events = client.events(
                 decode=True,
                 filters={"type": "container", "event": ["die", "oom"], "label": [f"{LABEL_INSTANCE}={instance}"]},
@@ -51,8 +66,13 @@ def _docker_watch(url: str, instance: str, nudge: Nudge, stop: threading.Event) 
                     nudge(int(labels[LABEL_DEPLOYMENT]))
                 if stop.is_set():
                     break
-        except Exception as exc:  # daemon gone or unreachable: the resync covers us meanwhile
-            logger.debug("docker watcher for %s: %s", url, exc)
+        except Exception as exc:  # daemon gone, unreachable or refused: the resync covers us meanwhile
+            logger.debug("docker watcher for target %s: %s", target_id, exc)
+        finally:
+            if client is not None:
+                client.close()
+            if daemon is not None:
+                daemon.close()
         stop.wait(backoff)
         backoff = min(MAX_BACKOFF_S, backoff * 2)
 
@@ -73,20 +93,23 @@ def _local_watch(nudge: Nudge, stop: threading.Event) -> None:
 
 def _supervise(nudge: Nudge, stop: threading.Event) -> None:
     instance = instance_name()
-    watching: set[str] = set()
+    watching: set[int] = set()
     threading.Thread(target=_local_watch, args=(nudge, stop), name="hangar-watch-local", daemon=True).start()
     while not stop.is_set():
         try:
             close_old_connections()
-            urls = set(Target.objects.filter(kind=TargetKind.DOCKER).values_list("docker_url", flat=True))
+            ids = set(Target.objects.filter(kind=TargetKind.DOCKER).values_list("pk", flat=True))
             close_old_connections()
         except Exception as exc:
             logger.debug("watch supervisor: %s", exc)
-            urls = set()
-        for url in sorted(urls - watching):
-            watching.add(url)
+            ids = set()
+        for target_id in sorted(ids - watching):
+            watching.add(target_id)
             threading.Thread(
-                target=_docker_watch, args=(url, instance, nudge, stop), name=f"hangar-watch-{url}", daemon=True
+                target=_docker_watch,
+                args=(target_id, instance, nudge, stop),
+                name=f"hangar-watch-target-{target_id}",
+                daemon=True,
             ).start()
         stop.wait(DISCOVER_EVERY_S)
 

@@ -34,7 +34,9 @@ def run(fake_driver: FakeDriver) -> Any:
     """``run(deployment)`` = one reconcile pass with the fake driver; returns the Outcome."""
 
     def reconcile_once(deployment: Any, owner: str = "test-worker") -> reconciler.Outcome:
-        outcome = reconciler.reconcile(deployment.pk, owner=owner, driver_factory=lambda target: fake_driver)
+        outcome = reconciler.reconcile(
+            deployment.pk, owner=owner, driver_factory=lambda target, tenant_id=None: fake_driver
+        )
         if deployment.__class__.objects.filter(pk=deployment.pk).exists():
             deployment.refresh_from_db()
         return outcome

@@ -51,8 +51,10 @@ class FakeClient:
         pass
 
 
-def make(**overrides: Any) -> tuple[DockerDriver, FakeClient, ReplicaSpec]:
-    driver = DockerDriver(url="unix:///var/run/docker.sock", image="hangar-runtime:latest", instance="t")
+def make(publish_host: str = "127.0.0.1", **overrides: Any) -> tuple[DockerDriver, FakeClient, ReplicaSpec]:
+    driver = DockerDriver(
+        url="unix:///var/run/docker.sock", image="hangar-runtime:latest", instance="t", publish_host=publish_host
+    )
     client = FakeClient()
     driver._client = client  # type: ignore[assignment]
     spec = ReplicaSpec(
@@ -101,6 +103,14 @@ def test_container_spec() -> None:
     assert observed.started_at is not None and observed.started_at.microsecond == 123456
 
 
-def test_remote_daemon_publishes_on_all_interfaces_and_points_at_the_host() -> None:
-    driver = DockerDriver(url="tcp://gpu-box.internal:2376", image="i", instance="t")
-    assert driver.bind_host == "0.0.0.0" and driver.public_host == "gpu-box.internal"
+@pytest.mark.parametrize(
+    "publish_host, bound, endpoint",
+    [("10.1.2.3", "10.1.2.3", "http://10.1.2.3:49153"), ("::1", "::1", "http://[::1]:49153")],
+)
+def test_ports_are_published_and_called_on_the_targets_publish_host(
+    publish_host: str, bound: str, endpoint: str
+) -> None:
+    driver, client, spec = make(publish_host=publish_host)
+    observed = driver.create(spec)
+    assert client.containers.created[0]["ports"] == {"8000/tcp": (bound, None)}
+    assert observed.endpoint == endpoint

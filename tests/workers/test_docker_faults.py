@@ -2,14 +2,13 @@
 
 Marked ``docker``: they run whenever a daemon answers (``make test``) and fail, not skip, when
 none does (set ``HANGAR_SKIP_DOCKER=1`` to skip deliberately, as tests/e2e does). Every
-container carries ``hangar.instance=test_<db>`` and is removed at the start and end of the module.
+container carries ``hangar.instance=test_<db>`` and is removed at the start and end of the module
+(``tests.workers.docker_support``).
 """
 
 from __future__ import annotations
 
-import os
 import socket
-import subprocess
 import threading
 import time
 from collections.abc import Iterator
@@ -24,66 +23,40 @@ from controlplane.deployments import services
 from controlplane.deployments.choices import ConditionType, Phase
 from controlplane.deployments.models import Deployment, DeploymentEvent, Replica, Target
 from tests.factories import ModelFactory, TargetFactory, TenantFactory
-from tests.workers.processes import REPO_ROOT, wait_for
+from tests.workers.docker_support import (
+    DOCKER_URL,
+    docker_or_fail,
+    ensure_runtime_image,
+    readable_by_containers,
+    remove_test_containers,
+)
+from tests.workers.processes import wait_for
 from workers import reconciler
 from workers.drivers import instance_name
 from workers.drivers.base import LABEL_DEPLOYMENT, LABEL_INSTANCE
 
 pytestmark = [pytest.mark.docker, pytest.mark.slow, pytest.mark.timeout(400)]
 
-DOCKER_URL = "unix:///var/run/docker.sock"
 READY_TIMEOUT = 150
 
 
 @pytest.fixture(scope="module")
 def docker_client() -> Iterator[Any]:
-    if os.environ.get("HANGAR_SKIP_DOCKER") == "1":
-        pytest.skip("HANGAR_SKIP_DOCKER=1")
-    import docker
-
-    try:
-        client = docker.DockerClient(base_url=DOCKER_URL, version="auto")
-        client.ping()
-    except Exception as exc:
-        pytest.fail(
-            f"Docker daemon not reachable ({exc}). Run `deploy/dev/services.sh start`, "
-            "or set HANGAR_SKIP_DOCKER=1 to skip the Docker tests.",
-            pytrace=False,
-        )
-    _remove_test_containers(client)
+    client = docker_or_fail()
+    remove_test_containers(client)
     yield client
-    _remove_test_containers(client)
+    remove_test_containers(client)
     client.close()
-
-
-def _remove_test_containers(client: Any) -> None:
-    for container in client.containers.list(all=True, filters={"label": LABEL_INSTANCE}):
-        if container.labels.get(LABEL_INSTANCE, "").startswith("test_"):
-            container.remove(force=True)
 
 
 @pytest.fixture(scope="module")
 def runtime_image(docker_client: Any) -> str:
-    """The runtime image; built with deploy/images/build when absent (cached between runs)."""
-    import docker.errors
-
-    image = settings.HANGAR_RUNTIME_IMAGE
-    try:
-        docker_client.images.get(image)
-    except docker.errors.ImageNotFound:
-        proc = subprocess.run(
-            [str(REPO_ROOT / "deploy" / "images" / "build")], cwd=REPO_ROOT, capture_output=True, text=True
-        )
-        assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
-    return image
+    return ensure_runtime_image(docker_client)
 
 
 @pytest.fixture(scope="module")
 def shared_model(tiny_model_dir: Path) -> Path:
-    """The tiny model, readable by the image's unprivileged user (uid 10001)."""
-    for path in [tiny_model_dir, *tiny_model_dir.rglob("*")]:
-        path.chmod(0o755 if path.is_dir() else 0o644)
-    return tiny_model_dir
+    return readable_by_containers(tiny_model_dir)
 
 
 @pytest.fixture
@@ -202,13 +175,13 @@ def test_two_workers_never_create_duplicates(docker_client: Any, docker_env: Pat
 
 
 def test_daemon_unreachable_degrades_then_recovers_by_itself(
-    docker_client: Any, docker_env: Path, start_worker: Any
+    docker_client: Any, docker_env: Path, start_worker: Any, tmp_path: Path
 ) -> None:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        closed_port = probe.getsockname()[1]
-    start_worker()
-    deployment = deploy(docker_env, replicas=1, docker_url=f"tcp://127.0.0.1:{closed_port}")
+    # An allowlisted socket with no daemon behind it yet; the daemon "comes back" when it appears.
+    socket_path = tmp_path / "docker.sock"
+    url = f"unix://{socket_path}"
+    start_worker(HANGAR_DOCKER_SOCKETS=f"{DOCKER_URL},{url}")
+    deployment = deploy(docker_env, replicas=1, docker_url=url)
 
     def degraded() -> bool:
         d = fresh(deployment)
@@ -216,11 +189,12 @@ def test_daemon_unreachable_degrades_then_recovers_by_itself(
 
     wait_for(degraded, timeout=30, message="Degraded")
     d = fresh(deployment)
-    assert "unreachable" in d.phase_message and f"127.0.0.1:{closed_port}" in d.phase_message
+    assert "unreachable (socket not found)" in d.phase_message and d.target.name in d.phase_message
+    assert str(socket_path) not in d.phase_message  # the target's settings are not the tenant's to read
     reachable = next(c for c in d.conditions if c["type"] == ConditionType.BACKEND_REACHABLE)
     assert reachable["status"] == "False" and reachable["reason"] == "DaemonUnreachable"
 
-    services.target_update(actor=SYSTEM, target=d.target, data={"docker_url": DOCKER_URL})
+    socket_path.symlink_to("/var/run/docker.sock")
     wait_for(lambda: running(deployment), timeout=READY_TIMEOUT, message="Running after the daemon came back")
     assert len(containers(docker_client, deployment)) == 1
 
@@ -305,25 +279,29 @@ def test_model_path_missing_fails_clearly(
     assert containers(docker_client, deployment) == []
 
 
-def test_missing_socket_path_is_a_temporary_error(docker_env: Path, transactional_db: Any) -> None:
+def test_missing_socket_path_is_a_temporary_error(docker_env: Path, transactional_db: Any, settings: Any) -> None:
+    settings.HANGAR_DOCKER_SOCKETS = [DOCKER_URL, "unix:///nonexistent/docker.sock"]
     deployment = deploy(docker_env, docker_url="unix:///nonexistent/docker.sock")
     outcome = reconciler.reconcile(deployment.pk, owner="t")
     assert outcome.temporary_error
     d = fresh(deployment)
-    assert d.phase == Phase.DEGRADED and "unreachable" in d.phase_message
+    assert d.phase == Phase.DEGRADED and "unreachable (socket not found)" in d.phase_message
 
 
-def test_check_target_records_health(docker_env: Path, transactional_db: Any) -> None:
+def test_check_target_records_health(docker_env: Path, transactional_db: Any, settings: Any) -> None:
     from workers.tasks import check_target
 
+    settings.HANGAR_DOCKER_SOCKETS = [DOCKER_URL, "unix:///nonexistent/docker.sock"]
     ok = TargetFactory(kind="docker", docker_url=DOCKER_URL)
     down = TargetFactory(kind="docker", docker_url="unix:///nonexistent/docker.sock")
     check_target(ok.pk)
     check_target(down.pk)
     ok_health = Target.objects.get(pk=ok.pk).health
-    assert ok_health["reachable"] is True and ok_health["version"] and ok_health["runtime_image_present"] is True
+    assert ok_health["status"] == "ok" and ok_health["reachable"] is True and ok_health["version"]
+    assert ok_health["runtime_image_present"] is True and ok_health["cpus"] >= 1
     down_health = Target.objects.get(pk=down.pk).health
-    assert down_health["reachable"] is False and "unreachable" in down_health["error"]
+    assert down_health["reachable"] is False
+    assert (down_health["status"], down_health["reason"]) == ("unreachable", "socket not found")
 
 
 def test_a_container_its_worker_never_started_is_replaced(
@@ -378,7 +356,10 @@ def test_rest_api_lifecycle_on_docker(
     from workers.drivers.base import LABEL_GENERATION
 
     start_worker()
-    admin = make_member("admin")
+    tenant = TenantFactory()
+    admin = make_member("admin", tenant)
+    # Targets are the platform's: one is granted to the tenant, which deploys onto it.
+    granted = TargetFactory(tenant=tenant, name="docker", kind="docker", docker_url=DOCKER_URL)
     _, token = access_token_create(actor=SYSTEM, user=admin, name="ci")
     api = APIClient()
     api.credentials(HTTP_AUTHORIZATION=f"Bearer {token}")
@@ -388,10 +369,7 @@ def test_rest_api_lifecycle_on_docker(
         return response.json() if response.content else None
 
     model = ok(api.post("/api/v1/models/", {"name": "tiny", "source": str(docker_env)}, format="json"), 201)
-    target = ok(
-        api.post("/api/v1/targets/", {"name": "docker", "kind": "docker", "docker_url": DOCKER_URL}, format="json"),
-        201,
-    )
+    target = ok(api.get(f"/api/v1/targets/{granted.pk}/"), 200)
     created = ok(
         api.post(
             "/api/v1/deployments/",

@@ -135,7 +135,7 @@ def cluster() -> FakeCluster:
 
 @pytest.fixture
 def k8s_run(cluster: FakeCluster) -> Any:
-    def make_driver(target: Any) -> KubernetesDriver:
+    def make_driver(target: Any, tenant_id: int | None = None) -> KubernetesDriver:
         return KubernetesDriver(
             apps=cluster.apps,
             core=cluster.core,
@@ -314,7 +314,8 @@ def test_api_errors_map_to_failed_or_degraded(cluster: FakeCluster, k8s_run: Any
 
     monkeypatch.setattr(cluster.apps, "create_namespaced_deployment", forbidden)
     k8s_run(deployment)
-    assert deployment.phase == Phase.FAILED and "cannot create" in deployment.phase_message
+    assert deployment.phase == Phase.FAILED and "HTTP 403" in deployment.phase_message
+    assert "cannot create" not in deployment.phase_message  # the API server's words stay in the log
 
     def unreachable(*args: Any, **kwargs: Any) -> Any:
         raise ConnectionRefusedError("Connection refused")

@@ -32,13 +32,21 @@ BackendEvents = list[tuple[str, str, str, str]]
 
 
 class DriverError(Exception):
-    """Base class; ``reason`` is a short CamelCase word for conditions and events."""
+    """Base class; ``reason`` is a short CamelCase word for conditions and events.
+
+    ``message`` reaches deployments' events and the dashboard, so it is written here and never
+    quotes the backend's answer. ``cause`` is the fixed reason of ``workers.drivers.health`` (what
+    a target's health check reports); ``detail`` keeps the backend's own words for matching and
+    for the worker's log only.
+    """
 
     reason = "DriverError"
 
-    def __init__(self, message: str, *, reason: str | None = None) -> None:
+    def __init__(self, message: str, *, reason: str | None = None, cause: str = "", detail: str = "") -> None:
         super().__init__(message)
         self.message = message
+        self.cause = cause
+        self.detail = detail
         if reason:
             self.reason = reason
 
@@ -215,8 +223,9 @@ class Driver(abc.ABC):
             return None
 
     def check(self) -> dict[str, Any]:
-        """Target health: ``{"reachable": bool, "version": str, "gpus": int, "error": str}``."""
-        return {"reachable": True, "version": "", "gpus": 0, "error": ""}
+        """Target health (``workers.drivers.health.report``): reachable, status, fixed reason,
+        version and capacity; backend errors are reported, not raised."""
+        return {"reachable": True, "status": "ok", "reason": "", "version": "", "gpus": 0, "error": ""}
 
     # Backends with their own controller (Kubernetes) get the whole spec and replica count via
     # ``apply`` and roll replicas themselves; the reconciler then only observes and reports.

@@ -6,14 +6,22 @@ builds it), mount the model read-only at ``/model``, publish port 8000 on a rand
 deployment's fixed) host port, carry the ``hangar.*`` labels, get CPU/memory limits and, with
 ``gpus > 0``, an NVIDIA device request. No restart policy: the reconciler decides what to
 replace, so a dead container shows up as such instead of restarting behind our back.
+
+Which daemons the worker talks to, and how, is ``docker_connection``'s business. Ports are
+published on the target's ``publish_host`` only (127.0.0.1 unless the platform says otherwise),
+and the gateway reaches a replica at ``http://<publish_host>:<HostPort>`` with the port checked
+to be a number in range. Messages name the target, never its URL, and never quote the daemon.
 """
 
 from __future__ import annotations
 
 import contextlib
+import ipaddress
+import logging
+import re
+import socket
 from datetime import datetime
-from typing import Any
-from urllib.parse import urlparse
+from typing import TYPE_CHECKING, Any
 
 import docker
 import docker.errors
@@ -32,6 +40,8 @@ from workers.drivers.base import (
     ReplicaSpec,
     TemporaryDriverError,
 )
+from workers.drivers.docker_connection import DockerConnection, classify_ssh, refuse, url_host, valid_host
+from workers.drivers.health import Reason, causes, classify_network, number, report, version_text
 from workers.runtime.auth import TOKEN_ENV
 
 CONTAINER_PORT = "8000/tcp"
@@ -41,6 +51,42 @@ STOP_TIMEOUT_S = 10
 BUILD_HINT = "build it on the Docker host with `deploy/images/build` (images are built locally, never pulled)"
 
 _NETWORK_ERRORS = (requests.exceptions.ConnectionError, requests.exceptions.Timeout, ConnectionError, TimeoutError)
+_PORT = re.compile(r"[0-9]{1,5}")
+
+if TYPE_CHECKING:
+    from controlplane.deployments.models import Target
+
+logger = logging.getLogger(__name__)
+
+
+def host_port(value: Any) -> int | None:
+    """A daemon-reported ``HostPort`` as a port number, or ``None`` unless it is one (1-65535)."""
+    if not isinstance(value, str) or not _PORT.fullmatch(value):
+        return None
+    port = int(value)
+    return port if 1 <= port <= 65535 else None
+
+
+def _label_int(labels: dict[str, str], key: str) -> int:
+    value = labels.get(key, "")
+    return int(value) if isinstance(value, str) and re.fullmatch(r"[0-9]{1,18}", value) else 0
+
+
+def daemon_reason(exc: BaseException) -> str:
+    """The fixed reason for a failure to talk to a daemon (see ``workers.drivers.health``)."""
+    for current in causes(exc):  # an answer with a status: checked first, it is an OSError too
+        if isinstance(current, docker.errors.APIError):
+            code = current.status_code or 0
+            if code >= 500:
+                return Reason.SERVER_ERROR
+            return Reason.ACCESS_DENIED if code in (401, 403) else Reason.NOT_DOCKER
+    found = classify_ssh(exc) or classify_network(exc)
+    if found:
+        return found
+    for current in causes(exc):  # an answer that is not the Docker API's (no JSON, no ApiVersion)
+        if isinstance(current, ValueError | KeyError | TypeError | docker.errors.DockerException):
+            return Reason.NOT_DOCKER
+    return Reason.UNEXPECTED
 
 
 def _parse_time(value: str | None) -> datetime | None:
@@ -56,37 +102,59 @@ def _parse_time(value: str | None) -> datetime | None:
 class DockerDriver(Driver):
     kind = "docker"
 
-    def __init__(self, *, url: str, image: str, instance: str) -> None:
-        self.url = url or "unix:///var/run/docker.sock"
+    def __init__(
+        self,
+        *,
+        url: str,
+        image: str,
+        instance: str,
+        credentials: dict[str, str] | None = None,
+        publish_host: str = "127.0.0.1",
+        name: str = "",
+    ) -> None:
+        """Refuses (``PermanentDriverError``, no network call) what ``DockerConnection`` refuses
+        and a ``publish_host`` that is not an IP address or a DNS name."""
+        self.connection = DockerConnection.checked(url, credentials)
+        self.url = self.connection.url
         self.image = image
         self.instance = instance
+        self.where = f"the Docker host of target {name!r}" if name else "the Docker host"
         self._client: docker.DockerClient | None = None
-        parsed = urlparse(self.url)
-        self.is_local = parsed.scheme in ("unix", "npipe") or parsed.hostname in ("127.0.0.1", "localhost")
-        # Where the gateway reaches published ports: loopback for a local daemon, else the host.
-        self.public_host = "127.0.0.1" if self.is_local else (parsed.hostname or "127.0.0.1")
-        self.bind_host = "127.0.0.1" if self.is_local else "0.0.0.0"
+        # Where containers publish their port and where the gateway calls them: the same address.
+        self.public_host = publish_host or "127.0.0.1"
+        if not valid_host(self.public_host):
+            raise refuse(Reason.BAD_PUBLISH_HOST)
+
+    @classmethod
+    def for_target(cls, target: Target, *, image: str, instance: str, credentials: dict[str, str]) -> DockerDriver:
+        return cls(
+            url=target.docker_url,
+            image=image,
+            instance=instance,
+            credentials=credentials,
+            publish_host=target.publish_host,
+            name=target.name,
+        )
 
     # ------------------------------------------------------------------ connection
 
     def _unreachable(self, exc: BaseException) -> TemporaryDriverError:
+        reason = daemon_reason(exc)
+        logger.info("Docker daemon %s: %s: %.300s", self.url, reason, exc)
         return TemporaryDriverError(
-            f"Docker daemon at {self.url} is unreachable: {exc}".strip()[:900], reason="DaemonUnreachable"
+            f"The Docker daemon of {self.where} is unreachable ({reason}).", reason="DaemonUnreachable", cause=reason
         )
 
     @property
     def client(self) -> docker.DockerClient:
         if self._client is None:
             try:
-                self._client = docker.DockerClient(
-                    base_url=self.url,
-                    version="auto",
-                    timeout=API_TIMEOUT_S,
-                    use_ssh_client=self.url.startswith("ssh://"),
-                )
-            except docker.errors.DockerException as exc:
-                raise self._unreachable(exc) from None
-            except _NETWORK_ERRORS as exc:
+                self._client = self.connection.open(timeout=API_TIMEOUT_S)
+            except PermanentDriverError:
+                self.connection.close()
+                raise
+            except Exception as exc:  # transport, TLS, SSH, or an answer that is not Docker's
+                self.connection.close()
                 raise self._unreachable(exc) from None
         return self._client
 
@@ -95,6 +163,22 @@ class DockerDriver(Driver):
             with contextlib.suppress(Exception):
                 self._client.close()
             self._client = None
+        self.connection.close()
+
+    def bind_address(self) -> str:
+        """The host IP to publish on: ``publish_host`` itself, or what its name resolves to."""
+        try:
+            return str(ipaddress.ip_address(self.public_host))
+        except ValueError:
+            pass
+        try:
+            return str(socket.getaddrinfo(self.public_host, None, type=socket.SOCK_STREAM)[0][4][0])
+        except (OSError, IndexError):
+            raise TemporaryDriverError(
+                f"The publish host of {self.where} does not resolve.",
+                reason="PublishHostUnresolved",
+                cause=Reason.HOST_NOT_FOUND,
+            ) from None
 
     def _call(self, func: Any, *args: Any, **kwargs: Any) -> Any:
         """Run one SDK call, turning transport failures and 5xx into temporary errors."""
@@ -103,13 +187,21 @@ class DockerDriver(Driver):
         except docker.errors.NotFound:
             raise
         except docker.errors.APIError as exc:
+            # The daemon's words go to the worker's log and to _explain's matching, not further.
+            said = str(exc.explanation or "")[:2000]
+            code = exc.status_code or 0
+            logger.info("Docker daemon %s answered %s: %.300s", self.url, code, said)
             if exc.is_server_error():
-                raise TemporaryDriverError(f"Docker daemon at {self.url} failed: {exc.explanation or exc}") from None
-            raise PermanentDriverError(f"Docker refused the request: {exc.explanation or exc}") from None
-        except _NETWORK_ERRORS as exc:
-            self.close()
-            raise self._unreachable(exc) from None
-        except docker.errors.DockerException as exc:
+                raise TemporaryDriverError(
+                    f"The Docker daemon of {self.where} failed (HTTP {code}).", cause=Reason.SERVER_ERROR, detail=said
+                ) from None
+            raise PermanentDriverError(
+                f"The Docker daemon of {self.where} refused the request (HTTP {code}).",
+                cause=daemon_reason(exc),
+                detail=said,
+            ) from None
+        except (*_NETWORK_ERRORS, docker.errors.DockerException, ValueError, KeyError) as exc:
+            # ValueError/KeyError: an answer docker-py could not read (not JSON, fields missing).
             self.close()
             raise self._unreachable(exc) from None
 
@@ -125,17 +217,21 @@ class DockerDriver(Driver):
         running = status in ("running", "paused", "restarting")
         backend_state = BackendState.RUNNING if running else BackendState.EXITED
         endpoint = ""
+        detail = ""
         bindings = (container.attrs.get("NetworkSettings", {}).get("Ports") or {}).get(CONTAINER_PORT) or []
         if bindings:
-            endpoint = f"http://{self.public_host}:{bindings[0]['HostPort']}"
-        detail = ""
+            port = host_port(bindings[0].get("HostPort") if isinstance(bindings[0], dict) else None)
+            if port is None:
+                detail = "the daemon reported no valid host port (an integer 1-65535); no endpoint"
+            else:
+                endpoint = f"http://{url_host(self.public_host)}:{port}"
         if backend_state == BackendState.EXITED:
-            detail = "OOMKilled" if state.get("OOMKilled") else (state.get("Error") or "")
+            detail = "OOMKilled" if state.get("OOMKilled") else str(state.get("Error") or "")[:200]
         return ObservedReplica(
             name=labels.get(LABEL_REPLICA, container.name),
             backend_id=container.id,
-            deployment_id=int(labels.get(LABEL_DEPLOYMENT, 0)),
-            generation=int(labels.get(LABEL_GENERATION, 0)),
+            deployment_id=_label_int(labels, LABEL_DEPLOYMENT),
+            generation=_label_int(labels, LABEL_GENERATION),
             state=backend_state,
             endpoint=endpoint,
             started_at=_parse_time(state.get("StartedAt")),
@@ -159,7 +255,7 @@ class DockerDriver(Driver):
             self._call(self.client.images.get, self.image)
         except docker.errors.NotFound:
             raise PermanentDriverError(
-                f"Runtime image {self.image} is not on the Docker host at {self.url}; {BUILD_HINT}.",
+                f"Runtime image {self.image} is not on {self.where}; {BUILD_HINT}.",
                 reason="ImageMissing",
             ) from None
         device_requests = []
@@ -178,7 +274,7 @@ class DockerDriver(Driver):
                 name=name,
                 labels=spec.labels | {LABEL_INSTANCE: self.instance},
                 detach=True,
-                ports={CONTAINER_PORT: (self.bind_host, port)},
+                ports={CONTAINER_PORT: (self.bind_address(), port)},
                 mounts=[Mount(target=MODEL_MOUNT, source=spec.model_path, type="bind", read_only=True)],
                 nano_cpus=int(spec.cpus * 1e9),
                 mem_limit=f"{spec.memory_mb}m",
@@ -188,7 +284,7 @@ class DockerDriver(Driver):
                 environment={"HANGAR_RUNTIME_PORT": "8000"} | ({TOKEN_ENV: spec.token} if spec.token else {}),
             )
         except PermanentDriverError as exc:
-            if "Conflict" in exc.message or "already in use by container" in exc.message:
+            if "already in use by container" in exc.detail or "HTTP 409" in exc.message:
                 # Another worker created this very replica a moment ago: adopt it.
                 return self._observe(self._call(self.client.containers.get, name))
             raise self._explain(exc, spec) from None
@@ -203,25 +299,24 @@ class DockerDriver(Driver):
 
     def _explain(self, exc: Exception, spec: ReplicaSpec, port: int | None = None) -> Exception:
         """Rewrite the daemon's wording into what the operator should do."""
-        text = str(exc)
-        lowered = text.lower()
+        lowered = getattr(exc, "detail", "").lower()
         if "bind source path does not exist" in lowered or (
             "no such file or directory" in lowered and "mount" in lowered
         ):
             return PermanentDriverError(
-                f"Model path {spec.model_path} does not exist on the Docker host at {self.url}; "
+                f"Model path {spec.model_path} does not exist on {self.where}; "
                 "fix the catalog entry's source (it must be a directory on that host).",
                 reason="ModelPathMissing",
             )
         if "port is already allocated" in lowered or "address already in use" in lowered:
             return PermanentDriverError(
-                f"Host port {port} is already in use on the Docker host at {self.url}; choose another "
+                f"Host port {port} is already in use on {self.where}; choose another "
                 "host_port or leave it empty to use any free port.",
                 reason="PortClash",
             )
         if "could not select device driver" in lowered:
             return PermanentDriverError(
-                f"The Docker host at {self.url} cannot give containers GPUs (no NVIDIA container runtime); "
+                f"There is no NVIDIA container runtime on {self.where}, so containers cannot get GPUs; "
                 "install the NVIDIA Container Toolkit or set gpus to 0.",
                 reason="GPUUnavailable",
             )
@@ -239,7 +334,7 @@ class DockerDriver(Driver):
         except docker.errors.NotFound:
             return
         except PermanentDriverError as exc:
-            if "already in progress" in exc.message:  # another worker is removing it
+            if "already in progress" in exc.detail:  # another worker is removing it
                 return
             raise
 
@@ -253,13 +348,17 @@ class DockerDriver(Driver):
 
     def check(self) -> dict[str, Any]:
         try:
-            self._call(self.client.ping)
+            if self._call(self.client.ping) is not True:  # "OK" is the whole answer of a daemon
+                return report(Reason.NOT_DOCKER)
             version = self._call(self.client.version)
             info = self._call(self.client.info)
-        except TemporaryDriverError as exc:
-            return {"reachable": False, "version": "", "gpus": 0, "error": exc.message}
-        except PermanentDriverError as exc:
-            return {"reachable": False, "version": "", "gpus": 0, "error": exc.message}
+        except (TemporaryDriverError, PermanentDriverError) as exc:
+            return report(exc.cause or Reason.UNEXPECTED)
+        except Exception as exc:  # whatever else an answer made docker-py do: reported, not raised
+            logger.info("Docker daemon %s: unreadable answer: %.300s", self.url, exc)
+            return report(daemon_reason(exc))
+        if not isinstance(version, dict) or not isinstance(info, dict):
+            return report(Reason.NOT_DOCKER)
         runtimes = info.get("Runtimes") or {}
         nvidia = "nvidia" in runtimes or "nvidia" in str(info.get("DefaultRuntime", ""))
         try:
@@ -267,15 +366,15 @@ class DockerDriver(Driver):
             image_present = True
         except (docker.errors.NotFound, PermanentDriverError):
             image_present = False
-        return {
-            "reachable": True,
-            "version": version.get("Version", ""),
-            "api_version": version.get("ApiVersion", ""),
-            "gpus": len(info.get("GenericResources") or []) if nvidia else 0,
-            "nvidia_runtime": nvidia,
-            "cpus": info.get("NCPU", 0),
-            "memory_bytes": info.get("MemTotal", 0),
-            "runtime_image": self.image,
-            "runtime_image_present": image_present,
-            "error": "" if image_present else f"Runtime image {self.image} missing; {BUILD_HINT}.",
-        }
+        generic = info.get("GenericResources")
+        return report(
+            version=version_text(version.get("Version")),
+            api_version=version_text(version.get("ApiVersion")),
+            gpus=len(generic) if nvidia and isinstance(generic, list) else 0,
+            nvidia_runtime=nvidia,
+            cpus=number(info.get("NCPU")),
+            memory_bytes=number(info.get("MemTotal")),
+            runtime_image=self.image,
+            runtime_image_present=image_present,
+            error="" if image_present else f"Runtime image {self.image} missing; {BUILD_HINT}.",
+        )

@@ -18,13 +18,17 @@ import base64
 import contextlib
 import hashlib
 import json
+import logging
+import re
 from datetime import datetime
 from typing import Any
 
 from kubernetes import client as k8s
 from kubernetes.client.exceptions import ApiException
 
+from controlplane.deployments.choices import KubeAuth
 from controlplane.deployments.models import Target
+from controlplane.deployments.selectors import grant_for
 from workers.drivers.base import (
     LABEL_DEPLOYMENT,
     LABEL_GENERATION,
@@ -38,6 +42,7 @@ from workers.drivers.base import (
     ReplicaSpec,
     TemporaryDriverError,
 )
+from workers.drivers.health import Reason, classify_network, number, report, version_text
 from workers.runtime.auth import TOKEN_ENV
 
 PORT = 8000
@@ -48,6 +53,13 @@ TOKEN_KEY = "token"  # the key in the Secret's data
 RUNTIME_UID = 10001
 GPU_RESOURCE = "nvidia.com/gpu"
 STARTUP_BUDGET_S = 600  # model loading: the startup probe allows this long before liveness counts
+# Kubeconfig entries that name files or commands of whoever loads it, i.e. the worker: refused,
+# so an uploaded kubeconfig carries its credentials inline (``*-data``, ``token``) or not at all.
+WORKER_SIDE_USER_KEYS = {"exec", "auth-provider", "tokenFile", "client-certificate", "client-key"}
+WORKER_SIDE_CLUSTER_KEYS = {"certificate-authority"}
+_FIELD_PATH = re.compile(r"[A-Za-z0-9_.\[\]/-]{1,120}")
+
+logger = logging.getLogger(__name__)
 
 
 def name_prefix(instance: str, deployment_id: int) -> str:
@@ -84,6 +96,74 @@ def model_volume(spec: ReplicaSpec, config: dict[str, Any]) -> k8s.V1Volume:
     return k8s.V1Volume(
         name="model", host_path=k8s.V1HostPathVolumeSource(path=config.get("path") or spec.model_path, type="Directory")
     )
+
+
+def _refuse(cause: str) -> PermanentDriverError:
+    return PermanentDriverError(
+        f"The target's Kubernetes connection is refused: {cause}.", reason="KubeconfigInvalid", cause=cause
+    )
+
+
+def _named_entries(config: dict[str, Any], section: str, key: str) -> list[dict[str, Any]]:
+    entries = config.get(section) or []
+    if not isinstance(entries, list):
+        raise _refuse(Reason.KUBECONFIG_INVALID)
+    found = []
+    for entry in entries:
+        body = entry.get(key) if isinstance(entry, dict) else None
+        if not isinstance(body, dict):
+            raise _refuse(Reason.KUBECONFIG_INVALID)
+        found.append(body)
+    return found
+
+
+def kubeconfig_client(content: str, *, context: str = "") -> k8s.ApiClient:
+    """An API client from an uploaded kubeconfig's *content*, in a configuration of its own.
+
+    Never reads ``~/.kube/config`` or ``$KUBECONFIG``, and refuses entries that would make the
+    worker read its own files or run commands (exec plugins, auth providers, file paths).
+    """
+    import yaml
+    from kubernetes import config as k8s_config
+
+    if not content.strip():
+        raise _refuse(Reason.KUBECONFIG_REQUIRED)
+    try:
+        config = yaml.safe_load(content)
+    except yaml.YAMLError:
+        raise _refuse(Reason.KUBECONFIG_INVALID) from None
+    if not isinstance(config, dict):
+        raise _refuse(Reason.KUBECONFIG_INVALID)
+    users = _named_entries(config, "users", "user")
+    clusters = _named_entries(config, "clusters", "cluster")
+    if any(WORKER_SIDE_USER_KEYS & set(u) for u in users) or any(WORKER_SIDE_CLUSTER_KEYS & set(c) for c in clusters):
+        raise _refuse(Reason.KUBECONFIG_REFUSED)
+    configuration = k8s.Configuration()
+    try:
+        k8s_config.load_kube_config_from_dict(
+            config, context=context or None, client_configuration=configuration, persist_config=False
+        )
+    except (k8s_config.ConfigException, ValueError, TypeError, KeyError, AttributeError, OSError):
+        raise _refuse(Reason.KUBECONFIG_INVALID) from None
+    return k8s.ApiClient(configuration)
+
+
+def in_cluster_client() -> k8s.ApiClient:
+    """An API client with the worker's own service account, in a configuration of its own."""
+    from kubernetes import config as k8s_config
+
+    configuration = k8s.Configuration()
+    try:
+        k8s_config.load_incluster_config(client_configuration=configuration)
+    except (k8s_config.ConfigException, OSError):
+        raise _refuse(Reason.NOT_IN_CLUSTER) from None
+    return k8s.ApiClient(configuration)
+
+
+def target_namespace(target: Target, tenant_id: int | None) -> str:
+    """The namespace of ``tenant_id``'s replicas on ``target``: its grant's, else the target's."""
+    grant = grant_for(target_id=target.pk, tenant_id=tenant_id) if tenant_id is not None else None
+    return (grant.namespace if grant else "") or target.kube_namespace or "default"
 
 
 def build_deployment(
@@ -229,23 +309,21 @@ class KubernetesDriver(Driver):
         self.version_api = version_api
 
     @classmethod
-    def for_target(cls, target: Target, *, image: str, instance: str) -> KubernetesDriver:
-        from kubernetes import config as k8s_config
+    def for_target(cls, target: Target, *, image: str, instance: str, tenant_id: int | None = None) -> KubernetesDriver:
+        """The driver for ``target`` with its ``kube_auth``, in ``tenant_id``'s namespace."""
+        from workers.drivers import target_credentials
 
-        try:
-            api_client = k8s_config.new_client_from_config(
-                config_file=target.kubeconfig_path or None, context=target.kube_context or None
-            )
-        except (k8s_config.ConfigException, OSError) as exc:
-            raise PermanentDriverError(
-                f"Cannot load the kubeconfig {target.kubeconfig_path or '~/.kube/config'} "
-                f"(context {target.kube_context or 'current'}) on the worker: {exc}",
-                reason="KubeconfigInvalid",
-            ) from None
+        if target.kube_auth == KubeAuth.IN_CLUSTER:
+            api_client = in_cluster_client()
+        elif target.kube_auth == KubeAuth.KUBECONFIG:
+            content = target_credentials(target).get("kubeconfig", "")
+            api_client = kubeconfig_client(content, context=target.kube_context)
+        else:
+            raise _refuse(Reason.KUBE_AUTH_REQUIRED)
         return cls(
             apps=k8s.AppsV1Api(api_client),
             core=k8s.CoreV1Api(api_client),
-            namespace=target.kube_namespace,
+            namespace=target_namespace(target, tenant_id),
             image=image,
             instance=instance,
             volume=target.model_volume,
@@ -255,25 +333,52 @@ class KubernetesDriver(Driver):
     # ------------------------------------------------------------------ errors
 
     def _call(self, func: Any, *args: Any, **kwargs: Any) -> Any:
+        """One API call; errors become driver errors whose messages never quote the answer."""
         try:
             return func(*args, **kwargs)
         except ApiException as exc:
             if exc.status == 404:
                 raise
-            message = self._message(exc)
-            if exc.status in (401, 403):
+            status = exc.status or 0
+            said = self._message(exc)
+            logger.info("Kubernetes API answered %s in namespace %s: %.300s", status, self.namespace, said)
+            if status in (401, 403):
                 raise PermanentDriverError(
-                    f"Kubernetes refused access in namespace {self.namespace}: {message}", reason="Forbidden"
+                    f"Kubernetes refused access in namespace {self.namespace} (HTTP {status}).",
+                    reason="Forbidden",
+                    cause=Reason.AUTH_FAILED if status == 401 else Reason.ACCESS_DENIED,
+                    detail=said,
                 ) from None
-            if exc.status and 400 <= exc.status < 500 and exc.status not in (409, 429):
-                raise PermanentDriverError(f"Kubernetes rejected the manifest: {message}", reason="Invalid") from None
-            raise TemporaryDriverError(f"Kubernetes API error ({exc.status}): {message}") from None
+            if 400 <= status < 500 and status not in (409, 429):
+                fields = self._fields(exc)
+                raise PermanentDriverError(
+                    f"Kubernetes rejected the manifest (HTTP {status}{': ' + fields if fields else ''}).",
+                    reason="Invalid",
+                    detail=said,
+                ) from None
+            raise TemporaryDriverError(
+                f"Kubernetes API error (HTTP {status}).", cause=Reason.SERVER_ERROR, detail=said
+            ) from None
         except Exception as exc:  # urllib3/socket errors: the API server is unreachable
             if isinstance(exc, PermanentDriverError | TemporaryDriverError):
                 raise
+            cause = classify_network(exc) or (
+                Reason.NOT_KUBERNETES if isinstance(exc, ValueError | KeyError | TypeError) else Reason.UNEXPECTED
+            )
+            logger.info("Kubernetes API in namespace %s: %s: %.300s", self.namespace, cause, exc)
             raise TemporaryDriverError(
-                f"Kubernetes API unreachable: {exc}"[:900], reason="ClusterUnreachable"
+                f"Kubernetes API unreachable ({cause}).", reason="ClusterUnreachable", cause=cause
             ) from None
+
+    @staticmethod
+    def _fields(exc: ApiException) -> str:
+        """The field paths a ``Status`` answer names (structure, not prose), comma-separated."""
+        try:
+            causes = (json.loads(exc.body or "{}").get("details") or {}).get("causes") or []
+        except (ValueError, AttributeError):
+            return ""
+        paths = [c.get("field") for c in causes if isinstance(c, dict)]
+        return ", ".join(sorted({p for p in paths if isinstance(p, str) and _FIELD_PATH.fullmatch(p)})[:5])
 
     @staticmethod
     def _message(exc: ApiException) -> str:
@@ -430,11 +535,19 @@ class KubernetesDriver(Driver):
             version = self._call(self.version_api.get_code).git_version if self.version_api else ""
             self._call(self.core.list_namespaced_pod, self.namespace, limit=1)
         except (TemporaryDriverError, PermanentDriverError) as exc:
-            return {"reachable": False, "version": "", "gpus": 0, "error": exc.message}
+            return report(exc.cause or Reason.UNEXPECTED)
+        except ApiException:  # 404 on /version or the pods list: something else answers there
+            return report(Reason.NOT_KUBERNETES)
+        version = version_text(version)
         try:
             nodes = self._call(self.core.list_node).items
-        except (TemporaryDriverError, PermanentDriverError) as exc:
+        except (TemporaryDriverError, PermanentDriverError, ApiException):
             # Namespaced credentials often may not list nodes: reachable, GPUs unknown.
-            return {"reachable": True, "version": version, "gpus": 0, "error": f"GPU inventory unknown: {exc.message}"}
-        gpus = sum(int((n.status.allocatable or {}).get(GPU_RESOURCE, 0)) for n in nodes if n.status)
-        return {"reachable": True, "version": version, "gpus": gpus, "nodes": len(nodes), "error": ""}
+            return report(version=version, gpus=0, gpu_inventory_known=False, error="GPU inventory unknown")
+        gpus = sum(_count((n.status.allocatable or {}).get(GPU_RESOURCE)) for n in nodes if n.status)
+        return report(version=version, gpus=gpus, nodes=len(nodes))
+
+
+def _count(value: Any) -> int:
+    """A node's allocatable GPU count (``"4"``), or 0 if it is not a plain number."""
+    return number(int(value)) if isinstance(value, str) and value.isascii() and value.isdigit() else number(value)

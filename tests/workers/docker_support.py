@@ -1,0 +1,67 @@
+"""What the tests against the real Docker daemon share: reaching it, the runtime image, cleanup.
+
+Docker tests run whenever a daemon answers and fail, not skip, when none does (set
+``HANGAR_SKIP_DOCKER=1`` to skip deliberately). Every container they make carries
+``hangar.instance=test_<db>`` and is removed by ``remove_test_containers``.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+from pathlib import Path
+from typing import Any
+
+import pytest
+from django.conf import settings
+
+from tests.workers.processes import REPO_ROOT
+from workers.drivers.base import LABEL_INSTANCE
+
+DOCKER_URL = "unix:///var/run/docker.sock"
+
+
+def docker_or_fail() -> Any:
+    """A docker-py client of the local daemon, or the test fails saying how to start one."""
+    if os.environ.get("HANGAR_SKIP_DOCKER") == "1":
+        pytest.skip("HANGAR_SKIP_DOCKER=1")
+    import docker
+
+    try:
+        client = docker.DockerClient(base_url=DOCKER_URL, version="auto")
+        client.ping()
+    except Exception as exc:
+        pytest.fail(
+            f"Docker daemon not reachable ({exc}). Run `deploy/dev/services.sh start`, "
+            "or set HANGAR_SKIP_DOCKER=1 to skip the Docker tests.",
+            pytrace=False,
+        )
+    return client
+
+
+def remove_test_containers(client: Any) -> None:
+    for container in client.containers.list(all=True, filters={"label": LABEL_INSTANCE}):
+        if container.labels.get(LABEL_INSTANCE, "").startswith("test_"):
+            container.remove(force=True)
+
+
+def ensure_runtime_image(client: Any) -> str:
+    """The runtime image; built with deploy/images/build when absent (cached between runs)."""
+    import docker.errors
+
+    image = settings.HANGAR_RUNTIME_IMAGE
+    try:
+        client.images.get(image)
+    except docker.errors.ImageNotFound:
+        proc = subprocess.run(
+            [str(REPO_ROOT / "deploy" / "images" / "build")], cwd=REPO_ROOT, capture_output=True, text=True
+        )
+        assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    return image
+
+
+def readable_by_containers(model_dir: Path) -> Path:
+    """``model_dir`` made readable by the image's unprivileged user (uid 10001)."""
+    for path in [model_dir, *model_dir.rglob("*")]:
+        path.chmod(0o755 if path.is_dir() else 0o644)
+    return model_dir
