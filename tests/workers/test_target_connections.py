@@ -426,3 +426,64 @@ def test_ssh_to_a_host_with_an_unknown_host_key_is_refused(worker_home: Path) ->
         health = health_of(target)
     assert (health["status"], health["reason"]) == ("refused", "SSH host key not trusted"), health
     assert ssh.logins == [] and daemon.seen == []  # nothing sent to a host that could be anyone
+
+
+# ----------------------------------------------------------------------------- watchers
+
+
+def test_the_die_watcher_connects_the_way_the_driver_does(
+    pki: dict[str, Pair], tmp_path: Path, transactional_db: Any
+) -> None:
+    from workers import watch
+
+    died = {
+        "Type": "container",
+        "Action": "die",
+        "Actor": {"ID": "c1", "Attributes": {"hangar.deployment": "4242", "hangar.instance": instance_name()}},
+    }
+    context = server_context(pki["ca"], pki["server"], tmp_path)
+    with (
+        FakeAPI(docker_router(overrides={("GET", "/events"): (200, died)}), tls=context) as daemon,
+        FakeAPI(docker_router()) as plain,
+    ):
+        tls_target(f"tcp://127.0.0.1:{daemon.port}", ca=pki["ca"], client=pki["client"])
+        TargetFactory(kind="docker", docker_url=f"tcp://127.0.0.1:{plain.port}")  # plain TCP: refused
+        nudged: list[int] = []
+        stop = watch.start(nudged.append)
+        try:
+            wait_for(lambda: 4242 in nudged, timeout=20, message="a nudge for the dead replica's deployment")
+        finally:
+            stop.set()
+    [events] = [s for s in daemon.seen if s.path == "/events"][:1]
+    assert f"hangar.instance={instance_name()}" in events.query.replace("%3D", "=")
+    assert plain.connections == 0
+
+
+@pytest.mark.django_db
+def test_orphans_are_collected_in_every_granted_namespace(worker_kubeconfig: str) -> None:
+    from controlplane.deployments.models import TargetGrant
+    from workers.tasks import collect_orphans
+
+    orphan = {
+        "metadata": {
+            "name": "hgr-orphan",
+            "namespace": "team-a",
+            "labels": {"hangar.instance": instance_name(), "hangar.deployment": "987654"},
+        }
+    }
+    seen: list[str] = []
+    route = k8s_router(seen)
+
+    def with_orphan(method: str, path: str, query: str, body: bytes) -> tuple[int, Any]:
+        if method == "GET" and path == "/apis/apps/v1/namespaces/team-a/deployments":
+            return 200, {"metadata": {}, "items": [orphan]}
+        return route(method, path, query, body)
+
+    with FakeAPI(with_orphan) as api:
+        target = kube_target(kubeconfig(f"http://127.0.0.1:{api.port}"), kube_namespace="platform-ns")
+        TargetGrant.objects.create(target=target, tenant=TenantFactory(), namespace="team-a")
+        TargetGrant.objects.create(target=target, tenant=TenantFactory())  # the target's namespace
+        assert collect_orphans() >= 1
+    assert {"platform-ns", "team-a"} <= set(seen)
+    deleted = [s.path for s in api.seen if s.method == "DELETE"]
+    assert "/apis/apps/v1/namespaces/team-a/deployments/hgr-orphan" in deleted
