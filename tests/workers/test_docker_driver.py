@@ -114,3 +114,13 @@ def test_ports_are_published_and_called_on_the_targets_publish_host(
     observed = driver.create(spec)
     assert client.containers.created[0]["ports"] == {"8000/tcp": (bound, None)}
     assert observed.endpoint == endpoint
+
+
+def test_the_container_gets_its_token_and_nothing_of_the_workers_environment(monkeypatch: Any) -> None:
+    monkeypatch.setenv("HANGAR_SECRET_KEY", "the-control-planes-secret")
+    monkeypatch.setenv("DATABASE_URL", "postgres://hangar:pw@db/hangar")
+    driver, client, spec = make(token="the-deployments-token")
+    driver.create(spec)
+    [kwargs] = client.containers.created
+    assert kwargs["environment"] == {"HANGAR_RUNTIME_PORT": "8000", "HANGAR_RUNTIME_TOKEN": "the-deployments-token"}
+    assert "the-deployments-token" not in " ".join(kwargs["command"])

@@ -13,6 +13,7 @@ from controlplane.core.context import SYSTEM
 from controlplane.deployments import services
 from controlplane.deployments.choices import Phase
 from controlplane.deployments.models import Deployment, DeploymentEvent, Replica
+from controlplane.deployments.replica_auth import replica_token
 from controlplane.tenancy.access import Access
 from tests.factories import ModelFactory, TargetFactory, TenantFactory
 from tests.workers.processes import wait_for
@@ -119,6 +120,7 @@ def test_real_runtime_serves_the_tiny_model(start_worker: Any, tiny_model_dir: P
     answer = httpx.post(
         f"{replica.endpoint}/v1/chat/completions",
         json={"model": deployment.served_model_name, "messages": [{"role": "user", "content": "hi"}], "max_tokens": 4},
+        headers={"Authorization": f"Bearer {replica_token(deployment.pk)}"},  # what the gateway presents
         timeout=60,
     )
     assert answer.status_code == 200, answer.text

@@ -23,6 +23,7 @@ from typing import Any
 
 TOKEN_ENV = "HANGAR_RUNTIME_TOKEN"
 OPEN_PATHS = frozenset({"/health"})
+DRAIN_LIMIT = 1024 * 1024  # the largest body the API accepts anyway
 
 Scope = MutableMapping[str, Any]
 Receive = Callable[[], Awaitable[MutableMapping[str, Any]]]
@@ -81,12 +82,13 @@ class BearerAuth:
             await self.app(scope, receive, send)
             return
         presented = _bearer(scope["headers"])
-        if presented is None:
-            await _reject(send, MISSING)
-        elif not hmac.compare_digest(presented, self.expected):
-            await _reject(send, INVALID)
-        else:
+        if presented is not None and hmac.compare_digest(presented, self.expected):
             await self.app(scope, receive, send)
+            return
+        # Read the refused request's body first: a server that closes a connection with unread
+        # data resets it, and the client may lose the 401 along with it.
+        await _drain(receive)
+        await _reject(send, MISSING if presented is None else INVALID)
 
 
 def _bearer(headers: list[tuple[bytes, bytes]]) -> bytes | None:
@@ -97,6 +99,17 @@ def _bearer(headers: list[tuple[bytes, bytes]]) -> bytes | None:
                 return None
             return credential.strip()
     return None
+
+
+async def _drain(receive: Receive) -> None:
+    size = 0
+    while size <= DRAIN_LIMIT:
+        message = await receive()
+        if message["type"] != "http.request":
+            return
+        size += len(message.get("body", b""))
+        if not message.get("more_body", False):
+            return
 
 
 async def _reject(send: Send, body: bytes) -> None:
