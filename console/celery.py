@@ -16,6 +16,7 @@ app = Celery("hangar")
 app.config_from_object("django.conf:settings", namespace="CELERY")
 app.autodiscover_tasks(["workers"], related_name="tasks")
 app.autodiscover_tasks(["workers"], related_name="metrics_tasks")
+app.steps["worker"].add("console.worker_liveness:HeartbeatFile")
 
 
 @app.on_after_configure.connect

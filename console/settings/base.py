@@ -171,6 +171,10 @@ CELERY_WORKER_PREFETCH_MULTIPLIER = 1
 CELERY_TASK_ALWAYS_EAGER = env.bool("HANGAR_CELERY_EAGER", False)
 CELERY_BROKER_TRANSPORT_OPTIONS = {"visibility_timeout": 600}
 CELERY_BROKER_CONNECTION_RETRY_ON_STARTUP = True
+# A worker's event loop touches this file (if set) so an exec liveness probe can check its age
+# without starting Celery: `hangar worker-alive` in the console image (console/worker_liveness.py).
+HANGAR_WORKER_HEARTBEAT_FILE = env.str("HANGAR_WORKER_HEARTBEAT_FILE", "")
+HANGAR_WORKER_HEARTBEAT_SECONDS = env.float("HANGAR_WORKER_HEARTBEAT_SECONDS", 10.0, minimum=0.1)
 
 # Control loop
 HANGAR_RESYNC_INTERVAL = env.float("HANGAR_RESYNC_INTERVAL", 15.0, minimum=1.0)

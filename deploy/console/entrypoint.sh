@@ -4,6 +4,9 @@
 #   worker    Celery worker (reconcile, drivers, metrics scraping)
 #   beat      Celery beat (periodic resync, rollups, reaping, autoscaler ticks); run exactly one
 #   migrate   apply database migrations, then exit (a compose one-off / Kubernetes Job)
+#   worker-alive [MAX_AGE_S]
+#             liveness of a worker in this container: exit 0 when its event loop touched
+#             $HANGAR_WORKER_HEARTBEAT_FILE less than MAX_AGE_S (60) seconds ago
 #   manage    any manage.py command: `manage createsuperuser`
 #   anything else is executed as is
 set -euo pipefail
@@ -27,6 +30,17 @@ case $cmd in
         # The schedule file is scratch state (the schedule itself is code); keep it writable.
         exec celery -A console beat --loglevel "${HANGAR_LOG_LEVEL:-INFO}" \
             --schedule "${HANGAR_DATA_DIR:-/var/lib/hangar}/celerybeat-schedule" "$@"
+        ;;
+    worker-alive)
+        # A stat, not `celery inspect ping`: no interpreter to start and no broker round trip
+        # (console/worker_liveness.py says why).
+        heartbeat=${HANGAR_WORKER_HEARTBEAT_FILE:?set HANGAR_WORKER_HEARTBEAT_FILE for the worker and its probe}
+        touched=$(stat -c %Y "$heartbeat")
+        age=$(( $(date +%s) - touched ))
+        if (( age >= ${1:-60} )); then
+            echo "worker heartbeat $heartbeat is ${age}s old" >&2
+            exit 1
+        fi
         ;;
     migrate)
         exec python /app/manage.py migrate --noinput "$@"
