@@ -175,6 +175,9 @@ CELERY_BROKER_CONNECTION_RETRY_ON_STARTUP = True
 # without starting Celery: `hangar worker-alive` in the console image (console/worker_liveness.py).
 HANGAR_WORKER_HEARTBEAT_FILE = env.str("HANGAR_WORKER_HEARTBEAT_FILE", "")
 HANGAR_WORKER_HEARTBEAT_SECONDS = env.float("HANGAR_WORKER_HEARTBEAT_SECONDS", 10.0, minimum=0.1)
+# Beat with console.beat:LeaderScheduler schedules only while it holds a lease of this many
+# seconds in Redis; a second beat stands by and takes over within about that long.
+HANGAR_BEAT_LEASE_SECONDS = env.float("HANGAR_BEAT_LEASE_SECONDS", 30.0, minimum=1.0)
 
 # Control loop
 HANGAR_RESYNC_INTERVAL = env.float("HANGAR_RESYNC_INTERVAL", 15.0, minimum=1.0)

@@ -2,7 +2,8 @@
 # Entry point of the hangar-console image: the first argument picks the process.
 #   web       ASGI server (dashboard, REST API, gateway, websockets) on $HANGAR_PORT (8000)
 #   worker    Celery worker (reconcile, drivers, metrics scraping)
-#   beat      Celery beat (periodic resync, rollups, reaping, autoscaler ticks); run exactly one
+#   beat      Celery beat (periodic resync, rollups, reaping, autoscaler ticks); a second one
+#             stands by until the first one's lease in Redis expires (console/beat.py)
 #   migrate   apply database migrations, then exit (a compose one-off / Kubernetes Job)
 #   worker-alive [MAX_AGE_S]
 #             liveness of a worker in this container: exit 0 when its event loop touched
@@ -29,6 +30,7 @@ case $cmd in
     beat)
         # The schedule file is scratch state (the schedule itself is code); keep it writable.
         exec celery -A console beat --loglevel "${HANGAR_LOG_LEVEL:-INFO}" \
+            --scheduler console.beat:LeaderScheduler \
             --schedule "${HANGAR_DATA_DIR:-/var/lib/hangar}/celerybeat-schedule" "$@"
         ;;
     worker-alive)

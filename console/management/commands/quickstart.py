@@ -125,7 +125,16 @@ class Command(BaseCommand):
         self._spawn("worker", [*celery, "worker", "-l", "INFO", "-c", "2", "-n", "worker@%h"], env, logs / "worker.log")
         self._spawn(
             "beat",
-            [*celery, "beat", "-l", "INFO", "-s", str(data_dir / "celerybeat-schedule")],
+            [
+                *celery,
+                "beat",
+                "-l",
+                "INFO",
+                "-S",
+                "console.beat:LeaderScheduler",
+                "-s",
+                str(data_dir / "celerybeat-schedule"),
+            ],
             env,
             logs / "beat.log",
         )
