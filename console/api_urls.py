@@ -7,6 +7,7 @@ from controlplane.catalog.api.views import ModelViewSet
 from controlplane.deployments.api.quotas import PlatformQuotaViewSet
 from controlplane.deployments.api.views import DeploymentViewSet, EventViewSet, ReplicaViewSet, TargetViewSet
 from controlplane.keys.api.views import ApiKeyViewSet
+from controlplane.tenancy.api.platform import PlatformTenantViewSet, PlatformUserViewSet
 from controlplane.tenancy.api.views import AccessTokenViewSet, MembershipViewSet, TenantViewSet
 from controlplane.usage.api.views import UsageViewSet
 
@@ -22,5 +23,7 @@ router.register("keys", ApiKeyViewSet, basename="apikey")
 router.register("usage", UsageViewSet, basename="usage")
 router.register("audit", AuditLogViewSet, basename="audit")
 router.register("tokens", AccessTokenViewSet, basename="token")
+router.register("platform/tenants", PlatformTenantViewSet, basename="platform-tenant")
+router.register("platform/users", PlatformUserViewSet, basename="platform-user")
 router.register("platform/quotas", PlatformQuotaViewSet, basename="platform-quota")
 urlpatterns = router.urls

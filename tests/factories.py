@@ -96,3 +96,21 @@ class ReplicaFactory(factory.django.DjangoModelFactory):
     tenant = factory.LazyAttribute(lambda o: o.deployment.tenant)
     name = factory.Sequence(lambda n: f"replica-{n}")
     endpoint = "http://127.0.0.1:1"
+
+
+class PlatformAdminFactory(UserFactory):
+    """A platform admin as the product makes one: a staff user holding ``tenancy.administer_platform``."""
+
+    is_staff = True
+
+    class Meta:
+        skip_postgeneration_save = True  # the hook only adds a permission row
+
+    @factory.post_generation
+    def platform_permission(obj: Any, create: bool, extracted: Any, **kwargs: Any) -> None:
+        from django.contrib.auth.models import Permission
+
+        if create:
+            obj.user_permissions.add(
+                Permission.objects.get(content_type__app_label="tenancy", codename="administer_platform")
+            )

@@ -62,9 +62,10 @@ def _epoch(value: datetime | None) -> float | None:
 
 
 def gateway_key_get(*, key_id: str) -> KeyRecord | None:
-    """The key with this public id and its tenant's limits, or ``None``."""
+    """The key with this public id and its tenant's limits, or ``None`` (also when the tenant
+    is deactivated: its keys are refused like unknown ones)."""
     row = (
-        ApiKey.objects.filter(key_id=key_id)
+        ApiKey.objects.filter(key_id=key_id, tenant__is_active=True)
         .values(
             "pk",
             "key_id",

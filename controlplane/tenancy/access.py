@@ -68,7 +68,10 @@ class Access:
 def access_for(user: Any) -> Access:
     if user is None or not getattr(user, "is_authenticated", False):
         return Access(user_id=None)
-    rows = Membership.objects.filter(user_id=user.pk).values_list("tenant_id", "role", "tenant__slug")
+    # A deactivated tenant is gone for its members (and everyone else) until it is reactivated.
+    rows = Membership.objects.filter(user_id=user.pk, tenant__is_active=True).values_list(
+        "tenant_id", "role", "tenant__slug"
+    )
     return Access(
         user_id=user.pk,
         roles={tid: role for tid, role, _ in rows},

@@ -4,10 +4,12 @@ from __future__ import annotations
 
 from typing import Any
 
-from django.db.models import QuerySet
+from django.contrib.auth import get_user_model
+from django.contrib.auth.models import Permission
+from django.db.models import Count, Exists, OuterRef, Prefetch, Q, QuerySet
 
 from controlplane.core.exceptions import NotFound
-from controlplane.tenancy.access import Access
+from controlplane.tenancy.access import PLATFORM_PERMISSION, Access
 from controlplane.tenancy.choices import Perm
 from controlplane.tenancy.models import AccessToken, Membership, Tenant
 
@@ -49,3 +51,61 @@ def access_token_get(*, user_id: Any, pk: int) -> AccessToken:
         return access_token_list(user_id=user_id).get(pk=pk)
     except AccessToken.DoesNotExist:
         raise NotFound("Token not found.") from None
+
+
+# ----------------------------------------------------------------------------- platform
+# Every tenant and user of the installation, for platform admins only.
+
+
+def platform_tenant_list(*, access: Access, filters: dict[str, Any] | None = None) -> QuerySet[Tenant]:
+    access.require_platform_admin()
+    qs = Tenant.objects.annotate(member_count=Count("memberships"))
+    filters = filters or {}
+    if filters.get("is_active") is not None:
+        qs = qs.filter(is_active=filters["is_active"])
+    if filters.get("search"):
+        qs = qs.filter(Q(slug__icontains=filters["search"]) | Q(name__icontains=filters["search"]))
+    return qs
+
+
+def platform_tenant_get(*, access: Access, pk: int) -> Tenant:
+    try:
+        return platform_tenant_list(access=access).get(pk=pk)
+    except Tenant.DoesNotExist:
+        raise NotFound("Tenant not found.") from None
+
+
+def platform_user_list(*, access: Access, filters: dict[str, Any] | None = None) -> QuerySet[Any]:
+    """Users with ``holds_platform_permission`` annotated and their memberships prefetched."""
+    access.require_platform_admin()
+    user_model = get_user_model()
+    app_label, codename = PLATFORM_PERMISSION.split(".", 1)
+    permission = Permission.objects.filter(content_type__app_label=app_label, codename=codename)
+    direct = user_model.user_permissions.through.objects.filter(user_id=OuterRef("pk"), permission__in=permission)
+    via_group = user_model.groups.through.objects.filter(user_id=OuterRef("pk"), group__permissions__in=permission)
+    memberships = Membership.objects.select_related("tenant").order_by("tenant__slug")
+    qs = (
+        user_model.objects.annotate(holds_platform_permission=Exists(direct) | Exists(via_group))
+        .prefetch_related(Prefetch("memberships", queryset=memberships))
+        .order_by("username")
+    )
+    filters = filters or {}
+    if filters.get("is_active") is not None:
+        qs = qs.filter(is_active=filters["is_active"])
+    if filters.get("search"):
+        qs = qs.filter(Q(username__icontains=filters["search"]) | Q(email__icontains=filters["search"]))
+    return qs
+
+
+def platform_user_get(*, access: Access, pk: int) -> Any:
+    user_model = get_user_model()
+    try:
+        return platform_user_list(access=access).get(pk=pk)
+    except user_model.DoesNotExist:
+        raise NotFound("User not found.") from None
+
+
+def platform_admin_flag(user: Any) -> bool:
+    """``is_platform_admin`` of a user from ``platform_user_list`` without a query per user."""
+    held = getattr(user, "holds_platform_permission", False)
+    return bool(user.is_active and (user.is_superuser or (user.is_staff and held)))

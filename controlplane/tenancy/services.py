@@ -3,11 +3,18 @@
 from __future__ import annotations
 
 import math
+import re
+import secrets as py_secrets
 from datetime import datetime
 from typing import Any
 
 from django.conf import settings
 from django.contrib.auth import get_user_model
+from django.contrib.auth.models import Permission
+from django.contrib.auth.password_validation import validate_password
+from django.contrib.auth.validators import UnicodeUsernameValidator
+from django.core.exceptions import ValidationError as DjangoValidationError
+from django.core.validators import validate_email
 from django.db import IntegrityError, transaction
 from django.utils import timezone
 from django.utils.text import slugify
@@ -16,7 +23,7 @@ from controlplane.audit.services import audit_record
 from controlplane.core import secrets
 from controlplane.core.context import Actor
 from controlplane.core.exceptions import Conflict, PermissionDenied, ValidationFailed
-from controlplane.tenancy.access import Access
+from controlplane.tenancy.access import PLATFORM_PERMISSION, Access
 from controlplane.tenancy.choices import ROLE_RANK, Role
 from controlplane.tenancy.models import QUOTA_FIELDS, AccessToken, Membership, Tenant
 
@@ -214,3 +221,228 @@ def access_token_revoke(*, actor: Actor, token: AccessToken) -> AccessToken:
         token.save(update_fields=["revoked_at", "updated_at"])
         audit_record(actor=actor, action="token.revoke", obj=token)
     return token
+
+
+# ----------------------------------------------------------------------------- platform: tenants and users
+# Called by platform admins only (the platform API and dashboard check it); tenant roles never
+# reach these. Passwords are returned to the caller once and never logged or audited.
+
+SLUG_RE = re.compile(r"^[a-z0-9][a-z0-9_-]{0,49}$")
+GENERATED_PASSWORD_BYTES = 18  # 24 URL-safe characters
+
+
+def _validate_new_slug(slug: str) -> None:
+    # "_shared" (and any "_..." name) is the model roots' folder for platform-published sources.
+    if slug.startswith("_"):
+        raise ValidationFailed("Reserved slug.", field_errors={"slug": ["Tenant slugs may not start with '_'."]})
+    if not SLUG_RE.fullmatch(slug):
+        raise ValidationFailed(
+            "Invalid slug.", field_errors={"slug": ["Use 1-50 lowercase letters, digits, '-' or '_'."]}
+        )
+
+
+@transaction.atomic
+def platform_tenant_create(
+    *, actor: Actor, name: str, slug: str = "", owner_username: str = "", data: dict[str, Any] | None = None
+) -> Tenant:
+    """Create a tenant for someone else: no member unless ``owner_username`` names its first owner.
+    ``data`` may carry the gateway limits (``rpm_limit``, ``tpm_limit``, ``monthly_token_budget``)."""
+    name = name.strip()
+    if not name:
+        raise ValidationFailed("A tenant needs a name.", field_errors={"name": ["This field may not be blank."]})
+    slug = slug or slugify(name)[:50]
+    _validate_new_slug(slug)
+    owner = None
+    if owner_username:
+        owner = get_user_model().objects.filter(username=owner_username, is_active=True).first()
+        if owner is None:
+            raise ValidationFailed("No such user.", field_errors={"owner": ["No active user with this name."]})
+    if Tenant.objects.filter(slug=slug).exists():
+        raise ValidationFailed("Slug taken.", field_errors={"slug": [f"A tenant with slug {slug!r} exists."]})
+    tenant = Tenant.objects.create(name=name, slug=slug, **quota_defaults())
+    if owner is not None:
+        Membership.objects.create(user=owner, tenant=tenant, role=Role.OWNER)
+    audit_record(
+        actor=actor,
+        action="tenant.create",
+        obj=tenant,
+        tenant_id=tenant.pk,
+        changes={"name": name, "slug": slug, "owner": owner_username or None},
+    )
+    if data:
+        tenant = tenant_update(actor=actor, tenant=tenant, data=data)
+    return tenant
+
+
+def _announce_tenant_keys_revoked(tenant_id: int) -> None:
+    from controlplane.keys.models import ApiKey
+    from controlplane.keys.services import announce_revoked
+
+    # Gateways drop the cached keys at once instead of serving them until the cache TTL ends.
+    for key_id in ApiKey.objects.filter(tenant_id=tenant_id, revoked_at__isnull=True).values_list("key_id", flat=True):
+        announce_revoked(key_id)
+
+
+def _set_tenant_active(*, actor: Actor, tenant: Tenant, value: bool) -> Tenant:
+    changed = Tenant.objects.filter(pk=tenant.pk, is_active=not value).update(
+        is_active=value, updated_at=timezone.now()
+    )
+    tenant.refresh_from_db()
+    if changed:
+        audit_record(
+            actor=actor,
+            action="tenant.activate" if value else "tenant.deactivate",
+            obj=tenant,
+            tenant_id=tenant.pk,
+            changes={"is_active": [not value, value]},
+        )
+        if not value:
+            tenant_id = tenant.pk
+            transaction.on_commit(lambda: _announce_tenant_keys_revoked(tenant_id))
+    return tenant
+
+
+@transaction.atomic
+def tenant_deactivate(*, actor: Actor, tenant: Tenant) -> Tenant:
+    """Switch a tenant off: it vanishes from its members' access and the gateway refuses its
+    keys. Nothing is deleted; ``tenant_activate`` brings it back as it was."""
+    return _set_tenant_active(actor=actor, tenant=tenant, value=False)
+
+
+@transaction.atomic
+def tenant_activate(*, actor: Actor, tenant: Tenant) -> Tenant:
+    return _set_tenant_active(actor=actor, tenant=tenant, value=True)
+
+
+def _generate_password() -> str:
+    return py_secrets.token_urlsafe(GENERATED_PASSWORD_BYTES)
+
+
+def _check_password(password: str, user: Any) -> None:
+    try:
+        validate_password(password, user=user)
+    except DjangoValidationError as exc:
+        raise ValidationFailed("Weak password.", field_errors={"password": list(exc.messages)}) from None
+
+
+@transaction.atomic
+def user_create(*, actor: Actor, username: str, email: str, password: str | None = None) -> tuple[Any, str]:
+    """Create a user. Without ``password`` one is generated and returned: the only time anyone
+    sees it. A password the caller chose is not echoed back (the second item is then "")."""
+    user_model = get_user_model()
+    errors: dict[str, list[str]] = {}
+    username = username.strip()
+    try:
+        UnicodeUsernameValidator()(username)
+        if not username or len(username) > 150:
+            raise DjangoValidationError("Give 1-150 characters.")
+    except DjangoValidationError as exc:
+        errors["username"] = list(exc.messages)
+    else:
+        if user_model.objects.filter(username__iexact=username).exists():
+            errors["username"] = ["A user with this name exists."]
+    email = user_model.objects.normalize_email(email.strip())
+    if email:
+        try:
+            validate_email(email)
+        except DjangoValidationError:
+            errors["email"] = ["Enter a valid email address."]
+    if errors:
+        raise ValidationFailed("Invalid user.", field_errors=errors)
+    user = user_model(username=username, email=email)
+    shown = ""
+    if password is None or password == "":
+        password = shown = _generate_password()
+    else:
+        _check_password(password, user)
+    user.set_password(password)
+    user.save()
+    audit_record(actor=actor, action="user.create", obj=user, changes={"username": username, "email": email})
+    return user, shown
+
+
+def _refuse_self(actor: Actor, user: Any, what: str) -> None:
+    if actor.user_id is not None and actor.user_id == user.pk:
+        raise Conflict(f"You cannot {what} yourself; ask another platform admin.")
+
+
+def _refuse_superuser(actor: Actor, user: Any) -> None:
+    # Otherwise a platform admin could take over a superuser's account (a new password) and
+    # with it the Django admin site and everything a superuser may do.
+    if user.is_superuser and not (actor.user is not None and getattr(actor.user, "is_superuser", False)):
+        raise PermissionDenied("Only a superuser may change a superuser's account.")
+
+
+@transaction.atomic
+def user_deactivate(*, actor: Actor, user: Any) -> Any:
+    """Lock a user out: sessions and personal access tokens stop working on their next request."""
+    _refuse_self(actor, user, "deactivate")
+    _refuse_superuser(actor, user)
+    if get_user_model().objects.filter(pk=user.pk, is_active=True).update(is_active=False):
+        user.refresh_from_db()
+        audit_record(actor=actor, action="user.deactivate", obj=user, changes={"is_active": [True, False]})
+    return user
+
+
+@transaction.atomic
+def user_activate(*, actor: Actor, user: Any) -> Any:
+    if get_user_model().objects.filter(pk=user.pk, is_active=False).update(is_active=True):
+        user.refresh_from_db()
+        audit_record(actor=actor, action="user.activate", obj=user, changes={"is_active": [False, True]})
+    return user
+
+
+@transaction.atomic
+def user_reset_password(*, actor: Actor, user: Any) -> str:
+    """Give the user a new generated password, returned once. Their signed-in sessions end
+    (Django ties sessions to the password hash); personal access tokens keep working."""
+    _refuse_superuser(actor, user)
+    password = _generate_password()
+    user.set_password(password)
+    user.save(update_fields=["password"])
+    audit_record(actor=actor, action="user.reset_password", obj=user)
+    return password
+
+
+def _platform_permission() -> Permission:
+    app_label, codename = PLATFORM_PERMISSION.split(".", 1)
+    return Permission.objects.get(content_type__app_label=app_label, codename=codename)
+
+
+def _holds_platform_admin(user: Any) -> bool:
+    """The right as stored, whether or not the user is active (``is_platform_admin`` also needs that)."""
+    if user.is_superuser:
+        return True
+    permission = _platform_permission()
+    return bool(
+        user.is_staff
+        and (
+            user.user_permissions.filter(pk=permission.pk).exists()
+            or user.groups.filter(permissions=permission).exists()
+        )
+    )
+
+
+@transaction.atomic
+def platform_admin_set(*, actor: Actor, user: Any, value: bool) -> Any:
+    """Make ``user`` a platform admin (staff plus ``tenancy.administer_platform``) or take it
+    away (also superuser status, which implies it). Nobody removes their own admin rights, so
+    the installation always keeps the admin who acted."""
+    user = get_user_model().objects.select_for_update().get(pk=user.pk)
+    before = _holds_platform_admin(user)
+    if value:
+        user.is_staff = True
+        user.save(update_fields=["is_staff"])
+        user.user_permissions.add(_platform_permission())
+    else:
+        _refuse_self(actor, user, "remove the platform admin right from")
+        _refuse_superuser(actor, user)
+        user.is_staff = False
+        user.is_superuser = False
+        user.save(update_fields=["is_staff", "is_superuser"])
+        user.user_permissions.remove(_platform_permission())
+    user = get_user_model().objects.get(pk=user.pk)  # a fresh object: permissions are cached per instance
+    after = _holds_platform_admin(user)
+    if before != after:
+        audit_record(actor=actor, action="user.platform_admin", obj=user, changes={"platform_admin": [before, after]})
+    return user

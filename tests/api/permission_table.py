@@ -14,7 +14,6 @@ API_PERMISSIONS: dict[str, dict[str, Perm | str]] = {
     "tenants": {
         "list": Perm.TENANT_VIEW,
         "retrieve": Perm.TENANT_VIEW,
-        "create": STAFF,
         "update": Perm.TENANT_CHANGE,
         "delete": Perm.TENANT_DELETE,
     },
@@ -63,6 +62,24 @@ API_PERMISSIONS: dict[str, dict[str, Perm | str]] = {
     "usage": {"list": Perm.USAGE_VIEW, "retrieve": Perm.USAGE_VIEW, "totals": Perm.USAGE_VIEW},
     "audit": {"list": Perm.AUDIT_VIEW, "retrieve": Perm.AUDIT_VIEW},
     "tokens": {"list": SELF, "retrieve": SELF, "create": SELF, "revoke": SELF},
+    "platform/tenants": {
+        "list": PLATFORM,
+        "retrieve": PLATFORM,
+        "create": PLATFORM,
+        "update": PLATFORM,
+        "deactivate": PLATFORM,
+        "activate": PLATFORM,
+    },
+    "platform/quotas": {"list": PLATFORM, "retrieve": PLATFORM, "update": PLATFORM},
+    "platform/users": {
+        "list": PLATFORM,
+        "retrieve": PLATFORM,
+        "create": PLATFORM,
+        "deactivate": PLATFORM,
+        "activate": PLATFORM,
+        "reset_password": PLATFORM,
+        "platform_admin": PLATFORM,
+    },
 }
 
 # What each permission lets a member do, in words (the first column of the role table).

@@ -60,8 +60,9 @@ def render() -> str:
         "  and **404** for objects the role cannot see at all (the audit trail for operators and viewers).",
         "  Listing a resource that none of your roles may see is a **403**.",
         "- Nobody grants or changes a role above their own; a tenant always keeps at least one owner.",
-        "- Creating a tenant is reserved to staff users (the operators of the installation), because a",
-        "  tenant may register targets and models that run on the installation's hosts.",
+        "- Tenants, users, targets and quotas belong to the platform: platform admins (staff users with",
+        "  the `tenancy.administer_platform` permission, or superusers) manage them under",
+        "  `/api/v1/platform/`. Those endpoints do not exist for anyone else (**404**), whatever their roles.",
         "- Personal access tokens belong to a user, not a tenant; they carry that user's roles. A token",
         "  cannot create further tokens: create them from a signed-in session, so revoking a leaked",
         "  token is always enough.",
@@ -76,7 +77,7 @@ def render() -> str:
     lines += ["", "## REST API", "", f"| Endpoint | Operation | Permission | {head} |", f"|{rule}|---|"]
     for endpoint, operations in API_PERMISSIONS.items():
         for operation, perm in operations.items():
-            route = OPERATION_ROUTES.get(operation, "POST /api/v1/{e}/{id}/" + operation + "/")
+            route = OPERATION_ROUTES.get(operation, "POST /api/v1/{e}/{id}/" + operation.replace("_", "-") + "/")
             route = route.replace("{e}", endpoint).replace("{id}", "{slug}" if endpoint == "tenants" else "{id}")
             shown = f"`{perm.value}`" if isinstance(perm, Perm) else perm
             lines.append(f"| {endpoint} | `{route}` | {shown} | {_cells(perm)} |")

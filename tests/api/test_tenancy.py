@@ -32,23 +32,13 @@ class TestTenants(EndpointTests):
 
 @pytest.mark.django_db
 class TestTenantRules:
-    def test_staff_creates_and_owns_a_tenant(self, client_for: Any) -> None:
-        staff = UserFactory(is_staff=True)
-        response = client_for(staff).post("/api/v1/tenants/", {"name": "Acme Labs", "tpm_limit": 5}, format="json")
-        assert response.status_code == 201, response.content
-        body = response.json()
-        assert body["slug"] == "acme-labs" and body["role"] == "owner" and body["tpm_limit"] == 5
-        assert Membership.objects.get(tenant__slug="acme-labs").role == Role.OWNER
-
-    def test_non_staff_cannot_create_tenants(self, make_member: Any, client_for: Any) -> None:
-        response = client_for(make_member(Role.OWNER)).post("/api/v1/tenants/", {"name": "x"}, format="json")
-        assert response.status_code == 403
-
-    def test_duplicate_slug_is_a_field_error(self, tenant: Any, client_for: Any) -> None:
-        response = client_for(UserFactory(is_staff=True)).post(
-            "/api/v1/tenants/", {"name": "x", "slug": tenant.slug}, format="json"
-        )
-        assert response.status_code == 400 and "slug" in response.json()["errors"]
+    def test_tenants_are_created_on_the_platform_endpoint_only(self, make_member: Any, client_for: Any) -> None:
+        # One way to create a tenant: POST /api/v1/platform/tenants/ (tests/api/test_platform_accounts.py).
+        admin = UserFactory(is_superuser=True, is_staff=True)
+        for user in (admin, make_member(Role.OWNER)):
+            response = client_for(user).post("/api/v1/tenants/", {"name": "x"}, format="json")
+            assert response.status_code == 405, response.content
+        assert not Tenant.objects.filter(name="x").exists()
 
     def test_tenant_with_deployments_cannot_be_deleted(self, tenant: Any, make_member: Any, client_for: Any) -> None:
         DeploymentFactory(tenant=tenant)

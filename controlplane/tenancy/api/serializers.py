@@ -41,9 +41,7 @@ class TenantSerializer(serializers.ModelSerializer):
 
     def get_role(self, obj: Tenant) -> str | None:
         access = self.context.get("access")
-        role = access.role(obj.pk) if isinstance(access, Access) else None
-        # The creator of a new tenant became its owner after Access was loaded.
-        return role or self.context.get("role_fallback")
+        return access.role(obj.pk) if isinstance(access, Access) else None
 
 
 class TenantLimitsInput(InputSerializer):
@@ -51,10 +49,6 @@ class TenantLimitsInput(InputSerializer):
     rpm_limit = serializers.IntegerField(min_value=0, max_value=MAX_LIMIT, required=False)
     tpm_limit = serializers.IntegerField(min_value=0, max_value=MAX_LIMIT, required=False)
     monthly_token_budget = serializers.IntegerField(min_value=0, max_value=MAX_BUDGET, required=False)
-
-
-class TenantCreateInput(TenantLimitsInput):
-    slug = serializers.SlugField(max_length=50, required=False, help_text="Derived from the name if omitted.")
 
 
 class TenantUpdateInput(TenantLimitsInput):

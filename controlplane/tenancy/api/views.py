@@ -22,7 +22,6 @@ from controlplane.tenancy.api.serializers import (
     MembershipCreateInput,
     MembershipSerializer,
     MembershipUpdateInput,
-    TenantCreateInput,
     TenantSerializer,
     TenantUpdateInput,
 )
@@ -36,8 +35,7 @@ from controlplane.tenancy.models import AccessToken, Membership, Tenant
 )
 @extend_schema(tags=["tenants"])
 class TenantViewSet(ScopedViewSet):
-    """Tenants you are a member of. Creating one is reserved to staff users (the operators of
-    this installation): a tenant may register targets and models, which run on their hosts."""
+    """Tenants you are a member of. Platform admins create tenants (``/api/v1/platform/tenants/``)."""
 
     serializer_class = TenantSerializer
     lookup_field = "slug"
@@ -50,18 +48,6 @@ class TenantViewSet(ScopedViewSet):
 
     def select_one(self, lookup: str) -> Tenant:
         return selectors.tenant_get(access=self.access, slug=lookup)
-
-    @extend_schema(summary="Create a tenant (staff only); you become its owner", request=TenantCreateInput)
-    def create(self, request: Request) -> Response:
-        if not (request.user.is_staff or request.user.is_superuser):
-            raise PermissionDenied("Only staff users may create tenants.")
-        data = self.validated(TenantCreateInput)
-        tenant = services.tenant_create(actor=self.actor, name=data["name"], slug=data.get("slug", ""))
-        limits = {k: data[k] for k in ("rpm_limit", "tpm_limit", "monthly_token_budget") if k in data}
-        if limits:
-            tenant = services.tenant_update(actor=self.actor, tenant=tenant, data=limits)
-        context = self.get_serializer_context() | {"role_fallback": Role.OWNER.value}
-        return Response(TenantSerializer(tenant, context=context).data, status=status.HTTP_201_CREATED)
 
     @extend_schema(summary="Change a tenant's name or limits (admin)", request=TenantUpdateInput)
     def partial_update(self, request: Request, slug: str) -> Response:
