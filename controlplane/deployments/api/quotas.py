@@ -92,7 +92,7 @@ class PlatformQuotaSerializer(serializers.ModelSerializer):
 
     class Meta:
         model = Tenant
-        fields = ("tenant", "name", "is_active", *quota.RESOURCES, "quota")
+        fields = ("id", "tenant", "name", "is_active", *quota.RESOURCES, "quota")
         read_only_fields = fields
         list_serializer_class = QuotaListSerializer
 
@@ -105,7 +105,7 @@ def _int_limit(high: int) -> serializers.IntegerField:
 
 
 class QuotaInput(InputSerializer):
-    read_only_names = frozenset({"tenant", "name", "is_active", "quota"})
+    read_only_names = frozenset({"id", "tenant", "name", "is_active", "quota"})
     gpus = _int_limit(MAX_INT)
     gpu_memory_mb = _int_limit(MAX_BIGINT)
     cpus = serializers.FloatField(
