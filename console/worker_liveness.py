@@ -1,9 +1,9 @@
 """A heartbeat file that a Celery worker's event loop touches, for an exec liveness probe.
 
 Chosen over ``celery inspect ping`` as the probe: that starts a second Python interpreter with
-Django and Celery loaded (seconds of CPU and a few hundred MB in a memory-limited container,
-every period) and goes through the broker, so a Redis outage would make Kubernetes restart
-every worker at once although none of them is broken. The file is touched by a timer on the
+the Celery app loaded (measured: 0.7 s of CPU and 55 MB, plus the reply timeout, every period,
+in a container with a memory limit) and goes through the broker, so a Redis outage would make
+Kubernetes restart every worker at once although none of them is broken. The file is touched by a timer on the
 worker's own event loop (the loop that receives tasks; tasks run in pool children), so it goes
 stale exactly when that loop hangs or the process is gone. The probe is `hangar worker-alive`
 (``deploy/console/entrypoint.sh``): a ``stat`` of the file, no interpreter.
