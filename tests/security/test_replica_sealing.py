@@ -338,11 +338,11 @@ def test_a_docker_replica_holds_no_control_plane_secret_and_answers_only_its_tok
     for path in [tiny_model_dir, *tiny_model_dir.rglob("*")]:  # readable by the image's user
         path.chmod(0o755 if path.is_dir() else 0o644)
     deployment = deploy(tiny_model_dir, kind="docker", docker_url=DOCKER_URL)
+    # Other installations (test databases) on this daemon have deployments with the same id.
+    ours = [f"{LABEL_INSTANCE}={instance_name()}", f"{LABEL_DEPLOYMENT}={deployment.pk}"]
     try:
         replica = reconcile_until_running(deployment)
-        [container] = docker_client.containers.list(
-            all=True, filters={"label": [f"{LABEL_INSTANCE}={instance_name()}", f"{LABEL_DEPLOYMENT}={deployment.pk}"]}
-        )
+        [container] = docker_client.containers.list(all=True, filters={"label": ours})
         container.reload()
         env = container.attrs["Config"]["Env"]
         assert leaked(worker_environment, "\n".join(env)) == []
@@ -355,7 +355,7 @@ def test_a_docker_replica_holds_no_control_plane_secret_and_answers_only_its_tok
         attack_directly(replica.endpoint, deployment, other_deployment_id=deployment.pk + 1)
     finally:
         delete(deployment)
-    assert not docker_client.containers.list(all=True, filters={"label": f"{LABEL_DEPLOYMENT}={deployment.pk}"})
+    assert not docker_client.containers.list(all=True, filters={"label": ours})
 
 
 def test_settings_secrets_are_distinct_enough_to_detect_a_leak(settings: Any) -> None:
