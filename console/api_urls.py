@@ -4,6 +4,7 @@ from rest_framework.routers import DefaultRouter
 
 from controlplane.audit.api.views import AuditLogViewSet
 from controlplane.catalog.api.views import ModelViewSet
+from controlplane.deployments.api.platform import PlatformGrantViewSet, PlatformTargetViewSet
 from controlplane.deployments.api.quotas import PlatformQuotaViewSet
 from controlplane.deployments.api.views import DeploymentViewSet, EventViewSet, ReplicaViewSet, TargetViewSet
 from controlplane.keys.api.views import ApiKeyViewSet
@@ -26,4 +27,6 @@ router.register("tokens", AccessTokenViewSet, basename="token")
 router.register("platform/tenants", PlatformTenantViewSet, basename="platform-tenant")
 router.register("platform/users", PlatformUserViewSet, basename="platform-user")
 router.register("platform/quotas", PlatformQuotaViewSet, basename="platform-quota")
+router.register("platform/targets", PlatformTargetViewSet, basename="platform-target")
+router.register("platform/grants", PlatformGrantViewSet, basename="platform-grant")
 urlpatterns = router.urls

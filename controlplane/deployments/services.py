@@ -128,7 +128,7 @@ def target_create(*, actor: Actor, data: dict[str, Any]) -> Target:
 @transaction.atomic
 def target_update(*, actor: Actor, target: Target, data: dict[str, Any]) -> Target:
     """Change settings or credentials (the kind is fixed); a change queues a health check."""
-    target = Target.objects.select_for_update().get(pk=target.pk)
+    target = Target.objects.select_for_update(no_key=True).get(pk=target.pk)
     if "kind" in data and data["kind"] != target.kind:
         raise ValidationFailed("Invalid target.", field_errors={"kind": ["The kind of a target cannot change."]})
     current = {name: getattr(target, name) for name in TARGET_SETTINGS}
@@ -154,6 +154,9 @@ def target_update(*, actor: Actor, target: Target, data: dict[str, Any]) -> Targ
 @transaction.atomic
 def target_delete(*, actor: Actor, target: Target) -> None:
     """Remove a target and its grants; refused while any deployment uses it."""
+    # Grants first, then the target: the order deployment_create takes them in (grant, then the
+    # target's key for the new row), so a create in flight makes this wait and then refuse.
+    list(TargetGrant.objects.select_for_update().filter(target_id=target.pk).values_list("pk", flat=True))
     target = Target.objects.select_for_update().get(pk=target.pk)
     if target.deployments.exists():
         raise Conflict("Deployments still use this target; delete them first.")

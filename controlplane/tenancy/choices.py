@@ -23,7 +23,6 @@ class Perm(StrEnum):
     MODEL_VIEW = "model.view"
     MODEL_CHANGE = "model.change"
     TARGET_VIEW = "target.view"
-    TARGET_CHANGE = "target.change"
     DEPLOYMENT_VIEW = "deployment.view"
     DEPLOYMENT_CHANGE = "deployment.change"
     APIKEY_VIEW = "apikey.view"
@@ -42,7 +41,8 @@ _VIEWER = {
     Perm.USAGE_VIEW,
 }
 _OPERATOR = _VIEWER | {Perm.MODEL_CHANGE, Perm.DEPLOYMENT_CHANGE, Perm.APIKEY_CHANGE}
-_ADMIN = _OPERATOR | {Perm.TARGET_CHANGE, Perm.MEMBER_CHANGE, Perm.AUDIT_VIEW, Perm.TENANT_CHANGE}
+# Targets are platform resources: no tenant role adds, changes or checks them.
+_ADMIN = _OPERATOR | {Perm.MEMBER_CHANGE, Perm.AUDIT_VIEW, Perm.TENANT_CHANGE}
 _OWNER = _ADMIN | {Perm.TENANT_DELETE}
 
 ROLE_PERMISSIONS: dict[str, frozenset[Perm]] = {

@@ -1,4 +1,4 @@
-"""Serializers of targets, deployments, replicas and events.
+"""Serializers of targets, grants, deployments, replicas and events.
 
 Types and ranges are checked here (so the OpenAPI schema shows them); the cross-field rules
 and the clear domain messages live in ``controlplane.deployments.validation`` and services.
@@ -6,25 +6,85 @@ and the clear domain messages live in ``controlplane.deployments.validation`` an
 
 from __future__ import annotations
 
+import re
 from typing import Any
 
+from drf_spectacular.utils import extend_schema_field
 from rest_framework import serializers
 
 from controlplane.catalog.choices import DType, Quantization
 from controlplane.core.api import InputSerializer, TenantChoiceMixin, TenantSlugField
-from controlplane.deployments.choices import TargetKind
-from controlplane.deployments.models import Deployment, DeploymentEvent, Replica, Target
-from controlplane.deployments.validation import NUMERIC_LIMITS
+from controlplane.deployments.choices import KubeAuth, TargetKind
+from controlplane.deployments.models import Deployment, DeploymentEvent, Replica, Target, TargetGrant
+from controlplane.deployments.selectors import target_credential_names
+from controlplane.deployments.validation import (
+    MAX_CERT_BYTES,
+    MAX_KEY_BYTES,
+    MAX_KUBECONFIG_BYTES,
+    NUMERIC_LIMITS,
+    TLS_FIELDS,
+)
 
 # ----------------------------------------------------------------------------- targets
 
-TARGET_OUTPUT_FIELDS = (
+# What a tenant sees of a target granted to it: never its connection settings or raw errors.
+TARGET_OUTPUT_FIELDS = ("id", "name", "kind", "health", "gpu_inventory", "labels")
+HEALTH_REASON = re.compile(r"^[A-Za-z0-9 ,.:;'()_/-]{1,120}$")
+
+
+class TargetHealthSerializer(serializers.Serializer):
+    status = serializers.CharField(help_text="unknown (never checked), ok, or a short status word from the check.")
+    reason = serializers.CharField(allow_blank=True, help_text="A short fixed reason; never a backend's answer.")
+    reachable = serializers.BooleanField(allow_null=True)
+    gpus = serializers.IntegerField(help_text="GPUs the backend reports.")
+    gpus_declared = serializers.IntegerField(help_text="GPUs listed in the target's gpu_inventory.")
+    checked_at = serializers.DateTimeField(allow_null=True)
+
+
+def public_health(target: Target) -> dict[str, Any]:
+    """The tenant-facing part of ``Target.health``: status, a short fixed reason and capacity
+    numbers; never ``error`` or anything else a backend said."""
+    health = target.health if isinstance(target.health, dict) else {}
+    reachable = health.get("reachable")
+    status = health.get("status")
+    if not (isinstance(status, str) and re.fullmatch(r"[a-z_]{1,32}", status)):
+        status = "unknown" if not isinstance(reachable, bool) else ("ok" if reachable else "unreachable")
+    reason = health.get("reason")
+    gpus = health.get("gpus")
+    return {
+        "status": status,
+        "reason": reason if isinstance(reason, str) and HEALTH_REASON.match(reason) else "",
+        "reachable": reachable if isinstance(reachable, bool) else None,
+        "gpus": gpus if isinstance(gpus, int) and not isinstance(gpus, bool) and gpus >= 0 else 0,
+        "gpus_declared": len(target.gpu_inventory) if isinstance(target.gpu_inventory, list) else 0,
+        "checked_at": serializers.DateTimeField().to_representation(target.health_checked_at)
+        if target.health_checked_at
+        else None,
+    }
+
+
+class TargetSerializer(serializers.ModelSerializer):
+    """A target as tenants see it: name, kind, health and capacity."""
+
+    health = serializers.SerializerMethodField()
+
+    class Meta:
+        model = Target
+        fields = TARGET_OUTPUT_FIELDS
+        read_only_fields = TARGET_OUTPUT_FIELDS
+
+    @extend_schema_field(TargetHealthSerializer)
+    def get_health(self, obj: Target) -> dict[str, Any]:
+        return public_health(obj)
+
+
+PLATFORM_TARGET_OUTPUT_FIELDS = (
     "id",
-    "tenant",
     "name",
     "kind",
     "docker_url",
-    "kubeconfig_path",
+    "publish_host",
+    "kube_auth",
     "kube_context",
     "kube_namespace",
     "model_volume",
@@ -32,6 +92,9 @@ TARGET_OUTPUT_FIELDS = (
     "tolerations",
     "labels",
     "gpu_inventory",
+    "has_tls",
+    "has_ssh_key",
+    "has_kubeconfig",
     "health",
     "health_checked_at",
     "created_at",
@@ -39,43 +102,123 @@ TARGET_OUTPUT_FIELDS = (
 )
 
 
-class TargetSerializer(serializers.ModelSerializer):
-    tenant = TenantSlugField()
+class PlatformTargetSerializer(serializers.ModelSerializer):
+    """A target as platform admins see it: every setting; credentials only as ``has_*`` flags."""
+
+    has_tls = serializers.SerializerMethodField(help_text="TLS client material (tls_ca, tls_cert, tls_key) is stored.")
+    has_ssh_key = serializers.SerializerMethodField(help_text="An SSH private key is stored.")
+    has_kubeconfig = serializers.SerializerMethodField(help_text="A kubeconfig is stored.")
 
     class Meta:
         model = Target
-        fields = TARGET_OUTPUT_FIELDS
-        read_only_fields = TARGET_OUTPUT_FIELDS
+        fields = PLATFORM_TARGET_OUTPUT_FIELDS
+        read_only_fields = PLATFORM_TARGET_OUTPUT_FIELDS
+
+    def _names(self, obj: Target) -> set[str]:
+        cache = self.context.setdefault("credential_names", {})
+        if obj.pk not in cache:
+            cache[obj.pk] = target_credential_names(obj)
+        return set(cache[obj.pk])
+
+    def get_has_tls(self, obj: Target) -> bool:
+        return bool(self._names(obj) & set(TLS_FIELDS))
+
+    def get_has_ssh_key(self, obj: Target) -> bool:
+        return "ssh_key" in self._names(obj)
+
+    def get_has_kubeconfig(self, obj: Target) -> bool:
+        return "kubeconfig" in self._names(obj)
 
 
 def _label_map() -> serializers.DictField:
     return serializers.DictField(child=serializers.CharField(max_length=63, allow_blank=True), required=False)
 
 
-class TargetEditableInput(InputSerializer):
-    name = serializers.CharField(max_length=100, required=False)
-    docker_url = serializers.CharField(max_length=500, allow_blank=True, required=False)
-    kubeconfig_path = serializers.CharField(
-        max_length=500, allow_blank=True, required=False, help_text="Path of a kubeconfig file on the workers."
+def _credential(limit: int, what: str) -> serializers.CharField:
+    return serializers.CharField(
+        required=False,
+        allow_blank=True,
+        write_only=True,
+        trim_whitespace=False,
+        max_length=limit,
+        style={"base_template": "textarea.html"},
+        help_text=f"Write-only: {what}. Never shown again; an empty string removes it.",
     )
+
+
+class PlatformTargetEditableInput(InputSerializer):
+    name = serializers.CharField(max_length=100, required=False)
+    docker_url = serializers.CharField(
+        max_length=500,
+        allow_blank=True,
+        required=False,
+        help_text="unix:///path (listed in HANGAR_DOCKER_SOCKETS), tcp://host:port with TLS, or ssh://user@host[:port].",
+    )
+    publish_host = serializers.CharField(
+        max_length=253, required=False, help_text="Address Docker replicas publish on and the gateway calls."
+    )
+    kube_auth = serializers.ChoiceField(choices=KubeAuth.choices, allow_blank=True, required=False)
     kube_context = serializers.CharField(max_length=200, allow_blank=True, required=False)
     kube_namespace = serializers.CharField(max_length=63, allow_blank=True, required=False)
     model_volume = serializers.DictField(
-        required=False, help_text='{"type": "hostPath", "path": ...} or {"type": "pvc", "claimName": ...}'
+        required=False, help_text='{"type": "hostPath", "path": "/abs/path"} or {"type": "pvc", "claimName": ...}'
     )
     node_selector = _label_map()
     tolerations = serializers.ListField(child=serializers.DictField(), max_length=32, required=False)
     labels = _label_map()
     gpu_inventory = serializers.ListField(child=serializers.DictField(), max_length=64, required=False)
+    tls_ca = _credential(MAX_CERT_BYTES, "PEM CA certificate(s) of the Docker daemon")
+    tls_cert = _credential(MAX_CERT_BYTES, "PEM client certificate")
+    tls_key = _credential(MAX_KEY_BYTES, "PEM private key of the client certificate (unencrypted)")
+    ssh_key = _credential(MAX_KEY_BYTES, "OpenSSH or PEM private key (unencrypted)")
+    kubeconfig = _credential(MAX_KUBECONFIG_BYTES, "kubeconfig content (YAML, self-contained)")
 
 
-class TargetCreateInput(TenantChoiceMixin, TargetEditableInput):
+class PlatformTargetCreateInput(PlatformTargetEditableInput):
     name = serializers.CharField(max_length=100)
     kind = serializers.ChoiceField(choices=TargetKind.choices, required=False)
 
 
-class TargetUpdateInput(TargetEditableInput):
-    read_only_names = frozenset({"id", "tenant", "kind", "health", "health_checked_at", "created_at", "updated_at"})
+class PlatformTargetUpdateInput(PlatformTargetEditableInput):
+    read_only_names = frozenset(
+        {
+            "id",
+            "kind",
+            "has_tls",
+            "has_ssh_key",
+            "has_kubeconfig",
+            "health",
+            "health_checked_at",
+            "created_at",
+            "updated_at",
+        }
+    )
+
+
+GRANT_FIELDS = ("id", "target", "target_name", "tenant", "namespace", "created_at")
+
+
+class GrantSerializer(serializers.ModelSerializer):
+    target_name = serializers.CharField(source="target.name", read_only=True)
+    tenant: serializers.SlugRelatedField = serializers.SlugRelatedField(
+        slug_field="slug", read_only=True, help_text="Slug of the tenant."
+    )
+
+    class Meta:
+        model = TargetGrant
+        fields = GRANT_FIELDS
+        read_only_fields = GRANT_FIELDS
+
+
+class GrantCreateInput(InputSerializer):
+    target = serializers.IntegerField(min_value=1, max_value=2**63 - 1, help_text="Target id.")
+    tenant = serializers.SlugField(max_length=50, help_text="Slug of the tenant.")
+    namespace = serializers.CharField(
+        max_length=63,
+        allow_blank=True,
+        required=False,
+        help_text="Kubernetes targets only: the namespace this tenant's replicas go to (default: the target's).",
+    )
 
 
 # ----------------------------------------------------------------------------- deployments
@@ -183,7 +326,7 @@ class DeploymentSpecInput(InputSerializer):
 class DeploymentCreateInput(TenantChoiceMixin, DeploymentSpecInput):
     name = serializers.CharField(max_length=63, help_text="DNS label: lowercase letters, digits and '-'.")
     model = serializers.IntegerField(min_value=1, help_text="Id of a catalog model of the same tenant.")
-    target = serializers.IntegerField(min_value=1, help_text="Id of a target of the same tenant.")
+    target = serializers.IntegerField(min_value=1, help_text="Id of a target granted to the tenant.")
 
 
 class DeploymentUpdateInput(DeploymentSpecInput):

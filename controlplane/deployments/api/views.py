@@ -12,7 +12,7 @@ from typing import Any, ClassVar
 from django.db.models import F, QuerySet
 from django.utils.module_loading import import_string
 from drf_spectacular.utils import OpenApiParameter, OpenApiResponse, extend_schema, extend_schema_view
-from rest_framework import serializers, status
+from rest_framework import exceptions, serializers, status
 from rest_framework.decorators import action
 from rest_framework.request import Request
 from rest_framework.response import Response
@@ -29,9 +29,7 @@ from controlplane.deployments.api.serializers import (
     ReplicaLogsSerializer,
     ReplicaSerializer,
     ScaleInput,
-    TargetCreateInput,
     TargetSerializer,
-    TargetUpdateInput,
 )
 from controlplane.deployments.choices import EventType, Phase, ReplicaState, TargetKind
 from controlplane.deployments.models import Deployment, DeploymentEvent, Replica, Target
@@ -49,17 +47,22 @@ MAX_LOG_TAIL = 5000
 DEPLOYMENT_ID = serializers.IntegerField(min_value=1, max_value=2**63 - 1, help_text="Deployment id.")
 
 
-@extend_schema_view(list=extend_schema(summary="List targets"), retrieve=extend_schema(summary="Show a target"))
+@extend_schema_view(
+    list=extend_schema(summary="List the targets granted to your tenants"),
+    retrieve=extend_schema(summary="Show a granted target"),
+)
 @extend_schema(tags=["targets"])
 class TargetViewSet(ScopedViewSet):
-    """Where replicas run: local processes, a Docker host or a Kubernetes namespace."""
+    """Where replicas run, as tenants see it: targets granted to their tenants, with name, kind,
+    health and capacity. Read-only: platform admins manage targets under /api/v1/platform/targets/."""
 
     serializer_class = TargetSerializer
+    http_method_names = ["get", "head", "options"]
     filter_fields: ClassVar[dict[str, serializers.Field]] = {
-        "tenant": serializers.SlugField(max_length=50),
+        "tenant": serializers.SlugField(max_length=50, help_text="Targets granted to this tenant."),
         "kind": serializers.ChoiceField(choices=TargetKind.choices),
     }
-    ordering_fields = ("id", "name", "kind", "created_at", "health_checked_at")
+    ordering_fields = ("id", "name", "kind")
     list_perm = Perm.TARGET_VIEW
 
     def select_list(self, filters: dict[str, Any]) -> QuerySet[Target]:
@@ -68,37 +71,11 @@ class TargetViewSet(ScopedViewSet):
     def select_one(self, lookup: str) -> Target:
         return selectors.target_get(access=self.access, pk=int(lookup))
 
-    @extend_schema(summary="Add a target (a health check is queued)", request=TargetCreateInput)
-    def create(self, request: Request) -> Response:
-        data = self.validated(TargetCreateInput)
-        tenant = self.tenant_for_write(data.pop("tenant", None), Perm.TARGET_CHANGE)
-        return self.output(services.target_create(actor=self.actor, tenant=tenant, data=data), status.HTTP_201_CREATED)
-
-    @extend_schema(summary="Change a target's connection settings (kind is fixed)", request=TargetUpdateInput)
-    def partial_update(self, request: Request, pk: str) -> Response:
-        target = self.get_object()
-        self.access.require(target.tenant_id, Perm.TARGET_CHANGE)
-        data = self.validated(TargetUpdateInput)
-        return self.output(services.target_update(actor=self.actor, target=target, data=data))
-
-    @extend_schema(summary="Remove a target (no deployment may use it)")
-    def destroy(self, request: Request, pk: str) -> Response:
-        target = self.get_object()
-        self.access.require(target.tenant_id, Perm.TARGET_CHANGE)
-        services.target_delete(actor=self.actor, target=target)
-        return Response(status=status.HTTP_204_NO_CONTENT)
-
-    @extend_schema(
-        summary="Queue a health check; the result appears in `health` shortly",
-        request=None,
-        responses={202: TargetSerializer},
-    )
-    @action(detail=True, methods=["post"])
-    def check(self, request: Request, pk: str) -> Response:
-        target = self.get_object()
-        self.access.require(target.tenant_id, Perm.TARGET_CHANGE)
-        services.target_check(target=target)
-        return self.output(target, status.HTTP_202_ACCEPTED)
+    def http_method_not_allowed(self, request: Any, *args: Any, **kwargs: Any) -> Response:
+        raise exceptions.MethodNotAllowed(
+            str(request.method),
+            detail="Targets are read-only for tenants: platform administrators create, change and check them.",
+        )
 
 
 @extend_schema_view(list=extend_schema(summary="List deployments"), retrieve=extend_schema(summary="Show a deployment"))
@@ -146,16 +123,17 @@ class DeploymentViewSet(ScopedViewSet):
         return model
 
     def _target_in(self, tenant: Tenant, target_id: int) -> Target:
-        target = selectors.target_list(access=self.access).filter(pk=target_id, tenant_id=tenant.pk).first()
+        # Same answer for a missing target and one not granted to the tenant: nothing leaks.
+        target = selectors.target_list(access=self.access, filters={"tenant": tenant.slug}).filter(pk=target_id).first()
         if target is None:
             raise ValidationFailed(
                 "Unknown target.",
-                field_errors={"target": [f"No target with id {target_id} in tenant {tenant.slug!r}."]},
+                field_errors={"target": [f"No target with id {target_id} is granted to tenant {tenant.slug!r}."]},
             )
         return target
 
     @extend_schema(
-        summary="Create a deployment (model and target must be in the same tenant)",
+        summary="Create a deployment (a model of the tenant, on a target granted to it)",
         request=DeploymentCreateInput,
         responses={201: DeploymentSerializer},
     )
