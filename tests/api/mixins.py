@@ -6,6 +6,9 @@ list, detail, create, update, delete and every extra action allow or deny exactl
 ``API_PERMISSIONS`` × ``ROLE_PERMISSIONS`` say; that members of another tenant can neither
 see nor change the object (by id, by filter, in lists); and that the number of queries of a
 list does not grow with the number of rows.
+
+Platform endpoints (``/api/v1/platform/...``) get ``PlatformEndpointTests`` instead: 404 for
+every tenant role on every operation, 401 for anonymous callers, success for platform admins.
 """
 
 from __future__ import annotations
@@ -19,8 +22,8 @@ from django.test.utils import CaptureQueriesContext
 from rest_framework.test import APIClient
 
 from controlplane.tenancy.choices import ROLE_PERMISSIONS, Perm, Role
-from tests.api.permission_table import API_PERMISSIONS, SELF, STAFF
-from tests.factories import TenantFactory
+from tests.api.permission_table import API_PERMISSIONS, PLATFORM, SELF, STAFF
+from tests.factories import PlatformAdminFactory, TenantFactory, UserFactory
 
 ROLES = [Role.OWNER.value, Role.ADMIN.value, Role.OPERATOR.value, Role.VIEWER.value]
 
@@ -282,3 +285,162 @@ class EndpointTests:
         client = client_for(user)
         with django_assert_max_num_queries(self.max_detail_queries):
             assert client.get(self.detail_url(obj)).status_code == 200
+
+
+class PlatformEndpointTests:
+    """The contract of a platform endpoint (``/api/v1/platform/...``), from ``API_PERMISSIONS``:
+    every operation answers 404 to every tenant role (even on objects of their own tenant) and to
+    staff without the platform permission, 401 to anonymous callers, and works for platform
+    admins; operations the table lacks answer 405; a list's query count does not grow.
+
+    A test class names its ``endpoint`` (``"platform/<thing>"``) and says how to make an object
+    (``make(tenant)``: one that concerns ``tenant``, e.g. a target granted to it), what to create
+    and what to change.
+    """
+
+    endpoint: ClassVar[str]
+    create_status: ClassVar[int] = 201
+    update_status: ClassVar[int] = 200
+    delete_status: ClassVar[int] = 204
+    # action -> (HTTP method, body, status on success)
+    detail_actions: ClassVar[dict[str, tuple[str, dict[str, Any], int]]] = {}
+    max_list_queries: ClassVar[int] = 3
+
+    @pytest.fixture(autouse=True)
+    def _endpoint_setup(self, db: Any) -> None:
+        assert set(self.detail_actions) <= set(self.perms), "every action must be in API_PERMISSIONS"
+
+    # -- hooks
+
+    def make(self, tenant: Any) -> Any:
+        raise NotImplementedError
+
+    def create_data(self, tenant: Any) -> dict[str, Any]:
+        raise NotImplementedError
+
+    def update_data(self, obj: Any) -> dict[str, Any]:
+        raise NotImplementedError
+
+    def check_updated(self, obj: Any, body: dict[str, Any]) -> None:
+        for key, value in self.update_data(obj).items():
+            assert body[key] == value, key
+
+    # -- helpers
+
+    @property
+    def perms(self) -> dict[str, Perm | str]:
+        return API_PERMISSIONS[self.endpoint]
+
+    @property
+    def url(self) -> str:
+        return f"/api/v1/{self.endpoint}/"
+
+    def detail_url(self, obj: Any, action: str | None = None) -> str:
+        url = f"{self.url}{obj.pk}/"
+        return f"{url}{action.replace('_', '-')}/" if action else url
+
+    def operations(self, obj: Any, tenant: Any) -> list[tuple[str, str, str, Any]]:
+        """(operation, method, url, body) of every operation the table lists, deletion last."""
+        plain = {
+            "list": ("get", self.url, None),
+            "retrieve": ("get", self.detail_url(obj), None),
+            "create": ("post", self.url, None),
+            "update": ("patch", self.detail_url(obj), None),
+        }
+        found = []
+        for operation in self.perms:
+            assert self.perms[operation] == PLATFORM, (self.endpoint, operation)
+            if operation in plain:
+                method, url, body = plain[operation]
+                if operation == "create":
+                    body = self.create_data(tenant)
+                elif operation == "update":
+                    body = self.update_data(obj)
+                found.append((operation, method, url, body))
+            elif operation in self.detail_actions:
+                method, body, _ = self.detail_actions[operation]
+                found.append((operation, method, self.detail_url(obj, operation), body))
+            elif operation != "delete":
+                raise AssertionError(f"{self.endpoint}: say how to call {operation!r} (detail_actions)")
+        if "delete" in self.perms:
+            found.append(("delete", "delete", self.detail_url(obj), None))
+        return found
+
+    def expected(self, operation: str) -> int:
+        if operation in self.detail_actions:
+            return self.detail_actions[operation][2]
+        return {"create": self.create_status, "update": self.update_status, "delete": self.delete_status}.get(
+            operation, 200
+        )
+
+    # -- who reaches it
+
+    @pytest.mark.parametrize("role", ROLES)
+    def test_tenant_role_gets_404_everywhere(self, role: str, tenant: Any, make_member: Any, client_for: Any) -> None:
+        user = make_member(role, tenant)
+        obj = self.make(tenant)
+        client = client_for(user)
+        for operation, method, url, body in self.operations(obj, tenant):
+            response = getattr(client, method)(url, body, format="json")
+            assert response.status_code == 404, (role, operation, response.content)
+        assert type(obj).objects.filter(pk=obj.pk).exists()
+
+    def test_staff_without_the_platform_permission_gets_404(
+        self, tenant: Any, make_member: Any, client_for: Any
+    ) -> None:
+        user = make_member(Role.OWNER, tenant)
+        user.is_staff = True
+        user.save()
+        obj = self.make(tenant)
+        client = client_for(user)
+        for operation, method, url, body in self.operations(obj, tenant):
+            assert getattr(client, method)(url, body, format="json").status_code == 404, operation
+
+    def test_anonymous_is_refused(self, tenant: Any) -> None:
+        obj = self.make(tenant)
+        client = APIClient(REMOTE_ADDR="127.0.0.1")
+        for operation, method, url, body in self.operations(obj, tenant):
+            assert getattr(client, method)(url, body, format="json").status_code == 401, operation
+
+    @pytest.mark.parametrize("superuser", [False, True], ids=["staff-with-permission", "superuser"])
+    def test_platform_admin_may_do_everything(self, superuser: bool, tenant: Any, client_for: Any) -> None:
+        admin = UserFactory(is_superuser=True, is_staff=True) if superuser else PlatformAdminFactory()
+        obj = self.make(tenant)
+        client = client_for(admin)
+        for operation, method, url, body in self.operations(obj, tenant):
+            response = getattr(client, method)(url, body, format="json")
+            assert response.status_code == self.expected(operation), (operation, response.content)
+            if operation == "list":
+                assert obj.pk in listed_ids(response)
+            elif operation == "retrieve":
+                assert response.json()["id"] == obj.pk
+            elif operation == "update":
+                self.check_updated(obj, response.json())
+        if "delete" in self.perms:
+            assert not type(obj).objects.filter(pk=obj.pk).exists()
+
+    def test_operations_not_in_the_table_answer_405(self, tenant: Any, client_for: Any) -> None:
+        obj = self.make(tenant)
+        client = client_for(PlatformAdminFactory())
+        assert client.put(self.detail_url(obj), {}, format="json").status_code == 405  # updates are PATCH
+        if "create" not in self.perms:
+            assert client.post(self.url, {}, format="json").status_code == 405
+        if "update" not in self.perms:
+            assert client.patch(self.detail_url(obj), {}, format="json").status_code == 405
+        if "delete" not in self.perms:
+            assert client.delete(self.detail_url(obj)).status_code == 405
+
+    def test_list_query_count_does_not_grow(self, client_for: Any, django_assert_max_num_queries: Any) -> None:
+        client = client_for(PlatformAdminFactory())
+        for _ in range(3):
+            self.make(TenantFactory())
+        client.get(self.url)  # the admin's permissions are loaded once, then cached on the user
+        with CaptureQueriesContext(connection) as small:
+            response = client.get(self.url, {"limit": 100})
+        assert response.status_code == 200 and len(rows(response)) >= 3
+        for _ in range(12):
+            self.make(TenantFactory())
+        with django_assert_max_num_queries(self.max_list_queries), CaptureQueriesContext(connection) as large:
+            response = client.get(self.url, {"limit": 100})
+        assert response.status_code == 200 and len(rows(response)) >= 15
+        assert len(large) == len(small), [q["sql"] for q in large.captured_queries]

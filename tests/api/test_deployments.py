@@ -2,18 +2,28 @@
 
 from __future__ import annotations
 
+import json
 from typing import Any
 
 import pytest
 
+from controlplane.audit.models import AuditLog
 from controlplane.core.exceptions import DomainError
 from controlplane.core.tasks import CHECK_TARGET, RECONCILE_DEPLOYMENT
 from controlplane.deployments.api import views as deployment_views
-from controlplane.deployments.models import Deployment
+from controlplane.deployments.models import Deployment, Target, TargetGrant
 from controlplane.tenancy.choices import Role
 from tests.api.factories import make_event
-from tests.api.mixins import EndpointTests, rows
-from tests.factories import DeploymentFactory, ModelFactory, ReplicaFactory, TargetFactory, TenantFactory
+from tests.api.mixins import EndpointTests, PlatformEndpointTests, rows
+from tests.factories import (
+    DeploymentFactory,
+    MembershipFactory,
+    ModelFactory,
+    PlatformAdminFactory,
+    ReplicaFactory,
+    TargetFactory,
+    TenantFactory,
+)
 
 
 def fake_logs(*, access: Any, replica_id: int, tail: int) -> str:
@@ -34,20 +44,108 @@ def logs_crash(*, access: Any, replica_id: int, tail: int) -> str:
 
 
 class TestTargets(EndpointTests):
+    """Tenants list and read the targets granted to them; nothing else."""
+
     endpoint = "targets"
+
+    def make(self, tenant: Any) -> Any:
+        return TargetFactory(tenant=tenant)
+
+    def filters_reaching(self, obj: Any) -> list[dict[str, Any]]:
+        return [{"tenant": obj.grants.get().tenant.slug}, {"kind": obj.kind}]
+
+    def test_shows_name_kind_health_and_capacity_only(self, tenant: Any, make_member: Any, client_for: Any) -> None:
+        target = TargetFactory(
+            tenant=tenant,
+            kind="docker",
+            docker_url="unix:///var/run/docker.sock",
+            publish_host="10.1.2.3",
+            kube_context="prod",
+            model_volume={"type": "hostPath", "path": "/srv/models"},
+            labels={"zone": "a"},
+            gpu_inventory=[{"id": "0", "memory_mb": 81920}],
+            health={
+                "reachable": False,
+                "status": "unreachable",
+                "reason": "connection refused",
+                "gpus": 0,
+                "error": "HTTP/1.1 200 OK\r\nServer: metadata-service secret-body",
+            },
+        )
+        body = client_for(make_member(Role.VIEWER, tenant)).get(f"/api/v1/targets/{target.pk}/").json()
+        assert set(body) == {"id", "name", "kind", "health", "gpu_inventory", "labels"}
+        assert body["health"] == {
+            "status": "unreachable",
+            "reason": "connection refused",
+            "reachable": False,
+            "gpus": 0,
+            "gpus_declared": 1,
+            "checked_at": None,
+        }
+        text = json.dumps(body)
+        for hidden in ("docker.sock", "10.1.2.3", "prod", "/srv/models", "metadata-service", "secret-body"):
+            assert hidden not in text
+
+    def test_a_target_granted_to_two_of_my_tenants_is_listed_once(self, make_member: Any, client_for: Any) -> None:
+        a, b = TenantFactory(), TenantFactory()
+        user = make_member(Role.VIEWER, a)
+        MembershipFactory(user=user, tenant=b, role=Role.OWNER)
+        shared = TargetFactory(tenant=a)
+        TargetGrant.objects.create(target=shared, tenant=b)
+        only_b = TargetFactory(tenant=b)
+        TargetFactory(tenant=TenantFactory())  # granted to someone else
+        client = client_for(user)
+        assert [row["id"] for row in rows(client.get("/api/v1/targets/"))] == sorted(
+            [shared.pk, only_b.pk], key=lambda pk: Target.objects.get(pk=pk).name
+        )
+        assert {row["id"] for row in rows(client.get("/api/v1/targets/", {"tenant": a.slug}))} == {shared.pk}
+        assert {row["id"] for row in rows(client.get("/api/v1/targets/", {"tenant": b.slug}))} == {shared.pk, only_b.pk}
+
+    @pytest.mark.parametrize("role", [Role.OWNER, Role.ADMIN])
+    def test_writes_are_refused_with_a_clear_answer(
+        self, role: str, tenant: Any, make_member: Any, client_for: Any
+    ) -> None:
+        target = TargetFactory(tenant=tenant)
+        client = client_for(make_member(role, tenant))
+        for method, url in (
+            ("post", "/api/v1/targets/"),
+            ("patch", f"/api/v1/targets/{target.pk}/"),
+            ("put", f"/api/v1/targets/{target.pk}/"),
+            ("delete", f"/api/v1/targets/{target.pk}/"),
+        ):
+            response = getattr(client, method)(
+                url, {"name": "mine", "docker_url": "tcp://10.0.0.1:2375"}, format="json"
+            )
+            assert response.status_code == 405, (method, response.content)
+            assert "platform administrators" in response.json()["detail"]
+        # There is no check action for tenants at all.
+        assert client.post(f"/api/v1/targets/{target.pk}/check/").status_code == 404
+        target.refresh_from_db()
+        assert target.name != "mine" and target.docker_url == ""
+
+
+class TestPlatformTargets(PlatformEndpointTests):
+    endpoint = "platform/targets"
     detail_actions = {"check": ("post", {}, 202)}
 
     def make(self, tenant: Any) -> Any:
         return TargetFactory(tenant=tenant)
 
     def create_data(self, tenant: Any) -> dict[str, Any]:
-        return {"tenant": tenant.slug, "name": "gpu-box", "kind": "docker", "docker_url": "tcp://127.0.0.1:2375"}
+        return {"name": "gpu-box", "kind": "docker", "docker_url": "unix:///var/run/docker.sock"}
 
     def update_data(self, obj: Any) -> dict[str, Any]:
-        return {"labels": {"zone": "a"}, "docker_url": "tcp://127.0.0.1:2376"}
+        return {"labels": {"zone": "a"}, "publish_host": "10.0.0.5"}
 
-    def filters_reaching(self, obj: Any) -> list[dict[str, Any]]:
-        return [{"tenant": obj.tenant.slug}, {"kind": obj.kind}]
+
+class TestPlatformGrants(PlatformEndpointTests):
+    endpoint = "platform/grants"
+
+    def make(self, tenant: Any) -> Any:
+        return TargetFactory(tenant=tenant).grants.get()
+
+    def create_data(self, tenant: Any) -> dict[str, Any]:
+        return {"target": TargetFactory().pk, "tenant": tenant.slug}
 
 
 class TestDeployments(EndpointTests):
@@ -163,14 +261,15 @@ class TestDeploymentRules:
         assert response.status_code == 400
         assert response.json()["errors"] == {"phase": ["This field is read-only."], "replica": ["Unknown field."]}
 
-    def test_target_check_enqueues(
-        self, tenant: Any, make_member: Any, client_for: Any, sent_tasks: Any, django_capture_on_commit_callbacks: Any
+    def test_target_check_enqueues_and_is_audited(
+        self, tenant: Any, client_for: Any, sent_tasks: Any, django_capture_on_commit_callbacks: Any
     ) -> None:
         target = TargetFactory(tenant=tenant)
         with django_capture_on_commit_callbacks(execute=True):
-            response = client_for(make_member(Role.ADMIN, tenant)).post(f"/api/v1/targets/{target.pk}/check/")
+            response = client_for(PlatformAdminFactory()).post(f"/api/v1/platform/targets/{target.pk}/check/")
         assert response.status_code == 202
         assert sent_tasks == [(CHECK_TARGET, [target.pk])]
+        assert AuditLog.objects.filter(action="target.check", object_id=str(target.pk)).count() == 1
 
 
 class TestReplicas(EndpointTests):

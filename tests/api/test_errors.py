@@ -51,7 +51,7 @@ def test_unparseable_bodies_are_400(operator_client: Any, body: bytes, message: 
 
 @pytest.mark.parametrize("body", ["[]", "[1, 2]", '"text"', "42", "null", "true"])
 def test_non_object_bodies_are_400(operator_client: Any, body: str) -> None:
-    response = post_raw(operator_client, "/api/v1/targets/", body)
+    response = post_raw(operator_client, "/api/v1/keys/", body)
     assert response.status_code == 400, response.content
     assert "non_field_errors" in response.json()["errors"] or response.json()["detail"]
 

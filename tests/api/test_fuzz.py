@@ -17,7 +17,14 @@ from hypothesis import strategies as st
 
 from controlplane.tenancy.choices import Role
 from tests.api.factories import make_api_key, make_tenant_model_dir
-from tests.factories import DeploymentFactory, MembershipFactory, ModelFactory, TargetFactory, UserFactory
+from tests.factories import (
+    DeploymentFactory,
+    MembershipFactory,
+    ModelFactory,
+    PlatformAdminFactory,
+    TargetFactory,
+    UserFactory,
+)
 
 pytestmark = pytest.mark.django_db
 
@@ -50,10 +57,12 @@ FIELDS = {
     "tenants": ["name", "slug", "rpm_limit", "tpm_limit", "monthly_token_budget"],
     "members": ["tenant", "username", "role"],
     "models": ["tenant", "name", "source", "description", "dtype_options", "allow_unsafe_weights", "trust_remote_code"],
-    "targets": [
-        "tenant", "name", "kind", "docker_url", "kubeconfig_path", "kube_context", "kube_namespace",
+    "platform/targets": [
+        "name", "kind", "docker_url", "publish_host", "kube_auth", "kube_context", "kube_namespace",
         "model_volume", "node_selector", "tolerations", "labels", "gpu_inventory",
+        "tls_ca", "tls_cert", "tls_key", "ssh_key", "kubeconfig",
     ],
+    "platform/grants": ["target", "tenant", "namespace"],
     "deployments": [
         "tenant", "name", "model", "target", "served_model_name", "replicas", "min_replicas", "max_replicas",
         "gpus", "gpu_ids", "cpus", "memory_mb", "dtype", "quantization", "max_batch_size", "max_model_len",
@@ -86,6 +95,7 @@ def world(tenant: Any, make_member: Any, client_for: Any) -> dict[str, Any]:
     deployment = DeploymentFactory(tenant=tenant, max_replicas=4)
     return {
         "client": client_for(owner),
+        "platform": client_for(PlatformAdminFactory()),
         "tenant": tenant,
         "deployment": deployment,
         "model": ModelFactory(tenant=tenant),
@@ -109,7 +119,8 @@ def base_for(endpoint: str, world: dict[str, Any]) -> dict[str, Any]:
         "tenants": {"name": "Fuzz"},
         "members": {"tenant": tenant, "username": world["user"].username, "role": "viewer"},
         "models": {"tenant": tenant, "name": "fuzz", "source": world["model_dir"]},
-        "targets": {"tenant": tenant, "name": "fuzz", "kind": "local"},
+        "platform/targets": {"name": "fuzz", "kind": "docker", "docker_url": "unix:///var/run/docker.sock"},
+        "platform/grants": {"target": world["target"].pk, "tenant": tenant},
         "deployments": {
             "tenant": tenant,
             "name": "fuzz",
@@ -122,23 +133,29 @@ def base_for(endpoint: str, world: dict[str, Any]) -> dict[str, Any]:
     }[endpoint]
 
 
-@pytest.mark.parametrize("endpoint", ["tenants", "members", "models", "targets", "deployments", "keys", "tokens"])
+def client_of(endpoint: str, world: dict[str, Any]) -> Any:
+    return world["platform"] if endpoint.startswith("platform/") else world["client"]
+
+
+@pytest.mark.parametrize(
+    "endpoint", ["tenants", "members", "models", "platform/targets", "platform/grants", "deployments", "keys", "tokens"]
+)
 def test_create_never_500(endpoint: str, world: dict[str, Any]) -> None:
     @FUZZ
     @given(body=bodies(FIELDS[endpoint], base_for(endpoint, world)))
     def check(body: Any) -> None:
-        send(world["client"], "post", f"/api/v1/{endpoint}/", body)
+        send(client_of(endpoint, world), "post", f"/api/v1/{endpoint}/", body)
 
     check()
 
 
-@pytest.mark.parametrize("endpoint", ["tenants", "members", "models", "targets", "deployments"])
+@pytest.mark.parametrize("endpoint", ["tenants", "members", "models", "platform/targets", "deployments"])
 def test_update_never_500(endpoint: str, world: dict[str, Any]) -> None:
     obj = {
         "tenants": world["tenant"],
         "members": world["member"],
         "models": world["model"],
-        "targets": world["target"],
+        "platform/targets": world["target"],
         "deployments": world["deployment"],
     }[endpoint]
     lookup = obj.slug if endpoint == "tenants" else obj.pk
@@ -147,7 +164,7 @@ def test_update_never_500(endpoint: str, world: dict[str, Any]) -> None:
     @FUZZ
     @given(body=bodies(fields, {}))
     def check(body: Any) -> None:
-        send(world["client"], "patch", f"/api/v1/{endpoint}/{lookup}/", body)
+        send(client_of(endpoint, world), "patch", f"/api/v1/{endpoint}/{lookup}/", body)
 
     check()
 
@@ -165,6 +182,8 @@ LIST_PARAMS = {
     "members": ["tenant", "role"],
     "models": ["tenant", "name", "search"],
     "targets": ["tenant", "kind"],
+    "platform/targets": ["kind", "name", "tenant"],
+    "platform/grants": ["target", "tenant"],
     "deployments": ["tenant", "phase", "name", "served_model_name", "model", "target"],
     "replicas": ["deployment", "state"],
     "events": ["deployment", "type", "reason"],
@@ -183,7 +202,7 @@ def test_list_filters_never_500(endpoint: str, world: dict[str, Any]) -> None:
     @FUZZ
     @given(params=st.dictionaries(st.sampled_from(names), query_text, max_size=4))
     def check(params: dict[str, str]) -> None:
-        response = world["client"].get(f"/api/v1/{endpoint}/", params)
+        response = client_of(endpoint, world).get(f"/api/v1/{endpoint}/", params)
         assert response.status_code < 500, (endpoint, params, response.content[:500])
 
     check()

@@ -113,8 +113,8 @@ class TestAudit(EndpointTests):
 def test_writes_through_the_api_are_audited_with_source_ip(tenant: Any, make_member: Any, client_for: Any) -> None:
     admin = make_member(Role.ADMIN, tenant, username="ada")
     client = client_for(admin)
-    created = client.post("/api/v1/targets/", {"name": "box"}, format="json", REMOTE_ADDR="10.1.2.3").json()
-    rows_ = rows(client.get("/api/v1/audit/", {"action": "target.create", "actor": "ada"}))
+    created = client.post("/api/v1/keys/", {"name": "box"}, format="json", REMOTE_ADDR="10.1.2.3").json()
+    rows_ = rows(client.get("/api/v1/audit/", {"action": "apikey.create", "actor": "ada"}))
     assert len(rows_) == 1
     assert rows_[0]["object_id"] == str(created["id"]) and rows_[0]["source_ip"] == "10.1.2.3"
     assert rows_[0]["tenant"] == tenant.slug
