@@ -7,6 +7,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import yaml
 from django.core.management import call_command
 from drf_spectacular.settings import patched_settings
 from rest_framework.test import APIClient
@@ -18,7 +19,7 @@ pytestmark = pytest.mark.django_db
 ENUM_NAME_OVERRIDES = {"DTypeEnum": "controlplane.catalog.choices.DType"}
 SIDECAR = {"SWAGGER_UI_DIST": "SIDECAR", "SWAGGER_UI_FAVICON_HREF": "SIDECAR", "REDOC_DIST": "SIDECAR"}
 
-RESOURCES = ["tenants", "members", "models", "targets", "deployments", "replicas", "events", "keys", "usage", "audit", "tokens"]  # fmt: skip
+RESOURCES = ["tenants", "members", "models", "targets", "deployments", "replicas", "events", "keys", "usage", "audit", "tokens", "platform/targets", "platform/grants"]  # fmt: skip
 
 
 def test_schema_validates_without_warnings(tmp_path: Any) -> None:
@@ -32,6 +33,24 @@ def test_schema_validates_without_warnings(tmp_path: Any) -> None:
     for action in ("scale/", "stop/", "start/", "restart/", "check/", "revoke/", "logs/", "totals/"):
         assert action in text
     assert "accessToken" in text and "bearerFormat" in text
+    schema = yaml.safe_load(text)
+    # Credentials are write-only: in the platform target's input, never in any output.
+    assert "tls_key" in schema["components"]["schemas"]["PlatformTargetCreateInputRequest"]["properties"]
+    outputs = {"PlatformTarget", "Target", "TargetHealth", "Grant"}
+    for name in outputs:
+        properties = schema["components"]["schemas"][name]["properties"]
+        assert not {"tls_ca", "tls_cert", "tls_key", "ssh_key", "kubeconfig", "credentials"} & set(properties), name
+    assert set(schema["components"]["schemas"]["Target"]["properties"]) == {
+        "id",
+        "name",
+        "kind",
+        "health",
+        "gpu_inventory",
+        "labels",
+    }
+    platform_target = schema["paths"]["/api/v1/platform/targets/{id}/"]
+    assert set(platform_target) >= {"get", "patch", "delete"} and "put" not in platform_target
+    assert set(schema["paths"]["/api/v1/targets/{id}/"]) == {"get"}
 
 
 def test_schema_is_served() -> None:
