@@ -26,6 +26,7 @@ from controlplane.deployments.quota import RESOURCES, tenant_quota_usage
 from controlplane.tenancy.choices import Role
 from controlplane.tenancy.models import Tenant
 from tests.api.factories import make_token
+from tests.api.mixins import PlatformEndpointTests
 from tests.factories import (
     DeploymentFactory,
     MembershipFactory,
@@ -281,6 +282,22 @@ def test_platform_quota_list_queries_do_not_grow(admin_api: APIClient) -> None:
     for _ in range(20):
         DeploymentFactory(tenant=TenantFactory(quota_gpus=1))
     assert count() == few <= 8  # auth, access, platform permission, count, page, usage
+
+
+class TestPlatformQuotas(PlatformEndpointTests):
+    """The platform endpoint contract (roles, staff, anonymous, admins, 405s, list queries)."""
+
+    endpoint = "platform/quotas"
+    max_list_queries = 5
+
+    def make(self, tenant: Any) -> Any:
+        return tenant
+
+    def update_data(self, obj: Any) -> dict[str, Any]:
+        return {"gpus": 3, "cpus": None}
+
+    def detail_url(self, obj: Any, action: str | None = None) -> str:
+        return f"{self.url}{obj.slug}/"  # quotas are addressed by tenant slug
 
 
 @pytest.mark.django_db
