@@ -35,6 +35,7 @@ from channels.generic.websocket import AsyncWebsocketConsumer
 from channels.layers import get_channel_layer
 from django.contrib.auth.signals import user_logged_out
 from django.dispatch import receiver
+from prometheus_client import Counter, Gauge
 
 from controlplane.core.exceptions import DomainError, PermissionDenied
 from controlplane.core.realtime import deployment_group, tenant_group
@@ -43,6 +44,12 @@ from controlplane.tenancy.access import access_for
 from controlplane.tenancy.choices import Perm
 
 logger = logging.getLogger(__name__)
+
+WS_CLIENTS = Gauge(
+    "hangar_websocket_clients", "Websocket clients connected to this process.", multiprocess_mode="livesum"
+)
+WS_MESSAGES = Counter("hangar_websocket_messages_total", "Messages sent to websocket clients.")
+WS_SLOW_CLOSES = Counter("hangar_websocket_slow_closes_total", "Websockets closed for falling too far behind.")
 
 MAX_PENDING = 100
 CLOSE_UNAUTHENTICATED = 4401
@@ -175,6 +182,8 @@ class LiveConsumer(AsyncWebsocketConsumer):
             await self.close(code=CLOSE_NOT_FOUND if exc.status == 404 else CLOSE_FORBIDDEN)
             return
         await self.accept()
+        WS_CLIENTS.inc()
+        self._counted = True
         self._sender = asyncio.create_task(self._send_loop())
         hub = GroupHub.current()
         for group in [*groups, session_group(session.session_key)]:
@@ -185,6 +194,9 @@ class LiveConsumer(AsyncWebsocketConsumer):
         raise NotImplementedError
 
     async def disconnect(self, code: int) -> None:
+        if getattr(self, "_counted", False):
+            self._counted = False
+            WS_CLIENTS.dec()
         if getattr(self, "_sender", None) is not None:
             self._sender.cancel()  # type: ignore[union-attr]
             self._sender = None
@@ -207,6 +219,7 @@ class LiveConsumer(AsyncWebsocketConsumer):
         else:
             if len(self._queue) >= MAX_PENDING:
                 logger.info("closing a websocket that fell %d messages behind", MAX_PENDING)
+                WS_SLOW_CLOSES.inc()
                 self.stop_soon(CLOSE_TOO_SLOW)
                 return
             self._queue.append(text)
@@ -231,6 +244,7 @@ class LiveConsumer(AsyncWebsocketConsumer):
                 else:
                     _, text = self._metrics.popitem()
                 await self.send(text_data=text)
+                WS_MESSAGES.inc()
 
 
 class DeploymentConsumer(LiveConsumer):

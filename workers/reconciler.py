@@ -26,6 +26,7 @@ from controlplane.deployments.events import event_emit
 from controlplane.deployments.models import Deployment, DeploymentEvent, Replica, Target
 from controlplane.deployments.replica_auth import replica_token
 from controlplane.deployments.status import ReplicaObservation, StatusUpdate
+from workers import telemetry
 from workers.drivers import driver_for, instance_name
 from workers.drivers.base import (
     BackendState,
@@ -502,22 +503,28 @@ def reconcile(deployment_id: int, *, owner: str, driver_factory: DriverFactory =
     started_generation = deployment.generation
     outcome = Outcome()
     driver: Driver | None = None
+    timer = telemetry.PassTimer(deployment.target.kind)
     try:
         driver = driver_factory(deployment.target, tenant_id=deployment.tenant_id)
         outcome = Pass(deployment, driver, owner).run()
+        timer.outcome = "converged" if outcome.requeue_after is None else "progressing"
     except LeaseLost:
+        timer.outcome = "lease_lost"
         logger.warning("lost the lease of deployment %s; another worker carries on", deployment_id)
         return Outcome(skipped=True)
     except TemporaryDriverError as exc:
+        timer.outcome = "temporary_error"
         _report_error(deployment, owner, exc, temporary=True)
         outcome = Outcome(temporary_error=exc.message)
     except PermanentDriverError as exc:
+        timer.outcome = "permanent_error"
         _report_error(deployment, owner, exc, temporary=False)
         outcome = Outcome(requeue_after=settings.HANGAR_FAILED_RETRY_SECONDS)
     finally:
         if driver is not None:
             driver.close()
         status.deployment_release(deployment_id=deployment_id, owner=owner)
+        timer.done()
     latest = Deployment.objects.filter(pk=deployment_id).values_list("generation", flat=True).first()
     if latest is not None and latest != started_generation:
         # The spec changed while we worked from the old one: look again right away.

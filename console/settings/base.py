@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from console.logging import FORMATS, logging_config
 from console.settings.env import Env, ImproperlyConfiguredEnv
 
 env = Env()
@@ -45,6 +46,7 @@ INSTALLED_APPS = [
 ]
 
 MIDDLEWARE = [
+    "console.middleware.RequestIdMiddleware",
     "console.middleware.BodySizeLimitMiddleware",
     "django.middleware.security.SecurityMiddleware",
     "whitenoise.middleware.WhiteNoiseMiddleware",
@@ -227,12 +229,15 @@ HANGAR_QUOTA_DEFAULTS: dict[str, float | None] = {
 }
 
 LOG_LEVEL = env.choice("HANGAR_LOG_LEVEL", "INFO", {"DEBUG", "INFO", "WARNING", "ERROR"})
-LOGGING = {
-    "version": 1,
-    "disable_existing_loggers": False,
-    "formatters": {"plain": {"format": "%(asctime)s %(levelname)s %(name)s %(message)s"}},
-    "handlers": {"console": {"class": "logging.StreamHandler", "formatter": "plain"}},
-    "root": {"handlers": ["console"], "level": LOG_LEVEL},
-    # httpx logs every request at INFO: the reconciler's /health polls would drown the worker log.
-    "loggers": {"django.db.backends": {"level": "INFO"}, "httpx": {"level": "WARNING"}},
-}
+# json: one JSON object per line (for log collectors; the default outside the quickstart and
+# tests); plain: the same fields on one readable line. Both go through console.logging, which
+# also redacts credentials.
+HANGAR_LOG_FORMAT = env.choice("HANGAR_LOG_FORMAT", "json", FORMATS)
+LOGGING_CONFIG = "console.logging.configure"
+LOGGING = logging_config(HANGAR_LOG_FORMAT, LOG_LEVEL)
+
+# Observability: the worker serves its Prometheus metrics (reconcile passes, task failures) on
+# this port (0 = off), bound to this address; its pool processes share them through
+# PROMETHEUS_MULTIPROC_DIR (required when the port is set). See deploy/observability/.
+HANGAR_WORKER_METRICS_PORT = env.int("HANGAR_WORKER_METRICS_PORT", 0, minimum=0, maximum=65535)
+HANGAR_WORKER_METRICS_HOST = env.str("HANGAR_WORKER_METRICS_HOST", "127.0.0.1")

@@ -1,7 +1,8 @@
 """Test settings: PostgreSQL and Redis from the environment (``make test`` starts both)."""
 
+from console.logging import FORMATS, logging_config
 from console.settings.base import *  # noqa: F403
-from console.settings.base import DATA_DIR, HANGAR_MODEL_ROOTS, env
+from console.settings.base import DATA_DIR, HANGAR_MODEL_ROOTS, LOG_LEVEL, env
 
 DEBUG = False
 PASSWORD_HASHERS = ["django.contrib.auth.hashers.MD5PasswordHasher"]  # fast users in tests only
@@ -9,3 +10,6 @@ HANGAR_RESYNC_INTERVAL = env.float("HANGAR_RESYNC_INTERVAL", 2.0, minimum=0.5)
 ALLOWED_HOSTS = ["*"]
 # Model sources always have roots to live under (production requires them set explicitly).
 HANGAR_MODEL_ROOTS = HANGAR_MODEL_ROOTS or [str(DATA_DIR / "models")]
+# People read these logs in a terminal: plain lines unless HANGAR_LOG_FORMAT=json.
+HANGAR_LOG_FORMAT = env.choice("HANGAR_LOG_FORMAT", "plain", FORMATS)
+LOGGING = logging_config(HANGAR_LOG_FORMAT, LOG_LEVEL)

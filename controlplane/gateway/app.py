@@ -22,9 +22,11 @@ from datetime import UTC, datetime
 from typing import Any
 
 import aiohttp
+import structlog
 from django.conf import settings
 from django.db import DatabaseError
 
+from controlplane.core import request_id
 from controlplane.gateway import metrics
 from controlplane.gateway.auth import KeyCache, authenticate, revocation_listener
 from controlplane.gateway.conf import GatewayConf, load
@@ -58,10 +60,11 @@ class ClientGone(Exception):
 class Exchange:
     """One HTTP exchange: remembers whether the response started, adds common headers."""
 
-    __slots__ = ("extra_headers", "model", "post", "send", "started", "status")
+    __slots__ = ("extra_headers", "model", "post", "request_id", "send", "started", "status")
 
-    def __init__(self, send: Send) -> None:
+    def __init__(self, send: Send, rid: str) -> None:
         self.send = send
+        self.request_id = rid  # answered to the client, sent to the replica, in every log line
         self.started = False
         self.status = 0
         self.post = 0.0  # seconds spent after the upstream answered (added latency)
@@ -75,7 +78,12 @@ class Exchange:
             {
                 "type": "http.response.start",
                 "status": status,
-                "headers": [(b"content-type", content_type), *self.extra_headers, *headers],
+                "headers": [
+                    (b"content-type", content_type),
+                    (request_id.HEADER_LOWER, self.request_id.encode()),
+                    *self.extra_headers,
+                    *headers,
+                ],
             }
         )
 
@@ -234,7 +242,9 @@ class Gateway:
                 self._start_lock = asyncio.Lock()
             async with self._start_lock:
                 await self.startup()
-        exchange = Exchange(send)
+        exchange = Exchange(send, request_id.from_asgi(scope["headers"]))
+        # Each request runs in a task of its own, whose context dies with it: nothing to unbind.
+        structlog.contextvars.bind_contextvars(request_id=exchange.request_id)
         path: str = scope["path"]
         method: str = scope["method"]
         try:
@@ -249,7 +259,8 @@ class Gateway:
             elif path == "/metrics":
                 if method not in ("GET", "HEAD"):
                     raise GatewayError(405, "Use GET for /metrics.", code="method_not_allowed")
-                data, content_type = metrics.render()
+                # In a thread: collecting reads the database and Redis (controlplane.core.metrics).
+                data, content_type = await asyncio.to_thread(metrics.render)
                 await exchange.respond(200, data, content_type.encode())
             else:
                 raise GatewayError(404, f"Unknown request URL: {method} {path[:200]}.", code="unknown_url")
@@ -398,6 +409,7 @@ class Gateway:
             self._in_flight -= 1
             assert self.limiter is not None
             self.limiter.settle(decision.reservation, usage[0] + usage[1])
+            metrics.count_tokens(route.served_model_name, usage[0], usage[1])
             self.meter.record(
                 key_pk=key.pk,
                 tenant_id=key.tenant_id,
@@ -473,11 +485,16 @@ class Gateway:
                 t_up = time.perf_counter()
                 try:
                     # Only these headers: the client's own Authorization (its Hangar API key) and
-                    # anything else it sent stay here; the replica gets its deployment's credential.
+                    # anything else it sent stay here; the replica gets its deployment's credential
+                    # and the request id (already checked: at most 64 safe characters).
                     response = await self.session.post(
                         replica.endpoint + path,
                         data=upstream_body,
-                        headers={"Content-Type": "application/json", "Authorization": route.replica_auth},
+                        headers={
+                            "Content-Type": "application/json",
+                            "Authorization": route.replica_auth,
+                            request_id.HEADER: exchange.request_id,
+                        },
                     )
                 except aiohttp.ClientConnectorError:
                     # Nothing reached the replica: safe to try another one.

@@ -19,6 +19,8 @@ from prometheus_client import (
     generate_latest,
 )
 
+from controlplane.core.metrics import control_plane_state
+
 REQUESTS = Counter("hangar_gateway_requests_total", "Gateway answers by model and HTTP status.", ["model", "status"])
 ADDED_LATENCY = Histogram(
     "hangar_gateway_added_latency_seconds",
@@ -43,10 +45,14 @@ IN_FLIGHT = Gauge("hangar_gateway_in_flight_requests", "Requests currently proxi
 COLD_STARTS = Counter("hangar_gateway_cold_starts_total", "Requests that waited for a replica to start.", ["outcome"])
 USAGE_FLUSH_FAILURES = Counter("hangar_gateway_usage_flush_failures_total", "Failed usage flushes (retried).")
 KEY_CACHE = Counter("hangar_gateway_key_cache_total", "Key cache lookups.", ["result"])  # hit | miss | negative
+TOKENS = Counter(
+    "hangar_gateway_tokens_total", "Tokens metered by model and kind (prompt | completion).", ["model", "kind"]
+)
 
 
 _request_counters: dict[tuple[str, int], Any] = {}
 _decision_counters: dict[tuple[str, str], Any] = {}
+_token_counters: dict[str, tuple[Any, Any]] = {}
 
 
 def count_request(model: str, status: int) -> None:
@@ -64,12 +70,24 @@ def count_decision(decision: str, backend: str) -> None:
     child.inc()
 
 
+def count_tokens(model: str, prompt: int, completion: int) -> None:
+    children = _token_counters.get(model)
+    if children is None:
+        children = _token_counters[model] = (TOKENS.labels(model, "prompt"), TOKENS.labels(model, "completion"))
+    if prompt:
+        children[0].inc(prompt)
+    if completion:
+        children[1].inc(completion)
+
+
 def render() -> tuple[bytes, str]:
-    """The exposition text; aggregates all workers when PROMETHEUS_MULTIPROC_DIR is set."""
+    """The exposition text: this process's metrics (all workers' when PROMETHEUS_MULTIPROC_DIR is
+    set) and the control plane's state, collected now (``controlplane.core.metrics``). Blocking:
+    call it in a thread."""
+    registry: CollectorRegistry = REGISTRY
     if os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
         from prometheus_client import multiprocess
 
         registry = CollectorRegistry()
         multiprocess.MultiProcessCollector(registry)
-        return generate_latest(registry), CONTENT_TYPE_LATEST
-    return generate_latest(REGISTRY), CONTENT_TYPE_LATEST
+    return generate_latest(registry) + control_plane_state(), CONTENT_TYPE_LATEST

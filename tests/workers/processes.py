@@ -58,6 +58,8 @@ class Worker:
                     str(CELERY),
                     "-A",
                     "console",
+                    # JSON logs: no banner either, as the console image's entrypoint does it.
+                    *(["--quiet"] if self.env.get("HANGAR_LOG_FORMAT") == "json" else []),
                     "worker",
                     "-B",
                     "--schedule",
