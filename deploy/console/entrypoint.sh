@@ -15,6 +15,10 @@ set -euo pipefail
 cmd=${1:-web}
 [[ $# -gt 0 ]] && shift
 
+# JSON logs (the production default): no Celery banner either, every line is one JSON object.
+celery_quiet=""
+[[ ${HANGAR_LOG_FORMAT:-json} == json ]] && celery_quiet=--quiet
+
 case $cmd in
     web)
         exec uvicorn console.asgi:application \
@@ -24,12 +28,17 @@ case $cmd in
             --no-server-header "$@"
         ;;
     worker)
-        exec celery -A console worker --loglevel "${HANGAR_LOG_LEVEL:-INFO}" \
+        if [[ ${HANGAR_WORKER_METRICS_PORT:-0} != 0 ]]; then
+            # The pool's processes share their metrics through files here (workers/telemetry.py).
+            export PROMETHEUS_MULTIPROC_DIR=${PROMETHEUS_MULTIPROC_DIR:-/tmp/hangar-worker-metrics}
+            mkdir -p "$PROMETHEUS_MULTIPROC_DIR"
+        fi
+        exec celery -A console ${celery_quiet:+"$celery_quiet"} worker --loglevel "${HANGAR_LOG_LEVEL:-INFO}" \
             --concurrency "${HANGAR_WORKER_CONCURRENCY:-2}" "$@"
         ;;
     beat)
         # The schedule file is scratch state (the schedule itself is code); keep it writable.
-        exec celery -A console beat --loglevel "${HANGAR_LOG_LEVEL:-INFO}" \
+        exec celery -A console ${celery_quiet:+"$celery_quiet"} beat --loglevel "${HANGAR_LOG_LEVEL:-INFO}" \
             --scheduler console.beat:LeaderScheduler \
             --schedule "${HANGAR_DATA_DIR:-/var/lib/hangar}/celerybeat-schedule" "$@"
         ;;
