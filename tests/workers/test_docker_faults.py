@@ -402,9 +402,11 @@ def test_rest_api_lifecycle_on_docker(
             and all(c.labels[LABEL_GENERATION] == str(generation) for c in live)
         )
 
+    def timeline() -> list[dict[str, Any]]:
+        return list(ok(api.get(f"/api/v1/events/?deployment={deployment.pk}&limit=500"), 200)["results"])
+
     def reasons() -> list[str]:
-        events = ok(api.get(f"/api/v1/events/?deployment={deployment.pk}&limit=500"), 200)["results"]
-        return [e["reason"] for e in events]
+        return [e["reason"] for e in timeline()]
 
     # Deploy: 2 ready replicas, each announced.
     wait_for(lambda: settled(2, 1), timeout=READY_TIMEOUT, interval=0.25, message="2 replicas Running")
@@ -428,7 +430,8 @@ def test_rest_api_lifecycle_on_docker(
     assert body["dtype"] == "bfloat16"
     wait_for(lambda: settled(2, 2), timeout=READY_TIMEOUT, interval=0.25, message="rolled to generation 2")
     assert min(ready_seen) >= 2, f"ready replicas dipped during the rolling update: {ready_seen}"
-    assert reasons().count("ReplicaReplaced") == 2 and "SpecChanged" in reasons()
+    replaced = [e["message"] for e in timeline() if e["reason"] == "ReplicaReplaced"]
+    assert len(replaced) == 2 and "SpecChanged" in reasons(), replaced
     assert not ({c.id for c in containers(docker_client, deployment)} & first_two)
 
     # Delete: 202, the deployment goes through Deleting, every container goes, then the row.

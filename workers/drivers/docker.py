@@ -40,7 +40,14 @@ from workers.drivers.base import (
     ReplicaSpec,
     TemporaryDriverError,
 )
-from workers.drivers.docker_connection import DockerConnection, classify_ssh, refuse, url_host, valid_host
+from workers.drivers.docker_connection import (
+    SSH_ERRORS,
+    DockerConnection,
+    classify_ssh,
+    refuse,
+    url_host,
+    valid_host,
+)
 from workers.drivers.health import Reason, causes, classify_network, number, report, version_text
 from workers.runtime.auth import TOKEN_ENV
 
@@ -200,7 +207,7 @@ class DockerDriver(Driver):
                 cause=daemon_reason(exc),
                 detail=said,
             ) from None
-        except (*_NETWORK_ERRORS, docker.errors.DockerException, ValueError, KeyError) as exc:
+        except (*_NETWORK_ERRORS, *SSH_ERRORS, docker.errors.DockerException, ValueError, KeyError) as exc:
             # ValueError/KeyError: an answer docker-py could not read (not JSON, fields missing).
             self.close()
             raise self._unreachable(exc) from None

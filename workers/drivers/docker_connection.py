@@ -32,8 +32,10 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
+import paramiko  # type: ignore[import-untyped]
+
 from workers.drivers.base import PermanentDriverError
-from workers.drivers.health import Reason
+from workers.drivers.health import Reason, causes
 
 DEFAULT_URL = "unix:///var/run/docker.sock"
 SSH_CONNECT_TIMEOUT_S = 10
@@ -123,10 +125,6 @@ class DockerConnection:
         netloc = f"{parts.username}@{url_host(host)}" + (f":{port}" if port else "")
         return cls(url=f"ssh://{netloc}", scheme="ssh", credentials=creds)
 
-    @property
-    def is_local(self) -> bool:
-        return self.scheme == "unix"
-
     # ------------------------------------------------------------------ files
 
     def _private_dir(self) -> Path:
@@ -195,8 +193,6 @@ class DockerConnection:
         return docker.tls.TLSConfig(client_cert=(cert, key), ca_cert=ca, verify=True)
 
     def _ssh_adapter(self, *, timeout: int | None) -> Any:
-        import paramiko  # type: ignore[import-untyped]
-
         key = self._write("id_key", self.credentials["ssh_key"])
         try:
             paramiko.PKey.from_path(key)
@@ -217,6 +213,10 @@ class UntrustedHostKey(Exception):
     """The SSH server's host key is not among the trusted ones."""
 
 
+# What an SSH transport raises besides OSError (for the driver's "unreachable" handling).
+SSH_ERRORS = (paramiko.SSHException, UntrustedHostKey)
+
+
 class KeyOnlySSHAdapter(_ssh_adapter_base()):  # type: ignore[misc]
     """docker-py's paramiko adapter, offering only one key and trusting only known host keys."""
 
@@ -226,8 +226,6 @@ class KeyOnlySSHAdapter(_ssh_adapter_base()):  # type: ignore[misc]
         super().__init__(base_url, timeout=timeout, shell_out=False)
 
     def _create_paramiko_client(self, base_url: str) -> None:
-        import paramiko  # type: ignore[import-untyped]
-
         class Reject(paramiko.MissingHostKeyPolicy):
             def missing_host_key(self, client: Any, hostname: str, key: Any) -> None:
                 raise UntrustedHostKey(hostname)
@@ -256,12 +254,6 @@ class KeyOnlySSHAdapter(_ssh_adapter_base()):  # type: ignore[misc]
 
 def classify_ssh(exc: BaseException) -> str | None:
     """The reason for an SSH failure in ``exc``'s chain, or ``None``."""
-    from workers.drivers.health import causes
-
-    try:
-        import paramiko  # type: ignore[import-untyped]
-    except ImportError:  # pragma: no cover - paramiko is a dependency
-        return None
     for current in causes(exc):
         if isinstance(current, UntrustedHostKey | paramiko.BadHostKeyException):
             return Reason.HOST_KEY_UNTRUSTED
