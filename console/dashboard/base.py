@@ -2,7 +2,9 @@
 
 Views stay thin: ``tenant_view(perm)`` resolves the caller's access and current tenant (kept in
 the session, only ever one the user belongs to), refuses callers without ``perm``, and turns
-domain exceptions into pages. Forms carry a service's ``field_errors`` next to the fields.
+domain exceptions into pages. ``platform_view`` does the same for the Platform section, which
+does not exist (404) for anyone but platform admins. Forms carry a service's ``field_errors``
+next to the fields.
 """
 
 from __future__ import annotations
@@ -15,7 +17,7 @@ from typing import Any, TypeVar
 from django import forms
 from django.contrib.auth.views import redirect_to_login
 from django.http import Http404, HttpRequest, HttpResponse
-from django.shortcuts import render
+from django.shortcuts import redirect, render
 
 from controlplane.core.context import Actor, client_ip
 from controlplane.core.exceptions import DomainError, NotFound, PermissionDenied
@@ -32,6 +34,14 @@ class TenantRequest(HttpRequest):
 
     access: Access
     tenant: Tenant
+
+
+class PlatformRequest(HttpRequest):
+    """A request that passed ``platform_view``: a platform admin, with a current tenant if they
+    belong to one (for the navigation only; platform pages act on every tenant)."""
+
+    access: Access
+    tenant: Tenant | None
 
 
 @dataclass(frozen=True)
@@ -76,6 +86,8 @@ def tenant_view(perm: Perm) -> Callable[[Callable[..., HttpResponse]], Callable[
             access = access_for(request.user)
             tenant_id = current_tenant_id(request, access)
             if tenant_id is None:
+                if access.is_platform_admin:  # a platform admin need not belong to any tenant
+                    return redirect("dashboard:platform")
                 return render(request, "dashboard/no_tenant.html", status=403)
             request.access = access  # type: ignore[attr-defined]
             request.tenant = Tenant.objects.get(pk=tenant_id)  # type: ignore[attr-defined]
@@ -90,6 +102,30 @@ def tenant_view(perm: Perm) -> Callable[[Callable[..., HttpResponse]], Callable[
         return wrapper
 
     return decorate
+
+
+def platform_view(view: Callable[..., HttpResponse]) -> Callable[..., HttpResponse]:
+    """Require a signed-in platform admin (404 for everyone else, as for an unknown URL); sets
+    ``request.access`` and ``request.tenant`` (the current tenant, or None)."""
+
+    @functools.wraps(view)
+    def wrapper(request: HttpRequest, *args: Any, **kwargs: Any) -> HttpResponse:
+        if not request.user.is_authenticated:
+            return redirect_to_login(request.get_full_path())
+        access = access_for(request.user)
+        if not access.is_platform_admin:
+            raise Http404("Not found.")
+        tenant_id = current_tenant_id(request, access)
+        request.access = access  # type: ignore[attr-defined]
+        request.tenant = Tenant.objects.get(pk=tenant_id) if tenant_id is not None else None  # type: ignore[attr-defined]
+        try:
+            return view(request, *args, **kwargs)
+        except NotFound as exc:
+            raise Http404(exc.message) from None
+        except PermissionDenied as exc:
+            return render(request, "dashboard/denied.html", {"message": exc.message}, status=403)
+
+    return wrapper
 
 
 def require(request: TenantRequest, perm: Perm) -> None:
@@ -112,8 +148,30 @@ def page(
         "role": request.access.role(request.tenant.pk),
         "can": Can(request.access, request.tenant.pk),
         "tenants": sorted(request.access.slugs.items(), key=lambda item: item[1]),
+        "platform_admin": request.access.is_platform_admin,
     }
     return render(request, template, base | (context or {}), status=status)
+
+
+def platform_page(
+    request: PlatformRequest, template: str, context: dict[str, Any] | None = None, status: int = 200
+) -> HttpResponse:
+    tenant = request.tenant
+    base = {
+        "tenant": tenant,
+        "role": request.access.role(tenant.pk) if tenant is not None else None,
+        "can": Can(request.access, tenant.pk) if tenant is not None else None,
+        "tenants": sorted(request.access.slugs.items(), key=lambda item: item[1]),
+        "platform_admin": True,
+        "nav": "platform",
+    }
+    return render(request, template, base | (context or {}), status=status)
+
+
+def no_store(response: HttpResponse) -> HttpResponse:
+    """For pages that show a secret once (a new password or key): never cached, anywhere."""
+    response["Cache-Control"] = "no-store"
+    return response
 
 
 def apply_domain_error(form: forms.Form, exc: DomainError) -> None:

@@ -11,7 +11,7 @@ from typing import Any
 from django import forms
 
 from controlplane.catalog.choices import DType, Quantization
-from controlplane.deployments.choices import TargetKind
+from controlplane.deployments.choices import KubeAuth, TargetKind
 from controlplane.keys.choices import DEFAULT_SCOPES, Scope
 from controlplane.tenancy.choices import Role
 
@@ -29,33 +29,6 @@ class ModelRegisterForm(forms.Form):
         required=False, help_text="Allow pickle weights (.bin/.pt). Platform admins only."
     )
     trust_remote_code = forms.BooleanField(required=False, help_text="Platform admins only.")
-
-
-class TargetForm(forms.Form):
-    name = forms.CharField(max_length=100)
-    kind = forms.ChoiceField(choices=TargetKind.choices)
-    docker_url = forms.CharField(
-        max_length=500, required=False, help_text="unix:///var/run/docker.sock or tcp://host:2376"
-    )
-    kubeconfig_path = forms.CharField(max_length=500, required=False, help_text="Path of a kubeconfig on the workers.")
-    kube_context = forms.CharField(max_length=200, required=False)
-    kube_namespace = forms.CharField(max_length=63, required=False, initial="default")
-    gpu_inventory = forms.JSONField(
-        required=False, initial=list, help_text='e.g. [{"id": "0", "name": "A100", "memory_mb": 81920}]'
-    )
-    labels = forms.JSONField(required=False, initial=dict)
-
-    def clean_gpu_inventory(self) -> Any:
-        value = self.cleaned_data.get("gpu_inventory")
-        if value in (None, ""):
-            return []
-        if not isinstance(value, list) or any(not isinstance(item, dict) for item in value):
-            raise forms.ValidationError("Give a JSON list of objects, one per GPU.")
-        return value
-
-    def clean_labels(self) -> Any:
-        value = self.cleaned_data.get("labels")
-        return {} if value in (None, "") else value
 
 
 SPEC_INT_FIELDS = (
@@ -178,3 +151,164 @@ class UsageFilterForm(forms.Form):
 
 class TenantSwitchForm(forms.Form):
     tenant = forms.IntegerField()
+
+
+# ----------------------------------------------------------------------------- platform section
+
+
+class SecretTextarea(forms.Textarea):
+    """A credential upload: what was typed is never sent back to the browser, not even when the
+    form is shown again with errors."""
+
+    def format_value(self, value: Any) -> str | None:
+        return None
+
+
+def _credential(label: str, help_text: str) -> forms.CharField:
+    return forms.CharField(
+        required=False, strip=False, label=label, help_text=help_text, widget=SecretTextarea(attrs={"rows": 4})
+    )
+
+
+def _normalized(value: str) -> str:
+    # Browsers send textarea line breaks as CRLF; PEM, OpenSSH and YAML readers expect LF.
+    return value.replace("\r\n", "\n").replace("\r", "\n")
+
+
+CREDENTIAL_FORM_FIELDS = ("tls_ca", "tls_cert", "tls_key", "ssh_key", "kubeconfig")
+TARGET_JSON_FIELDS = {
+    "model_volume": dict,
+    "node_selector": dict,
+    "tolerations": list,
+    "labels": dict,
+    "gpu_inventory": list,
+}
+
+
+class PlatformTargetForm(forms.Form):
+    """A target's settings and credential uploads. Credentials left blank are kept as stored;
+    ``clear_<name>`` removes one. ``kind`` is fixed once the target exists."""
+
+    name = forms.CharField(max_length=100)
+    kind = forms.ChoiceField(choices=TargetKind.choices)
+    docker_url = forms.CharField(
+        max_length=500,
+        required=False,
+        help_text="unix:///var/run/docker.sock (an allowed socket), tcp://host:2376 with TLS certificates, "
+        "or ssh://user@host with a key.",
+    )
+    publish_host = forms.CharField(
+        max_length=253, required=False, initial="127.0.0.1", help_text="Address Docker replicas publish on."
+    )
+    kube_auth = forms.ChoiceField(choices=[("", "—"), *KubeAuth.choices], required=False, label="Kubernetes auth")
+    kube_context = forms.CharField(max_length=200, required=False, help_text="A context of the uploaded kubeconfig.")
+    kube_namespace = forms.CharField(max_length=63, required=False, initial="default")
+    model_volume = forms.JSONField(
+        required=False,
+        initial=dict,
+        help_text='Kubernetes: {"type": "hostPath", "path": "/models"} or {"type": "pvc", "claimName": "models"}',
+    )
+    node_selector = forms.JSONField(required=False, initial=dict)
+    tolerations = forms.JSONField(required=False, initial=list)
+    labels = forms.JSONField(required=False, initial=dict)
+    gpu_inventory = forms.JSONField(
+        required=False, initial=list, help_text='e.g. [{"id": "0", "name": "A100", "memory_mb": 81920}]'
+    )
+    tls_ca = _credential("TLS CA certificate", "PEM; Docker over tcp://.")
+    tls_cert = _credential("TLS client certificate", "PEM; Docker over tcp://.")
+    tls_key = _credential("TLS client key", "PEM; Docker over tcp://.")
+    ssh_key = _credential("SSH private key", "OpenSSH; Docker over ssh://.")
+    kubeconfig = _credential("Kubeconfig", "YAML content (not a path); Kubernetes with kubeconfig auth.")
+
+    def __init__(self, *args: Any, stored: set[str] | None = None, editing: bool = False, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.stored = stored or set()
+        self.editing = editing
+        if editing:
+            self.fields["kind"].disabled = True
+        for name in CREDENTIAL_FORM_FIELDS:
+            if name in self.stored:
+                self.fields[name].help_text += " Stored; leave blank to keep it."
+                self.fields[f"clear_{name}"] = forms.BooleanField(
+                    required=False, label=f"Remove the stored {self.fields[name].label}"
+                )
+
+    def clean(self) -> dict[str, Any]:
+        cleaned = super().clean() or {}
+        for name, empty in TARGET_JSON_FIELDS.items():
+            if cleaned.get(name) in (None, ""):
+                cleaned[name] = empty()
+        for name in CREDENTIAL_FORM_FIELDS:
+            cleaned[name] = _normalized(cleaned.get(name) or "")
+        return cleaned
+
+    def service_data(self) -> dict[str, Any]:
+        """What ``target_create`` / ``target_update`` take: every setting, the credentials that
+        were uploaded, and "" for the ones to remove."""
+        data = {
+            k: v for k, v in self.cleaned_data.items() if k not in CREDENTIAL_FORM_FIELDS and not k.startswith("clear_")
+        }
+        if self.editing:
+            data.pop("kind", None)
+        else:  # a new target takes the defaults of the settings left blank
+            data = {k: v for k, v in data.items() if v != ""}
+        for name in CREDENTIAL_FORM_FIELDS:
+            if self.cleaned_data.get(name):
+                data[name] = self.cleaned_data[name]
+            elif self.cleaned_data.get(f"clear_{name}"):
+                data[name] = ""
+        return data
+
+
+class TargetGrantForm(forms.Form):
+    tenant: forms.ModelChoiceField[Any] = forms.ModelChoiceField(queryset=None, to_field_name="slug")  # type: ignore[arg-type]
+    namespace = forms.CharField(
+        max_length=63, required=False, help_text="Kubernetes only: this tenant's namespace on the target."
+    )
+
+    def __init__(self, *args: Any, tenants: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.fields["tenant"].queryset = tenants  # type: ignore[attr-defined]
+
+
+class PlatformTenantForm(forms.Form):
+    name = forms.CharField(max_length=100)
+    slug = forms.CharField(max_length=50, required=False, help_text="Derived from the name if blank.")
+    owner = forms.CharField(max_length=150, required=False, help_text="Username of the first owner (optional).")
+    rpm_limit = forms.IntegerField(min_value=0, initial=0, label="Requests per minute", help_text="0 = unlimited")
+    tpm_limit = forms.IntegerField(min_value=0, initial=0, label="Tokens per minute", help_text="0 = unlimited")
+    monthly_token_budget = forms.IntegerField(min_value=0, initial=0, help_text="0 = no budget")
+
+
+class TenantSettingsForm(forms.Form):
+    name = forms.CharField(max_length=100)
+    rpm_limit = forms.IntegerField(min_value=0, label="Requests per minute", help_text="0 = unlimited")
+    tpm_limit = forms.IntegerField(min_value=0, label="Tokens per minute", help_text="0 = unlimited")
+    monthly_token_budget = forms.IntegerField(min_value=0, help_text="0 = no budget")
+
+
+def _quota(label: str, kind: type[forms.IntegerField] = forms.IntegerField) -> forms.Field:
+    return kind(min_value=0, required=False, label=label, help_text="Blank = unlimited, 0 = none.")
+
+
+class TenantQuotaForm(forms.Form):
+    """Field names are the quota resources ``tenant_quota_set`` takes."""
+
+    gpus = _quota("GPUs")
+    gpu_memory_mb = _quota("GPU memory (MB)")
+    cpus = _quota("CPUs", forms.FloatField)
+    memory_mb = _quota("Memory (MB)")
+    replicas = _quota("Replicas")
+    deployments = _quota("Deployments")
+
+
+class UserCreateForm(forms.Form):
+    username = forms.CharField(max_length=150)
+    email = forms.EmailField(required=False)
+    password = forms.CharField(
+        max_length=128,
+        required=False,
+        strip=False,
+        widget=forms.PasswordInput(render_value=False),
+        help_text="Leave blank to generate one; it is shown once.",
+    )

@@ -4,7 +4,7 @@ from django.contrib.auth import views as auth_views
 from django.urls import path
 
 import console.consumers  # noqa: F401  (connects the logout signal that closes the user's sockets)
-from console.dashboard.views import access, catalog, deployments, home, playground
+from console.dashboard.views import access, catalog, deployments, home, platform, platform_targets, playground
 
 app_name = "dashboard"
 urlpatterns = [
@@ -17,8 +17,6 @@ urlpatterns = [
     path("models/<int:pk>/delete/", catalog.model_delete, name="model-delete"),
     path("targets/", catalog.target_index, name="targets"),
     path("targets/<int:pk>/", catalog.target_detail, name="target-detail"),
-    path("targets/<int:pk>/check/", catalog.target_check, name="target-check"),
-    path("targets/<int:pk>/delete/", catalog.target_delete, name="target-delete"),
     path("deployments/new/", deployments.deployment_new, name="deployment-new"),
     path("deployments/<int:pk>/", deployments.deployment_detail, name="deployment-detail"),
     path("deployments/<int:pk>/spec/", deployments.deployment_spec, name="deployment-spec"),
@@ -40,4 +38,38 @@ urlpatterns = [
     path("audit/", access.audit, name="audit"),
     path("playground/", playground.playground, name="playground"),
     path("playground/key/", playground.playground_key, name="playground-key"),
+    # Platform section: platform admins only (404 for everyone else)
+    path("platform/", platform.platform_home, name="platform"),
+    path("platform/targets/", platform_targets.target_index, name="platform-targets"),
+    path("platform/targets/<int:pk>/", platform_targets.target_detail, name="platform-target"),
+    path("platform/targets/<int:pk>/check/", platform_targets.target_check, name="platform-target-check"),
+    path("platform/targets/<int:pk>/delete/", platform_targets.target_delete, name="platform-target-delete"),
+    path("platform/targets/<int:pk>/grants/", platform_targets.target_grant, name="platform-target-grant"),
+    path(
+        "platform/targets/<int:pk>/grants/<int:grant_pk>/revoke/",
+        platform_targets.target_revoke,
+        name="platform-target-revoke",
+    ),
+    path("platform/tenants/", platform.tenant_index, name="platform-tenants"),
+    path("platform/tenants/<int:pk>/", platform.tenant_detail, name="platform-tenant"),
+    path("platform/tenants/<int:pk>/quotas/", platform.tenant_quota, name="platform-tenant-quota"),
+    path(
+        "platform/tenants/<int:pk>/deactivate/",
+        platform.tenant_active,
+        {"active": False},
+        name="platform-tenant-deactivate",
+    ),
+    path(
+        "platform/tenants/<int:pk>/activate/", platform.tenant_active, {"active": True}, name="platform-tenant-activate"
+    ),
+    path("platform/users/", platform.user_index, name="platform-users"),
+    *[
+        path(
+            f"platform/users/<int:pk>/{action}/",
+            platform.user_action,
+            {"action": action},
+            name=f"platform-user-{action}",
+        )
+        for action in platform.USER_ACTIONS
+    ],
 ]

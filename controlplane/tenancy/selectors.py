@@ -109,3 +109,9 @@ def platform_admin_flag(user: Any) -> bool:
     """``is_platform_admin`` of a user from ``platform_user_list`` without a query per user."""
     held = getattr(user, "holds_platform_permission", False)
     return bool(user.is_active and (user.is_superuser or (user.is_staff and held)))
+
+
+def platform_membership_list(*, access: Access, tenant: Tenant) -> QuerySet[Membership]:
+    """The members of any tenant, for platform admins."""
+    access.require_platform_admin()
+    return Membership.objects.filter(tenant=tenant).select_related("user").order_by("user__username")

@@ -105,7 +105,7 @@ PERM_DESCRIPTIONS: dict[Perm, str] = {
 
 # Dashboard screens and buttons and the permission each must check (the dashboard calls the
 # same selectors and services, so it enforces the same table).
-DASHBOARD_ACTIONS: list[tuple[str, Perm]] = [
+DASHBOARD_ACTIONS: list[tuple[str, Perm | str]] = [
     ("Tenant settings page", Perm.TENANT_VIEW),
     ("Save tenant settings", Perm.TENANT_CHANGE),
     ("Delete tenant", Perm.TENANT_DELETE),
@@ -113,11 +113,15 @@ DASHBOARD_ACTIONS: list[tuple[str, Perm]] = [
     ("Invite member, change role, remove member", Perm.MEMBER_CHANGE),
     ("Models page and model detail", Perm.MODEL_VIEW),
     ("Register, edit, remove model", Perm.MODEL_CHANGE),
-    ("Targets page and target health", Perm.TARGET_VIEW),
+    ("Targets page: granted targets with health and capacity", Perm.TARGET_VIEW),
     ("Deployments, live metrics, replicas, event timeline, log tail", Perm.DEPLOYMENT_VIEW),
     ("Create, edit, scale, stop, start, restart, delete deployment", Perm.DEPLOYMENT_CHANGE),
     ("API keys page", Perm.APIKEY_VIEW),
     ("Create API key (secret shown once), revoke key", Perm.APIKEY_CHANGE),
     ("Usage page", Perm.USAGE_VIEW),
     ("Audit log page", Perm.AUDIT_VIEW),
+    ("Platform section (navigation link and every page)", PLATFORM),
+    ("Platform targets: add, edit, upload credentials (write-only), check, delete, grant, revoke", PLATFORM),
+    ("Platform tenants: create, deactivate, activate, limits, quotas with usage", PLATFORM),
+    ("Platform users: create, deactivate, reset password (shown once), platform admin right", PLATFORM),
 ]

@@ -62,7 +62,8 @@ def render() -> str:
         "- Nobody grants or changes a role above their own; a tenant always keeps at least one owner.",
         "- Tenants, users, targets and quotas belong to the platform: platform admins (staff users with",
         "  the `tenancy.administer_platform` permission, or superusers) manage them under",
-        "  `/api/v1/platform/`. Those endpoints do not exist for anyone else (**404**), whatever their roles.",
+        "  `/api/v1/platform/` and in the dashboard's Platform section. Those endpoints and pages do not",
+        "  exist for anyone else (**404**), whatever their roles.",
         "- Personal access tokens belong to a user, not a tenant; they carry that user's roles. A token",
         "  cannot create further tokens: create them from a signed-in session, so revoking a leaked",
         "  token is always enough.",
@@ -92,7 +93,8 @@ def render() -> str:
         f"|{'|'.join(['---'] * (len(ROLES) + 2))}|",
     ]
     for label, perm in DASHBOARD_ACTIONS:
-        lines.append(f"| {label} | `{perm.value}` | {_cells(perm)} |")
+        shown = f"`{perm.value}`" if isinstance(perm, Perm) else perm
+        lines.append(f"| {label} | {shown} | {_cells(perm)} |")
     return "\n".join(lines) + "\n"
 
 

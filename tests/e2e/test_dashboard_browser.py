@@ -2,10 +2,10 @@
 
 Starts the real product against the test database: ``uvicorn console.asgi:application``, a
 Celery worker and Celery beat (plus the metrics scraper), then drives Debian's Chromium with
-Playwright: log in, register the tiny model, add a local target, deploy, watch the phase reach
-Running and chart points arrive without reloading, create an API key (secret shown once), chat
-in the playground with streamed tokens, revoke the key, and check that a viewer is denied the
-operator's actions. Every page is saved under ``artifacts/screenshots/``; the steps that passed
+Playwright: log in, register the tiny model, have a platform admin add a local target and grant
+it to the tenant, deploy, watch the phase reach Running and chart points arrive without
+reloading, create an API key (secret shown once), chat in the playground with streamed tokens,
+revoke the key, and check that a viewer is denied the operator's actions. Every page is saved under ``artifacts/screenshots/``; the steps that passed
 are written to ``artifacts/e2e/dashboard_steps.json``.
 
 Never skipped when /usr/bin/chromium exists; no browser is downloaded.
@@ -32,7 +32,7 @@ from django.db import connection
 
 from controlplane.deployments.models import Deployment, Replica
 from controlplane.tenancy.choices import Role
-from tests.factories import MembershipFactory, TenantFactory, UserFactory
+from tests.factories import MembershipFactory, PlatformAdminFactory, TenantFactory, UserFactory
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 CHROMIUM = Path("/usr/bin/chromium")
@@ -298,6 +298,7 @@ def test_dashboard_end_to_end(product: dict[str, Any], tiny_model_dir: Path, mon
     viewer = UserFactory(username="victor")
     MembershipFactory(user=owner, tenant=tenant, role=Role.OWNER)
     MembershipFactory(user=viewer, tenant=tenant, role=Role.VIEWER)
+    PlatformAdminFactory(username="paula")  # adds the target and grants it; a member of no tenant
     # Playwright's sync API runs an event loop in this thread; the ORM checks below are plain reads.
     monkeypatch.setenv("DJANGO_ALLOW_ASYNC_UNSAFE", "true")
     SCREENSHOTS.mkdir(parents=True, exist_ok=True)
@@ -306,12 +307,12 @@ def test_dashboard_end_to_end(product: dict[str, Any], tiny_model_dir: Path, mon
     def shot(page: Any, name: str) -> None:
         page.screenshot(path=str(SCREENSHOTS / f"{name}.png"), full_page=True)
 
-    def login(page: Any, username: str) -> None:
+    def login(page: Any, username: str, landing: str = "/") -> None:
         page.goto(base + "/login/")
         page.fill("#id_username", username)
         page.fill("#id_password", PASSWORD)
         page.click("button[type=submit]")
-        page.wait_for_url(base + "/")
+        page.wait_for_url(base + landing)
 
     with sync_playwright() as pw:
         browser = pw.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_ARGS)
@@ -343,16 +344,26 @@ def test_dashboard_end_to_end(product: dict[str, Any], tiny_model_dir: Path, mon
                 page.goto(base + "/models/")
                 shot(page, "04-models")
 
-            with step("add a local target"):
+            with step("a platform admin adds a local target and grants it to the tenant"):
+                admin_context = browser.new_context(viewport={"width": 1280, "height": 900})
+                apage = admin_context.new_page()
+                apage.on("dialog", lambda dialog: dialog.accept())
+                login(apage, "paula", landing="/platform/targets/")
+                expect(apage.get_by_test_id("whoami")).to_contain_text("paula · platform admin")
+                apage.fill("#id_name", "this-machine")
+                apage.select_option("#id_kind", "local")
+                apage.click("#target-add button[type=submit]")
+                expect(apage.locator("h1")).to_contain_text("this-machine")
+                apage.select_option("#target-grant #id_tenant", "acme")
+                apage.click("#target-grant button[type=submit]")
+                expect(apage.locator('#grants [data-grant="acme"]')).to_be_visible()
+                apage.wait_for_timeout(1500)  # let check_target run, for the screenshot
+                apage.reload()
+                shot(apage, "05-platform-target-detail")
+                admin_context.close()
                 page.goto(base + "/targets/")
-                page.fill("#id_name", "this-machine")
-                page.select_option("#id_kind", "local")
-                page.click("#target-add button[type=submit]")
-                expect(page.locator("h1")).to_contain_text("this-machine")
-                page.wait_for_timeout(1500)  # let check_target run, for the screenshot
-                page.reload()
-                shot(page, "05-target-detail")
-                page.goto(base + "/targets/")
+                expect(page.locator('#targets [data-target="this-machine"]')).to_be_visible()
+                assert page.locator("#target-add").count() == 0  # tenants see granted targets only
                 shot(page, "06-targets")
 
             with step("deploy on the local driver"):

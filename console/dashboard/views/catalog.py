@@ -1,4 +1,4 @@
-"""Models (catalog) and targets: list, register/add, detail."""
+"""Models (catalog) and the targets granted to the tenant: list, register, detail."""
 
 from __future__ import annotations
 
@@ -10,12 +10,11 @@ from django.shortcuts import redirect
 from django.views.decorators.http import require_POST
 
 from console.dashboard.base import TenantRequest, actor_for, apply_domain_error, in_tenant, page, require, tenant_view
-from console.dashboard.forms import ModelRegisterForm, TargetForm
+from console.dashboard.forms import ModelRegisterForm
 from controlplane.catalog import services as catalog_services
 from controlplane.catalog.selectors import model_get, model_list, model_memory_estimate
-from controlplane.core.exceptions import DomainError
-from controlplane.deployments import services as deployment_services
-from controlplane.deployments.selectors import target_get, target_list
+from controlplane.core.exceptions import DomainError, NotFound
+from controlplane.deployments.selectors import grant_for, target_get, target_list
 from controlplane.tenancy.choices import Perm
 
 MIB = 1024 * 1024
@@ -101,51 +100,17 @@ def model_delete(request: TenantRequest, pk: int) -> HttpResponse:
 
 @tenant_view(Perm.TARGET_VIEW)
 def target_index(request: TenantRequest) -> HttpResponse:
-    form = TargetForm()
-    status = 200
-    if request.method == "POST":
-        require(request, Perm.TARGET_CHANGE)
-        form = TargetForm(request.POST)
-        if form.is_valid():
-            data = {k: v for k, v in form.cleaned_data.items() if v not in ("", None)}
-            try:
-                target = deployment_services.target_create(actor=actor_for(request), tenant=request.tenant, data=data)
-            except DomainError as exc:
-                apply_domain_error(form, exc)
-            else:
-                messages.success(request, f"Added target {target.name}; checking its health.")
-                return redirect("dashboard:target-detail", pk=target.pk)
-        status = 400
+    """The targets granted to the current tenant: name, kind, health and capacity. Platform admins
+    add and configure targets in the Platform section; tenants never see connection settings."""
     targets = target_list(access=request.access, filters={"tenant": request.tenant.slug})
-    return page(request, "dashboard/targets.html", {"targets": targets, "form": form, "nav": "targets"}, status=status)
+    rows = [(t, sum(gpu_memory_bytes(g) for g in t.gpu_inventory or [] if isinstance(g, dict))) for t in targets]
+    return page(request, "dashboard/targets.html", {"rows": rows, "nav": "targets"})
 
 
 @tenant_view(Perm.TARGET_VIEW)
 def target_detail(request: TenantRequest, pk: int) -> HttpResponse:
-    target = in_tenant(request, target_get(access=request.access, pk=pk))
+    target = target_get(access=request.access, pk=pk)
+    if grant_for(target_id=target.pk, tenant_id=request.tenant.pk) is None:
+        raise NotFound("Target not found.")  # granted to another of the user's tenants, not this one
     gpus = [{"entry": g, "memory": gpu_memory_bytes(g)} for g in target.gpu_inventory or [] if isinstance(g, dict)]
     return page(request, "dashboard/target_detail.html", {"target": target, "gpus": gpus, "nav": "targets"})
-
-
-@tenant_view(Perm.TARGET_VIEW)
-@require_POST
-def target_check(request: TenantRequest, pk: int) -> HttpResponse:
-    require(request, Perm.TARGET_CHANGE)
-    target = in_tenant(request, target_get(access=request.access, pk=pk))
-    deployment_services.target_check(target=target)
-    messages.success(request, "Health check requested.")
-    return redirect("dashboard:target-detail", pk=pk)
-
-
-@tenant_view(Perm.TARGET_VIEW)
-@require_POST
-def target_delete(request: TenantRequest, pk: int) -> HttpResponse:
-    require(request, Perm.TARGET_CHANGE)
-    target = in_tenant(request, target_get(access=request.access, pk=pk))
-    try:
-        deployment_services.target_delete(actor=actor_for(request), target=target)
-    except DomainError as exc:
-        messages.error(request, exc.message)
-        return redirect("dashboard:target-detail", pk=pk)
-    messages.success(request, f"Removed target {target.name}.")
-    return redirect("dashboard:targets")
