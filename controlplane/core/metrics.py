@@ -7,12 +7,12 @@ and replica readiness are visible even while every worker is down, which is when
   queue's lists, one per priority level);
 - ``hangar_deployments{phase}``: deployments per phase;
 - ``hangar_deployment_desired_replicas`` / ``hangar_deployment_ready_replicas``
-  ``{deployment_id, tenant, deployment}``: per deployment that should be running;
+  ``{deployment_id, tenant_id}``: per deployment that should be running;
 - ``hangar_state_collector_up{source}``: 0 when the database or the broker could not be read
   (the families of that source are then left out rather than reported as zeros).
 
 Labels are bounded by what platform admins and tenants have created (deployments), never by
-client input.
+client input, and are ids, not names: ``/metrics`` carries no tenant's names or slugs.
 """
 
 from __future__ import annotations
@@ -97,24 +97,24 @@ class StateCollector(Collector):
         try:
             rows = list(
                 Deployment.objects.values_list(
-                    "pk", "tenant__slug", "name", "phase", "desired_state", "replicas", "ready_replicas"
+                    "pk", "tenant_id", "phase", "desired_state", "replicas", "ready_replicas"
                 ).order_by("pk")
             )
         finally:
             if not connection.in_atomic_block:
                 connection.close()  # a scrape thread keeps no connection between scrapes
         phases = GaugeMetricFamily("hangar_deployments", "Deployments by phase.", labels=["phase"])
-        for phase, count in sorted(Counter(row[3] for row in rows).items()):
+        for phase, count in sorted(Counter(row[2] for row in rows).items()):
             phases.add_metric([phase], count)
-        labels = ["deployment_id", "tenant", "deployment"]
+        labels = ["deployment_id", "tenant_id"]
         desired = GaugeMetricFamily(
             "hangar_deployment_desired_replicas", "Replicas a running deployment asks for.", labels=labels
         )
         ready = GaugeMetricFamily("hangar_deployment_ready_replicas", "Replicas ready to serve.", labels=labels)
-        for pk, tenant, name, _phase, desired_state, replicas, ready_replicas in rows:
+        for pk, tenant_id, _phase, desired_state, replicas, ready_replicas in rows:
             if desired_state != DesiredState.RUNNING:
                 continue
-            values = [str(pk), tenant, name]
+            values = [str(pk), str(tenant_id)]
             desired.add_metric(values, replicas)
             ready.add_metric(values, ready_replicas)
         return [phases, desired, ready]

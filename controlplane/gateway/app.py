@@ -260,7 +260,7 @@ class Gateway:
                 if method not in ("GET", "HEAD"):
                     raise GatewayError(405, "Use GET for /metrics.", code="method_not_allowed")
                 # In a thread: collecting reads the database and Redis (controlplane.core.metrics).
-                data, content_type = await asyncio.to_thread(metrics.render)
+                data, content_type = await metrics.render_async()
                 await exchange.respond(200, data, content_type.encode())
             else:
                 raise GatewayError(404, f"Unknown request URL: {method} {path[:200]}.", code="unknown_url")

@@ -6,7 +6,9 @@ reported as ``-``), so a client cannot blow up the series count.
 
 from __future__ import annotations
 
+import asyncio
 import os
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 from prometheus_client import (
@@ -91,3 +93,12 @@ def render() -> tuple[bytes, str]:
         registry = CollectorRegistry()
         multiprocess.MultiProcessCollector(registry)
     return generate_latest(registry) + control_plane_state(), CONTENT_TYPE_LATEST
+
+
+# One thread of its own: a database that hangs on connect stalls scrapes, never the event loop
+# or the default executor (aiohttp resolves host names there).
+_render_thread = ThreadPoolExecutor(max_workers=1, thread_name_prefix="hangar-metrics")
+
+
+async def render_async() -> tuple[bytes, str]:
+    return await asyncio.get_running_loop().run_in_executor(_render_thread, render)

@@ -294,6 +294,7 @@ def test_every_metric_of_the_dashboard_and_alerts_is_exposed(
     assert sample_value(web_metrics, "hangar_celery_queue_depth", queue="celery") is not None
     assert sample_value(web_metrics, "hangar_state_collector_up", source="database") == 1.0
     assert sample_value(web_metrics, "hangar_deployment_desired_replicas", deployment_id=str(local.pk)) == 1.0
+    assert tenant.slug not in httpx.get(web_metrics).text  # ids only: /metrics names no tenant
     assert sample_value(web_metrics, "hangar_gateway_tokens_total", model="served", kind="completion") == 4.0
     assert (sample_value(web_metrics, "hangar_websocket_messages_total") or 0) >= 1
 
