@@ -1,19 +1,19 @@
 """Each per-tenant target becomes a platform target granted to the tenant that owned it.
 
 Names become unique platform-wide: a name used by several tenants keeps it for the oldest target
-and gets ``-<tenant slug>`` appended on the others. A kubeconfig that was named by path on the
-worker is read in and stored encrypted (as uploaded content), if this process can read it;
-otherwise the target is left with no credentials and its health check says so.
-"""
+and gets ``-<tenant slug>`` appended on the others.
 
-from pathlib import Path
+Kubernetes targets named a kubeconfig *path on the worker*, chosen by a tenant: reading that file
+in would hand the tenant whatever the path pointed at (the worker's own admin kubeconfig when it
+was blank). So nothing is read: the target keeps its context and namespace, gets
+``kube_auth="kubeconfig"`` with no credentials, and fails its health check ("misconfigured")
+until a platform admin uploads a kubeconfig or switches it to the in-cluster service account.
+"""
 
 from django.db import migrations
 
 
 def forwards(apps, schema_editor):
-    from controlplane.core.crypto import encrypt_json
-
     Target = apps.get_model("deployments", "Target")
     TargetGrant = apps.get_model("deployments", "TargetGrant")
     taken: set[str] = set()
@@ -32,14 +32,6 @@ def forwards(apps, schema_editor):
         if target.kind == "kubernetes":
             target.kube_auth = "kubeconfig"
             fields.append("kube_auth")
-            path = Path(target.kubeconfig_path or "~/.kube/config").expanduser()
-            try:
-                content = path.read_text()
-            except (OSError, UnicodeDecodeError):
-                content = ""
-            if content:
-                target.credentials = encrypt_json({"kubeconfig": content})
-                fields.append("credentials")
         target.save(update_fields=fields)
 
 
