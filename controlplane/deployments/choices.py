@@ -14,6 +14,13 @@ class KubeAuth(models.TextChoices):
     KUBECONFIG = "kubeconfig", "An uploaded kubeconfig"
 
 
+class KubeEndpoints(models.TextChoices):
+    """How the gateway reaches a Kubernetes target's replicas."""
+
+    POD_IP = "pod_ip", "Each ready pod by its IP (the gateway balances per pod)"
+    SERVICE = "service", "The deployment's Service (the gateway balances per Service, kube-proxy per pod)"
+
+
 class Phase(models.TextChoices):
     PENDING = "Pending", "Pending"
     DEPLOYING = "Deploying", "Deploying"

@@ -7,7 +7,15 @@ from django.db import models
 
 from controlplane.catalog.choices import DType, Quantization
 from controlplane.core.models import TenantOwned, TimeStamped
-from controlplane.deployments.choices import DesiredState, EventType, KubeAuth, Phase, ReplicaState, TargetKind
+from controlplane.deployments.choices import (
+    DesiredState,
+    EventType,
+    KubeAuth,
+    KubeEndpoints,
+    Phase,
+    ReplicaState,
+    TargetKind,
+)
 
 
 class Target(TimeStamped):
@@ -28,6 +36,9 @@ class Target(TimeStamped):
     kube_auth = models.CharField(max_length=16, choices=KubeAuth.choices, blank=True, default="")
     kube_context = models.CharField(max_length=200, blank=True, default="")
     kube_namespace = models.CharField(max_length=63, blank=True, default="default")
+    # How the gateway reaches replicas: pod IPs (the gateway must be in the pod network) or the
+    # deployment's Service DNS name (a gateway inside the cluster; one endpoint per deployment).
+    kube_endpoints = models.CharField(max_length=16, choices=KubeEndpoints.choices, default=KubeEndpoints.POD_IP)
     # How replicas reach the model directory on Kubernetes: {"type": "hostPath"|"pvc", ...}
     model_volume = models.JSONField(default=dict, blank=True)
     node_selector = models.JSONField(default=dict, blank=True)

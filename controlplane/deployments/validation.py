@@ -20,7 +20,7 @@ from django.utils import timezone
 
 from controlplane.catalog.choices import DType, Quantization
 from controlplane.core.exceptions import ValidationFailed
-from controlplane.deployments.choices import KubeAuth, TargetKind
+from controlplane.deployments.choices import KubeAuth, KubeEndpoints, TargetKind
 
 DNS_LABEL = re.compile(r"^[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?$")
 SERVED_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._:/-]{0,99}$")
@@ -168,6 +168,7 @@ TARGET_SETTINGS = (
     "kube_auth",
     "kube_context",
     "kube_namespace",
+    "kube_endpoints",
     "model_volume",
     "node_selector",
     "tolerations",
@@ -269,6 +270,8 @@ def _check_kind(fields: dict[str, Any], credentials: dict[str, str], errors: dic
         for key in ("kube_auth", "kube_context", "model_volume"):
             if fields[key]:
                 errors[key] = ["Only for Kubernetes targets."]
+        if fields["kube_endpoints"] != KubeEndpoints.POD_IP:
+            errors["kube_endpoints"] = ["Only for Kubernetes targets."]
     return used
 
 
@@ -438,6 +441,12 @@ def _kube_auth(value: Any) -> str:
     return str(value)
 
 
+def _kube_endpoints(value: Any) -> str:
+    if value not in KubeEndpoints.values:
+        raise _Invalid(f"Choose one of {KubeEndpoints.values}.")
+    return str(value)
+
+
 def _kube_namespace(value: Any) -> str:
     if not isinstance(value, str) or (value and not DNS_LABEL.match(value)):
         raise _Invalid("Not a valid Kubernetes namespace name (a DNS label).")
@@ -508,6 +517,7 @@ _SETTING_CHECKS: dict[str, Any] = {
     "kube_auth": _kube_auth,
     "kube_context": _text(200),
     "kube_namespace": _kube_namespace,
+    "kube_endpoints": _kube_endpoints,
     "model_volume": _model_volume,
     "node_selector": _label_map_setting,
     "tolerations": _tolerations_setting,

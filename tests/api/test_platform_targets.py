@@ -191,6 +191,19 @@ def test_kubernetes_in_cluster(api: APIClient) -> None:
     response = create(api, kind="kubernetes", kube_auth="in_cluster", kube_namespace="llm")
     assert response.status_code == 201, response.content
     assert "kube_auth" in errors(create(api, name="k2", kind="kubernetes", kube_namespace="llm"))
+    assert response.json()["kube_endpoints"] == "pod_ip"
+
+
+def test_kubernetes_endpoint_mode_is_a_platform_setting(api: APIClient) -> None:
+    response = create(api, kind="kubernetes", kube_auth="in_cluster", kube_namespace="llm", kube_endpoints="service")
+    assert response.status_code == 201, response.content
+    assert response.json()["kube_endpoints"] == "service"
+    url = f"/api/v1/platform/targets/{response.json()['id']}/"
+    assert api.patch(url, {"kube_endpoints": "pod_ip"}, format="json").json()["kube_endpoints"] == "pod_ip"
+    assert "kube_endpoints" in errors(api.patch(url, {"kube_endpoints": "pod_dns"}, format="json"))
+    assert "kube_endpoints" in errors(
+        create(api, name="d2", kind="docker", docker_url=SOCKET, kube_endpoints="service")
+    )
 
 
 def test_kubernetes_with_an_uploaded_kubeconfig(api: APIClient) -> None:

@@ -14,7 +14,7 @@ from rest_framework import serializers
 
 from controlplane.catalog.choices import DType, Quantization
 from controlplane.core.api import InputSerializer, TenantChoiceMixin, TenantSlugField
-from controlplane.deployments.choices import KubeAuth, TargetKind
+from controlplane.deployments.choices import KubeAuth, KubeEndpoints, TargetKind
 from controlplane.deployments.models import Deployment, DeploymentEvent, Replica, Target, TargetGrant
 from controlplane.deployments.selectors import target_credential_names
 from controlplane.deployments.validation import (
@@ -87,6 +87,7 @@ PLATFORM_TARGET_OUTPUT_FIELDS = (
     "kube_auth",
     "kube_context",
     "kube_namespace",
+    "kube_endpoints",
     "model_volume",
     "node_selector",
     "tolerations",
@@ -160,6 +161,11 @@ class PlatformTargetEditableInput(InputSerializer):
     kube_auth = serializers.ChoiceField(choices=KubeAuth.choices, allow_blank=True, required=False)
     kube_context = serializers.CharField(max_length=200, allow_blank=True, required=False)
     kube_namespace = serializers.CharField(max_length=63, allow_blank=True, required=False)
+    kube_endpoints = serializers.ChoiceField(
+        choices=KubeEndpoints.choices,
+        required=False,
+        help_text="How the gateway reaches replicas: pod_ip (each pod) or service (the deployment's Service).",
+    )
     model_volume = serializers.DictField(
         required=False, help_text='{"type": "hostPath", "path": "/abs/path"} or {"type": "pvc", "claimName": ...}'
     )
