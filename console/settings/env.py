@@ -13,6 +13,8 @@ from typing import Any
 import environ
 
 Text = str  # the methods below shadow the builtin names inside the class body
+Int = int
+Float = float
 
 
 class ImproperlyConfiguredEnv(Exception):
@@ -74,13 +76,13 @@ class Env:
             raise ImproperlyConfiguredEnv(f"{name}={number} is below the minimum {minimum}")
         return number
 
-    def optional_int(self, name: Text, *, minimum: int = 0) -> int | None:
+    def optional_int(self, name: Text, *, minimum: Int = 0) -> Int | None:
         """An integer, or ``None`` when unset (for limits where blank means unlimited)."""
         if self.raw(name) is None:
             return None
         return self.int(name, 0, minimum=minimum)
 
-    def optional_float(self, name: Text, *, minimum: float = 0.0) -> float | None:
+    def optional_float(self, name: Text, *, minimum: Float = 0.0) -> Float | None:
         if self.raw(name) is None:
             return None
         return self.float(name, 0.0, minimum=minimum)
