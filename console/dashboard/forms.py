@@ -175,6 +175,7 @@ def _normalized(value: str) -> str:
     return value.replace("\r\n", "\n").replace("\r", "\n")
 
 
+JSON_WIDGET = forms.Textarea(attrs={"rows": 2})
 CREDENTIAL_FORM_FIELDS = ("tls_ca", "tls_cert", "tls_key", "ssh_key", "kubeconfig")
 TARGET_JSON_FIELDS = {
     "model_volume": dict,
@@ -206,13 +207,17 @@ class PlatformTargetForm(forms.Form):
     model_volume = forms.JSONField(
         required=False,
         initial=dict,
+        widget=JSON_WIDGET,
         help_text='Kubernetes: {"type": "hostPath", "path": "/models"} or {"type": "pvc", "claimName": "models"}',
     )
-    node_selector = forms.JSONField(required=False, initial=dict)
-    tolerations = forms.JSONField(required=False, initial=list)
-    labels = forms.JSONField(required=False, initial=dict)
+    node_selector = forms.JSONField(required=False, initial=dict, widget=JSON_WIDGET)
+    tolerations = forms.JSONField(required=False, initial=list, widget=JSON_WIDGET)
+    labels = forms.JSONField(required=False, initial=dict, widget=JSON_WIDGET)
     gpu_inventory = forms.JSONField(
-        required=False, initial=list, help_text='e.g. [{"id": "0", "name": "A100", "memory_mb": 81920}]'
+        required=False,
+        initial=list,
+        widget=JSON_WIDGET,
+        help_text='e.g. [{"id": "0", "name": "A100", "memory_mb": 81920}]',
     )
     tls_ca = _credential("TLS CA certificate", "PEM; Docker over tcp://.")
     tls_cert = _credential("TLS client certificate", "PEM; Docker over tcp://.")
