@@ -1,22 +1,34 @@
 #!/usr/bin/env bash
 # Full-stack smoke test of deploy/compose.yaml on this Docker host: bring up PostgreSQL, Redis,
-# migrate, web, worker and beat from the locally built images, register the tiny model and a
-# docker target, deploy it (the worker's docker driver starts a hangar-runtime replica), then
-# send a chat completion through the gateway with an API key. Prints timings; tears everything
-# down (compose project, volumes, the replicas it started) unless --keep.
+# migrate, web, worker and beat from the locally built images, then, as a platform admin through
+# the REST API, create a tenant, a docker target granted to it, the tiny model, a deployment and
+# an API key (the worker's docker driver starts a hangar-runtime replica), and send a chat
+# completion through the gateway with that key. Tears everything down (compose project,
+# volumes, the replicas it started) unless --keep, also when a step fails.
+#
+# Progress and timings go to stderr; stdout is one JSON object for tests (tests/e2e/
+# test_compose_stack.py runs this script):
+#   {"answer": <chat completion>, "seconds": {"images", "compose_up_to_ready",
+#    "provision", "deploy_to_answer", "compose_up_to_answer", "total"}, ...}
 #
 # Usage: deploy/dev/compose-smoke.sh [--keep] [--no-build]
-# Needs: root or docker access, deploy/dev/services.sh start, `docker compose` or
-# docker-compose (Debian: apt-get install docker-compose).
+# Environment (all optional): HANGAR_SMOKE_PROJECT (compose project and replica label,
+#   default hangar-smoke), HANGAR_PORT / HANGAR_PG_PORT / HANGAR_REDIS_PORT (loopback ports of
+#   web, PostgreSQL, Redis: 18000 / 15432 / 16379), HANGAR_SMOKE_TIMEOUT (seconds per wait, 180).
+# Needs: root or docker access, the Docker daemon (deploy/dev/services.sh start), `docker
+# compose` or docker-compose 1.29+ (deploy/dev/install-deps.sh), and a Python with torch and
+# transformers to build the tiny model (make venv).
 set -euo pipefail
 
 ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)
-WORK="$ROOT/var/compose-smoke"
-PROJECT=hangar-smoke
+PROJECT=${HANGAR_SMOKE_PROJECT:-hangar-smoke}
+WORK="$ROOT/var/compose-smoke/$PROJECT"
 TIMEOUT=${HANGAR_SMOKE_TIMEOUT:-180}
 
 log() { printf '[smoke %s] %s\n' "$(date -u +%H:%M:%S)" "$*" >&2; }
 die() { log "error: $*"; exit 1; }
+now() { printf '%s' "$EPOCHREALTIME"; }
+since() { python3 -c 'import sys; print(round(float(sys.argv[2]) - float(sys.argv[1]), 1))' "$1" "$(now)"; }
 
 keep=0
 build=1
@@ -28,14 +40,14 @@ for arg in "$@"; do
     esac
 done
 
-docker_bin=/usr/bin/docker
+docker_bin=/usr/bin/docker # Debian's CLI, matching the 20.10 daemon
 [[ -x $docker_bin ]] || docker_bin=$(command -v docker) || die "no docker CLI"
 if "$docker_bin" compose version >/dev/null 2>&1; then
     compose=("$docker_bin" compose)
 elif command -v docker-compose >/dev/null 2>&1; then
     compose=(docker-compose)
 else
-    die "neither \`docker compose\` nor docker-compose found (Debian: apt-get install docker-compose)"
+    die "neither \`docker compose\` nor docker-compose found (Debian: deploy/dev/install-deps.sh)"
 fi
 compose+=(-p "$PROJECT" -f "$ROOT/deploy/compose.yaml")
 
@@ -61,16 +73,19 @@ cleanup() {
         return
     fi
     if [[ $rc -ne 0 ]]; then
-        "${compose[@]}" logs --tail 40 >&2 2>&1 || true
+        "${compose[@]}" logs --no-color --tail 40 >&2 2>&1 || true
     fi
     "${compose[@]}" down -v --remove-orphans >/dev/null 2>&1 || true
     # Replicas belong to the worker, not to compose: remove the ones this instance started.
     local ids
     mapfile -t ids < <("$docker_bin" ps -aq --filter "label=hangar.instance=$HANGAR_INSTANCE")
     [[ ${#ids[@]} -eq 0 ]] || "$docker_bin" rm -f "${ids[@]}" >/dev/null
+    rm -rf "$WORK"
     log "cleaned up"
 }
 trap cleanup EXIT
+trap 'exit 143' TERM
+trap 'exit 130' INT
 
 # poll <seconds> <description> <command...>
 poll() {
@@ -83,70 +98,110 @@ poll() {
     done
 }
 
-started=$SECONDS
+# api <METHOD> <path> [json body] -> response body on stdout; fails loudly on an HTTP error.
+api() {
+    local method=$1 path=$2 body=${3:-} out status
+    out=$(mktemp)
+    status=$(curl -sS -o "$out" -w '%{http_code}' -X "$method" "$base_url$path" \
+        -H "Authorization: Bearer $admin_token" -H 'Content-Type: application/json' \
+        ${body:+--data "$body"}) || { rm -f "$out"; die "$method $path: no answer"; }
+    if [[ $status != 2* ]]; then
+        log "$method $path -> HTTP $status: $(head -c 2000 "$out")"
+        rm -f "$out"
+        return 1
+    fi
+    cat "$out"
+    rm -f "$out"
+}
+# field <json> <key> -> the top-level value of key
+field() { python3 -c 'import json, sys; print(json.loads(sys.argv[1])[sys.argv[2]])' "$1" "$2"; }
+
+started=$(now)
+images_s=0
 if [[ $build -eq 1 ]]; then
     "$ROOT/deploy/images/build" all >/dev/null
-    log "images ready in $((SECONDS - started)) s"
+    images_s=$(since "$started")
+    log "images ready in $images_s s"
 fi
 
+rm -rf "$WORK"
 mkdir -p "$HANGAR_MODELS_DIR"
-python3 -c 'import torch, transformers' 2>/dev/null || [[ -x $ROOT/.venv/bin/python ]] ||
-    die "need a Python with torch/transformers to build the tiny model (make venv)"
 py=python3
 [[ -x $ROOT/.venv/bin/python ]] && py=$ROOT/.venv/bin/python
+"$py" -c 'import torch, transformers' 2>/dev/null ||
+    die "need a Python with torch/transformers to build the tiny model (make venv)"
 # Published in the model root's shared folder, which every tenant may register from.
-(cd "$ROOT" && "$py" -m workers.runtime.tinymodel "$HANGAR_MODELS_DIR/_shared/tiny-llama" >/dev/null)
+model_dir="$HANGAR_MODELS_DIR/_shared/tiny-llama"
+(cd "$ROOT" && "$py" -m workers.runtime.tinymodel "$model_dir" >/dev/null)
 chmod -R a+rX "$HANGAR_MODELS_DIR" # replicas and the control plane run as uid 10001
 
-t0=$SECONDS
+t_up=$(now)
 "${compose[@]}" up -d >/dev/null 2>&1 || die "compose up failed"
-poll "$TIMEOUT" "web answering" curl -sf -o /dev/null "$base_url/login/"
-log "control plane up in $((SECONDS - t0)) s ($base_url)"
+# /readyz: database and Redis reachable, migrations applied.
+poll "$TIMEOUT" "web ready ($base_url/readyz)" curl -sf -o /dev/null "$base_url/readyz"
+ready_s=$(since "$t_up")
+log "control plane ready in $ready_s s ($base_url)"
 
-t1=$SECONDS
-token=$("${compose[@]}" exec -T -e MODEL_DIR="$HANGAR_MODELS_DIR/_shared/tiny-llama" worker hangar manage shell <<'PY' | awk '/^TOKEN /{print $2}'
-import os
-
+# The one step outside the REST API: a platform admin and their access token (tokens are
+# otherwise minted from a signed-in browser session).
+t_provision=$(now)
+admin_token=$("${compose[@]}" exec -T web hangar manage shell <<'PY' | awk '/^TOKEN /{print $2}'
 from django.contrib.auth import get_user_model
-from django.db import transaction
 
-from controlplane.catalog.services import model_register
 from controlplane.core.context import Actor
-from controlplane.deployments.services import deployment_create, target_create
-from controlplane.keys.services import api_key_create
-from controlplane.tenancy.choices import Role
-from controlplane.tenancy.models import Membership
-from controlplane.tenancy.services import tenant_create
+from controlplane.tenancy.services import access_token_create
 
-user = get_user_model().objects.create_superuser(username="smoke", email="", password=os.urandom(16).hex())
-actor = Actor(user=user, via="system")
-tenant = tenant_create(actor=actor, name="Smoke", slug="smoke")
-Membership.objects.get_or_create(user=user, tenant=tenant, defaults={"role": Role.OWNER})
-target = target_create(actor=actor, tenant=tenant, data={"name": "docker", "kind": "docker"})
-model = model_register(actor=actor, tenant=tenant, name="tiny-llama", source=os.environ["MODEL_DIR"])
-with transaction.atomic():
-    deployment_create(actor=actor, tenant=tenant, model=model, target=target, data={"name": "tiny", "replicas": 1})
-_, token = api_key_create(actor=actor, tenant=tenant, data={"name": "smoke"})
+user = get_user_model().objects.create_superuser(username="smoke-admin", email="", password=None)
+_, token = access_token_create(actor=Actor(user=user, via="system"), user=user, name="compose-smoke")
 print("TOKEN", token)
 PY
 )
-[[ -n $token ]] || die "provisioning through manage shell failed"
+[[ -n $admin_token ]] || die "creating the platform admin's token through manage shell failed"
+
+# Everything else as a platform admin through the public API.
+api POST /api/v1/platform/tenants/ '{"name": "Smoke", "slug": "smoke", "owner": "smoke-admin"}' >/dev/null
+target=$(field "$(api POST /api/v1/platform/targets/ \
+    '{"name": "docker", "kind": "docker", "docker_url": "unix:///var/run/docker.sock"}')" id)
+api POST /api/v1/platform/grants/ "{\"target\": $target, \"tenant\": \"smoke\"}" >/dev/null
+model=$(field "$(api POST /api/v1/models/ \
+    "{\"tenant\": \"smoke\", \"name\": \"tiny-llama\", \"source\": \"$model_dir\"}")" id)
+deployment=$(field "$(api POST /api/v1/deployments/ \
+    "{\"tenant\": \"smoke\", \"name\": \"tiny\", \"model\": $model, \"target\": $target, \"replicas\": 1}")" id)
+key=$(field "$(api POST /api/v1/keys/ '{"tenant": "smoke", "name": "smoke"}')" key)
+provision_s=$(since "$t_provision")
+log "provisioned through the REST API in $provision_s s (deployment $deployment)"
 
 chat() {
-    curl -sf "$base_url/v1/chat/completions" -H "Authorization: Bearer $token" \
+    curl -sf "$base_url/v1/chat/completions" -H "Authorization: Bearer $key" \
         -H 'Content-Type: application/json' \
         -d '{"model": "tiny-llama", "messages": [{"role": "user", "content": "hello"}], "max_tokens": 8}'
 }
+t_deploy=$(now)
 poll "$TIMEOUT" "chat completion through the gateway" chat
-log "deployed and answering through the gateway $((SECONDS - t1)) s after provisioning"
+deploy_s=$(since "$t_deploy")
+answer_s=$(since "$t_up")
+log "answering through the gateway $deploy_s s after the deployment, $answer_s s after compose up"
 answer=$(chat)
-printf '%s\n' "$answer"
 python3 -c '
 import json, sys
 c = json.loads(sys.argv[1])
 u = c["usage"]
 assert c["object"] == "chat.completion" and c["choices"][0]["message"]["role"] == "assistant", c
 assert u["total_tokens"] == u["prompt_tokens"] + u["completion_tokens"] and 1 <= u["completion_tokens"] <= 8, u
-' "$answer" || die "unexpected answer shape"
-"$docker_bin" ps --filter "label=hangar.instance=$HANGAR_INSTANCE" --format '{{.Names}}  {{.Image}}  {{.Status}}  {{.Ports}}' >&2
-log "OK in $((SECONDS - started)) s"
+' "$answer" || die "unexpected answer shape: $answer"
+replicas=$("$docker_bin" ps --filter "label=hangar.instance=$HANGAR_INSTANCE" \
+    --format '{{.Names}} {{.Image}} {{.Status}}')
+printf '%s\n' "$replicas" >&2
+[[ -n $replicas ]] || die "no replica container labelled hangar.instance=$HANGAR_INSTANCE"
+total_s=$(since "$started")
+python3 -c '
+import json, sys
+answer, replicas, *figures = sys.argv[1:]
+keys = ("images", "compose_up_to_ready", "provision", "deploy_to_answer", "compose_up_to_answer", "total")
+print(json.dumps({
+    "answer": json.loads(answer),
+    "replicas": replicas.splitlines(),
+    "seconds": dict(zip(keys, map(float, figures))),
+}))
+' "$answer" "$replicas" "$images_s" "$ready_s" "$provision_s" "$deploy_s" "$answer_s" "$total_s"
+log "OK in $total_s s"

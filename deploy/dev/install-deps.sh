@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # Install the host packages that Hangar's development services and image builds need, from
-# Debian's own archive only: PostgreSQL 15, Redis, Docker engine, Chromium (browser tests) and
-# debootstrap (offline base image). Idempotent: packages already installed are left alone and
-# `apt-get update` is skipped when nothing is missing, so re-running it costs a second.
+# Debian's own archive only: PostgreSQL 15, Redis, Docker engine, docker-compose (the compose
+# stack test), Chromium (browser tests) and debootstrap (offline base image). Idempotent:
+# packages already installed are left alone and `apt-get update` is skipped when nothing is
+# missing, so re-running it costs a second.
 #
 # Usage (as root on Debian bookworm):  deploy/dev/install-deps.sh
 set -euo pipefail
@@ -15,6 +16,7 @@ PACKAGES=(
     redis-tools           # redis-cli, used for readiness checks
     docker.io             # dockerd 20.10 + CLI: docker driver and runtime image builds
     containerd            # docker.io depends on it; listed so a partial install is repaired
+    docker-compose        # 1.29: runs deploy/compose.yaml (compose v2 is not in bookworm)
     iptables              # dockerd needs it for published ports
     chromium              # Playwright drives Debian's Chromium (no browser download)
     debootstrap           # builds the Debian base image without any registry
