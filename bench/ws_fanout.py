@@ -18,8 +18,18 @@ What it does:
    the deployment's group at ``--rate`` per second, each stamped with its send time;
 5. every client records each message's delivery latency (receive time − send time, one clock).
 
-Prints a markdown table: clients, messages, expected and delivered messages, lost, latency
-p50/p95/p99/max. Goal: 0 lost, p99 ≤ 100 ms.
+Prints a markdown table per run: delivered messages, superseded ones (a socket that is behind
+gets the newest metrics, not a backlog), lost ones (sockets that never got the final update),
+latency p50/p95/p99/max of what arrived, and the server's CPU per delivered message (every
+process of the server's session). Goal: nothing lost, p99 ≤ 100 ms.
+
+Before/after on the same machine in one run (the machine is shared, so alternate and repeat):
+
+    .venv/bin/python bench/ws_fanout.py --baseline <commit> --repeat 3
+
+runs the server of ``<commit>`` (``git archive`` into a temporary directory, uvicorn with its
+defaults as that commit's entrypoint had) and the current one (``--ws-per-message-deflate=false``
+as ``deploy/console/entrypoint.sh``) alternately, and prints medians and current/baseline ratios.
 """
 
 from __future__ import annotations
@@ -64,6 +74,7 @@ async def _clients(
 
     latencies: list[tuple[int, float]] = []
     received = [0] * count
+    finals = [False] * count
     duplicates = 0
     seen: list[set[int]] = [set() for _ in range(count)]
     limit = asyncio.Semaphore(50)
@@ -94,7 +105,8 @@ async def _clients(
             seen[index].add(seq)
             received[index] += 1
             latencies.append((seq, now - message["bench_sent_at"]))
-            if received[index] >= expected:
+            if seq == expected - 1:  # the final state: a socket that was behind may skip older ones
+                finals[index] = True
                 return
 
     listeners = [asyncio.create_task(listen(i, ws)) for i, ws in enumerate(sockets)]
@@ -109,6 +121,7 @@ async def _clients(
         {
             "latencies": latencies,
             "received": sum(received),
+            "finals": sum(finals),
             "duplicates": duplicates,
             "cpu": time.process_time() - cpu_start,
         }
@@ -132,7 +145,7 @@ def create_fixture() -> dict[str, Any]:
     from django.test import Client
 
     from controlplane.catalog.models import Model
-    from controlplane.deployments.models import Deployment, Target
+    from controlplane.deployments.models import Deployment, Target, TargetGrant
     from controlplane.tenancy.models import Membership, Tenant
 
     tag = f"bench-{os.getpid()}-{int(time.time())}"
@@ -140,7 +153,8 @@ def create_fixture() -> dict[str, Any]:
     user = get_user_model().objects.create_user(username=tag, password="bench-password-1")
     Membership.objects.create(user=user, tenant=tenant, role="viewer")
     model = Model.objects.create(tenant=tenant, name=tag, source="/models/none")
-    target = Target.objects.create(tenant=tenant, name=tag, kind="local")
+    target = Target.objects.create(name=tag, kind="local")
+    TargetGrant.objects.create(target=target, tenant=tenant)
     deployment = Deployment.objects.create(
         tenant=tenant, name=tag, served_model_name=tag, model=model, target=target, phase="Running"
     )
@@ -158,12 +172,12 @@ def remove_fixture(fixture: dict[str, Any]) -> None:
     from controlplane.deployments.models import Deployment, Target
 
     Deployment.objects.filter(pk=fixture["deployment"].pk).delete()
-    Target.objects.filter(tenant=fixture["tenant"]).delete()
+    Target.objects.filter(grants__tenant=fixture["tenant"]).delete()
     fixture["tenant"].delete()
     fixture["user"].delete()
 
 
-def start_server(port: int, log_path: Path, extra: list[str]) -> subprocess.Popen[bytes]:
+def start_server(port: int, log_path: Path, extra: list[str], cwd: Path = REPO_ROOT) -> subprocess.Popen[bytes]:
     env = {**os.environ, "HANGAR_DB_CONN_MAX_AGE": "60", "PYTHONUNBUFFERED": "1"}
     log = log_path.open("wb")
     profile = os.environ.get("BENCH_PROFILE")  # a path: write a cProfile of the server there
@@ -171,7 +185,7 @@ def start_server(port: int, log_path: Path, extra: list[str]) -> subprocess.Pope
         sys.executable, *(["-m", "cProfile", "-o", profile] if profile else []), "-m", "uvicorn", "console.asgi:application",
         "--host", "127.0.0.1", "--port", str(port), "--log-level", "warning", "--no-access-log", *extra,
     ]  # fmt: skip
-    return subprocess.Popen(argv, cwd=REPO_ROOT, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+    return subprocess.Popen(argv, cwd=cwd, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
 
 
 def wait_http(url: str, timeout: float) -> None:
@@ -243,31 +257,21 @@ def percentile(values: list[float], q: float) -> float:
     return ordered[index]
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--clients", type=int, default=1000)
-    parser.add_argument("--messages", type=int, default=50, help="metric updates in the burst")
-    parser.add_argument("--rate", type=float, default=10.0, help="updates per second during the burst")
-    parser.add_argument("--client-procs", type=int, default=2)
-    parser.add_argument(
-        "--server-arg",
-        action="append",
-        default=[],
-        help="extra uvicorn argument (repeatable), e.g. --ws=websockets-sansio",
-    )
-    parser.add_argument("--per-update", action="store_true", help="also print each update's p50 and max")
-    parser.add_argument("--grace", type=float, default=10.0, help="seconds to wait for stragglers")
-    args = parser.parse_args()
+def baseline_tree(ref: str) -> Path:
+    """The repository at ``ref`` (``git archive``, nothing in the checkout changes), to run the old path."""
+    import tempfile
 
-    setup_django()
-    from django.core.management import call_command
+    root = Path(tempfile.mkdtemp(prefix="ws-fanout-baseline-"))
+    archive = subprocess.run(["git", "archive", ref], cwd=REPO_ROOT, check=True, capture_output=True).stdout
+    subprocess.run(["tar", "-x", "-C", str(root)], input=archive, check=True)
+    return root
 
-    call_command("migrate", verbosity=0, interactive=False)
-    fixture = create_fixture()
+
+def run_once(args: argparse.Namespace, fixture: dict[str, Any], cwd: Path, server_args: list[str]) -> dict[str, Any]:
     port = free_port()
     log_path = REPO_ROOT / "var" / "bench-ws-fanout-server.log"
     log_path.parent.mkdir(parents=True, exist_ok=True)
-    server = start_server(port, log_path, args.server_arg)
+    server = start_server(port, log_path, server_args, cwd)
     ctx = mp.get_context("spawn")
     procs: list[Any] = []
     try:
@@ -307,38 +311,128 @@ def main() -> None:
             proc.join(timeout=10)
         os.killpg(server.pid, signal.SIGINT)  # SIGINT: a profiled server still writes its profile
         server.wait(timeout=30)
-        remove_fixture(fixture)
-
     pairs = [pair for c in collected for pair in c["latencies"]]
-    latencies = [value for _, value in pairs]
     delivered = sum(c["received"] for c in collected)
-    expected = connected * args.messages
-    ms = [v * 1000 for v in latencies]
-    print()
-    print(f"ws fan-out: {connected} clients connected in {connect_s:.1f} s; {args.messages} updates "
-          f"at {args.rate:g}/s sent in {burst_s:.2f} s; {os.cpu_count()} CPUs, load average "
-          f"{os.getloadavg()[0]:.1f}; server CPU {server_cpu:.2f} s = "
-          f"{1e6 * server_cpu / max(1, delivered):.0f} µs per delivered message; clients' CPU "
-          f"{sum(c['cpu'] for c in collected):.2f} s")  # fmt: skip
-    print()
-    print(
-        "| clients | updates | expected | delivered | lost | duplicates | p50 ms | p95 ms | p99 ms | max ms | mean ms |"
+    return {
+        "connected": connected,
+        "connect_s": connect_s,
+        "burst_s": burst_s,
+        "load": os.getloadavg()[0],
+        "server_cpu": server_cpu,
+        "client_cpu": sum(c["cpu"] for c in collected),
+        "pairs": pairs,
+        "ms": [v * 1000 for _, v in pairs],
+        "delivered": delivered,
+        "finals": sum(c["finals"] for c in collected),
+        "duplicates": sum(c["duplicates"] for c in collected),
+    }
+
+
+# What deploy/console/entrypoint.sh passes to uvicorn that matters here.
+PRODUCTION_WS_ARGS = ["--ws-per-message-deflate=false"]
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--clients", type=int, default=1000)
+    parser.add_argument("--messages", type=int, default=50, help="metric updates in the burst")
+    parser.add_argument("--rate", type=float, default=10.0, help="updates per second during the burst")
+    parser.add_argument("--client-procs", type=int, default=2)
+    parser.add_argument(
+        "--server-arg",
+        action="append",
+        help=f"extra uvicorn argument (repeatable; default: the production entrypoint's {PRODUCTION_WS_ARGS})",
     )
-    print("|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
-    print(
-        f"| {connected} | {args.messages} | {expected} | {delivered} | {expected - delivered} | "
-        f"{sum(c['duplicates'] for c in collected)} | {percentile(ms, 0.5):.1f} | {percentile(ms, 0.95):.1f} | "
-        f"{percentile(ms, 0.99):.1f} | {max(ms, default=float('nan')):.1f} | "
-        f"{statistics.fmean(ms) if ms else float('nan'):.1f} |"
+    parser.add_argument(
+        "--baseline",
+        metavar="GIT_REF",
+        help="also run the server of this commit (git archive, uvicorn defaults), alternating with the current one",
+    )
+    parser.add_argument(
+        "--baseline-server-arg", action="append", default=[], help="extra uvicorn argument for the baseline"
+    )
+    parser.add_argument("--repeat", type=int, default=1, help="runs per variant (alternating)")
+    parser.add_argument("--per-update", action="store_true", help="also print each update's p50 and max")
+    parser.add_argument("--grace", type=float, default=10.0, help="seconds to wait for stragglers")
+    args = parser.parse_args()
+
+    setup_django()
+    from django.core.management import call_command
+
+    call_command("migrate", verbosity=0, interactive=False)
+    variants: list[tuple[str, Path, list[str]]] = []
+    if args.baseline:
+        variants.append((f"baseline {args.baseline[:10]}", baseline_tree(args.baseline), args.baseline_server_arg))
+    variants.append(("current", REPO_ROOT, args.server_arg if args.server_arg is not None else PRODUCTION_WS_ARGS))
+    fixture = create_fixture()
+    runs: list[tuple[str, int, dict[str, Any]]] = []
+    try:
+        for rep in range(args.repeat):
+            for name, cwd, server_args in variants:
+                runs.append((name, rep, run_once(args, fixture, cwd, server_args)))
+                print(f"# {name} run {rep + 1}: {summary(runs[-1][2], args)}", flush=True)
+    finally:
+        remove_fixture(fixture)
+    print_report(args, variants, runs)
+
+
+def summary(r: dict[str, Any], args: argparse.Namespace) -> str:
+    return (
+        f"p50 {percentile(r['ms'], 0.5):.1f} ms, p99 {percentile(r['ms'], 0.99):.1f} ms, "
+        f"{1e6 * r['server_cpu'] / max(1, r['delivered']):.0f} µs server CPU per delivered message, "
+        f"{r['connected'] - r['finals']} sockets without the final update, load {r['load']:.1f}"
     )
 
-    if args.per_update:
+
+def print_report(
+    args: argparse.Namespace, variants: list[tuple[str, Path, list[str]]], runs: list[tuple[str, int, dict[str, Any]]]
+) -> None:
+    print()
+    print(f"ws fan-out: {args.clients} clients, {args.messages} updates at {args.rate:g}/s, {os.cpu_count()} CPUs")
+    print()
+    print(
+        "| variant | run | connected | delivered | superseded | lost (no final update) | duplicates "
+        "| p50 ms | p95 ms | p99 ms | max ms | server CPU s | µs per delivered | load avg |"
+    )
+    print("|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
+    for name, rep, r in runs:
+        ms = r["ms"]
+        print(
+            f"| {name} | {rep + 1} | {r['connected']} | {r['delivered']} | "
+            f"{r['connected'] * args.messages - r['delivered']} | {r['connected'] - r['finals']} | "
+            f"{r['duplicates']} | {percentile(ms, 0.5):.1f} | {percentile(ms, 0.95):.1f} | "
+            f"{percentile(ms, 0.99):.1f} | {max(ms, default=float('nan')):.1f} | {r['server_cpu']:.2f} | "
+            f"{1e6 * r['server_cpu'] / max(1, r['delivered']):.0f} | {r['load']:.1f} |"
+        )
+    if len(variants) == 2:
+        medians = {}
+        for name, _, _ in variants:
+            mine = [r for n, _, r in runs if n == name]
+            medians[name] = {
+                "p50": statistics.median(percentile(r["ms"], 0.5) for r in mine),
+                "p99": statistics.median(percentile(r["ms"], 0.99) for r in mine),
+                "cpu": statistics.median(r["server_cpu"] / max(1, r["delivered"]) for r in mine),
+            }
+        old, new = (medians[name] for name, _, _ in variants)
         print()
-        print("| update | p50 ms | max ms |")
-        print("|---:|---:|---:|")
-        for seq in range(args.messages):
-            values = [v * 1000 for s, v in pairs if s == seq]
-            print(f"| {seq} | {percentile(values, 0.5):.1f} | {max(values, default=float('nan')):.1f} |")
+        print("| median over runs | p50 ms | p99 ms | µs server CPU per delivered message |")
+        print("|---|---:|---:|---:|")
+        for name, _, _ in variants:
+            m = medians[name]
+            print(f"| {name} | {m['p50']:.1f} | {m['p99']:.1f} | {1e6 * m['cpu']:.0f} |")
+        print(
+            f"| current / baseline | {new['p50'] / old['p50']:.2f} | {new['p99'] / old['p99']:.2f} "
+            f"| {new['cpu'] / old['cpu']:.2f} |"
+        )
+    if args.per_update:
+        for name, rep, r in runs:
+            print()
+            print(f"{name}, run {rep + 1}:")
+            print("| update | p50 ms | max ms |")
+            print("|---:|---:|---:|")
+            for seq in range(args.messages):
+                values = [v * 1000 for s, v in r["pairs"] if s == seq]
+                print(f"| {seq} | {percentile(values, 0.5):.1f} | {max(values, default=float('nan')):.1f} |")
 
 
 if __name__ == "__main__":

@@ -21,11 +21,13 @@ celery_quiet=""
 
 case $cmd in
     web)
+        # No permessage-deflate: compressing each small live-update frame once per websocket
+        # cost more server CPU than the rest of the fan-out (bench/ws_fanout.py).
         exec uvicorn console.asgi:application \
             --host "${HANGAR_HOST:-0.0.0.0}" --port "${HANGAR_PORT:-8000}" \
             --workers "${HANGAR_WEB_WORKERS:-1}" \
             --proxy-headers --forwarded-allow-ips "${HANGAR_FORWARDED_ALLOW_IPS:-127.0.0.1}" \
-            --no-server-header "$@"
+            --no-server-header --ws-per-message-deflate false "$@"
         ;;
     worker)
         if [[ ${HANGAR_WORKER_METRICS_PORT:-0} != 0 ]]; then

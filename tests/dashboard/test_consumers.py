@@ -142,14 +142,15 @@ async def test_a_slow_client_gets_coalesced_metrics_and_is_dropped_when_far_behi
     sent: list[dict[str, Any]] = []
     closed: list[int] = []
 
-    async def slow_send(text_data: str) -> None:
+    async def slow_send(message: dict[str, Any]) -> None:
         await gate.wait()
-        sent.append(json.loads(text_data))
+        assert message["type"] == "websocket.send"
+        sent.append(json.loads(message["text"]))
 
     async def close(code: int | None = None) -> None:
         closed.append(code or 1000)
 
-    consumer.send = slow_send  # type: ignore[method-assign,assignment]
+    consumer._send_raw = slow_send
     consumer.close = close  # type: ignore[method-assign]
     consumer._queue = deque()
     consumer._metrics = {}
@@ -194,3 +195,36 @@ async def test_one_hub_subscription_serves_every_socket_of_a_group(member: dict[
     for ws in sockets:
         await ws.disconnect()
     assert group not in hub.members and group not in hub.channels  # unsubscribed with the last socket
+
+
+async def test_the_tenant_socket_follows_the_sessions_tenant_and_never_another(member: dict[str, Any]) -> None:
+    """A member of two tenants gets only the tenant the session chose; a session that names a
+    tenant the user does not belong to falls back to one of theirs, never the named one."""
+    second = await sync_to_async(TenantFactory)()
+    stranger = await sync_to_async(TenantFactory)()
+    await sync_to_async(MembershipFactory)(user=member["user"], tenant=second, role=Role.VIEWER)
+    layer = get_channel_layer()
+
+    async def pushes_seen(chosen: int) -> set[int]:
+        client, cookie = await sync_to_async(_login)(member["user"])
+
+        def choose() -> None:
+            session = client.session
+            session[consumers.SESSION_TENANT] = chosen
+            session.save()
+
+        await sync_to_async(choose)()
+        ws = await connect("/ws/tenant/", cookie)
+        assert (await ws.connect())[0]
+        for tenant in (member["tenant"], second, stranger):
+            await layer.group_send(
+                tenant_group(tenant.pk), {"type": "push", "payload": {"kind": "event", "t": tenant.pk}}
+            )
+        seen = {(await ws.receive_json_from(timeout=5))["t"]}
+        assert await ws.receive_nothing(timeout=0.3)
+        await ws.disconnect()
+        return seen
+
+    assert await pushes_seen(second.pk) == {second.pk}
+    assert await pushes_seen(member["tenant"].pk) == {member["tenant"].pk}
+    assert await pushes_seen(stranger.pk) == {min(member["tenant"].pk, second.pk)}
