@@ -179,6 +179,7 @@ class Gateway:
         self._started = True
         redis_url = settings.REDIS_URL
         self.limiter = Limiter(self.conf, redis_url)
+        self.keys.connect(redis_url)  # revocation markers, read while the database is down
         self.session = aiohttp.ClientSession(
             connector=aiohttp.TCPConnector(limit=0, ttl_dns_cache=300, keepalive_timeout=30),
             timeout=aiohttp.ClientTimeout(
@@ -211,6 +212,7 @@ class Gateway:
             logger.exception("final usage flush failed")
         if self.limiter is not None:
             await self.limiter.close()
+        await self.keys.close()
         if self.session is not None:
             await self.session.close()
         self._started = False

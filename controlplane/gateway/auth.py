@@ -1,8 +1,9 @@
 """API key verification for the gateway.
 
 parse -> checksum (rejects typos without a database hit) -> key id lookup in a short cache of
-key records (≤ 60 s; purged in every process on revoke via Redis pub/sub) -> constant-time
-digest compare -> revocation, expiry, scope. The presented token never reaches a log line,
+key records (≤ 60 s; purged in every process on revoke via Redis pub/sub; the last known
+record serves while the database is unreachable) -> constant-time digest compare ->
+revocation, expiry, scope. The presented token never reaches a log line,
 an error message or a metric label.
 """
 
@@ -10,37 +11,64 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import logging
 import time
 
 import redis.asyncio as aioredis
+from django.db import InterfaceError, OperationalError
 from redis.exceptions import RedisError
 
 from controlplane.core import secrets
 from controlplane.gateway import metrics
 from controlplane.gateway.conf import GatewayConf
-from controlplane.gateway.db import run_db
+from controlplane.gateway.db import RETRY_SECONDS, DatabaseUnavailable, run_db
 from controlplane.gateway.errors import GatewayError, unauthorized
 from controlplane.gateway.selectors import KeyRecord, gateway_key_get
 from controlplane.keys.choices import KEY_PREFIX
-from controlplane.keys.services import REVOCATION_CHANNEL
+from controlplane.keys.services import REVOCATION_CHANNEL, REVOCATION_MARKER_PREFIX
 
 logger = logging.getLogger(__name__)
 
 MAX_CACHED = 100_000
-KEY_HIT, KEY_MISS, KEY_NEGATIVE = (metrics.KEY_CACHE.labels(r) for r in ("hit", "miss", "negative"))
+KEY_HIT, KEY_MISS, KEY_NEGATIVE, KEY_STALE = (metrics.KEY_CACHE.labels(r) for r in ("hit", "miss", "negative", "stale"))
+CLOCK_SKEW_SECONDS = 60.0  # between the process that revoked and this one
 INVALID = "Invalid API key. Send a valid key as 'Authorization: Bearer hgr_...'."
 
 
 class KeyCache:
-    """Key id -> verified-able record (or ``None`` for unknown ids), with single-flight loads."""
+    """Key id -> verified-able record (or ``None`` for unknown ids), with single-flight loads.
+
+    Static stability: every record read from the database is also kept as the key's last known
+    state. While the database is unreachable, a key read at most ``key_stale_seconds`` ago is
+    served from it, after two revocation checks that need no database: announcements heard on
+    pub/sub turn the last known state into a revoked one (``purge``), and the revocation marker
+    in Redis (``controlplane.keys.services``) catches announcements this process missed. A key
+    never read before gets the database's error (the gateway answers 503, not 401).
+    """
 
     def __init__(self, conf: GatewayConf) -> None:
         self.ttl = conf.key_cache_seconds
         self.negative_ttl = conf.key_negative_cache_seconds
+        self.stale_limit = conf.key_stale_seconds
+        self.redis_timeout = conf.redis_timeout
         self.entries: dict[str, tuple[float, KeyRecord | None]] = {}
         self.loading: dict[str, asyncio.Future[KeyRecord | None]] = {}
+        # key id -> (wall time its read from the database started, record): outage fallback
+        self.known: dict[str, tuple[float, KeyRecord]] = {}
+        self.redis: aioredis.Redis | None = None
         self.epoch = 0  # bumped by every purge; a load that raced a purge is not cached
+
+    def connect(self, redis_url: str) -> None:
+        self.redis = aioredis.Redis.from_url(
+            redis_url, socket_timeout=self.redis_timeout, socket_connect_timeout=self.redis_timeout
+        )
+
+    async def close(self) -> None:
+        if self.redis is not None:
+            with contextlib.suppress(Exception):
+                await self.redis.aclose()
+            self.redis = None
 
     async def get(self, key_id: str) -> KeyRecord | None:
         entry = self.entries.get(key_id)
@@ -54,8 +82,17 @@ class KeyCache:
         future: asyncio.Future[KeyRecord | None] = asyncio.get_running_loop().create_future()
         self.loading[key_id] = future
         epoch = self.epoch
+        read_at = time.time()
+        ttl = self.ttl
         try:
-            record = await run_db(gateway_key_get, key_id=key_id)
+            try:
+                record = await run_db(gateway_key_get, key_id=key_id)
+            except (OperationalError, InterfaceError):
+                record = await self._last_known(key_id)  # or raises
+                ttl = RETRY_SECONDS  # try the database again soon
+            else:
+                if epoch == self.epoch and record is not None:
+                    self._remember(key_id, read_at, record)
         except BaseException as exc:
             future.set_exception(exc)
             future.exception()  # mark retrieved: waiters may not exist
@@ -66,9 +103,48 @@ class KeyCache:
         if epoch == self.epoch:
             if len(self.entries) >= MAX_CACHED:
                 self._prune()
-            ttl = self.ttl if record is not None else self.negative_ttl
-            self.entries[key_id] = (time.monotonic() + ttl, record)
+            self.entries[key_id] = (time.monotonic() + (ttl if record is not None else self.negative_ttl), record)
         return record
+
+    def _remember(self, key_id: str, read_at: float, record: KeyRecord) -> None:
+        if len(self.known) >= MAX_CACHED and key_id not in self.known:
+            cutoff = time.time() - self.stale_limit
+            self.known = {k: v for k, v in self.known.items() if v[0] > cutoff}
+            if len(self.known) >= MAX_CACHED:
+                self.known.clear()
+        self.known[key_id] = (read_at, record)
+
+    async def _last_known(self, key_id: str) -> KeyRecord:
+        """The key as last read, for when the database is unreachable; re-raises otherwise."""
+        known = self.known.get(key_id)
+        if known is None or known[0] < time.time() - self.stale_limit:
+            raise DatabaseUnavailable("the database is unreachable and this key was not read before")
+        read_at, record = known
+        if not record.revoked and await self._revoked_since(key_id, read_at):
+            record = dataclasses.replace(record, revoked=True)
+            self.known[key_id] = (read_at, record)
+        KEY_STALE.inc()
+        return record
+
+    async def _revoked_since(self, key_id: str, read_at: float) -> bool:
+        """Whether Redis holds a revocation of the key made after (or about when) it was read.
+
+        Older markers are left from a tenant deactivated and activated again. Redis unreachable
+        as well: only the announcements heard so far count.
+        """
+        if self.redis is None:
+            return False
+        try:
+            value = await self.redis.get(REVOCATION_MARKER_PREFIX + key_id)
+        except (RedisError, OSError):
+            return False
+        if value is None:
+            return False
+        try:
+            revoked_at = float(value)
+        except ValueError:
+            return True
+        return revoked_at + CLOCK_SKEW_SECONDS >= read_at
 
     def _prune(self) -> None:
         now = time.monotonic()
@@ -77,10 +153,16 @@ class KeyCache:
             self.entries.clear()
 
     def purge(self, key_id: str) -> None:
+        """The key was revoked (or its tenant deactivated): forget it, and remember it refused."""
         self.epoch += 1
         self.entries.pop(key_id, None)
+        known = self.known.get(key_id)
+        if known is not None and not known[1].revoked:
+            self.known[key_id] = (known[0], dataclasses.replace(known[1], revoked=True))
 
     def clear(self) -> None:
+        """Announcements may have been missed: read every key again (the revocation markers
+        cover the last known states until then)."""
         self.epoch += 1
         self.entries.clear()
 

@@ -16,6 +16,7 @@ class GatewayConf:
     max_body_bytes: int
     key_cache_seconds: float  # verified keys; revocation purges earlier via pub/sub
     key_negative_cache_seconds: float  # unknown key ids (well-formed but not in the DB)
+    key_stale_seconds: float  # database down: keys read from it at most this long ago still serve
     route_cache_seconds: float  # routing table freshness
     route_stale_seconds: float  # served stale while one refresh runs in the background
     usage_flush_seconds: float
@@ -41,6 +42,8 @@ def load() -> GatewayConf:
         max_body_bytes=int(get(settings, "HANGAR_MAX_BODY_BYTES", 1024 * 1024)),
         key_cache_seconds=min(60.0, float(get(settings, "HANGAR_GATEWAY_KEY_CACHE_SECONDS", 30.0))),
         key_negative_cache_seconds=float(get(settings, "HANGAR_GATEWAY_KEY_NEGATIVE_CACHE_SECONDS", 5.0)),
+        # Below the revocation markers' lifetime (controlplane.keys.services), which it relies on.
+        key_stale_seconds=min(6 * 86400.0, float(get(settings, "HANGAR_GATEWAY_KEY_STALE_SECONDS", 86400.0))),
         route_cache_seconds=float(get(settings, "HANGAR_GATEWAY_ROUTE_CACHE_SECONDS", 1.0)),
         route_stale_seconds=float(get(settings, "HANGAR_GATEWAY_ROUTE_STALE_SECONDS", 5.0)),
         usage_flush_seconds=float(get(settings, "HANGAR_GATEWAY_USAGE_FLUSH_SECONDS", 2.0)),

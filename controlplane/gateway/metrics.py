@@ -46,7 +46,7 @@ UPSTREAM_ERRORS = Counter("hangar_gateway_upstream_errors_total", "Failures talk
 IN_FLIGHT = Gauge("hangar_gateway_in_flight_requests", "Requests currently proxied by this process.")
 COLD_STARTS = Counter("hangar_gateway_cold_starts_total", "Requests that waited for a replica to start.", ["outcome"])
 USAGE_FLUSH_FAILURES = Counter("hangar_gateway_usage_flush_failures_total", "Failed usage flushes (retried).")
-KEY_CACHE = Counter("hangar_gateway_key_cache_total", "Key cache lookups.", ["result"])  # hit | miss | negative
+KEY_CACHE = Counter("hangar_gateway_key_cache_total", "Key cache lookups.", ["result"])  # hit | miss | negative | stale
 TOKENS = Counter(
     "hangar_gateway_tokens_total", "Tokens metered by model and kind (prompt | completion).", ["model", "kind"]
 )

@@ -2,7 +2,9 @@
 
 The routing table (per tenant) is cached for about a second and served slightly stale while
 one background refresh runs, so the database sees a couple of queries per tenant per second
-per process, never one per request. Replicas are chosen by fewest in-flight requests (tracked
+per process, never one per request. While the database is unreachable the last table read
+is served, however old (static stability: replicas outlive a database outage, and the
+passive health below skips the ones that fail). Replicas are chosen by fewest in-flight requests (tracked
 in this process); a replica whose connections keep failing is ejected for a short time.
 """
 
@@ -11,6 +13,8 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+
+from django.db import InterfaceError, OperationalError
 
 from controlplane.deployments.choices import DesiredState, Phase
 from controlplane.gateway.conf import GatewayConf
@@ -54,7 +58,12 @@ class RouteTable:
             if max_age is None and age < self.stale:
                 self._refresh(tenant_id)  # background; this request uses the slightly stale table
                 return entry[1]
-        return await asyncio.shield(self._refresh(tenant_id))
+        try:
+            return await asyncio.shield(self._refresh(tenant_id))
+        except (OperationalError, InterfaceError):
+            if entry is None:
+                raise
+            return entry[1]  # the last good table; _load keeps it for the next attempt
 
     def _refresh(self, tenant_id: int) -> asyncio.Task[dict[str, Route]]:
         task = self.loading.get(tenant_id)

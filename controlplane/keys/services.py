@@ -23,6 +23,12 @@ logger = logging.getLogger(__name__)
 # Pub/sub channel on which every gateway process hears about revoked keys and drops them
 # from its cache at once.
 REVOCATION_CHANNEL = "hangar:keys:revoked"
+# ...and a marker per revoked key (``<prefix><key id>`` = revocation time, epoch seconds) that a
+# gateway checks while the database is unreachable and it serves keys it loaded earlier, so a
+# revocation it did not hear (its Redis connection was down at the time) is still honoured.
+# It outlives the longest a gateway serves a key without reading it again from the database.
+REVOCATION_MARKER_PREFIX = "hangar:keys:revoked:"
+REVOCATION_MARKER_SECONDS = 7 * 24 * 3600
 MAX_ALLOWED_MODELS = 100
 
 
@@ -92,10 +98,14 @@ def api_key_create(*, actor: Actor, tenant: Tenant, data: dict[str, Any]) -> tup
 
 def announce_revoked(key_id: str) -> None:
     """Tell every gateway process to drop the key from its cache (best effort; the cache TTL bounds it)."""
+    import time
+
     import redis
 
     try:
         client = redis.Redis.from_url(settings.REDIS_URL, socket_timeout=1, socket_connect_timeout=1)
+        # Marker first: a gateway that reacts to the announcement may look for it.
+        client.set(REVOCATION_MARKER_PREFIX + key_id, repr(time.time()), ex=REVOCATION_MARKER_SECONDS)
         client.publish(REVOCATION_CHANNEL, key_id)
         client.close()
     except redis.RedisError:
