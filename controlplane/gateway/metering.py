@@ -5,7 +5,9 @@ flushes the counters every few seconds in one transaction of additive upserts, a
 on graceful shutdown. ``ApiKey.last_used_at`` and ``Deployment.last_request_at`` are collected
 the same way and written about once a minute / every few seconds, never per request.
 A failed flush keeps the counters for the next attempt (bounded, so a long outage cannot
-exhaust memory).
+exhaust memory): while the database is unreachable usage accumulates here and is written when it
+returns. A flush whose commit went unanswered (the connection broke) is kept aside until the
+database says whether that transaction committed: written once, never lost, never twice.
 """
 
 from __future__ import annotations
@@ -17,21 +19,23 @@ from datetime import UTC, datetime
 
 from controlplane.gateway import metrics
 from controlplane.gateway.conf import GatewayConf
-from controlplane.gateway.db import run_db
-from controlplane.gateway.services import deployments_mark_requested
+from controlplane.gateway.db import DatabaseUnavailable, run_db, run_db_once
+from controlplane.gateway.services import deployments_mark_requested, transaction_committed, usage_flush
 from controlplane.keys.services import api_key_touch
-from controlplane.usage.services import UsageDelta, usage_record_batch
+from controlplane.usage.services import UsageDelta
 
 logger = logging.getLogger(__name__)
 
 MAX_PENDING_ROWS = 200_000
 UsageKey = tuple[int, int, str, int]  # key pk, tenant id, model, minute (epoch seconds)
+Rows = dict[UsageKey, list[float]]
 
 
 class Meter:
     def __init__(self, conf: GatewayConf) -> None:
         self.conf = conf
-        self.usage: dict[UsageKey, list[float]] = {}
+        self.usage: Rows = {}
+        self.unconfirmed: list[tuple[int, Rows]] = []  # (transaction id, its rows): commit unanswered
         self.keys_used: set[int] = set()
         self.deployments_used: set[int] = set()
         self._lock = asyncio.Lock()
@@ -64,8 +68,32 @@ class Meter:
         if deployment_id is not None:
             self.deployments_used.add(deployment_id)
 
+    def _keep(self, rows: Rows) -> None:
+        for ukey, row in rows.items():
+            current = self.usage.setdefault(ukey, [0, 0, 0, 0, 0.0])
+            for i in range(5):
+                current[i] += row[i]
+
+    async def _confirm(self) -> None:
+        """Settle the batches whose commit went unanswered: drop the committed, keep the rest."""
+        waiting = []
+        for txid, rows in self.unconfirmed:
+            try:
+                committed = await run_db(transaction_committed, txid=txid)
+            except Exception:
+                committed = None  # ask again next time
+            if committed is None:
+                waiting.append((txid, rows))
+            elif not committed:
+                self._keep(rows)
+            else:
+                logger.info("usage batch of transaction %s was written before the connection broke", txid)
+        self.unconfirmed = waiting
+
     async def flush_usage(self) -> None:
         async with self._lock:
+            if self.unconfirmed:
+                await self._confirm()
             if not self.usage:
                 return
             pending, self.usage = self.usage, {}
@@ -83,15 +111,17 @@ class Meter:
                 )
                 for (key, tenant, model, minute), row in pending.items()
             ]
+            txids: list[int] = []
             try:
-                await run_db(usage_record_batch, deltas=deltas)
-            except Exception:
+                await run_db_once(usage_flush, deltas=deltas, txids=txids)
+            except Exception as exc:
                 metrics.USAGE_FLUSH_FAILURES.inc()
-                logger.exception("usage flush failed; %d rows kept for the next attempt", len(pending))
-                for ukey, row in pending.items():
-                    current = self.usage.setdefault(ukey, [0, 0, 0, 0, 0.0])
-                    for i in range(5):
-                        current[i] += row[i]
+                if not isinstance(exc, DatabaseUnavailable):  # that one was logged when it began
+                    logger.exception("usage flush failed; %d rows kept for the next attempt", len(pending))
+                if txids:  # the transaction began: it may have committed before the answer was lost
+                    self.unconfirmed.append((txids[0], pending))
+                else:
+                    self._keep(pending)
 
     async def flush_deployments(self) -> None:
         if not self.deployments_used:
@@ -99,8 +129,9 @@ class Meter:
         ids, self.deployments_used = sorted(self.deployments_used), set()
         try:
             await run_db(deployments_mark_requested, deployment_ids=ids, at=datetime.now(UTC))
-        except Exception:
-            logger.exception("could not record last_request_at")
+        except Exception as exc:
+            if not isinstance(exc, DatabaseUnavailable):
+                logger.exception("could not record last_request_at")
             self.deployments_used.update(ids)
 
     async def flush_keys(self) -> None:
@@ -109,8 +140,9 @@ class Meter:
         ids, self.keys_used = sorted(self.keys_used), set()
         try:
             await run_db(api_key_touch, key_pks=ids, at=datetime.now(UTC))
-        except Exception:
-            logger.exception("could not record last_used_at")
+        except Exception as exc:
+            if not isinstance(exc, DatabaseUnavailable):
+                logger.exception("could not record last_used_at")
             self.keys_used.update(ids)
 
     async def flush_all(self) -> None:

@@ -6,7 +6,9 @@ from datetime import UTC, datetime
 
 import httpx
 import pytest
+from django.db import transaction
 
+from controlplane.gateway.services import transaction_committed, usage_flush
 from controlplane.usage.models import UsageRecord
 from controlplane.usage.services import UsageDelta, usage_record_batch
 from tests.gateway.conftest import auth, start_gateway, stop
@@ -38,6 +40,24 @@ def test_usage_batches_add_to_the_minute_row(make_key):
     row = UsageRecord.objects.get(api_key=key, model="m", minute=minute)
     assert (row.requests, row.prompt_tokens, row.completion_tokens, row.errors) == (4, 20, 10, 2)
     assert row.latency_ms_sum == pytest.approx(7.0)
+
+
+def test_a_usage_flush_can_be_confirmed_after_its_answer_is_lost(make_key):
+    """The gateway keeps a flush whose commit went unanswered until the database says whether
+    its transaction committed (written once, never twice, never lost)."""
+    key, _ = make_key()
+    minute = datetime(2026, 11, 23, 11, 0, tzinfo=UTC)
+    delta = UsageDelta(tenant_id=key.tenant_id, api_key_id=key.pk, model="m", minute=minute, requests=2)
+    gone = UsageDelta(tenant_id=key.tenant_id, api_key_id=10**9, model="m", minute=minute, requests=1)
+    committed: list[int] = []
+    assert usage_flush(deltas=[delta, gone], txids=committed) == 1  # a deleted key's row is dropped
+    assert len(committed) == 1 and transaction_committed(txid=committed[0]) is True
+    rolled_back: list[int] = []
+    with pytest.raises(RuntimeError), transaction.atomic():
+        usage_flush(deltas=[delta], txids=rolled_back)
+        raise RuntimeError("the commit never happened")
+    assert len(rolled_back) == 1 and transaction_committed(txid=rolled_back[0]) is False
+    assert UsageRecord.objects.get(api_key=key, minute=minute).requests == 2
 
 
 def test_usage_is_flushed_on_graceful_shutdown(gateway_db_name, stub_upstream, make_key, serve_model):
