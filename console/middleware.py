@@ -2,13 +2,20 @@
 
 from __future__ import annotations
 
+import logging
+import sys
 from collections.abc import Callable
+from typing import Any
 
 import structlog
 from django.conf import settings
+from django.core.signals import got_request_exception
+from django.db import InterfaceError, OperationalError
 from django.http import HttpRequest, HttpResponse, JsonResponse
 
 from controlplane.core import request_id
+
+logger = logging.getLogger(__name__)
 
 
 class RequestIdMiddleware:
@@ -51,3 +58,66 @@ class BodySizeLimitMiddleware:
                 status=413,
             )
         return self.get_response(request)
+
+
+DATABASE_RETRY_AFTER_S = 5
+_DATABASE_ERRORS = (OperationalError, InterfaceError)
+_DATABASE_ERROR_SEEN = "_hangar_database_error"
+_UNAVAILABLE_PAGE = """<!doctype html>
+<html lang="en"><head><meta charset="utf-8"><title>Hangar is briefly unavailable</title></head>
+<body><h1>Hangar is briefly unavailable</h1>
+<p>The console cannot reach its database. Serving models through the gateway goes on; this page
+will work again as soon as the database is back. Try again in a few seconds.</p></body></html>
+"""
+
+
+def database_unavailable_response(request: HttpRequest) -> HttpResponse:
+    """503 with ``Retry-After``: JSON under ``/api/``, a small page (no template, no database) elsewhere."""
+    response: HttpResponse
+    if request.path.startswith("/api/"):
+        response = JsonResponse(
+            {"detail": "The database is unavailable; try again shortly.", "code": "database_unavailable"},
+            status=503,
+        )
+    else:
+        response = HttpResponse(_UNAVAILABLE_PAGE, status=503, content_type="text/html; charset=utf-8")
+    response["Retry-After"] = str(DATABASE_RETRY_AFTER_S)
+    response["Cache-Control"] = "no-store"
+    return response
+
+
+def _note_database_error(sender: Any, request: HttpRequest | None = None, **kwargs: Any) -> None:
+    # Sent while Django turns an exception into its 500 page; the exception is the current one.
+    exc = sys.exc_info()[1]
+    if request is not None and isinstance(exc, _DATABASE_ERRORS):
+        setattr(request, _DATABASE_ERROR_SEEN, True)
+
+
+got_request_exception.connect(_note_database_error, dispatch_uid="hangar-database-unavailable")
+
+
+class DatabaseUnavailableMiddleware:
+    """Answer 503 with ``Retry-After`` instead of a 500 (or Django's debug page) when the
+    database cannot be reached (``OperationalError``/``InterfaceError``), wherever it is raised:
+    in a view (``process_exception``) or in another middleware, such as the session's save,
+    (Django has already made a 500 of it; the signal above marked the request).
+
+    Second in ``MIDDLEWARE``, right after the request id, so only the request id wraps it.
+    """
+
+    def __init__(self, get_response: Callable[[HttpRequest], HttpResponse]) -> None:
+        self.get_response = get_response
+
+    def __call__(self, request: HttpRequest) -> HttpResponse:
+        response = self.get_response(request)
+        if response.status_code == 500 and getattr(request, _DATABASE_ERROR_SEEN, False):
+            return database_unavailable_response(request)
+        return response
+
+    def process_exception(self, request: HttpRequest, exception: Exception) -> HttpResponse | None:
+        if not isinstance(exception, _DATABASE_ERRORS):
+            return None
+        logger.warning(
+            "database unavailable on %s %s: %s", request.method, request.path[:200], type(exception).__name__
+        )
+        return database_unavailable_response(request)
