@@ -58,7 +58,12 @@ def register(client: APIClient, source: str, name: str = "m", **extra: Any) -> A
 def no_oracle(root: Path, slug: str = "mallory") -> dict[str, Any]:
     """The one answer for every path outside my folders, whether or not it exists."""
     message = [f"Model sources must be directories under {root}/{slug}/ or {root}/_shared/."]
-    return {"detail": "Outside your model folders.", "code": "invalid", "errors": {"source": message}, "source": message}
+    return {
+        "detail": "Outside your model folders.",
+        "code": "invalid",
+        "errors": {"source": message},
+        "source": message,
+    }
 
 
 def test_another_tenants_model_dir_is_refused_without_saying_it_exists(
