@@ -66,8 +66,10 @@ export HANGAR_PG_PORT=${HANGAR_PG_PORT:-15432}
 export HANGAR_REDIS_PORT=${HANGAR_REDIS_PORT:-16379}
 base_url="http://127.0.0.1:$HANGAR_PORT"
 
+exec 3>&2 # the script's stderr, for cleanup: a signal may land inside a `2>/dev/null` command
 cleanup() {
     local rc=$?
+    exec 2>&3
     if [[ $keep -eq 1 ]]; then
         log "--keep: left running at $base_url (stop: ${compose[*]} down -v)"
         return
@@ -75,6 +77,7 @@ cleanup() {
     if [[ $rc -ne 0 ]]; then
         "${compose[@]}" logs --no-color --tail 40 >&2 2>&1 || true
     fi
+    if [[ -n ${model_pid:-} ]] && kill "$model_pid" 2>/dev/null; then wait "$model_pid" || true; fi
     "${compose[@]}" down -v --remove-orphans >/dev/null 2>&1 || true
     # Replicas belong to the worker, not to compose: remove the ones this instance started.
     local ids
@@ -130,10 +133,11 @@ py=python3
 [[ -x $ROOT/.venv/bin/python ]] && py=$ROOT/.venv/bin/python
 "$py" -c 'import torch, transformers' 2>/dev/null ||
     die "need a Python with torch/transformers to build the tiny model (make venv)"
-# Published in the model root's shared folder, which every tenant may register from.
+# Published in the model root's shared folder, which every tenant may register from. Built
+# while the stack starts (both take seconds); replicas and the control plane run as uid 10001.
 model_dir="$HANGAR_MODELS_DIR/_shared/tiny-llama"
-(cd "$ROOT" && "$py" -m workers.runtime.tinymodel "$model_dir" >/dev/null)
-chmod -R a+rX "$HANGAR_MODELS_DIR" # replicas and the control plane run as uid 10001
+(cd "$ROOT" && "$py" -m workers.runtime.tinymodel "$model_dir" >/dev/null && chmod -R a+rX "$HANGAR_MODELS_DIR") &
+model_pid=$!
 
 t_up=$(now)
 "${compose[@]}" up -d >/dev/null 2>&1 || die "compose up failed"
@@ -141,6 +145,7 @@ t_up=$(now)
 poll "$TIMEOUT" "web ready ($base_url/readyz)" curl -sf -o /dev/null "$base_url/readyz"
 ready_s=$(since "$t_up")
 log "control plane ready in $ready_s s ($base_url)"
+wait "$model_pid" || die "building the tiny model failed"
 
 # The one step outside the REST API: a platform admin and their access token (tokens are
 # otherwise minted from a signed-in browser session).
