@@ -345,6 +345,7 @@ class Pass:
         rolling: bool,
         failure: str,
         starting: list[ObservedReplica],
+        why: str = "",
     ) -> Outcome:
         d = self.d
         conditions: dict[str, tuple[bool | None, str, str]] = {
@@ -392,6 +393,8 @@ class Pass:
             message = f"{ready}/{desired} replicas ready"
             if rolling:
                 message += f"; rolling to generation {d.template_generation}"
+            if why:  # what the backend says keeps the rest from being ready
+                message += f"; {why}"
             conditions[ConditionType.PROGRESSING] = (True, reason, message)
             conditions[ConditionType.READY] = (False, reason, message)
             conditions[ConditionType.AVAILABLE] = (ready > 0, reason, message)
@@ -458,6 +461,9 @@ class Pass:
         ready_current = [r for r in current if r.ready]
         old = [r for r in actual if r.generation != d.template_generation]
         converged = len(ready_current) == desired and len(current) == desired and not old
+        crashed, why = self._pod_trouble(current)
+        if crashed and not failure:
+            failure, self._fail_reason = crashed, "CrashLoopBackOff"
         return self.report(
             desired=desired,
             ready=sum(1 for o in observations if o.healthy),
@@ -465,7 +471,28 @@ class Pass:
             rolling=bool(old),
             failure=failure,
             starting=[r for r in current if not r.ready],
+            why=why,
         )
+
+    def _pod_trouble(self, pods: list[ObservedReplica]) -> tuple[str, str]:
+        """(failure, why) from the backend's view of the unready pods of the current generation.
+
+        A pod in a crash loop that was never ready fails the deployment (as a replica that exits
+        before becoming ready does elsewhere); one that was ready before only degrades it. A pod
+        the scheduler cannot place, or that waits for its image, says why it is not ready.
+        """
+        why = ""
+        for pod in sorted(pods, key=lambda r: r.name):
+            if pod.ready or not pod.detail:
+                continue
+            if pod.detail.startswith("CrashLoopBackOff"):
+                row = self._rows.get(pod.name)
+                text = f"Pod {pod.name} keeps crashing ({pod.restarts} restarts): {pod.detail}"[:500]
+                if row is None or row.ready_at is None:
+                    return text, ""
+                why = why or text
+            why = why or f"pod {pod.name}: {pod.detail}"[:500]
+        return "", why
 
     # ------------------------------------------------------------------ deletion
 

@@ -105,6 +105,14 @@ class FakeAppsV1Api:
         self.c.deployments[(namespace, name)] = copy.deepcopy(body)
         return body
 
+    def replace_namespaced_deployment(self, name: str, namespace: str, body: Any, **kw: Any) -> k8s.V1Deployment:
+        assert isinstance(body, k8s.V1Deployment), type(body)
+        self.c.record("replace_namespaced_deployment", name, namespace, body)
+        if (namespace, name) not in self.c.deployments:
+            raise _not_found("deployments", name)
+        self.c.deployments[(namespace, name)] = copy.deepcopy(body)
+        return body
+
     def list_namespaced_deployment(self, namespace: str, label_selector: str = "", **kw: Any) -> k8s.V1DeploymentList:
         self.c.record("list_namespaced_deployment", namespace, label_selector)
         items = [
@@ -175,6 +183,14 @@ class FakeCoreV1Api:
     def patch_namespaced_secret(self, name: str, namespace: str, body: Any, **kw: Any) -> k8s.V1Secret:
         assert isinstance(body, k8s.V1Secret), type(body)
         self.c.record("patch_namespaced_secret", name, namespace, body)
+        if (namespace, name) not in self.c.secrets:
+            raise _not_found("secrets", name)
+        self.c.secrets[(namespace, name)] = copy.deepcopy(body)
+        return body
+
+    def replace_namespaced_secret(self, name: str, namespace: str, body: Any, **kw: Any) -> k8s.V1Secret:
+        assert isinstance(body, k8s.V1Secret), type(body)
+        self.c.record("replace_namespaced_secret", name, namespace, body)
         if (namespace, name) not in self.c.secrets:
             raise _not_found("secrets", name)
         self.c.secrets[(namespace, name)] = copy.deepcopy(body)

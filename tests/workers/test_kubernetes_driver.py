@@ -195,13 +195,13 @@ def test_reconcile_through_the_fake_cluster(cluster: FakeCluster, k8s_run: Any) 
     # Scale: only spec.replicas changes (same template, no restart).
     services.deployment_scale(actor=SYSTEM, deployment=deployment, replicas=3)
     k8s_run(deployment)
-    _, (name, _, patched) = [c for c in cluster.calls if c[0] == "patch_namespaced_deployment"][-1]
+    _, (name, _, patched) = [c for c in cluster.calls if c[0] == "replace_namespaced_deployment"][-1]
     assert patched.spec.replicas == 3 and patched.spec.template.metadata.labels["hangar.generation"] == "1"
 
     # Restart: the template's generation label changes -> Kubernetes rolls the pods.
     services.deployment_restart(actor=SYSTEM, deployment=deployment)
     k8s_run(deployment)
-    _, (_, _, patched) = [c for c in cluster.calls if c[0] == "patch_namespaced_deployment"][-1]
+    _, (_, _, patched) = [c for c in cluster.calls if c[0] == "replace_namespaced_deployment"][-1]
     assert patched.spec.template.metadata.labels["hangar.generation"] == "2"
     cluster.run_pods("serving", ready=True)
     k8s_run(deployment)

@@ -155,6 +155,7 @@ class ObservedReplica:
     detail: str = ""  # e.g. "OOMKilled", last log line
     ready: bool | None = None  # backends with their own readiness (Kubernetes) fill this in
     never_started: bool = False  # created, but its creator died before starting it: not a crash
+    restarts: int = 0  # times the backend restarted it in place (Kubernetes containers)
     labels: dict[str, str] = field(default_factory=dict)
 
     @property

@@ -10,6 +10,13 @@ built as the client's model objects (``V1Deployment``...), never as loose dicts.
 The replica's bearer token lives in a Secret of the same name (``build_secret``) that the pod
 takes ``HANGAR_RUNTIME_TOKEN`` from, so no manifest the driver writes holds it in plain text;
 the pod template carries a digest of it, so a new token (``SECRET_KEY`` rotated) rolls the pods.
+
+Updates are ``replace`` calls carrying the ``resourceVersion`` just read: a concurrent writer
+makes them fail with 409, and the driver reads again and retries once. The gateway reaches
+replicas by pod IP or, where the target says so (``Target.kube_endpoints``), through the
+deployment's Service: then one endpoint per deployment is reported, carried by its first ready
+pod. ``PodWatch`` follows pod changes for ``workers.watch``: a list, then a watch from its
+``resourceVersion`` resumed from the last event or bookmark, and a fresh list after ``410 Gone``.
 """
 
 from __future__ import annotations
@@ -20,13 +27,17 @@ import hashlib
 import json
 import logging
 import re
+import threading
+from collections.abc import Callable
+from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
 from kubernetes import client as k8s
+from kubernetes import watch as k8s_watch
 from kubernetes.client.exceptions import ApiException
 
-from controlplane.deployments.choices import KubeAuth
+from controlplane.deployments.choices import KubeAuth, KubeEndpoints
 from controlplane.deployments.models import Target
 from controlplane.deployments.selectors import grant_for
 from workers.drivers.base import (
@@ -58,6 +69,19 @@ STARTUP_BUDGET_S = 600  # model loading: the startup probe allows this long befo
 WORKER_SIDE_USER_KEYS = {"exec", "auth-provider", "tokenFile", "client-certificate", "client-key"}
 WORKER_SIDE_CLUSTER_KEYS = {"certificate-authority"}
 _FIELD_PATH = re.compile(r"[A-Za-z0-9_.\[\]/-]{1,120}")
+WATCH_TIMEOUT_S = 300  # a watch request ends after this long (the server may end it sooner); resumed
+CRASH_LOOP = "CrashLoopBackOff"
+# What the API calls the driver makes do, as RBAC verbs and resources (for 403 answers).
+_VERBS = {"read": "get", "list": "list", "create": "create", "replace": "update", "patch": "patch", "delete": "delete"}
+_RESOURCES = {
+    "deployment": "deployments.apps",
+    "service": "services",
+    "secret": "secrets",
+    "pod": "pods",
+    "pod_log": "pods/log",
+    "event": "events",
+    "node": "nodes",
+}
 
 logger = logging.getLogger(__name__)
 
@@ -70,6 +94,19 @@ def name_prefix(instance: str, deployment_id: int) -> str:
 def resource_name(spec: ReplicaSpec) -> str:
     """DNS-1035 name of the Deployment and Service, at most 63 characters."""
     return (name_prefix(spec.instance, spec.deployment_id) + spec.deployment_name)[:63].rstrip("-")
+
+
+def service_url(service: str, namespace: str) -> str:
+    """The in-cluster address of a deployment's Service (cluster DNS)."""
+    return f"http://{service}.{namespace}.svc:{PORT}"
+
+
+def rbac_words(func: Any) -> tuple[str, str]:
+    """(verb, resource) of a client method, e.g. ``create_namespaced_deployment`` -> create deployments.apps."""
+    name = getattr(func, "__name__", "")
+    verb, _, rest = name.partition("_")
+    rest = rest.removeprefix("namespaced_")
+    return _VERBS.get(verb, verb or "call"), _RESOURCES.get(rest, rest or "resources")
 
 
 def _selector(instance: str, deployment_id: int) -> dict[str, str]:
@@ -299,6 +336,7 @@ class KubernetesDriver(Driver):
         instance: str,
         volume: dict[str, Any] | None = None,
         version_api: Any = None,
+        endpoints: str = KubeEndpoints.POD_IP,
     ) -> None:
         self.apps = apps
         self.core = core
@@ -307,6 +345,7 @@ class KubernetesDriver(Driver):
         self.instance = instance
         self.volume = volume or {}
         self.version_api = version_api
+        self.endpoints = endpoints
 
     @classmethod
     def for_target(cls, target: Target, *, image: str, instance: str, tenant_id: int | None = None) -> KubernetesDriver:
@@ -328,32 +367,46 @@ class KubernetesDriver(Driver):
             instance=instance,
             volume=target.model_volume,
             version_api=k8s.VersionApi(api_client),
+            endpoints=target.kube_endpoints,
         )
 
     # ------------------------------------------------------------------ errors
 
-    def _call(self, func: Any, *args: Any, **kwargs: Any) -> Any:
-        """One API call; errors become driver errors whose messages never quote the answer."""
+    def _call(self, func: Any, *args: Any, _through: tuple[int, ...] = (404,), **kwargs: Any) -> Any:
+        """One API call; errors become driver errors whose messages never quote the answer.
+
+        Answers with a status in ``_through`` (404: absent, and 409 where the caller resolves
+        conflicts) stay ``ApiException`` for the caller.
+        """
         try:
             return func(*args, **kwargs)
         except ApiException as exc:
-            if exc.status == 404:
+            if exc.status in _through:
                 raise
             status = exc.status or 0
             said = self._message(exc)
             logger.info("Kubernetes API answered %s in namespace %s: %.300s", status, self.namespace, said)
             if status in (401, 403):
+                verb, resource = rbac_words(func)
+                what = f": the worker may not {verb} {resource}" if status == 403 else ""
                 raise PermanentDriverError(
-                    f"Kubernetes refused access in namespace {self.namespace} (HTTP {status}).",
+                    f"Kubernetes refused access in namespace {self.namespace} (HTTP {status}{what}).",
                     reason="Forbidden",
                     cause=Reason.AUTH_FAILED if status == 401 else Reason.ACCESS_DENIED,
                     detail=said,
                 ) from None
-            if 400 <= status < 500 and status not in (409, 429):
+            if 400 <= status < 500 and status not in (409, 410, 429):
                 fields = self._fields(exc)
                 raise PermanentDriverError(
                     f"Kubernetes rejected the manifest (HTTP {status}{': ' + fields if fields else ''}).",
                     reason="Invalid",
+                    detail=said,
+                ) from None
+            if status in (409, 410):  # what the caller did not resolve: conflicts, expired versions
+                raise TemporaryDriverError(
+                    f"Kubernetes API answered HTTP {status} ({'conflict' if status == 409 else 'gone'}); retrying.",
+                    reason="Conflict" if status == 409 else "Expired",
+                    cause=Reason.SERVER_ERROR,
                     detail=said,
                 ) from None
             raise TemporaryDriverError(
@@ -391,42 +444,70 @@ class KubernetesDriver(Driver):
 
     def apply(self, spec: ReplicaSpec, replicas: int) -> None:
         if spec.token:  # before the pods that read it
-            self._apply_secret(build_secret(spec, namespace=self.namespace))
+            secret = build_secret(spec, namespace=self.namespace)
+            self._upsert(
+                secret,
+                read=self.core.read_namespaced_secret,
+                create=self.core.create_namespaced_secret,
+                replace=self.core.replace_namespaced_secret,
+                same=lambda current: (current.data or {}) == secret.data,
+            )
         body = build_deployment(spec, replicas=replicas, namespace=self.namespace, image=self.image, volume=self.volume)
-        name = body.metadata.name
-        try:
-            current = self._call(self.apps.read_namespaced_deployment, name, self.namespace)
-        except ApiException:
-            current = None
-        if current is None:
-            try:
-                self._call(self.apps.create_namespaced_deployment, self.namespace, body)
-            except ApiException:
-                raise TemporaryDriverError(f"Deployment {name} vanished while being created") from None
-        else:
+
+        def same(current: Any) -> bool:
             annotations = (current.metadata.annotations or {}) if current.metadata else {}
-            same = annotations.get(SPEC_HASH) == body.metadata.annotations[SPEC_HASH]
-            if not same or (current.spec and current.spec.replicas != replicas):
-                self._call(self.apps.patch_namespaced_deployment, name, self.namespace, body)
+            return annotations.get(SPEC_HASH) == body.metadata.annotations[SPEC_HASH] and bool(
+                current.spec and current.spec.replicas == replicas
+            )
+
+        self._upsert(
+            body,
+            read=self.apps.read_namespaced_deployment,
+            create=self.apps.create_namespaced_deployment,
+            replace=self.apps.replace_namespaced_deployment,
+            same=same,
+        )
         service = build_service(spec, namespace=self.namespace)
         try:
-            self._call(self.core.read_namespaced_service, name, self.namespace)
+            self._call(self.core.read_namespaced_service, service.metadata.name, self.namespace)
         except ApiException:
-            self._call(self.core.create_namespaced_service, self.namespace, service)
+            with contextlib.suppress(ApiException):  # 409: created meanwhile by another worker
+                self._call(self.core.create_namespaced_service, self.namespace, service, _through=(409,))
 
-    def _apply_secret(self, body: k8s.V1Secret) -> None:
-        name = body.metadata.name
-        try:
-            current = self._call(self.core.read_namespaced_secret, name, self.namespace)
-        except ApiException:
-            current = None
-        if current is None:
+    def _upsert(self, body: Any, *, read: Any, create: Any, replace: Any, same: Callable[[Any], bool]) -> None:
+        """Create ``body``, or replace what is there unless ``same``; on a conflict read again once.
+
+        The replace carries the ``resourceVersion`` just read, so a concurrent change (another
+        worker, an operator's ``kubectl``) is never overwritten unseen: the API answers 409, and
+        the second attempt starts from what is there now. Still in conflict: temporary.
+        """
+        name, kind = body.metadata.name, body.kind
+        for _attempt in range(2):
             try:
-                self._call(self.core.create_namespaced_secret, self.namespace, body)
+                current = self._call(read, name, self.namespace)
             except ApiException:
-                raise TemporaryDriverError(f"Secret {name} vanished while being created") from None
-        elif (current.data or {}) != body.data:
-            self._call(self.core.patch_namespaced_secret, name, self.namespace, body)
+                current = None
+            try:
+                if current is None:
+                    body.metadata.resource_version = None
+                    self._call(create, self.namespace, body, _through=(409,))
+                elif not same(current):
+                    body.metadata.resource_version = current.metadata.resource_version
+                    self._call(replace, name, self.namespace, body, _through=(404, 409))
+                return
+            except ApiException as exc:  # 409: created or changed since we read; 404: deleted since
+                logger.info(
+                    "%s %s in namespace %s changed under us (HTTP %s); reading it again",
+                    kind,
+                    name,
+                    self.namespace,
+                    exc.status,
+                )
+        raise TemporaryDriverError(
+            f"{kind} {name} kept changing while being updated (HTTP 409); retrying later.",
+            reason="Conflict",
+            cause=Reason.SERVER_ERROR,
+        )
 
     def teardown(self, deployment_id: int) -> None:
         selector = _label_selector(_selector(self.instance, deployment_id))
@@ -467,10 +548,15 @@ class KubernetesDriver(Driver):
             state = BackendState.STARTING
         ready = any(c.type == "Ready" and c.status == "True" for c in (pod.status.conditions or []))
         detail = ""
+        restarts = 0
         for cs in (pod.status.container_statuses or []) if pod.status else []:
+            restarts = max(restarts, cs.restart_count or 0)
             waiting = cs.state.waiting if cs.state else None
             if waiting and waiting.reason:
                 detail = f"{waiting.reason}: {waiting.message or ''}".strip(": ")
+        for condition in (pod.status.conditions or []) if pod.status and not detail else []:
+            if condition.type == "PodScheduled" and condition.status == "False":  # the scheduler's verdict
+                detail = f"{condition.reason or 'Unschedulable'}: {condition.message or ''}".strip(": ")
         ip = pod.status.pod_ip if pod.status else None
         started = pod.status.start_time if pod.status else None
         return ObservedReplica(
@@ -484,6 +570,7 @@ class KubernetesDriver(Driver):
             detail=detail,
             ready=ready and pod.metadata.deletion_timestamp is None,
             labels=dict(labels),
+            restarts=restarts,
         )
 
     def list(self, deployment_id: int | None = None) -> list[ObservedReplica]:
@@ -491,7 +578,24 @@ class KubernetesDriver(Driver):
         if deployment_id is not None:
             labels[LABEL_DEPLOYMENT] = str(deployment_id)
         pods = self._call(self.core.list_namespaced_pod, self.namespace, label_selector=_label_selector(labels))
-        return [self._observe(p) for p in pods.items]
+        observed = sorted((self._observe(p) for p in pods.items), key=lambda r: r.name)
+        if self.endpoints == KubeEndpoints.SERVICE:
+            # One endpoint per deployment, its Service's (kube-proxy balances over the ready
+            # pods), carried by the first ready pod; the others count as ready without one.
+            selector = _label_selector(labels)
+            services = self._call(self.core.list_namespaced_service, self.namespace, label_selector=selector).items
+            by_deployment = {
+                (s.metadata.labels or {}).get(LABEL_DEPLOYMENT, ""): s.metadata.name for s in services if s.metadata
+            }
+            carried: set[int] = set()
+            for replica in observed:
+                service = by_deployment.get(str(replica.deployment_id))
+                if replica.ready and service and replica.deployment_id not in carried:
+                    replica.endpoint = service_url(service, self.namespace)
+                    carried.add(replica.deployment_id)
+                else:
+                    replica.endpoint = ""
+        return observed
 
     def create(self, spec: ReplicaSpec) -> ObservedReplica:
         raise PermanentDriverError("Kubernetes replicas are created by their Deployment; use apply().")
@@ -546,6 +650,93 @@ class KubernetesDriver(Driver):
             return report(version=version, gpus=0, gpu_inventory_known=False, error="GPU inventory unknown")
         gpus = sum(_count((n.status.allocatable or {}).get(GPU_RESOURCE)) for n in nodes if n.status)
         return report(version=version, gpus=gpus, nodes=len(nodes))
+
+
+@dataclass
+class PodWatch:
+    """Follows this installation's pods in one namespace and nudges their deployments on change.
+
+    A fresh list gives the pods and a ``resourceVersion`` to watch from; each event or bookmark
+    advances it, so a watch that ends (server timeout, dropped connection) resumes where it
+    stopped without a list. ``410 Gone`` (the version was compacted away) means events were
+    missed: list again and nudge every deployment whose pods changed or vanished meanwhile. The
+    state outlives a connection, so a reconnect through a new driver loses nothing either.
+    """
+
+    resource_version: str = ""
+    known: dict[str, tuple[int, str]] = field(default_factory=dict)  # pod -> (deployment, resourceVersion)
+    lists: int = 0
+    listed: bool = False
+
+    def run(
+        self,
+        driver: KubernetesDriver,
+        nudge: Callable[[int], None],
+        stop: threading.Event,
+        *,
+        timeout_s: int = WATCH_TIMEOUT_S,
+    ) -> None:
+        """Until ``stop`` is set; driver errors (unreachable, refused) are raised to the caller."""
+        selector = f"{LABEL_INSTANCE}={driver.instance}"
+        while not stop.is_set():
+            if not self.resource_version:
+                self._relist(driver, selector, nudge)
+            watcher = k8s_watch.Watch()
+            try:
+                stream = watcher.stream(
+                    driver.core.list_namespaced_pod,
+                    driver.namespace,
+                    label_selector=selector,
+                    resource_version=self.resource_version,
+                    allow_watch_bookmarks=True,
+                    timeout_seconds=timeout_s,
+                    _request_timeout=(10, timeout_s + 30),
+                )
+                for event in stream:
+                    self._take(event, nudge)
+                    if stop.is_set():
+                        break
+            except ApiException as exc:
+                if exc.status != 410:
+                    raise
+                logger.info("pod watch in namespace %s expired (410 Gone); listing again", driver.namespace)
+                self.resource_version = ""
+            finally:
+                watcher.stop()
+
+    def _relist(self, driver: KubernetesDriver, selector: str, nudge: Callable[[int], None]) -> None:
+        pods = driver._call(driver.core.list_namespaced_pod, driver.namespace, label_selector=selector)
+        self.lists += 1
+        seen = {
+            p.metadata.name: (_deployment_of(p.metadata.labels), p.metadata.resource_version or "") for p in pods.items
+        }
+        changed = {dep for name, (dep, version) in seen.items() if self.known.get(name) != (dep, version)}
+        changed |= {dep for name, (dep, _) in self.known.items() if name not in seen}
+        if self.listed:  # the first list finds what the periodic resync already covers
+            for deployment_id in sorted(changed - {0}):
+                nudge(deployment_id)
+        self.known, self.listed = seen, True
+        self.resource_version = (pods.metadata.resource_version if pods.metadata else "") or ""
+
+    def _take(self, event: dict[str, Any], nudge: Callable[[int], None]) -> None:
+        raw = event.get("raw_object") or {}
+        metadata = raw.get("metadata") or {}
+        self.resource_version = str(metadata.get("resourceVersion") or self.resource_version)
+        if event.get("type") not in ("ADDED", "MODIFIED", "DELETED"):
+            return  # BOOKMARK: only the version moves on
+        name = str(metadata.get("name") or "")
+        deployment_id = _deployment_of(metadata.get("labels"))
+        if event["type"] == "DELETED":
+            self.known.pop(name, None)
+        else:
+            self.known[name] = (deployment_id, self.resource_version)
+        if deployment_id:
+            nudge(deployment_id)
+
+
+def _deployment_of(labels: Any) -> int:
+    value = (labels or {}).get(LABEL_DEPLOYMENT, "") if isinstance(labels, dict) else ""
+    return int(value) if isinstance(value, str) and value.isascii() and value.isdigit() else 0
 
 
 def _count(value: Any) -> int:
