@@ -7,6 +7,10 @@ watchers only make it prompt. They run as daemon threads in the worker's main pr
   installation's ``hangar.instance`` and enqueues a reconcile of their deployment. It connects
   the way the driver does (``docker_connection``: the same URL policy, the target's uploaded
   credentials), re-reading the target at every reconnect.
+* Kubernetes: one thread per target and namespace (the target's, and each grant's own) follows
+  this installation's pods (``PodWatch``: list, then watch with bookmarks, resumed from the last
+  resourceVersion, listed afresh after ``410 Gone``) and enqueues a reconcile of the deployment
+  of every pod that changes. It connects with ``driver_for``, like the reconciler.
 * Local: one thread checks the local replicas' processes every second.
 
 A watcher that loses its daemon reconnects with backoff; nothing depends on it being up.
@@ -24,7 +28,7 @@ from django.db import close_old_connections, connection
 
 from controlplane.deployments.choices import TargetKind
 from controlplane.deployments.models import Target
-from workers.drivers import instance_name, local_driver, target_credentials
+from workers.drivers import driver_for, instance_name, local_driver, target_credentials
 from workers.drivers.base import LABEL_DEPLOYMENT, LABEL_INSTANCE
 from workers.drivers.docker_connection import DockerConnection
 
@@ -37,11 +41,11 @@ MAX_BACKOFF_S = 30.0
 Nudge = Callable[[int], None]
 
 
-def _docker_target(target_id: int) -> Target | None:
+def _docker_target(target_id: int, kind: str = TargetKind.DOCKER) -> Target | None:
     try:
-        return Target.objects.filter(pk=target_id, kind=TargetKind.DOCKER).first()
+        return Target.objects.filter(pk=target_id, kind=kind).first()
     finally:
-        connection.close()  # this thread mostly waits on the daemon: hold no database connection
+        connection.close()  # this thread mostly waits on the backend: hold no database connection
 
 
 def _docker_watch(target_id: int, instance: str, nudge: Nudge, stop: threading.Event) -> None:
@@ -77,6 +81,42 @@ def _docker_watch(target_id: int, instance: str, nudge: Nudge, stop: threading.E
         backoff = min(MAX_BACKOFF_S, backoff * 2)
 
 
+def _kube_watch(target_id: int, tenant_id: int | None, nudge: Nudge, stop: threading.Event) -> None:
+    from workers.drivers.kubernetes import KubernetesDriver, PodWatch
+
+    state = PodWatch()  # kept across reconnects: a new connection resumes where the last one stopped
+    backoff = 1.0
+    while not stop.is_set():
+        try:
+            target = _docker_target(target_id, TargetKind.KUBERNETES)
+            if target is None:  # deleted, or no longer a Kubernetes target
+                return
+            driver = driver_for(target, tenant_id=tenant_id)
+            connection.close()
+            if isinstance(driver, KubernetesDriver):
+                started = time.monotonic()
+                try:
+                    state.run(driver, nudge, stop)
+                finally:
+                    if time.monotonic() - started > MAX_BACKOFF_S:  # it worked for a while
+                        backoff = 1.0
+        except Exception as exc:  # unreachable, refused, misconfigured: the resync covers us meanwhile
+            logger.debug("kubernetes watcher for target %s: %s", target_id, exc)
+        stop.wait(backoff)
+        backoff = min(MAX_BACKOFF_S, backoff * 2)
+
+
+def _kube_namespaces() -> dict[tuple[int, str], int | None]:
+    """(target, namespace) -> a tenant whose driver works there (None: the target's own namespace)."""
+    found: dict[tuple[int, str], int | None] = {}
+    for target in Target.objects.filter(kind=TargetKind.KUBERNETES).prefetch_related("grants"):
+        found.setdefault((target.pk, target.kube_namespace or "default"), None)
+        for grant in target.grants.all():
+            if grant.namespace:
+                found.setdefault((target.pk, grant.namespace), grant.tenant_id)
+    return found
+
+
 def _local_watch(nudge: Nudge, stop: threading.Event) -> None:
     driver = local_driver()
     alive: dict[str, bool] = {}
@@ -94,15 +134,25 @@ def _local_watch(nudge: Nudge, stop: threading.Event) -> None:
 def _supervise(nudge: Nudge, stop: threading.Event) -> None:
     instance = instance_name()
     watching: set[int] = set()
+    watching_kube: set[tuple[int, str]] = set()
     threading.Thread(target=_local_watch, args=(nudge, stop), name="hangar-watch-local", daemon=True).start()
     while not stop.is_set():
         try:
             close_old_connections()
             ids = set(Target.objects.filter(kind=TargetKind.DOCKER).values_list("pk", flat=True))
+            namespaces = _kube_namespaces()
             close_old_connections()
         except Exception as exc:
             logger.debug("watch supervisor: %s", exc)
-            ids = set()
+            ids, namespaces = set(), {}
+        for key in sorted(set(namespaces) - watching_kube):
+            watching_kube.add(key)
+            threading.Thread(
+                target=_kube_watch,
+                args=(key[0], namespaces[key], nudge, stop),
+                name=f"hangar-watch-target-{key[0]}-{key[1]}",
+                daemon=True,
+            ).start()
         for target_id in sorted(ids - watching):
             watching.add(target_id)
             threading.Thread(
