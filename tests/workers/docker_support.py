@@ -8,6 +8,7 @@ Docker tests run whenever a daemon answers and fail, not skip, when none does (s
 from __future__ import annotations
 
 import os
+import re
 import subprocess
 from pathlib import Path
 from typing import Any
@@ -40,9 +41,17 @@ def docker_or_fail() -> Any:
 
 
 def remove_test_containers(client: Any) -> None:
-    for container in client.containers.list(all=True, filters={"label": LABEL_INSTANCE}):
-        if container.labels.get(LABEL_INSTANCE, "").startswith("test_"):
-            container.remove(force=True)
+    """Remove this session's containers only: another test session (another checkout, another
+    database) may be using the same daemon right now, and its containers are not ours."""
+    from django.db import connection
+
+    # What instance_name() answers once the test database is set up (this may run before).
+    name = settings.HANGAR_INSTANCE or connection.creation._get_test_db_name()
+    instance = re.sub(r"[^A-Za-z0-9_.-]", "-", name)[:63]
+    if not instance.startswith("test_"):
+        return  # never a development or production installation's containers
+    for container in client.containers.list(all=True, filters={"label": f"{LABEL_INSTANCE}={instance}"}):
+        container.remove(force=True)
 
 
 def ensure_runtime_image(client: Any) -> str:
