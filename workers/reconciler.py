@@ -99,7 +99,8 @@ def replica_spec(deployment: Deployment, *, slot: int) -> ReplicaSpec:
         cpus=deployment.cpus,
         memory_mb=deployment.memory_mb,
         host_port=deployment.host_port,
-        node_selector={**(deployment.target.node_selector or {}), **(deployment.node_selector or {})},
+        # The target's labels win: a deployment may narrow placement, never leave the target's pool.
+        node_selector={**(deployment.node_selector or {}), **(deployment.target.node_selector or {})},
         tolerations=[*(deployment.target.tolerations or []), *(deployment.tolerations or [])],
         allow_unsafe_weights=deployment.model.allow_unsafe_weights,
         trust_remote_code=deployment.model.trust_remote_code,

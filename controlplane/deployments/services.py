@@ -234,6 +234,7 @@ def deployment_create(
     clean.setdefault("min_replicas", min(replicas, 1))
     clean.setdefault("max_replicas", max(replicas, clean["min_replicas"], 1))
     _check_spec(clean, model=model)
+    _check_placement(clean, target=target)
     quota.lock_tenant(tenant.pk)
     if Deployment.objects.filter(tenant=tenant, name=clean["name"]).exists():
         raise ValidationFailed("Name taken.", field_errors={"name": [f"A deployment named {clean['name']!r} exists."]})
@@ -253,6 +254,18 @@ def deployment_create(
         message=f"{deployment.replicas} replica(s) of {model.name} on {target.name}",
         changes={"spec": dict(clean)},
     )
+
+
+def _check_placement(spec: dict[str, Any], *, target: Target) -> None:
+    """A deployment may narrow where its pods go, never move them off the target's node pool:
+    a node label the target pins cannot be set to another value."""
+    pinned = target.node_selector or {}
+    clashes = sorted(k for k, v in (spec.get("node_selector") or {}).items() if k in pinned and pinned[k] != v)
+    if clashes:
+        raise ValidationFailed(
+            "Invalid deployment spec.",
+            field_errors={"node_selector": [f"The target pins {', '.join(clashes)}; add other labels instead."]},
+        )
 
 
 def _check_spec(spec: dict[str, Any], *, model: Model) -> None:
@@ -314,6 +327,7 @@ def deployment_update(*, actor: Actor, deployment: Deployment, data: dict[str, A
     clean = validate_deployment_fields(incoming)
     merged = {f: getattr(deployment, f) for f in SPEC_FIELDS - {"model"}} | clean
     _check_spec(merged, model=model)
+    _check_placement(clean, target=deployment.target)
     if (
         "served_model_name" in clean
         and Deployment.objects.filter(tenant_id=deployment.tenant_id, served_model_name=clean["served_model_name"])

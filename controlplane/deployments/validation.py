@@ -112,6 +112,11 @@ def validate_deployment_fields(data: dict[str, Any]) -> dict[str, Any]:
         elif key == "tolerations":
             if not _is_tolerations(value):
                 errors[key] = ["Must be a list of up to 32 tolerations ({key, operator, value, effect})."]
+            elif any(_reserved_toleration(t) for t in value):
+                errors[key] = [
+                    "Tolerations need a key, and may not tolerate the cluster's own taints "
+                    f"({', '.join(RESERVED_TAINT_PREFIXES)}...): those nodes are the platform's."
+                ]
             else:
                 clean[key] = value
         else:
@@ -133,6 +138,17 @@ def _is_label_map(value: Any) -> bool:
             isinstance(k, str) and isinstance(v, str) and 0 < len(k) <= 253 and len(v) <= 63 for k, v in value.items()
         )
     )
+
+
+# Taints Kubernetes and cloud providers put on nodes that are not for workloads (control plane,
+# not-ready, unreachable, cordoned...). A tenant's deployment may not tolerate them, nor use a
+# key-less toleration that tolerates everything; a target's own tolerations (platform input) may.
+RESERVED_TAINT_PREFIXES = ("node-role.kubernetes.io/", "node.kubernetes.io/", "node.cloudprovider.kubernetes.io/")
+
+
+def _reserved_toleration(toleration: dict[str, Any]) -> bool:
+    key = str(toleration.get("key") or "")
+    return not key or key.startswith(RESERVED_TAINT_PREFIXES)
 
 
 TOLERATION_KEYS = {"key", "operator", "value", "effect", "tolerationSeconds"}
