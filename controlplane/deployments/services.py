@@ -14,7 +14,7 @@ from django.db.models import F
 from controlplane.audit.services import audit_record
 from controlplane.catalog.models import Model
 from controlplane.core.context import Actor
-from controlplane.core.crypto import CredentialsUnreadable, decrypt_json, encrypt_json
+from controlplane.core.crypto import CredentialsUnreadable, decrypt_json, encrypt_json, rotate
 from controlplane.core.exceptions import Conflict, ValidationFailed
 from controlplane.core.realtime import deployment_group, publish_on_commit, tenant_group
 from controlplane.core.tasks import CHECK_TARGET, RECONCILE_DEPLOYMENT, enqueue_on_commit
@@ -466,3 +466,19 @@ def deployment_delete(*, actor: Actor, deployment: Deployment) -> Deployment:
         message="Removing every replica and backend resource",
         changes={},
     )
+
+
+@transaction.atomic
+def target_credentials_rotate(*, actor: Actor) -> int:
+    """Re-encrypt every target's credentials with the newest key of ``HANGAR_ENCRYPTION_KEYS``.
+
+    Put a new key in front of the list, run this, then drop the old key. Returns how many targets
+    held credentials. A target whose credentials no configured key can read stops the rotation
+    (nothing is written) with ``CredentialsUnreadable``.
+    """
+    rotated = 0
+    for target in Target.objects.select_for_update().exclude(credentials=""):
+        Target.objects.filter(pk=target.pk).update(credentials=rotate(target.credentials))
+        rotated += 1
+    audit_record(actor=actor, action="target.credentials_rotate", tenant_id=None, changes={"targets": rotated})
+    return rotated
