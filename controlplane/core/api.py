@@ -6,6 +6,7 @@ DRF's settings (filter backends, exception handler), so it must not import DRF's
 
 from __future__ import annotations
 
+import datetime
 import json
 import logging
 from collections.abc import Mapping
@@ -17,13 +18,14 @@ from django.http import Http404
 from drf_spectacular.plumbing import build_basic_type, build_parameter_type
 from drf_spectacular.types import OpenApiTypes
 from drf_spectacular.utils import extend_schema_field
-from rest_framework import exceptions, serializers, status
+from rest_framework import ISO_8601, exceptions, serializers, status
 from rest_framework.filters import OrderingFilter
 from rest_framework.pagination import LimitOffsetPagination
 from rest_framework.parsers import JSONParser
 from rest_framework.relations import PKOnlyObject
 from rest_framework.request import Request
 from rest_framework.response import Response
+from rest_framework.settings import api_settings
 from rest_framework.views import exception_handler as drf_exception_handler
 
 from controlplane.core.exceptions import DomainError
@@ -343,9 +345,33 @@ def _field_plan(field: Any, model: Any) -> tuple[str, Any] | None:
         return column.attname, float
     if kind is serializers.JSONField and not field.binary:
         return column.attname, _identity
-    if kind in (serializers.BooleanField, serializers.ChoiceField, serializers.DateTimeField):
+    if kind is serializers.DateTimeField:
+        return column.attname, _datetime_converter(field)
+    if kind in (serializers.BooleanField, serializers.ChoiceField):
         return column.attname, field.to_representation
     return None
+
+
+def _datetime_converter(field: serializers.DateTimeField) -> Any:
+    """``field.to_representation`` for aware datetimes in ISO 8601, with the field's time zone
+    looked up once per page instead of once per value (a thread-local read in DRF each time);
+    anything else (another format, naive values, no time zone) goes to DRF as before."""
+    output_format = getattr(field, "format", api_settings.DATETIME_FORMAT)
+    zone: Any = field.timezone if hasattr(field, "timezone") else field.default_timezone()
+    if not isinstance(output_format, str) or output_format.lower() != ISO_8601 or zone is None:
+        return field.to_representation
+    general = field.to_representation
+
+    def convert(value: Any) -> Any:
+        if not isinstance(value, datetime.datetime) or value.utcoffset() is None:
+            return general(value)
+        try:
+            text = value.astimezone(zone).isoformat()
+        except OverflowError:
+            return general(value)
+        return text[:-6] + "Z" if text.endswith("+00:00") else text
+
+    return convert
 
 
 def lean_rows(serializer: Any) -> list[dict[str, Any]]:

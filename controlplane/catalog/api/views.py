@@ -41,7 +41,8 @@ class ModelViewSet(ScopedViewSet):
         return ModelSerializer if self.action == "list" else ModelDetailSerializer
 
     def select_list(self, filters: dict[str, Any]) -> QuerySet[Model]:
-        return selectors.model_list(access=self.access, filters=filters)
+        # The tenant slug comes from the caller's Access (TenantSlugField): no tenant join.
+        return selectors.model_list(access=self.access, filters=filters).select_related(None)
 
     def select_one(self, lookup: str) -> Model:
         return selectors.model_get(access=self.access, pk=int(lookup))

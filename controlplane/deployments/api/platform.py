@@ -98,7 +98,10 @@ class PlatformGrantViewSet(PlatformViewSet):
     ordering_fields = ("id", "created_at")
 
     def select_list(self, filters: dict[str, Any]) -> QuerySet[TargetGrant]:
-        return selectors.platform_grant_list(access=self.access, filters=filters)
+        # GrantSerializer shows the target's name and the tenant's slug: load those columns of
+        # the joined rows, not every JSON column of each target.
+        shown = ("id", "target_id", "tenant_id", "namespace", "created_at", "target__name", "tenant__slug")
+        return selectors.platform_grant_list(access=self.access, filters=filters).only(*shown)
 
     def select_one(self, lookup: str) -> TargetGrant:
         return selectors.platform_grant_get(access=self.access, pk=int(lookup))

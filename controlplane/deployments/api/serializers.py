@@ -41,6 +41,9 @@ class TargetHealthSerializer(serializers.Serializer):
     checked_at = serializers.DateTimeField(allow_null=True)
 
 
+CHECKED_AT = serializers.DateTimeField()  # built once: a list page calls public_health per row
+
+
 def public_health(target: Target) -> dict[str, Any]:
     """The tenant-facing part of ``Target.health``: status, a short fixed reason and capacity
     numbers; never ``error`` or anything else a backend said."""
@@ -57,9 +60,7 @@ def public_health(target: Target) -> dict[str, Any]:
         "reachable": reachable if isinstance(reachable, bool) else None,
         "gpus": gpus if isinstance(gpus, int) and not isinstance(gpus, bool) and gpus >= 0 else 0,
         "gpus_declared": len(target.gpu_inventory) if isinstance(target.gpu_inventory, list) else 0,
-        "checked_at": serializers.DateTimeField().to_representation(target.health_checked_at)
-        if target.health_checked_at
-        else None,
+        "checked_at": CHECKED_AT.to_representation(target.health_checked_at) if target.health_checked_at else None,
     }
 
 
@@ -370,12 +371,16 @@ REPLICA_FIELDS = (
 
 class ReplicaSerializer(serializers.ModelSerializer):
     tenant = TenantSlugField()
-    deployment_name = serializers.CharField(source="deployment.name", read_only=True)
+    deployment_name = serializers.SerializerMethodField()
 
     class Meta:
         model = Replica
         fields = REPLICA_FIELDS
         read_only_fields = REPLICA_FIELDS
+
+    # Lists annotate the name (see ReplicaViewSet.select_list); single objects join.
+    def get_deployment_name(self, obj: Replica) -> str:
+        return str(getattr(obj, "deployment_name", None) or obj.deployment.name)
 
 
 class ReplicaLogsSerializer(serializers.Serializer):

@@ -66,7 +66,10 @@ class TargetViewSet(ScopedViewSet):
     list_perm = Perm.TARGET_VIEW
 
     def select_list(self, filters: dict[str, Any]) -> QuerySet[Target]:
-        return selectors.target_list(access=self.access, filters=filters)
+        # Only what a tenant sees (TargetSerializer, public_health): not the connection
+        # settings, credentials and other JSON columns of every target on the page.
+        shown = ("id", "name", "kind", "health", "health_checked_at", "gpu_inventory", "labels")
+        return selectors.target_list(access=self.access, filters=filters).only(*shown)
 
     def select_one(self, lookup: str) -> Target:
         return selectors.target_get(access=self.access, pk=int(lookup))
@@ -213,7 +216,12 @@ class ReplicaViewSet(ScopedViewSet):
     list_perm = Perm.DEPLOYMENT_VIEW
 
     def select_list(self, filters: dict[str, Any]) -> QuerySet[Replica]:
-        return selectors.replica_list(access=self.access, filters=filters)
+        # Only the deployment's name, not its whole row (JSON columns) per replica.
+        return (
+            selectors.replica_list(access=self.access, filters=filters)
+            .select_related(None)
+            .annotate(deployment_name=F("deployment__name"))
+        )
 
     def select_one(self, lookup: str) -> Replica:
         return selectors.replica_get(access=self.access, pk=int(lookup))

@@ -47,7 +47,10 @@ class ApiKeySerializer(serializers.ModelSerializer):
     def get_active(self, obj: ApiKey) -> bool:
         return obj.revoked_at is None and (obj.expires_at is None or obj.expires_at > timezone.now())
 
+    # Lists annotate the username (see ApiKeyViewSet.select_list); single objects join.
     def get_created_by(self, obj: ApiKey) -> str | None:
+        if hasattr(obj, "created_by_username"):
+            return obj.created_by_username  # type: ignore[no-any-return]
         user = obj.created_by
         return user.get_username() if user is not None else None
 

@@ -4,7 +4,8 @@ from __future__ import annotations
 
 from typing import Any, ClassVar
 
-from django.db.models import QuerySet
+from django.contrib.auth import get_user_model
+from django.db.models import F, QuerySet
 from drf_spectacular.utils import extend_schema, extend_schema_view
 from rest_framework import serializers, status
 from rest_framework.decorators import action
@@ -37,7 +38,14 @@ class ApiKeyViewSet(ScopedViewSet):
     list_perm = Perm.APIKEY_VIEW
 
     def select_list(self, filters: dict[str, Any]) -> QuerySet[ApiKey]:
-        return selectors.api_key_list(access=self.access, filters=filters).select_related("created_by")
+        # Only the creator's username, not the whole user row; the tenant slug comes from the
+        # caller's Access (TenantSlugField): no joins of whole rows for a list page.
+        username = f"created_by__{get_user_model().USERNAME_FIELD}"
+        return (
+            selectors.api_key_list(access=self.access, filters=filters)
+            .select_related(None)
+            .annotate(created_by_username=F(username))
+        )
 
     def select_one(self, lookup: str) -> ApiKey:
         return selectors.api_key_get(access=self.access, pk=int(lookup))
