@@ -22,6 +22,7 @@ from controlplane.deployments.validation import (
     MAX_KEY_BYTES,
     MAX_KUBECONFIG_BYTES,
     NUMERIC_LIMITS,
+    TARGET_SETTINGS,
     TLS_FIELDS,
 )
 
@@ -79,21 +80,10 @@ class TargetSerializer(serializers.ModelSerializer):
         return public_health(obj)
 
 
+# Every setting a platform admin writes (the same list validation accepts), never the credentials.
 PLATFORM_TARGET_OUTPUT_FIELDS = (
     "id",
-    "name",
-    "kind",
-    "docker_url",
-    "publish_host",
-    "kube_auth",
-    "kube_context",
-    "kube_namespace",
-    "kube_endpoints",
-    "model_volume",
-    "node_selector",
-    "tolerations",
-    "labels",
-    "gpu_inventory",
+    *TARGET_SETTINGS,
     "has_tls",
     "has_ssh_key",
     "has_kubeconfig",
