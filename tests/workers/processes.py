@@ -16,7 +16,8 @@ from django.db import connection
 REPO_ROOT = Path(__file__).resolve().parents[2]
 CELERY = REPO_ROOT / ".venv" / "bin" / "celery"
 # A broker database of our own: a developer's worker on the default one must not eat our tasks.
-TEST_BROKER_DB = 13
+# Two test sessions at once (two checkouts) each need their own: HANGAR_TEST_BROKER_DB.
+TEST_BROKER_DB = int(os.environ.get("HANGAR_TEST_BROKER_DB", "13"))
 
 
 def wait_for(predicate: Any, timeout: float, interval: float = 0.1, message: str = "") -> Any:
