@@ -9,9 +9,12 @@ middleware, token authentication, selector, serializer and JSON renderer path, w
 socket), as an owner of all 10 tenants (and a platform admin for the platform lists).
 
 Before/after in one run (the machine is shared, so the variants alternate request by request):
-``--baseline`` also times every endpoint with the lean list path switched off
-(``ScopedViewSet.list_rows = None``: ``serializer.data`` of the ModelSerializer, as before), checks
-that both answer byte-identical bodies, and prints p50/p99 per endpoint for both and ratios.
+``--baseline`` also times every endpoint as it was before the list work: the lean list path
+switched off (``ScopedViewSet.list_rows = None``: ``serializer.data`` of the ModelSerializer) and
+the start-up heap not frozen (``gc.unfreeze()`` for that request, so full collections walk it, see
+``console/heap.py``); it checks that both answer byte-identical bodies, and prints p50/p99 per
+endpoint for both and ratios. The "current" variant runs as the web server does: start-up heap
+frozen after seeding (``freeze_startup_heap``, called by ``console/asgi.py``).
 
     eval "$(bash deploy/dev/services.sh env)"
     .venv/bin/python bench/list_pages.py --baseline [--iterations 100] [--json OUT]
@@ -20,6 +23,7 @@ that both answer byte-identical bodies, and prints p50/p99 per endpoint for both
 from __future__ import annotations
 
 import argparse
+import gc
 import json
 import os
 import statistics
@@ -42,6 +46,8 @@ from django.db import connection  # noqa: E402
 from django.test.utils import CaptureQueriesContext, setup_test_environment  # noqa: E402
 from django.utils import timezone  # noqa: E402
 from rest_framework.test import APIClient  # noqa: E402
+
+from console.heap import freeze_startup_heap  # noqa: E402
 
 TENANTS = 10
 DEPLOYMENTS = 1000
@@ -257,10 +263,12 @@ def measure(clients: dict[str, APIClient], iterations: int, baseline: bool) -> l
         def get(variant: str, client: APIClient = client, url: str = url) -> Any:
             if variant == "baseline":
                 ScopedViewSet.list_rows = None  # serializer.data, as before
+                gc.unfreeze()  # and full collections walk the whole start-up heap, as before
             try:
                 return client.get(url, {"limit": PAGE})
             finally:
                 ScopedViewSet.list_rows = lean
+                gc.freeze()
 
         bodies = {}
         for variant in variants:
@@ -316,6 +324,8 @@ def main() -> None:
         users = seed()
         seeded = time.monotonic() - began
         clients = {"owner": client_for(users["owner"]), "admin": client_for(users["admin"])}
+        frozen = freeze_startup_heap()  # what console/asgi.py does once the server has started
+        print(f"# start-up heap frozen: {frozen:,} objects", flush=True)
         results = measure(clients, args.iterations, args.baseline)
     finally:
         connection.creation.destroy_test_db(old_name, verbosity=0)

@@ -16,6 +16,7 @@ from channels.auth import AuthMiddlewareStack  # noqa: E402  (needs the app regi
 from channels.routing import ProtocolTypeRouter, URLRouter  # noqa: E402
 from channels.security.websocket import AllowedHostsOriginValidator  # noqa: E402
 
+from console.heap import freeze_startup_heap  # noqa: E402
 from console.routing import websocket_urlpatterns  # noqa: E402
 from controlplane.core.api import BodySizeLimit  # noqa: E402
 from controlplane.gateway.app import route_http  # noqa: E402
@@ -28,3 +29,5 @@ application = route_http(
         }
     )
 )
+# Last: everything above is start-up heap that full collections need not walk again.
+freeze_startup_heap()
