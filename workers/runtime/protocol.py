@@ -93,7 +93,7 @@ def _get_int(body: dict[str, Any], name: str, *, minimum: int | None = None) -> 
         raise _invalid(name, f"'{name}' must be an integer, got {type(value).__name__}", "invalid_type")
     if minimum is not None and value < minimum:
         raise _invalid(name, f"'{name}' must be >= {minimum}, got {value}")
-    return value
+    return int(value)
 
 
 def _get_number(body: dict[str, Any], name: str, default: float, lo: float, hi: float) -> float:
