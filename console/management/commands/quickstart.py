@@ -50,8 +50,8 @@ class Command(BaseCommand):
     help = "Start Redis, web (uvicorn), a Celery worker and beat together, with demo data; Ctrl-C stops all."
 
     def add_arguments(self, parser: Any) -> None:
-        parser.add_argument("--host", default=os.environ.get("HANGAR_HOST", "127.0.0.1"))
-        parser.add_argument("--port", type=int, default=int(os.environ.get("HANGAR_PORT", "8000")))
+        parser.add_argument("--host", default=settings.HANGAR_HOST)
+        parser.add_argument("--port", type=int, default=settings.HANGAR_PORT)
 
     def handle(self, *args: Any, **options: Any) -> None:
         self.procs: list[subprocess.Popen[Any]] = []
