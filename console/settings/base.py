@@ -310,8 +310,12 @@ HANGAR_ADMIN_USER = env.str("HANGAR_ADMIN_USER", "admin", help="user name of the
 HANGAR_ADMIN_PASSWORD = env.str(
     "HANGAR_ADMIN_PASSWORD", "", show="generated, printed once", help="password of the admin `bootstrap_demo` creates"
 )
-HANGAR_HOST = env.str("HANGAR_HOST", "127.0.0.1", help="address the quickstart's web process binds")
-HANGAR_PORT = env.int("HANGAR_PORT", 8000, minimum=1, maximum=65535, help="port of the quickstart's web process")
+HANGAR_HOST = env.str(
+    "HANGAR_HOST",
+    "127.0.0.1",
+    help="address the web process binds (`manage.py quickstart`; the console image's entrypoint defaults to `0.0.0.0`)",
+)
+HANGAR_PORT = env.int("HANGAR_PORT", 8000, minimum=1, maximum=65535, help="port the web process listens on")
 # Deployment engine.
 HANGAR_RECONCILE_LEASE_SECONDS = env.float(
     "HANGAR_RECONCILE_LEASE_SECONDS",
