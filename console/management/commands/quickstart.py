@@ -184,11 +184,17 @@ class Command(BaseCommand):
         self.stopping = True
 
     def _stop_all(self) -> None:
-        for proc in reversed(self.procs):
+        # Redis (started first) goes last: a worker finishing its task still reaches the broker.
+        self._stop_group(list(reversed(self.procs[1:])))
+        self._stop_group(self.procs[:1])
+
+    @staticmethod
+    def _stop_group(procs: list[subprocess.Popen[Any]]) -> None:
+        for proc in procs:
             if proc.poll() is None:
                 proc.send_signal(signal.SIGTERM)
         deadline = time.monotonic() + STOP_GRACE_SECONDS
-        for proc in reversed(self.procs):
+        for proc in procs:
             try:
                 proc.wait(timeout=max(0.1, deadline - time.monotonic()))
             except subprocess.TimeoutExpired:
