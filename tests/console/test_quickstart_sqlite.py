@@ -120,7 +120,6 @@ def quickstart_env(data_dir: Path, model_dir: Path, port: int) -> dict[str, str]
         # Busier than the defaults, so the worker and beat write as much as they can meanwhile.
         "HANGAR_RESYNC_INTERVAL": "1",
         "HANGAR_METRICS_INTERVAL": "0.5",
-        "HANGAR_DEBUG": "false",
     }
 
 
