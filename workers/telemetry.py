@@ -10,7 +10,7 @@ directory of this worker's own, set before the worker starts (the console image'
 does it); the worker refuses to start with the port set and the directory missing.
 
 The control plane's state (queue depth, deployments and their ready replicas) is not here: the
-web process's ``/metrics`` collects it on each scrape (``controlplane.core.metrics``), so it is
+web process's ``/metrics`` collects it on each scrape (``controlplane.deployments.metrics``), so it is
 there even when no worker runs.
 """
 

@@ -2,7 +2,10 @@
 
 from console.logging import FORMATS, logging_config
 from console.settings.base import *  # noqa: F403
-from console.settings.base import DATA_DIR, HANGAR_MODEL_ROOTS, LOG_LEVEL, env
+from console.settings.base import DATA_DIR, HANGAR_MODEL_ROOTS, LOG_LEVEL
+from console.settings.env import Env
+
+env = Env(declare=True, profile="local")
 
 DEBUG = env.bool("HANGAR_DEBUG", True)
 # Model sources always have roots to live under (production requires them set explicitly).

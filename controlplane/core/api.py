@@ -29,7 +29,6 @@ from rest_framework.settings import api_settings
 from rest_framework.views import exception_handler as drf_exception_handler
 
 from controlplane.core.exceptions import DomainError
-from controlplane.tenancy.access import Access
 
 logger = logging.getLogger(__name__)
 
@@ -164,8 +163,9 @@ class TenantSlugField(serializers.Field):
         tenant_id = getattr(value, "tenant_id", None)
         if tenant_id is None:
             return None
-        access = self.context.get("access")
-        slug = access.slugs.get(tenant_id) if isinstance(access, Access) else None
+        # The request's tenancy Access, if any (core knows only that it maps tenant ids to slugs).
+        slugs = getattr(self.context.get("access"), "slugs", None)
+        slug = slugs.get(tenant_id) if isinstance(slugs, dict) else None
         return slug if slug is not None else value.tenant.slug
 
 

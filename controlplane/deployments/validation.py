@@ -19,11 +19,11 @@ from django.conf import settings
 from django.utils import timezone
 
 from controlplane.catalog.choices import DType, Quantization
+from controlplane.catalog.naming import SERVED_NAME
 from controlplane.core.exceptions import ValidationFailed
 from controlplane.deployments.choices import KubeAuth, KubeEndpoints, TargetKind
 
 DNS_LABEL = re.compile(r"^[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?$")
-SERVED_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._:/-]{0,99}$")
 MAX_REPLICAS = 64
 
 # field -> (type, minimum, maximum)

@@ -261,7 +261,7 @@ class Gateway:
             elif path == "/metrics":
                 if method not in ("GET", "HEAD"):
                     raise GatewayError(405, "Use GET for /metrics.", code="method_not_allowed")
-                # In a thread: collecting reads the database and Redis (controlplane.core.metrics).
+                # In a thread: collecting reads the database and Redis (controlplane.deployments.metrics).
                 data, content_type = await metrics.render_async()
                 await exchange.respond(200, data, content_type.encode())
             else:

@@ -1,6 +1,7 @@
-"""Gateway tunables, read once from Django settings (``HANGAR_GATEWAY_*``) with safe defaults.
+"""Gateway tunables, read once from Django settings (``HANGAR_GATEWAY_*``).
 
-The settings module owns the environment; the gateway only reads the resulting values, so a
+The settings module owns the environment and parses each variable strictly (type, bounds,
+default: console/settings/base.py); the gateway only reads the resulting values, so a
 deployment can tune caches and timeouts without code changes.
 """
 
@@ -37,28 +38,27 @@ class GatewayConf:
 
 
 def load() -> GatewayConf:
-    get = getattr
+    # Every value was parsed and bounded by the settings (console/settings/base.py).
     return GatewayConf(
-        max_body_bytes=int(get(settings, "HANGAR_MAX_BODY_BYTES", 1024 * 1024)),
-        key_cache_seconds=min(60.0, float(get(settings, "HANGAR_GATEWAY_KEY_CACHE_SECONDS", 30.0))),
-        key_negative_cache_seconds=float(get(settings, "HANGAR_GATEWAY_KEY_NEGATIVE_CACHE_SECONDS", 5.0)),
-        # Below the revocation markers' lifetime (controlplane.keys.services), which it relies on.
-        key_stale_seconds=min(6 * 86400.0, float(get(settings, "HANGAR_GATEWAY_KEY_STALE_SECONDS", 86400.0))),
-        route_cache_seconds=float(get(settings, "HANGAR_GATEWAY_ROUTE_CACHE_SECONDS", 1.0)),
-        route_stale_seconds=float(get(settings, "HANGAR_GATEWAY_ROUTE_STALE_SECONDS", 5.0)),
-        usage_flush_seconds=float(get(settings, "HANGAR_GATEWAY_USAGE_FLUSH_SECONDS", 2.0)),
-        touch_flush_seconds=float(get(settings, "HANGAR_GATEWAY_TOUCH_FLUSH_SECONDS", 10.0)),
-        key_touch_flush_seconds=float(get(settings, "HANGAR_GATEWAY_KEY_TOUCH_FLUSH_SECONDS", 60.0)),
-        settle_flush_seconds=float(get(settings, "HANGAR_GATEWAY_SETTLE_FLUSH_SECONDS", 0.05)),
-        burst_fraction=float(get(settings, "HANGAR_GATEWAY_BURST_FRACTION", 0.1)),
-        cold_start_timeout=float(get(settings, "HANGAR_GATEWAY_COLD_START_TIMEOUT", 60.0)),
-        cold_start_poll=float(get(settings, "HANGAR_GATEWAY_COLD_START_POLL", 0.5)),
-        retry_after_seconds=int(get(settings, "HANGAR_GATEWAY_RETRY_AFTER_SECONDS", 5)),
-        upstream_connect_timeout=float(get(settings, "HANGAR_GATEWAY_UPSTREAM_CONNECT_TIMEOUT", 2.0)),
-        upstream_read_timeout=float(get(settings, "HANGAR_GATEWAY_UPSTREAM_READ_TIMEOUT", 600.0)),
-        eject_after_failures=int(get(settings, "HANGAR_GATEWAY_EJECT_AFTER_FAILURES", 3)),
-        eject_seconds=float(get(settings, "HANGAR_GATEWAY_EJECT_SECONDS", 10.0)),
-        redis_timeout=float(get(settings, "HANGAR_GATEWAY_REDIS_TIMEOUT", 1.0)),
-        redis_probe_seconds=float(get(settings, "HANGAR_GATEWAY_REDIS_PROBE_SECONDS", 1.0)),
-        redis_prefix=str(get(settings, "HANGAR_GATEWAY_REDIS_PREFIX", "hangar:gw:")),
+        max_body_bytes=settings.HANGAR_MAX_BODY_BYTES,
+        key_cache_seconds=settings.HANGAR_GATEWAY_KEY_CACHE_SECONDS,
+        key_negative_cache_seconds=settings.HANGAR_GATEWAY_KEY_NEGATIVE_CACHE_SECONDS,
+        key_stale_seconds=settings.HANGAR_GATEWAY_KEY_STALE_SECONDS,
+        route_cache_seconds=settings.HANGAR_GATEWAY_ROUTE_CACHE_SECONDS,
+        route_stale_seconds=settings.HANGAR_GATEWAY_ROUTE_STALE_SECONDS,
+        usage_flush_seconds=settings.HANGAR_GATEWAY_USAGE_FLUSH_SECONDS,
+        touch_flush_seconds=settings.HANGAR_GATEWAY_TOUCH_FLUSH_SECONDS,
+        key_touch_flush_seconds=settings.HANGAR_GATEWAY_KEY_TOUCH_FLUSH_SECONDS,
+        settle_flush_seconds=settings.HANGAR_GATEWAY_SETTLE_FLUSH_SECONDS,
+        burst_fraction=settings.HANGAR_GATEWAY_BURST_FRACTION,
+        cold_start_timeout=settings.HANGAR_GATEWAY_COLD_START_TIMEOUT,
+        cold_start_poll=settings.HANGAR_GATEWAY_COLD_START_POLL,
+        retry_after_seconds=settings.HANGAR_GATEWAY_RETRY_AFTER_SECONDS,
+        upstream_connect_timeout=settings.HANGAR_GATEWAY_UPSTREAM_CONNECT_TIMEOUT,
+        upstream_read_timeout=settings.HANGAR_GATEWAY_UPSTREAM_READ_TIMEOUT,
+        eject_after_failures=settings.HANGAR_GATEWAY_EJECT_AFTER_FAILURES,
+        eject_seconds=settings.HANGAR_GATEWAY_EJECT_SECONDS,
+        redis_timeout=settings.HANGAR_GATEWAY_REDIS_TIMEOUT,
+        redis_probe_seconds=settings.HANGAR_GATEWAY_REDIS_PROBE_SECONDS,
+        redis_prefix=settings.HANGAR_GATEWAY_REDIS_PREFIX,
     )

@@ -21,7 +21,7 @@ from prometheus_client import (
     generate_latest,
 )
 
-from controlplane.core.metrics import control_plane_state
+from controlplane.deployments.metrics import control_plane_state
 
 REQUESTS = Counter("hangar_gateway_requests_total", "Gateway answers by model and HTTP status.", ["model", "status"])
 ADDED_LATENCY = Histogram(
@@ -84,7 +84,7 @@ def count_tokens(model: str, prompt: int, completion: int) -> None:
 
 def render() -> tuple[bytes, str]:
     """The exposition text: this process's metrics (all workers' when PROMETHEUS_MULTIPROC_DIR is
-    set) and the control plane's state, collected now (``controlplane.core.metrics``). Blocking:
+    set) and the control plane's state, collected now (``controlplane.deployments.metrics``). Blocking:
     call it in a thread."""
     registry: CollectorRegistry = REGISTRY
     if os.environ.get("PROMETHEUS_MULTIPROC_DIR"):

@@ -6,7 +6,6 @@ the demo tenant; the tiny model is published in the shared model folder and regi
 
 from __future__ import annotations
 
-import os
 import secrets
 from pathlib import Path
 from typing import Any
@@ -41,7 +40,7 @@ class Command(BaseCommand):
     help = "Create the admin user, a demo tenant, a local target and the tiny demo model (deployed once)."
 
     def add_arguments(self, parser: Any) -> None:
-        parser.add_argument("--username", default=os.environ.get("HANGAR_ADMIN_USER", "admin"))
+        parser.add_argument("--username", default=settings.HANGAR_ADMIN_USER)
         parser.add_argument("--no-deploy", action="store_true", help="Register the demo model but do not deploy it.")
 
     def handle(self, *args: Any, **options: Any) -> None:
@@ -93,9 +92,9 @@ class Command(BaseCommand):
         user = user_model.objects.filter(username=username).first()
         if user is not None:
             return user
-        password = os.environ.get("HANGAR_ADMIN_PASSWORD") or secrets.token_urlsafe(12)
+        password = settings.HANGAR_ADMIN_PASSWORD or secrets.token_urlsafe(12)
         user = user_model.objects.create_superuser(username=username, email="", password=password)
-        shown = "from HANGAR_ADMIN_PASSWORD" if os.environ.get("HANGAR_ADMIN_PASSWORD") else password
+        shown = "from HANGAR_ADMIN_PASSWORD" if settings.HANGAR_ADMIN_PASSWORD else password
         self.stdout.write(self.style.SUCCESS(f"Created admin user {username!r}, password: {shown}"))
         self.stdout.write("(shown once; change it with: .venv/bin/python manage.py changepassword admin)")
         return user

@@ -16,7 +16,9 @@ from pathlib import Path
 from typing import Any
 
 from django.conf import settings
+from django.core.management import call_command
 from django.core.management.base import BaseCommand, CommandError
+from django.db import connections
 
 from workers.drivers.local import free_port
 
@@ -50,8 +52,8 @@ class Command(BaseCommand):
     help = "Start Redis, web (uvicorn), a Celery worker and beat together, with demo data; Ctrl-C stops all."
 
     def add_arguments(self, parser: Any) -> None:
-        parser.add_argument("--host", default=os.environ.get("HANGAR_HOST", "127.0.0.1"))
-        parser.add_argument("--port", type=int, default=int(os.environ.get("HANGAR_PORT", "8000")))
+        parser.add_argument("--host", default=settings.HANGAR_HOST)
+        parser.add_argument("--port", type=int, default=settings.HANGAR_PORT)
 
     def handle(self, *args: Any, **options: Any) -> None:
         self.procs: list[subprocess.Popen[Any]] = []
@@ -110,17 +112,7 @@ class Command(BaseCommand):
         env["REDIS_URL"] = f"redis://127.0.0.1:{redis_port}/0"
         env.setdefault("DJANGO_SETTINGS_MODULE", "console.settings.local")
         py = sys.executable
-        manage = str(Path(settings.BASE_DIR) / "manage.py")
-        for step in (
-            ["migrate", "--noinput", "-v", "0"],
-            ["collectstatic", "--noinput", "-v", "0"],
-            ["bootstrap_demo"],
-        ):
-            result = subprocess.run([py, manage, *step], env=env, check=False)
-            if self.stopping:
-                self._stop_and_exit(0)
-            if result.returncode != 0:
-                raise CommandError(f"manage.py {' '.join(step)} failed with code {result.returncode}")
+        self._prepare(env)
         celery = [py, "-m", "celery", "-A", "console"]
         self._spawn("worker", [*celery, "worker", "-l", "INFO", "-c", "2", "-n", "worker@%h"], env, logs / "worker.log")
         self._spawn(
@@ -172,15 +164,37 @@ class Command(BaseCommand):
             time.sleep(0.5)
         self._stop_and_exit(0)
 
+    def _prepare(self, env: dict[str, str]) -> None:
+        """Migrate and collect static files here (Django is loaded already: seconds saved per
+        step), then bootstrap the demo in a process that sees the Redis just started (it enqueues
+        the demo's first reconcile)."""
+        call_command("migrate", interactive=False, verbosity=0)
+        call_command("collectstatic", interactive=False, verbosity=0)
+        connections.close_all()  # the web, worker and beat processes open their own
+        if self.stopping:
+            self._stop_and_exit(0)
+        manage = str(Path(settings.BASE_DIR) / "manage.py")
+        result = subprocess.run([sys.executable, manage, "bootstrap_demo"], env=env, check=False)
+        if self.stopping:
+            self._stop_and_exit(0)
+        if result.returncode != 0:
+            raise CommandError(f"manage.py bootstrap_demo failed with code {result.returncode}")
+
     def _request_stop(self, *_: Any) -> None:
         self.stopping = True
 
     def _stop_all(self) -> None:
-        for proc in reversed(self.procs):
+        # Redis (started first) goes last: a worker finishing its task still reaches the broker.
+        self._stop_group(list(reversed(self.procs[1:])))
+        self._stop_group(self.procs[:1])
+
+    @staticmethod
+    def _stop_group(procs: list[subprocess.Popen[Any]]) -> None:
+        for proc in procs:
             if proc.poll() is None:
                 proc.send_signal(signal.SIGTERM)
         deadline = time.monotonic() + STOP_GRACE_SECONDS
-        for proc in reversed(self.procs):
+        for proc in procs:
             try:
                 proc.wait(timeout=max(0.1, deadline - time.monotonic()))
             except subprocess.TimeoutExpired:

@@ -6,9 +6,9 @@ from rest_framework import serializers
 
 from controlplane.catalog.choices import DType
 from controlplane.catalog.models import Model
+from controlplane.catalog.naming import SERVED_NAME
 from controlplane.catalog.selectors import model_memory_estimate
 from controlplane.core.api import InputSerializer, TenantChoiceMixin, TenantSlugField
-from controlplane.deployments.validation import SERVED_NAME
 
 MODEL_FIELDS: tuple[str, ...] = (
     "id",
