@@ -134,14 +134,7 @@ def test_every_runtime_field_reaches_the_replica() -> None:
     args = spec.runtime_args(model="/model", host="0.0.0.0", port=8000)
     parsed = vars(build_parser().parse_args(args))
     flagged = [f for f in SPEC if f.flag]
-    assert {f.name for f in flagged} == {
-        "served_model_name",
-        "dtype",
-        "quantization",
-        "max_batch_size",
-        "max_model_len",
-        "gpus",
-    }
+    assert {"dtype", "max_model_len", "gpus"} <= {f.name for f in flagged}
     for field in flagged:
         value = field.flag_value(getattr(deployment, field.name))
         assert [field.flag, value] == args[args.index(field.flag) : args.index(field.flag) + 2]
