@@ -21,10 +21,11 @@ from django.utils import timezone
 
 from controlplane.catalog.sources import folders_text, source_allowed
 from controlplane.deployments import status
-from controlplane.deployments.choices import ConditionType, DesiredState, EventType, Phase, ReplicaState
+from controlplane.deployments.choices import ConditionType, DesiredState, EventType, Phase, ProgressStep, ReplicaState
 from controlplane.deployments.events import event_emit
 from controlplane.deployments.models import Deployment, DeploymentEvent, Replica, Target
 from controlplane.deployments.replica_auth import replica_token
+from controlplane.deployments.spec import replica_values
 from controlplane.deployments.status import ReplicaObservation, StatusUpdate
 from workers import telemetry
 from workers.drivers import driver_for, instance_name
@@ -42,14 +43,14 @@ logger = logging.getLogger(__name__)
 
 POLL_WHILE_CONVERGING_S = 0.25  # a pass is ~20 queries and two local HTTP calls: cheap
 POLL_WHILE_DELETING_S = 1.0
-# Runtime stage -> the progress step the dashboard shows.
-STEPS = {
-    "starting": "starting",
-    "loading_model": "loading_model",
-    "loaded": "loading_model",
-    "warming_up": "warming_up",
-    "ready": "ready",
-    "failed": "failed",
+# Runtime stage (``hangar-runtime: stage=...``) -> the progress step the dashboard shows.
+STEPS: dict[str, ProgressStep] = {
+    "starting": ProgressStep.STARTING,
+    "loading_model": ProgressStep.LOADING_MODEL,
+    "loaded": ProgressStep.LOADING_MODEL,
+    "warming_up": ProgressStep.WARMING_UP,
+    "ready": ProgressStep.READY,
+    "failed": ProgressStep.FAILED,
 }
 
 
@@ -80,6 +81,10 @@ def replica_spec(deployment: Deployment, *, slot: int) -> ReplicaSpec:
             reason="ModelSourceRefused",
         )
     gen = deployment.template_generation
+    values = replica_values(deployment)
+    # The target's labels win: a deployment may narrow placement, never leave the target's pool.
+    values["node_selector"] = {**values["node_selector"], **(deployment.target.node_selector or {})}
+    values["tolerations"] = [*(deployment.target.tolerations or []), *values["tolerations"]]
     return ReplicaSpec(
         instance=instance_name(),
         tenant_id=deployment.tenant_id,
@@ -89,19 +94,7 @@ def replica_spec(deployment: Deployment, *, slot: int) -> ReplicaSpec:
         slot=slot,
         generation=gen,
         model_path=model_path,
-        served_model_name=deployment.served_model_name,
-        dtype=deployment.dtype,
-        quantization=deployment.quantization,
-        max_batch_size=deployment.max_batch_size,
-        max_model_len=deployment.max_model_len,
-        gpus=deployment.gpus,
-        gpu_ids=tuple(deployment.gpu_ids or ()),
-        cpus=deployment.cpus,
-        memory_mb=deployment.memory_mb,
-        host_port=deployment.host_port,
-        # The target's labels win: a deployment may narrow placement, never leave the target's pool.
-        node_selector={**(deployment.node_selector or {}), **(deployment.target.node_selector or {})},
-        tolerations=[*(deployment.target.tolerations or []), *(deployment.tolerations or [])],
+        **values,
         allow_unsafe_weights=deployment.model.allow_unsafe_weights,
         trust_remote_code=deployment.model.trust_remote_code,
         token=replica_token(deployment.pk),
@@ -113,8 +106,8 @@ def _slot(name: str) -> int:
     return int(match.group(1)) if match else 10_000
 
 
-def _step(stage: str | None) -> str:
-    return STEPS.get(stage or "", "starting")
+def _step(stage: str | None) -> ProgressStep:
+    return STEPS.get(stage or "", ProgressStep.STARTING)
 
 
 class Pass:
@@ -359,7 +352,7 @@ class Pass:
             conditions[ConditionType.PROGRESSING] = (False, reason, failure)
             conditions[ConditionType.READY] = (ready >= desired > 0, reason, failure)
             observed = d.generation
-            progress = {"step": "failed", "detail": failure[:200]}
+            progress = {"step": ProgressStep.FAILED, "detail": failure[:200]}
             requeue = settings.HANGAR_FAILED_RETRY_SECONDS
         elif d.phase == Phase.FAILED and d.observed_generation == d.generation and not converged:
             # Retrying a failed spec: stay Failed (no flapping events) until it works.
@@ -376,7 +369,7 @@ class Pass:
                 progress = {}
             else:
                 phase, reason, message = Phase.RUNNING, "Running", f"{ready}/{desired} replicas ready"
-                progress = {"step": "ready", "detail": message}
+                progress = {"step": ProgressStep.READY, "detail": message}
             conditions[ConditionType.PROGRESSING] = (True, "Complete", message)
             conditions[ConditionType.READY] = (desired > 0, reason, message)
             conditions[ConditionType.AVAILABLE] = (ready > 0, reason, message)
@@ -584,7 +577,7 @@ def _report_error(deployment: Deployment, owner: str, exc: DriverError, *, tempo
             ready_replicas=deployment.ready_replicas,
             observed_generation=None if temporary else deployment.generation,
             conditions=conditions,
-            progress={"step": "failed", "detail": exc.message[:200]} if not temporary else None,
+            progress={"step": ProgressStep.FAILED, "detail": exc.message[:200]} if not temporary else None,
         ),
     )
 

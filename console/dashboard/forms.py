@@ -10,8 +10,10 @@ from typing import Any
 
 from django import forms
 
-from controlplane.catalog.choices import DType, Quantization
+from controlplane.catalog.choices import DType
 from controlplane.deployments.choices import KubeAuth, TargetKind
+from controlplane.deployments.spec import SPEC, Kind, SpecField
+from controlplane.deployments.validation import bounds_message
 from controlplane.keys.choices import DEFAULT_SCOPES, Scope
 from controlplane.tenancy.choices import Role
 
@@ -31,46 +33,47 @@ class ModelRegisterForm(forms.Form):
     trust_remote_code = forms.BooleanField(required=False, help_text="Platform admins only.")
 
 
-SPEC_INT_FIELDS = (
-    "replicas",
-    "min_replicas",
-    "max_replicas",
-    "gpus",
-    "memory_mb",
-    "max_batch_size",
-    "max_model_len",
-    "max_tokens_cap",
-    "tensor_parallel",
-    "target_concurrency",
-    "scale_to_zero_idle_seconds",
-)
+def _number_field(field: SpecField, options: dict[str, Any]) -> forms.Field:
+    message = bounds_message(field)
+    options |= {
+        "required": not field.nullable,
+        "min_value": field.low,
+        "max_value": field.high,
+        "error_messages": {"min_value": message, "max_value": message},
+    }
+    return forms.IntegerField(**options) if field.kind is Kind.INT else forms.FloatField(**options)
 
 
+def spec_form_field(field: SpecField) -> forms.Field:
+    """The dashboard form field of a spec field (types and bounds; the services check the rest)."""
+    options: dict[str, Any] = {"label": field.label, "help_text": field.help_text, "initial": field.initial}
+    if field.kind in (Kind.INT, Kind.FLOAT):
+        return _number_field(field, options)
+    if field.kind is Kind.BOOL:
+        return forms.BooleanField(required=False, **options)
+    if field.kind is Kind.CHOICE and field.choices is not None:
+        return forms.ChoiceField(choices=field.choices.choices, **options)
+    if field.kind in (Kind.DEVICE_IDS, Kind.LABELS, Kind.TOLERATIONS):
+        return forms.JSONField(required=False, widget=forms.Textarea(attrs={"rows": 2}), **options)
+    return forms.CharField(max_length=field.max_length, required=False, **options)
+
+
+def _with_spec_fields(cls: type[forms.Form]) -> type[forms.Form]:
+    """Add a form field per declared spec field to ``cls`` (and so to its subclasses)."""
+    cls.declared_fields.update({f.name: spec_form_field(f) for f in SPEC})
+    return cls
+
+
+@_with_spec_fields
 class DeploymentSpecForm(forms.Form):
-    """The editable spec of a deployment (the service checks ranges and cross-field rules)."""
-
-    served_model_name = forms.CharField(max_length=100, required=False, help_text="Name clients send as “model”.")
-    replicas = forms.IntegerField(min_value=0, initial=1)
-    min_replicas = forms.IntegerField(min_value=0, initial=1)
-    max_replicas = forms.IntegerField(min_value=1, initial=1)
-    gpus = forms.IntegerField(min_value=0, initial=0, label="GPUs per replica")
-    cpus = forms.FloatField(min_value=0.1, initial=1.0, label="CPUs per replica")
-    memory_mb = forms.IntegerField(min_value=128, initial=2048, label="Memory (MB)")
-    dtype = forms.ChoiceField(choices=DType.choices, initial=DType.FLOAT32)
-    quantization = forms.ChoiceField(choices=Quantization.choices, initial=Quantization.NONE)
-    max_batch_size = forms.IntegerField(min_value=1, initial=32)
-    max_model_len = forms.IntegerField(min_value=16, initial=2048)
-    max_tokens_cap = forms.IntegerField(min_value=1, initial=1024)
-    tensor_parallel = forms.IntegerField(min_value=1, initial=1)
-    autoscale = forms.BooleanField(required=False)
-    target_concurrency = forms.IntegerField(min_value=1, initial=8)
-    scale_to_zero_idle_seconds = forms.IntegerField(min_value=0, initial=0, help_text="0 = never scale to zero")
+    """The editable spec of a deployment, one field per declared spec field
+    (``controlplane.deployments.spec``); the service checks cross-field rules."""
 
     def spec(self) -> dict[str, Any]:
-        data = dict(self.cleaned_data)
-        data.pop("name", None)
-        data.pop("model", None)
-        data.pop("target", None)
+        data = {f.name: self.cleaned_data.get(f.name) for f in SPEC}
+        for field in SPEC:  # an empty JSON box means the field's default ([] or {})
+            if field.kind in (Kind.DEVICE_IDS, Kind.LABELS, Kind.TOLERATIONS) and data[field.name] in (None, ""):
+                data[field.name] = field.initial
         if not data.get("served_model_name"):
             data.pop("served_model_name", None)
         return data

@@ -1,5 +1,7 @@
 """Status values of targets, deployments and replicas."""
 
+from __future__ import annotations
+
 from django.db import models
 
 
@@ -61,3 +63,19 @@ class DesiredState(models.TextChoices):
     RUNNING = "running", "Running"
     STOPPED = "stopped", "Stopped"
     DELETED = "deleted", "Deleted"
+
+
+class ProgressStep(models.TextChoices):
+    """Steps of ``Deployment.progress`` (written by the reconciler, shown by the detail page),
+    in the order a replica goes through them; ``FAILED`` ends any of them."""
+
+    STARTING = "starting", "Starting"
+    LOADING_MODEL = "loading_model", "Loading model"
+    WARMING_UP = "warming_up", "Warming up"
+    READY = "ready", "Ready"
+    FAILED = "failed", "Failed"
+
+    @classmethod
+    def ordered(cls) -> list[ProgressStep]:
+        """The steps of a start-up, in order (the detail page lists these)."""
+        return [step for step in cls if step is not cls.FAILED]

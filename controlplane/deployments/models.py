@@ -5,7 +5,6 @@ from __future__ import annotations
 
 from django.db import models
 
-from controlplane.catalog.choices import DType, Quantization
 from controlplane.core.models import TenantOwned, TimeStamped
 from controlplane.deployments.choices import (
     DesiredState,
@@ -16,6 +15,7 @@ from controlplane.deployments.choices import (
     ReplicaState,
     TargetKind,
 )
+from controlplane.deployments.spec import DeploymentSpec
 
 
 class Target(TimeStamped):
@@ -72,37 +72,14 @@ class TargetGrant(TimeStamped):
         return f"{self.target_id}->{self.tenant_id}"
 
 
-class Deployment(TenantOwned):
+class Deployment(TenantOwned, DeploymentSpec):
+    """A tenant's desired state for one served model; the spec fields come from ``DeploymentSpec``
+    (``controlplane.deployments.spec``), the rest is identity and reconcile bookkeeping."""
+
     name = models.CharField(max_length=63)
     model = models.ForeignKey("catalog.Model", on_delete=models.PROTECT, related_name="deployments")
     target = models.ForeignKey(Target, on_delete=models.PROTECT, related_name="deployments")
-    # The name clients send as "model" to the gateway; unique per tenant.
-    served_model_name = models.CharField(max_length=100)
     desired_state = models.CharField(max_length=16, choices=DesiredState.choices, default=DesiredState.RUNNING)
-    replicas = models.PositiveIntegerField(default=1)
-    min_replicas = models.PositiveIntegerField(default=1)
-    max_replicas = models.PositiveIntegerField(default=1)
-    # Resources per replica
-    gpus = models.PositiveIntegerField(default=0)
-    gpu_ids = models.JSONField(default=list, blank=True)
-    cpus = models.FloatField(default=1.0)
-    memory_mb = models.PositiveIntegerField(default=2048)
-    # Runtime options
-    dtype = models.CharField(max_length=16, choices=DType.choices, default=DType.FLOAT32)
-    quantization = models.CharField(max_length=8, choices=Quantization.choices, default=Quantization.NONE)
-    max_batch_size = models.PositiveIntegerField(default=32)
-    max_model_len = models.PositiveIntegerField(default=2048)
-    max_tokens_cap = models.PositiveIntegerField(default=1024)
-    tensor_parallel = models.PositiveIntegerField(default=1)
-    node_selector = models.JSONField(default=dict, blank=True)
-    tolerations = models.JSONField(default=list, blank=True)
-    # Fixed host port for local/docker targets (replica i listens on host_port + i); None = any
-    # free port. A clash is a permanent error, not a silent move to another port.
-    host_port = models.PositiveIntegerField(null=True, blank=True)
-    # Autoscaling
-    autoscale = models.BooleanField(default=False)
-    target_concurrency = models.PositiveIntegerField(default=8)
-    scale_to_zero_idle_seconds = models.PositiveIntegerField(default=0)  # 0 = never scale to zero
     last_request_at = models.DateTimeField(null=True, blank=True)
     # Reconcile bookkeeping
     # generation: bumped on every spec change. template_generation: bumped only when replicas

@@ -22,35 +22,14 @@ from controlplane.deployments import quota
 from controlplane.deployments.choices import DesiredState, Phase, TargetKind
 from controlplane.deployments.events import event_emit
 from controlplane.deployments.models import Deployment, Target, TargetGrant
+from controlplane.deployments.spec import SPEC, TEMPLATE_SPEC_FIELDS
 from controlplane.deployments.validation import DNS_LABEL, TARGET_SETTINGS, validate_deployment_fields, validate_target
 from controlplane.tenancy.models import Tenant
 
-# Changing one of these replaces the replicas (rolling); other spec fields do not.
-TEMPLATE_FIELDS = {
-    "model",
-    "dtype",
-    "quantization",
-    "max_batch_size",
-    "max_model_len",
-    "gpus",
-    "gpu_ids",
-    "cpus",
-    "memory_mb",
-    "tensor_parallel",
-    "node_selector",
-    "tolerations",
-    "host_port",
-}
-SPEC_FIELDS = TEMPLATE_FIELDS | {
-    "replicas",
-    "min_replicas",
-    "max_replicas",
-    "max_tokens_cap",
-    "autoscale",
-    "target_concurrency",
-    "scale_to_zero_idle_seconds",
-    "served_model_name",
-}
+# Changing one of these replaces the replicas (rolling); other spec fields do not. The model is
+# not a spec column (a foreign key chosen at creation) but replaces the replicas too.
+TEMPLATE_FIELDS = TEMPLATE_SPEC_FIELDS | {"model"}
+SPEC_FIELDS = TEMPLATE_FIELDS | {f.name for f in SPEC}
 
 
 def _push_state(deployment: Deployment) -> None:

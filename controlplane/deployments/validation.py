@@ -5,7 +5,7 @@ from __future__ import annotations
 import ipaddress
 import posixpath
 import re
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 from urllib.parse import urlsplit
@@ -18,109 +18,127 @@ from cryptography.hazmat.primitives.asymmetric.types import PrivateKeyTypes
 from django.conf import settings
 from django.utils import timezone
 
-from controlplane.catalog.choices import DType, Quantization
 from controlplane.catalog.naming import SERVED_NAME
 from controlplane.core.exceptions import ValidationFailed
 from controlplane.deployments.choices import KubeAuth, KubeEndpoints, TargetKind
+from controlplane.deployments.spec import SPEC_BY_NAME, Kind, SpecField
 
 DNS_LABEL = re.compile(r"^[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?$")
-MAX_REPLICAS = 64
+NAME_HELP = "Use 1-63 lowercase letters, digits and '-', starting and ending with a letter or digit."
+SERVED_NAME_HELP = "Use 1-100 letters, digits and . _ : / -, starting with a letter or digit."
+LABEL_MAP_HELP = "Must be an object of string keys to string values (up to 32)."
+TOLERATIONS_HELP = "Must be a list of up to 32 tolerations ({key, operator, value, effect})."
 
-# field -> (type, minimum, maximum)
-NUMERIC_LIMITS: dict[str, tuple[type, float, float]] = {
-    "replicas": (int, 0, MAX_REPLICAS),
-    "min_replicas": (int, 0, MAX_REPLICAS),
-    "max_replicas": (int, 1, MAX_REPLICAS),
-    "gpus": (int, 0, 16),
-    "cpus": (float, 0.1, 256),
-    "memory_mb": (int, 128, 4 * 1024 * 1024),
-    "max_batch_size": (int, 1, 512),
-    "max_model_len": (int, 16, 1_048_576),
-    "max_tokens_cap": (int, 1, 1_048_576),
-    "tensor_parallel": (int, 1, 16),
-    "target_concurrency": (int, 1, 10_000),
-    "scale_to_zero_idle_seconds": (int, 0, 7 * 24 * 3600),
-    "host_port": (int, 1024, 65535),
+
+class _Invalid(ValueError):
+    """One field's problem, worded for the person who sent it (never quoting a credential)."""
+
+
+# ----------------------------------------------------------------------------- deployments
+#
+# One check per kind of spec field (``controlplane.deployments.spec``), with the field's bounds.
+
+
+def bounds_message(field: SpecField) -> str:
+    """What a value out of ``field``'s bounds is told (the API and the form say the same)."""
+    return " ".join(filter(None, [f"Must be between {field.low:g} and {field.high:g}.", field.note]))
+
+
+def _check_number(field: SpecField, value: Any) -> int | float | None:
+    if value is None and field.nullable:
+        return None
+    whole = field.kind is Kind.INT
+    if isinstance(value, bool) or not isinstance(value, int | float) or (whole and not isinstance(value, int)):
+        raise _Invalid("Must be an integer." if whole else "Must be a number.")
+    if field.low is not None and field.high is not None and not field.low <= value <= field.high:
+        raise _Invalid(bounds_message(field))
+    return int(value) if whole else float(value)
+
+
+def _check_bool(field: SpecField, value: Any) -> bool:
+    if not isinstance(value, bool):
+        raise _Invalid("Must be true or false.")
+    return value
+
+
+def _check_choice(field: SpecField, value: Any) -> str:
+    values = field.choices.values if field.choices else []
+    if value not in values:
+        raise _Invalid(f"Choose one of {values}.")
+    return str(value)
+
+
+def _check_served_name(field: SpecField, value: Any) -> str:
+    if not isinstance(value, str) or not SERVED_NAME.match(value):
+        raise _Invalid(SERVED_NAME_HELP)
+    return value
+
+
+def _check_device_ids(field: SpecField, value: Any) -> list[str]:
+    limit = field.max_length or 0
+    if (
+        not isinstance(value, list)
+        or len(value) > limit
+        or any(not isinstance(v, str) or not v or len(v) > 64 for v in value)
+    ):
+        raise _Invalid(" ".join(filter(None, [f"Must be a list of up to {limit} device id(s) (strings).", field.note])))
+    return value
+
+
+def _check_labels(field: SpecField, value: Any) -> dict[str, str]:
+    if not _is_label_map(value):
+        raise _Invalid(LABEL_MAP_HELP)
+    return dict(value)
+
+
+def _check_tolerations(field: SpecField, value: Any) -> list[dict[str, Any]]:
+    if not _is_tolerations(value):
+        raise _Invalid(TOLERATIONS_HELP)
+    if any(_reserved_toleration(t) for t in value):
+        raise _Invalid(
+            "Tolerations need a key, and may not tolerate the cluster's own taints "
+            f"({', '.join(RESERVED_TAINT_PREFIXES)}...): those nodes are the platform's."
+        )
+    return list(value)
+
+
+_KIND_CHECKS: dict[Kind, Callable[[SpecField, Any], Any]] = {
+    Kind.INT: _check_number,
+    Kind.FLOAT: _check_number,
+    Kind.BOOL: _check_bool,
+    Kind.CHOICE: _check_choice,
+    Kind.SERVED_NAME: _check_served_name,
+    Kind.DEVICE_IDS: _check_device_ids,
+    Kind.LABELS: _check_labels,
+    Kind.TOLERATIONS: _check_tolerations,
 }
 
 
-def _errors() -> dict[str, list[str]]:
-    return {}
+def _check_deployment_name(value: Any) -> str:
+    if not isinstance(value, str) or not DNS_LABEL.match(value):
+        raise _Invalid(NAME_HELP)
+    return value
+
+
+def _check_field(key: str, value: Any) -> Any:
+    """``value`` of the field ``key`` as stored; fields that are not spec fields pass as they are."""
+    if key == "name":
+        return _check_deployment_name(value)
+    field = SPEC_BY_NAME.get(key)
+    if field is None:
+        return value
+    return _KIND_CHECKS[field.kind](field, value)
 
 
 def validate_deployment_fields(data: dict[str, Any]) -> dict[str, Any]:
     """Check the fields present in ``data``; raise one ValidationFailed listing every problem."""
-    errors = _errors()
+    errors: dict[str, list[str]] = {}
     clean: dict[str, Any] = {}
     for key, value in data.items():
-        if key == "host_port" and value is None:
-            clean[key] = None
-        elif key in NUMERIC_LIMITS:
-            kind, low, high = NUMERIC_LIMITS[key]
-            if (
-                isinstance(value, bool)
-                or not isinstance(value, int | float)
-                or (kind is int and not isinstance(value, int))
-            ):
-                errors[key] = [f"Must be {'an integer' if kind is int else 'a number'}."]
-                continue
-            if not low <= value <= high:
-                errors[key] = [f"Must be between {low:g} and {high:g}."]
-                continue
-            clean[key] = kind(value)
-        elif key == "name":
-            if not isinstance(value, str) or not DNS_LABEL.match(value):
-                errors[key] = [
-                    "Use 1-63 lowercase letters, digits and '-', starting and ending with a letter or digit."
-                ]
-            else:
-                clean[key] = value
-        elif key == "served_model_name":
-            if not isinstance(value, str) or not SERVED_NAME.match(value):
-                errors[key] = ["Use 1-100 letters, digits and . _ : / -, starting with a letter or digit."]
-            else:
-                clean[key] = value
-        elif key == "dtype":
-            if value not in DType.values:
-                errors[key] = [f"Choose one of {DType.values}."]
-            else:
-                clean[key] = value
-        elif key == "quantization":
-            if value not in Quantization.values:
-                errors[key] = [f"Choose one of {Quantization.values}."]
-            else:
-                clean[key] = value
-        elif key == "autoscale":
-            if not isinstance(value, bool):
-                errors[key] = ["Must be true or false."]
-            else:
-                clean[key] = value
-        elif key == "gpu_ids":
-            if (
-                not isinstance(value, list)
-                or len(value) > 16
-                or any(not isinstance(v, str) or not v or len(v) > 64 for v in value)
-            ):
-                errors[key] = ["Must be a list of up to 16 device ids (strings)."]
-            else:
-                clean[key] = value
-        elif key == "node_selector":
-            if not _is_label_map(value):
-                errors[key] = ["Must be an object of string keys to string values (up to 32)."]
-            else:
-                clean[key] = value
-        elif key == "tolerations":
-            if not _is_tolerations(value):
-                errors[key] = ["Must be a list of up to 32 tolerations ({key, operator, value, effect})."]
-            elif any(_reserved_toleration(t) for t in value):
-                errors[key] = [
-                    "Tolerations need a key, and may not tolerate the cluster's own taints "
-                    f"({', '.join(RESERVED_TAINT_PREFIXES)}...): those nodes are the platform's."
-                ]
-            else:
-                clean[key] = value
-        else:
-            clean[key] = value
+        try:
+            clean[key] = _check_field(key, value)
+        except _Invalid as exc:
+            errors[key] = [str(exc)]
     merged_min = clean.get("min_replicas")
     merged_max = clean.get("max_replicas")
     if merged_min is not None and merged_max is not None and merged_min > merged_max:
@@ -216,10 +234,6 @@ CREDENTIAL_USE = {
 }
 
 
-class _Invalid(ValueError):
-    """One field's problem, worded for the person who sent it (never quoting a credential)."""
-
-
 @dataclass(frozen=True)
 class TargetChange:
     """A validated target: every setting, the complete set of credentials to store, and the
@@ -237,26 +251,8 @@ def validate_target(
     an empty credential removes it) on top of the target's ``current`` settings and credentials.
     Raise one ValidationFailed listing every problem by field."""
     errors: dict[str, list[str]] = {}
-    fields = {key: current[key] for key in TARGET_SETTINGS}
-    for key in TARGET_SETTINGS:
-        if key in data:
-            try:
-                fields[key] = _SETTING_CHECKS[key](data[key])
-            except _Invalid as exc:
-                errors[key] = [str(exc)]
-    uploaded: dict[str, str] = {}
-    for key in CREDENTIAL_FIELDS:
-        if key not in data:
-            continue
-        value = data[key]
-        if value is None or value == "":
-            uploaded[key] = ""
-            continue
-        try:
-            _CREDENTIAL_CHECKS[key](value)
-            uploaded[key] = value
-        except _Invalid as exc:
-            errors[key] = [str(exc)]
+    fields = _checked_settings(data, current, errors)
+    uploaded = _checked_uploads(data, errors)
     if errors:
         raise ValidationFailed("Invalid target.", field_errors=errors)
     credentials = {k: v for k, v in {**current_credentials, **uploaded}.items() if v}
@@ -270,6 +266,38 @@ def validate_target(
     kept = {k: v for k, v in credentials.items() if k in used}
     changed = tuple(k for k in CREDENTIAL_FIELDS if kept.get(k, "") != current_credentials.get(k, ""))
     return TargetChange(fields=fields, credentials=kept, credentials_changed=changed)
+
+
+def _checked_settings(
+    data: Mapping[str, Any], current: Mapping[str, Any], errors: dict[str, list[str]]
+) -> dict[str, Any]:
+    """Every setting: the checked value of those in ``data``, the ``current`` one of the others."""
+    fields = {key: current[key] for key in TARGET_SETTINGS}
+    for key in TARGET_SETTINGS:
+        if key in data:
+            try:
+                fields[key] = _SETTING_CHECKS[key](data[key])
+            except _Invalid as exc:
+                errors[key] = [str(exc)]
+    return fields
+
+
+def _checked_uploads(data: Mapping[str, Any], errors: dict[str, list[str]]) -> dict[str, str]:
+    """The credentials in ``data`` that parse ("" for the ones to remove)."""
+    uploaded: dict[str, str] = {}
+    for key in CREDENTIAL_FIELDS:
+        if key not in data:
+            continue
+        value = data[key]
+        if value is None or value == "":
+            uploaded[key] = ""
+            continue
+        try:
+            _CREDENTIAL_CHECKS[key](value)
+            uploaded[key] = value
+        except _Invalid as exc:
+            errors[key] = [str(exc)]
+    return uploaded
 
 
 def _check_kind(fields: dict[str, Any], credentials: dict[str, str], errors: dict[str, list[str]]) -> set[str]:
@@ -307,6 +335,12 @@ def _check_docker(fields: dict[str, Any], credentials: dict[str, str], errors: d
         if not credentials.get("ssh_key"):
             errors["ssh_key"] = ["Required for an ssh:// docker_url: upload the private key."]
         return {"ssh_key"}
+    return _check_docker_tls(credentials, errors)
+
+
+def _check_docker_tls(credentials: dict[str, str], errors: dict[str, list[str]]) -> set[str]:
+    """A tcp:// docker_url: all three TLS files, the key matching the certificate (or plain tcp://
+    where the platform allows it)."""
     present = [k for k in TLS_FIELDS if credentials.get(k)]
     if not present:
         if not settings.HANGAR_DOCKER_ALLOW_PLAIN_TCP:
@@ -392,6 +426,13 @@ def _docker_url(value: Any) -> str:
         if not rest.startswith("/") or any(c in rest for c in "?#%"):
             raise _Invalid("Use unix:///absolute/path/to/docker.sock.")
         return value
+    _check_remote_docker_url(value, scheme, rest)
+    return value
+
+
+def _check_remote_docker_url(value: str, scheme: str, rest: str) -> None:
+    """A tcp:// or ssh:// docker_url: only a user (ssh), a host that is not the machine's own
+    or its cloud's metadata service, and a port."""
     if any(c in rest for c in "/?#%"):
         raise _Invalid("No path, query or fragment: only the host and port. " + DOCKER_URL_HELP)
     if rest.endswith(":"):
@@ -415,7 +456,6 @@ def _docker_url(value: Any) -> str:
         raise _Invalid("Give the port: tcp://host:port.")
     if port is not None and not 1 <= port <= 65535:
         raise _Invalid("The port must be a number from 1 to 65535.")
-    return value
 
 
 def _host_problem(host: str) -> str | None:
@@ -496,13 +536,13 @@ def _model_volume(value: Any) -> dict[str, str]:
 
 def _label_map_setting(value: Any) -> dict[str, str]:
     if not _is_label_map(value):
-        raise _Invalid("Must be an object of string keys to string values (up to 32).")
+        raise _Invalid(LABEL_MAP_HELP)
     return dict(value)
 
 
 def _tolerations_setting(value: Any) -> list[dict[str, Any]]:
     if not _is_tolerations(value):
-        raise _Invalid("Must be a list of up to 32 tolerations ({key, operator, value, effect}).")
+        raise _Invalid(TOLERATIONS_HELP)
     return list(value)
 
 
@@ -606,6 +646,18 @@ def _kubeconfig(value: Any) -> tuple[set[str], str]:
         raise _Invalid("Not valid YAML.") from None
     if not isinstance(doc, dict):
         raise _Invalid("Not a kubeconfig: expected a mapping with clusters, contexts and users.")
+    names = _kubeconfig_names(doc)
+    _refuse_worker_files(doc)
+    for item in doc["contexts"]:
+        context = item["context"]
+        if context.get("cluster") not in names["clusters"] or context.get("user") not in names["users"]:
+            raise _Invalid(f"Context {item['name']!r} must name one of the kubeconfig's clusters and users.")
+    current = doc.get("current-context") or ""
+    return names["contexts"], current if isinstance(current, str) else ""
+
+
+def _kubeconfig_names(doc: dict[str, Any]) -> dict[str, set[str]]:
+    """The names of the clusters, contexts and users of a kubeconfig whose sections are well formed."""
     names: dict[str, set[str]] = {}
     for section, inner in (("clusters", "cluster"), ("contexts", "context"), ("users", "user")):
         items = doc.get(section)
@@ -615,6 +667,11 @@ def _kubeconfig(value: Any) -> tuple[set[str], str]:
             if not (isinstance(item, dict) and isinstance(item.get("name"), str) and isinstance(item.get(inner), dict)):
                 raise _Invalid(f"Not a kubeconfig: every entry of {section} needs a name and a {inner}.")
         names[section] = {item["name"] for item in items}
+    return names
+
+
+def _refuse_worker_files(doc: dict[str, Any]) -> None:
+    """No user or cluster entry may read the worker's files, run programs or leave https."""
     for item in doc["users"]:
         refused = [key for key in KUBECONFIG_USER_REFUSED if key in item["user"]]
         if refused:
@@ -629,16 +686,9 @@ def _kubeconfig(value: Any) -> tuple[set[str], str]:
             raise _Invalid(
                 f"Cluster {item['name']!r} uses {refused[0]}: embed the CA (certificate-authority-data), no files or proxies."
             )
-        server = cluster.get("server")
-        problem = _kube_server_problem(server)
+        problem = _kube_server_problem(cluster.get("server"))
         if problem:
             raise _Invalid(f"Cluster {item['name']!r}: {problem}")
-    for item in doc["contexts"]:
-        context = item["context"]
-        if context.get("cluster") not in names["clusters"] or context.get("user") not in names["users"]:
-            raise _Invalid(f"Context {item['name']!r} must name one of the kubeconfig's clusters and users.")
-    current = doc.get("current-context") or ""
-    return names["contexts"], current if isinstance(current, str) else ""
 
 
 def _kube_server_problem(server: Any) -> str | None:

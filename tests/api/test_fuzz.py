@@ -66,7 +66,7 @@ FIELDS = {
     "deployments": [
         "tenant", "name", "model", "target", "served_model_name", "replicas", "min_replicas", "max_replicas",
         "gpus", "gpu_ids", "cpus", "memory_mb", "dtype", "quantization", "max_batch_size", "max_model_len",
-        "max_tokens_cap", "tensor_parallel", "node_selector", "tolerations", "host_port", "autoscale",
+        "max_tokens_cap", "node_selector", "tolerations", "host_port", "autoscale",
         "target_concurrency", "scale_to_zero_idle_seconds",
     ],
     "keys": ["tenant", "name", "scopes", "allowed_models", "rpm_limit", "tpm_limit", "monthly_token_budget", "expires_at"],

@@ -94,7 +94,8 @@ def admin_api(db: Any) -> APIClient:
 
 # resource -> (spec of each deployment, quota admitting one of them but not two, per-deployment cost)
 ONE_FITS: dict[str, tuple[dict[str, Any], float, float]] = {
-    "gpus": ({"gpus": 2}, 3, 2),
+    # A replica has at most one GPU (no multi-GPU sharding): two replicas take two.
+    "gpus": ({"gpus": 1, "replicas": 2, "max_replicas": 2}, 3, 2),
     "gpu_memory_mb": ({"gpus": 1}, GPU_MB + 1000, GPU_MB),
     "cpus": ({"cpus": 1.5}, 2.0, 1.5),
     "memory_mb": ({"memory_mb": 1024}, 1500, 1024),
@@ -129,13 +130,13 @@ def test_zero_means_none(resource: str, sent_tasks: Any) -> None:
 @pytest.mark.django_db
 def test_null_means_unlimited(admin_api: APIClient, sent_tasks: Any) -> None:
     shop = Shop(gpus=1, replicas=1, cpus=1, memory_mb=1, gpu_memory_mb=1, deployments=1)
-    big = {"gpus": 16, "replicas": 64, "max_replicas": 64, "cpus": 256, "memory_mb": 4 * 1024 * 1024}
+    big = {"gpus": 1, "replicas": 64, "max_replicas": 64, "cpus": 256, "memory_mb": 4 * 1024 * 1024}
     assert set(refused(shop.create(**big))) == set(RESOURCES) - {"deployments"}
     response = admin_api.patch(f"{QUOTAS}{shop.tenant.slug}/", dict.fromkeys(RESOURCES), format="json")
     assert response.status_code == 200, response.content
     for _ in range(3):
         assert shop.create(**big).status_code == 201
-    assert shop.usage()["gpus"] == {"used": 3 * 16 * 64, "allowed": None}
+    assert shop.usage()["gpus"] == {"used": 3 * 64, "allowed": None}
 
 
 # ----------------------------------------------------------------------------- each path
@@ -143,23 +144,20 @@ def test_null_means_unlimited(admin_api: APIClient, sent_tasks: Any) -> None:
 
 @pytest.mark.django_db
 def test_update_of_the_spec_is_admitted(sent_tasks: Any) -> None:
-    shop = Shop(gpus=2, replicas=2)
-    dep = shop.create(gpus=1).json()
+    shop = Shop(gpus=2, replicas=3)
+    dep = shop.create(gpus=1, max_replicas=3).json()
     url = f"{DEPLOYMENTS}{dep['id']}/"
-    assert refused(shop.api.patch(url, {"gpus": 3}, format="json")) == {
+    assert refused(shop.api.patch(url, {"replicas": 3}, format="json")) == {
         "gpus": {"used": 1, "requested": 2, "allowed": 2}
     }
-    assert shop.api.patch(url, {"gpus": 2}, format="json").status_code == 200
-    # Autoscaling on: charged at max_replicas (3), not at the one replica running now.
-    quota = refused(shop.api.patch(url, {"autoscale": True, "max_replicas": 3}, format="json"))
-    assert quota == {
-        "gpus": {"used": 2, "requested": 4, "allowed": 2},
-        "replicas": {"used": 1, "requested": 2, "allowed": 2},
-    }
-    assert shop.api.patch(url, {"gpus": 1, "autoscale": True, "max_replicas": 2}, format="json").status_code == 200
-    assert shop.usage()["replicas"] == {"used": 2, "allowed": 2}
+    assert shop.api.patch(url, {"replicas": 2}, format="json").status_code == 200
+    # Autoscaling on: charged at max_replicas (3), not at the two replicas running now.
+    quota = refused(shop.api.patch(url, {"autoscale": True}, format="json"))
+    assert quota == {"gpus": {"used": 2, "requested": 1, "allowed": 2}}
+    assert shop.api.patch(url, {"gpus": 0, "autoscale": True}, format="json").status_code == 200
+    assert shop.usage()["replicas"] == {"used": 3, "allowed": 3}
     body = shop.api.get(url).json()
-    assert (body["gpus"], body["autoscale"], body["max_replicas"]) == (1, True, 2)
+    assert (body["gpus"], body["autoscale"], body["max_replicas"]) == (0, True, 3)
 
 
 @pytest.mark.django_db
@@ -178,7 +176,7 @@ def test_scale_is_admitted(sent_tasks: Any) -> None:
 @pytest.mark.django_db
 def test_stopping_frees_quota_and_start_is_admitted(sent_tasks: Any) -> None:
     shop = Shop(gpus=2)
-    a = shop.create(gpus=2).json()
+    a = shop.create(gpus=1, replicas=2, max_replicas=2).json()
     refused(shop.create(gpus=1))
     assert shop.api.post(f"{DEPLOYMENTS}{a['id']}/stop/").status_code == 202
     assert shop.usage()["gpus"]["used"] == 0

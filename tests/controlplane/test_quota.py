@@ -40,14 +40,14 @@ def actor() -> Actor:
 
 def test_cost_per_replica_times_replicas_counted() -> None:
     target = TargetFactory.build(gpu_inventory=INVENTORY)
-    d = DeploymentFactory.build(target=target, gpus=2, cpus=1.5, memory_mb=1000, replicas=2, max_replicas=5)
+    d = DeploymentFactory.build(target=target, gpus=1, cpus=1.5, memory_mb=1000, replicas=2, max_replicas=5)
     # GPU memory per GPU is the largest declared (24576), entries without memory_mb are ignored.
     assert deployment_cost(d) == Cost(
-        gpus=4, gpu_memory_mb=2 * 24576 * 2, cpus=3.0, memory_mb=2000, replicas=2, deployments=1
+        gpus=2, gpu_memory_mb=24576 * 2, cpus=3.0, memory_mb=2000, replicas=2, deployments=1
     )
     d.autoscale = True  # charged at max_replicas, whatever replicas is now
     assert deployment_cost(d) == Cost(
-        gpus=10, gpu_memory_mb=2 * 24576 * 5, cpus=7.5, memory_mb=5000, replicas=5, deployments=1
+        gpus=5, gpu_memory_mb=24576 * 5, cpus=7.5, memory_mb=5000, replicas=5, deployments=1
     )
     d.desired_state = DesiredState.STOPPED
     assert deployment_cost(d) == Cost(deployments=1)
@@ -57,7 +57,7 @@ def test_cost_per_replica_times_replicas_counted() -> None:
 
 @pytest.mark.parametrize("inventory", [[], [{"memory_mb": "80GB"}, {"memory_mb": True}, "gpu"], {"memory_mb": 1}])
 def test_unknown_gpu_memory_counts_zero(inventory: Any) -> None:
-    d = DeploymentFactory.build(target=TargetFactory.build(gpu_inventory=inventory), gpus=2, replicas=1)
+    d = DeploymentFactory.build(target=TargetFactory.build(gpu_inventory=inventory), gpus=1, replicas=2)
     assert deployment_cost(d).gpu_memory_mb == 0
     assert deployment_cost(d).gpus == 2
 
@@ -67,9 +67,9 @@ def test_usage_sums_every_deployment_but_deleted_ones() -> None:
     target = TargetFactory(tenant=tenant, gpu_inventory=INVENTORY)
     DeploymentFactory(tenant=tenant, target=target, gpus=1, replicas=2, max_replicas=2, cpus=0.05, memory_mb=128)
     DeploymentFactory(tenant=tenant, target=target, gpus=1, replicas=1, max_replicas=1, cpus=0.2, memory_mb=128)
-    DeploymentFactory(tenant=tenant, target=target, gpus=4, desired_state=DesiredState.STOPPED)
-    DeploymentFactory(tenant=tenant, target=target, gpus=9, desired_state=DesiredState.DELETED)
-    DeploymentFactory(gpus=5)  # another tenant's
+    DeploymentFactory(tenant=tenant, target=target, gpus=1, replicas=4, desired_state=DesiredState.STOPPED)
+    DeploymentFactory(tenant=tenant, target=target, gpus=1, replicas=9, desired_state=DesiredState.DELETED)
+    DeploymentFactory(gpus=1, replicas=5)  # another tenant's
     usage = tenant_quota_usage(tenant)
     assert usage["gpus"] == {"used": 3, "allowed": 8}
     assert usage["cpus"] == {"used": 0.3, "allowed": None}  # 0.05 * 2 + 0.2, without float noise

@@ -322,7 +322,7 @@ def test_tenant_settings_and_deactivation(as_admin: Client, team: dict[str, Any]
 
 def test_quotas_form_and_usage_bars(as_admin: Client, team: dict[str, Any]) -> None:
     tenant = team["tenant"]  # the team's deployment: 1 replica, 1 CPU, 2048 MB, no GPU
-    DeploymentFactory(tenant=tenant, gpus=2, replicas=1, cpus=0.5, memory_mb=512)
+    DeploymentFactory(tenant=tenant, gpus=1, replicas=2, max_replicas=2, cpus=0.25, memory_mb=256)
     quota_url = reverse("dashboard:platform-tenant-quota", args=[tenant.pk])
     bad = as_admin.post(quota_url, {"quota-gpus": -1})
     assert bad.status_code == 400 and b'data-field-error="gpus"' in bad.content

@@ -24,7 +24,7 @@ def bar(content: str, resource: str) -> str:
 
 def test_overview_shows_limited_resources_as_bars(login: Any, team: dict[str, Any]) -> None:
     tenant = team["tenant"]  # the team's deployment: 1 replica, 1 CPU, 2048 MB, no GPU
-    DeploymentFactory(tenant=tenant, gpus=2, replicas=1, cpus=0.5, memory_mb=512)
+    DeploymentFactory(tenant=tenant, gpus=1, replicas=2, max_replicas=2, cpus=0.25, memory_mb=256)
     tenant.quota_gpus, tenant.quota_cpus, tenant.quota_deployments = 4, 1.5, 2
     tenant.save()
     content = login(team["viewer"]).get("/").content.decode()

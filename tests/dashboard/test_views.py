@@ -226,9 +226,10 @@ def test_model_detail_says_which_targets_fit(login: Any, team: dict[str, Any]) -
     TargetFactory(tenant=team["tenant"], name="big", gpu_inventory=[{"id": "0", "memory_mb": 81920}])
     TargetFactory(tenant=team["tenant"], name="pair", gpu_inventory=[{"id": "0", "memory_mb": 12288}] * 2)
     content = login(team["viewer"]).get(reverse("dashboard:model-detail", args=[model.pk])).content.decode()
-    assert "fits on 1 GPU" in content  # float16 (≈17 GB) on an 80 GB card
-    assert "fits on 2 GPUs (tensor parallel)" in content  # int8 (≈9 GB) is fine; float16 needs both
-    assert "does not fit" in content  # float32 (≈34 GB) on 2×12 GiB
+    assert "fits on 1 GPU" in content  # float16 (≈17 GB) on an 80 GB card; int8 (≈9 GB) on 12 GiB
+    # float16 on 2×12 GiB would need both cards: a replica uses one GPU (no sharding), so it does not fit.
+    assert "does not fit on one GPU" in content
+    assert "tensor parallel" not in content and "fits on 2" not in content
 
 
 @pytest.mark.parametrize("role", ROLES)
@@ -285,7 +286,6 @@ def test_create_deployment_and_errors(login: Any, team: dict[str, Any]) -> None:
         "max_batch_size": 8,
         "max_model_len": 512,
         "max_tokens_cap": 256,
-        "tensor_parallel": 1,
         "target_concurrency": 4,
         "scale_to_zero_idle_seconds": 0,
     }
@@ -311,7 +311,7 @@ def test_scale_spec_and_actions(login: Any, team: dict[str, Any]) -> None:
     assert b"Must not exceed max_replicas" in too_big.content
     spec = {"replicas": 1, "min_replicas": 1, "max_replicas": 3, "gpus": 0, "cpus": 1, "memory_mb": 1024}
     spec |= {"dtype": "float32", "quantization": "none", "max_batch_size": 8, "max_model_len": 64}
-    spec |= {"max_tokens_cap": 128, "tensor_parallel": 1, "target_concurrency": 4, "scale_to_zero_idle_seconds": 0}
+    spec |= {"max_tokens_cap": 128, "target_concurrency": 4, "scale_to_zero_idle_seconds": 0}
     bad_spec = client.post(reverse("dashboard:deployment-spec", args=[d.pk]), spec)
     assert bad_spec.status_code == 400
     assert b'data-field-error="max_tokens_cap"' in bad_spec.content

@@ -75,8 +75,8 @@ def make(publish_host: str = "127.0.0.1", **overrides: Any) -> tuple[DockerDrive
 @pytest.mark.parametrize(
     "overrides, expected",
     [
-        ({"gpus": 2}, DeviceRequest(count=2, capabilities=[["gpu"]])),
-        ({"gpus": 2, "gpu_ids": ("0", "3")}, DeviceRequest(device_ids=["0", "3"], capabilities=[["gpu"]])),
+        ({"gpus": 1}, DeviceRequest(count=1, capabilities=[["gpu"]])),
+        ({"gpus": 1, "gpu_ids": ("3",)}, DeviceRequest(device_ids=["3"], capabilities=[["gpu"]])),
     ],
 )
 def test_gpu_device_requests(overrides: dict[str, Any], expected: DeviceRequest) -> None:

@@ -200,7 +200,8 @@ def test_create_racing_another_worker_is_not_an_error(apiserver: ApiServer) -> N
 
 
 def test_failed_scheduling_is_on_the_timeline_and_in_the_phase(apiserver: ApiServer) -> None:
-    deployment = deploy(apiserver, replicas=1, gpus=2)  # the double's node has one GPU
+    apiserver.set_node_gpus(0)  # a node without GPUs: a one-GPU replica cannot be scheduled
+    deployment = deploy(apiserver, replicas=1, gpus=1)
     run(deployment)
     [pod] = pods(apiserver, deployment)
     assert pod["status"]["phase"] == "Pending"
@@ -210,7 +211,7 @@ def test_failed_scheduling_is_on_the_timeline_and_in_the_phase(apiserver: ApiSer
     assert "Unschedulable" in deployment.phase_message
     assert "Insufficient nvidia.com/gpu" in deployment.phase_message
 
-    apiserver.set_node_gpus(2)  # a bigger node: the scheduler binds it
+    apiserver.set_node_gpus(1)  # a GPU node: the scheduler binds it
     run(deployment)
     assert deployment.phase == Phase.RUNNING and "Unschedulable" not in deployment.phase_message
 

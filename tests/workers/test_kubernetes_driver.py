@@ -59,7 +59,7 @@ def spec(**overrides: Any) -> ReplicaSpec:
         ({}, {}),
         (
             {
-                "gpus": 2,
+                "gpus": 1,
                 "node_selector": {"nvidia.com/gpu.product": "A100", "pool": "gpu"},
                 "tolerations": [{"key": "nvidia.com/gpu", "operator": "Exists", "effect": "NoSchedule"}],
                 "cpus": 7.5,
@@ -90,7 +90,7 @@ def test_manifests_validate_against_the_official_schema(overrides: dict[str, Any
     assert container["volumeMounts"] == [{"name": "model", "mountPath": "/model", "readOnly": True}]
     assert container["args"][:2] == ["--model", "/model"]
     if overrides:
-        assert container["resources"]["limits"]["nvidia.com/gpu"] == "2"
+        assert container["resources"]["limits"]["nvidia.com/gpu"] == "1"
         assert pod["nodeSelector"]["pool"] == "gpu"
         assert pod["tolerations"][0]["key"] == "nvidia.com/gpu"
         assert pod["volumes"][0]["persistentVolumeClaim"] == {"claimName": "models", "readOnly": True}

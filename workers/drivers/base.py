@@ -17,6 +17,8 @@ from typing import Any
 
 import httpx
 
+from controlplane.deployments.spec import runtime_flags
+
 # Labels every backend resource carries; they point back to the owner.
 LABEL_INSTANCE = "hangar.instance"
 LABEL_DEPLOYMENT = "hangar.deployment"
@@ -65,7 +67,12 @@ class PermanentDriverError(DriverError):
 
 @dataclass(frozen=True)
 class ReplicaSpec:
-    """Everything a driver needs to start one replica; built from the deployment row."""
+    """Everything a driver needs to start one replica; built from the deployment row.
+
+    The spec attributes (``served_model_name`` to ``tolerations``) are the declared spec fields a
+    replica sees (``controlplane.deployments.spec.REPLICA_SPEC_FIELDS``), under the same names;
+    the ones with a runtime flag become ``runtime_args``.
+    """
 
     instance: str
     tenant_id: int
@@ -105,26 +112,7 @@ class ReplicaSpec:
 
     def runtime_args(self, *, model: str, host: str, port: int) -> list[str]:
         """Arguments of ``python -m workers.runtime`` for this replica."""
-        args = [
-            "--model",
-            model,
-            "--host",
-            host,
-            "--port",
-            str(port),
-            "--served-model-name",
-            self.served_model_name,
-            "--dtype",
-            self.dtype,
-            "--quantization",
-            self.quantization,
-            "--max-batch-size",
-            str(self.max_batch_size),
-            "--max-model-len",
-            str(self.max_model_len),
-        ]
-        if self.gpus:
-            args += ["--device", "cuda"]
+        args = ["--model", model, "--host", host, "--port", str(port), *runtime_flags(self)]
         if self.allow_unsafe_weights:
             args.append("--allow-unsafe-weights")
         if self.trust_remote_code:

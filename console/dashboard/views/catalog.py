@@ -30,19 +30,12 @@ def gpu_memory_bytes(gpu: dict[str, Any]) -> int:
 
 
 def fit_on_target(needed: int, gpus: list[dict[str, Any]]) -> str:
-    """How a model of ``needed`` bytes fits a target's GPUs: one GPU, tensor-parallel, or not."""
-    sizes = sorted((gpu_memory_bytes(g) for g in gpus if isinstance(g, dict)), reverse=True)
-    sizes = [s for s in sizes if s > 0]
+    """How a model of ``needed`` bytes fits a target's GPUs. A replica uses at most one GPU (the
+    runtime has no multi-GPU sharding yet), so only the largest GPU counts."""
+    sizes = [s for s in (gpu_memory_bytes(g) for g in gpus if isinstance(g, dict)) if s > 0]
     if not sizes:
         return "no GPUs (CPU only)"
-    if sizes[0] >= needed:
-        return "fits on 1 GPU"
-    total = 0
-    for count, size in enumerate(sizes, start=1):
-        total += size
-        if total >= needed:
-            return f"fits on {count} GPUs (tensor parallel)"
-    return "does not fit"
+    return "fits on 1 GPU" if max(sizes) >= needed else "does not fit on one GPU"
 
 
 @tenant_view(Perm.MODEL_VIEW)

@@ -17,6 +17,7 @@ from console.dashboard.forms import DeleteForm, DeploymentCreateForm, Deployment
 from controlplane.catalog.selectors import model_list
 from controlplane.core.exceptions import DomainError
 from controlplane.deployments import services
+from controlplane.deployments.choices import ProgressStep
 from controlplane.deployments.models import Deployment
 from controlplane.deployments.selectors import deployment_get, event_list, replica_list, target_list
 from controlplane.tenancy.choices import Perm
@@ -25,14 +26,12 @@ from workers.logs import replica_logs
 logger = logging.getLogger(__name__)
 
 LOG_TAIL_LINES = 200
-# Steps of Deployment.progress shown on the detail page, in order (see frontend/src/dashboard.js).
-PROGRESS_STEPS = [
-    ("pulling", "Pulling / building image"),
-    ("starting", "Starting"),
-    ("loading", "Loading model"),
-    ("warming", "Warming up"),
-    ("ready", "Ready"),
-]
+# Steps of Deployment.progress, in order, for the detail page and its script (frontend/src/dashboard.js).
+PROGRESS_STEPS = {
+    "order": [step.value for step in ProgressStep.ordered()],
+    "ready": ProgressStep.READY.value,
+    "failed": ProgressStep.FAILED.value,
+}
 
 
 def _spec_initial(deployment: Deployment) -> dict[str, Any]:
@@ -84,7 +83,8 @@ def _detail(
         "events": event_list(access=request.access, filters={"deployment": deployment.pk})[:100],
         "chart_data": live.chart_series(access=request.access, deployment_id=deployment.pk),
         "summary": live.summary(access=request.access, deployment_id=deployment.pk),
-        "steps": PROGRESS_STEPS,
+        "steps": [(step.value, step.label) for step in ProgressStep.ordered()],
+        "progress_steps": PROGRESS_STEPS,
         "nav": "overview",
     }
     return page(request, "dashboard/deployment_detail.html", context, status=status)

@@ -12,18 +12,18 @@ from typing import Any
 from drf_spectacular.utils import extend_schema_field
 from rest_framework import serializers
 
-from controlplane.catalog.choices import DType, Quantization
 from controlplane.core.api import InputSerializer, TenantChoiceMixin, TenantSlugField
 from controlplane.deployments.choices import KubeAuth, KubeEndpoints, TargetKind
 from controlplane.deployments.models import Deployment, DeploymentEvent, Replica, Target, TargetGrant
 from controlplane.deployments.selectors import target_credential_names
+from controlplane.deployments.spec import SPEC, SPEC_BY_NAME, Kind, SpecField
 from controlplane.deployments.validation import (
     MAX_CERT_BYTES,
     MAX_KEY_BYTES,
     MAX_KUBECONFIG_BYTES,
-    NUMERIC_LIMITS,
     TARGET_SETTINGS,
     TLS_FIELDS,
+    bounds_message,
 )
 
 # ----------------------------------------------------------------------------- targets
@@ -220,28 +220,7 @@ class GrantCreateInput(InputSerializer):
 
 # ----------------------------------------------------------------------------- deployments
 
-SPEC_OUTPUT_FIELDS = (
-    "served_model_name",
-    "replicas",
-    "min_replicas",
-    "max_replicas",
-    "gpus",
-    "gpu_ids",
-    "cpus",
-    "memory_mb",
-    "dtype",
-    "quantization",
-    "max_batch_size",
-    "max_model_len",
-    "max_tokens_cap",
-    "tensor_parallel",
-    "node_selector",
-    "tolerations",
-    "host_port",
-    "autoscale",
-    "target_concurrency",
-    "scale_to_zero_idle_seconds",
-)
+SPEC_OUTPUT_FIELDS = tuple(f.name for f in SPEC)
 DEPLOYMENT_OUTPUT_FIELDS = (
     "id",
     "tenant",
@@ -284,40 +263,42 @@ class DeploymentSerializer(serializers.ModelSerializer):
         return str(getattr(obj, "target_name", None) or obj.target.name)
 
 
-def _bounded(name: str, **kwargs: Any) -> serializers.Field:
-    kind, low, high = NUMERIC_LIMITS[name]
-    if kind is int:
-        return serializers.IntegerField(min_value=int(low), max_value=int(high), required=False, **kwargs)
-    return serializers.FloatField(min_value=low, max_value=high, required=False, **kwargs)
+def _number_field(field: SpecField, options: dict[str, Any]) -> serializers.Field:
+    message = bounds_message(field)
+    options |= {"allow_null": field.nullable, "error_messages": {"min_value": message, "max_value": message}}
+    if field.kind is Kind.INT:
+        return serializers.IntegerField(min_value=int(field.low or 0), max_value=int(field.high or 0), **options)
+    return serializers.FloatField(min_value=float(field.low or 0), max_value=float(field.high or 0), **options)
 
 
+def spec_input_field(field: SpecField, *, required: bool = False) -> serializers.Field:
+    """The API input field of a spec field (types and bounds; ``validation`` has the rest)."""
+    options: dict[str, Any] = {"required": required, "help_text": field.help_text or field.label}
+    if field.kind in (Kind.INT, Kind.FLOAT):
+        return _number_field(field, options)
+    if field.kind is Kind.BOOL:
+        return serializers.BooleanField(**options)
+    if field.kind is Kind.CHOICE and field.choices is not None:
+        return serializers.ChoiceField(choices=field.choices.choices, **options)
+    if field.kind is Kind.DEVICE_IDS:
+        return serializers.ListField(child=serializers.CharField(max_length=64), max_length=field.max_length, **options)
+    if field.kind is Kind.LABELS:
+        return serializers.DictField(child=serializers.CharField(max_length=63, allow_blank=True), **options)
+    if field.kind is Kind.TOLERATIONS:
+        return serializers.ListField(child=serializers.DictField(), max_length=field.max_length, **options)
+    return serializers.CharField(max_length=field.max_length or 100, **options)
+
+
+def _with_spec_fields(cls: type[InputSerializer]) -> type[InputSerializer]:
+    """Add an input field per declared spec field to ``cls`` (and so to its subclasses)."""
+    cls._declared_fields.update({f.name: spec_input_field(f) for f in SPEC})
+    return cls
+
+
+@_with_spec_fields
 class DeploymentSpecInput(InputSerializer):
-    """Spec fields, all optional: create uses defaults, PATCH changes only what is sent."""
-
-    served_model_name = serializers.CharField(
-        max_length=100, required=False, help_text="Name clients send as 'model' to the gateway."
-    )
-    replicas = _bounded("replicas")
-    min_replicas = _bounded("min_replicas")
-    max_replicas = _bounded("max_replicas")
-    gpus = _bounded("gpus", help_text="GPUs per replica.")
-    gpu_ids = serializers.ListField(
-        child=serializers.CharField(max_length=64), max_length=16, required=False, help_text="Pin to these devices."
-    )
-    cpus = _bounded("cpus")
-    memory_mb = _bounded("memory_mb")
-    dtype = serializers.ChoiceField(choices=DType.choices, required=False)
-    quantization = serializers.ChoiceField(choices=Quantization.choices, required=False)
-    max_batch_size = _bounded("max_batch_size")
-    max_model_len = _bounded("max_model_len")
-    max_tokens_cap = _bounded("max_tokens_cap")
-    tensor_parallel = _bounded("tensor_parallel")
-    node_selector = serializers.DictField(child=serializers.CharField(max_length=63, allow_blank=True), required=False)
-    tolerations = serializers.ListField(child=serializers.DictField(), max_length=32, required=False)
-    host_port = _bounded("host_port", allow_null=True)
-    autoscale = serializers.BooleanField(required=False)
-    target_concurrency = _bounded("target_concurrency")
-    scale_to_zero_idle_seconds = _bounded("scale_to_zero_idle_seconds")
+    """Spec fields (``controlplane.deployments.spec``), all optional: create uses defaults,
+    PATCH changes only what is sent."""
 
 
 class DeploymentCreateInput(TenantChoiceMixin, DeploymentSpecInput):
@@ -334,7 +315,7 @@ class DeploymentUpdateInput(DeploymentSpecInput):
 
 
 class ScaleInput(InputSerializer):
-    replicas = serializers.IntegerField(min_value=0, max_value=int(NUMERIC_LIMITS["replicas"][2]))
+    replicas = spec_input_field(SPEC_BY_NAME["replicas"], required=True)
 
 
 # ----------------------------------------------------------------------------- replicas, events

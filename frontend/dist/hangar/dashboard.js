@@ -4,15 +4,6 @@
   "use strict";
 
   const MAX_POINTS = 300;
-  // Progress steps in order; the engine's step names are normalised onto these.
-  const STEP_ORDER = ["pulling", "starting", "loading", "warming", "ready"];
-  const STEP_ALIASES = {
-    pull: "pulling", pulling_image: "pulling", building: "pulling", building_image: "pulling", image: "pulling",
-    start: "starting", starting_replica: "starting", creating: "starting",
-    loading_model: "loading", load: "loading", loading_weights: "loading",
-    warming_up: "warming", warmup: "warming", health: "warming", waiting_health: "warming",
-    running: "ready", done: "ready",
-  };
 
   function $(sel, root) { return (root || document).querySelector(sel); }
   function $all(sel, root) { return Array.from((root || document).querySelectorAll(sel)); }
@@ -29,24 +20,26 @@
     });
   }
 
-  function normaliseStep(step) {
-    const key = String(step || "").toLowerCase().replace(/[\s-]+/g, "_");
-    if (STEP_ORDER.includes(key)) return key;
-    return STEP_ALIASES[key] || null;
+  // The progress steps come from the page (an object {order, ready, failed} of step values, rendered
+  // from ProgressStep in controlplane/deployments/choices.py): the reconciler writes exactly these.
+  function progressSteps() {
+    const el = document.getElementById("progress-steps");
+    return el ? JSON.parse(el.textContent) : null;
   }
 
   function showProgress(root, progress, phase) {
     const list = $("[data-progress]", root);
-    if (!list) return;
-    let step = normaliseStep(progress && progress.step);
-    if (phase === "Running") step = "ready";
-    const failed = (progress && progress.step === "failed") || phase === "Failed";
+    const steps = progressSteps();
+    if (!list || !steps) return;
+    let step = progress && steps.order.includes(progress.step) ? progress.step : null;
+    if (phase === "Running") step = steps.ready;
+    const failed = (progress && progress.step === steps.failed) || phase === "Failed";
     list.classList.toggle("failed", failed);
-    const index = step ? STEP_ORDER.indexOf(step) : -1;
+    const index = step ? steps.order.indexOf(step) : -1;
     $all("li[data-step]", list).forEach((li) => {
-      const i = STEP_ORDER.indexOf(li.dataset.step);
-      li.classList.toggle("done", index >= 0 && (i < index || step === "ready"));
-      li.classList.toggle("current", i === index && step !== "ready");
+      const i = steps.order.indexOf(li.dataset.step);
+      li.classList.toggle("done", index >= 0 && (i < index || step === steps.ready));
+      li.classList.toggle("current", i === index && step !== steps.ready);
     });
     const detail = $("[data-progress-detail]", root);
     if (detail && progress) detail.textContent = progress.detail || "";
