@@ -5,6 +5,11 @@ reads the replicas from the backend by labels, health-checks them, creates the m
 removes dead, unhealthy, extra and old-generation ones (rolling: old replicas go only as new
 ones turn ready), writes phase/conditions/replicas with compare-and-set and returns how soon
 it wants to look again. A pass over a converged deployment creates, removes and emits nothing.
+
+A pass reads as its steps (``run_replicas``): observe -> remove_dead -> check_health -> scale ->
+roll -> record_replicas -> report, each a function of what the previous ones returned (frozen
+dataclasses); the only changes go through the ``Actuator``, which renews the lease before each.
+Backends that roll replicas themselves (Kubernetes) take ``run_group``; deletion takes ``delete``.
 """
 
 from __future__ import annotations
