@@ -168,24 +168,27 @@ class _StreamScan:
     def events(self, events: list[bytes]) -> list[bytes]:
         """The events to pass on (terminated), of those complete in one read."""
         out: list[bytes] = []
+        include_usage = self.include_usage  # locals: this runs for every read of every stream
+        chunks = 0
         for event in events:
             if not event:
                 continue
             if b'"usage":{' in event or b'"usage": {' in event:
                 _read_usage(event, self.usage)
                 self.got_usage = True
-                if not self.include_usage:
+                if not include_usage:
                     continue
             elif event.startswith(b"data: {"):
                 if b'"error"' in event[:16]:
                     self.error = True
-                self.chunks += 1
-                if not self.include_usage:
+                chunks += 1
+                if not include_usage:
                     event = _strip_null_usage(event)
             elif event.startswith(b"data: [DONE]"):
                 # Clients may hang up as soon as they read this: the answer is complete.
                 self.state["done"] = True
             out.append(event + b"\n\n")
+        self.chunks += chunks
         return out
 
 
