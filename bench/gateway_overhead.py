@@ -23,6 +23,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -359,7 +360,37 @@ def client_choice(stub_url: str, n: int = 5000, concurrency: int = 16) -> dict[s
     return results
 
 
-def main() -> None:
+Row = tuple[str, str, int, dict[str, float]]  # upstream, path, connections, wrk figures
+PATH = "/v1/chat/completions"
+CHAT_STUB = {"model": "stub", "messages": [{"role": "user", "content": "Say hello"}], "max_tokens": 16}
+CHAT_TINY = {"model": "tiny", "messages": [{"role": "user", "content": "Say hello"}], "max_tokens": 2}
+LITELLM_KEY = "sk-bench-1234"
+
+
+@dataclass(frozen=True)
+class Setup:
+    """The upstreams and keys every measurement uses, and how long and wide to load them."""
+
+    bench_url: str
+    stub_url: str
+    runtime_url: str  # unused with --skip-runtime
+    token: str
+    unlimited: str  # a key without limits: no Redis call on its requests
+    duration: float
+    latency_conns: list[int]
+    throughput_conns: list[int]
+    skip_runtime: bool
+
+
+@dataclass
+class Results:
+    rows: list[Row] = field(default_factory=list)
+    paired: dict[str, dict[str, float]] = field(default_factory=dict)
+    internal: dict[str, float] = field(default_factory=dict)
+    clients: dict[str, dict[str, float]] = field(default_factory=dict)
+
+
+def parse_args() -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--duration", type=float, default=10)
     parser.add_argument("--latency-connections", default="1,8")
@@ -372,97 +403,119 @@ def main() -> None:
     parser.add_argument("--throughput-connections", default="32,64,128")
     parser.add_argument("--litellm", default=shutil.which("litellm") or "")
     parser.add_argument("--skip-runtime", action="store_true")
-    args = parser.parse_args()
+    return parser.parse_args()
+
+
+def main() -> None:
+    args = parse_args()
     if not shutil.which("wrk"):
         sys.exit("wrk is not installed (apt-get install wrk)")
     if args.nice:
         os.nice(args.nice)  # inherited by the stub, runtime, gateway, LiteLLM and wrk
-
     procs: list[subprocess.Popen[bytes]] = []
-    rows: list[tuple[str, str, int, dict[str, float]]] = []
-    paired: dict[str, dict[str, float]] = {}
-    internal: dict[str, float] = {}
     try:
-        bench_url = bench_database()
-        stub, stub_url = start_stub()
-        procs.append(stub)
-        runtime_url = "http://127.0.0.1:1"
-        if not args.skip_runtime:
-            sys.path.insert(0, str(ROOT))
-            from workers.runtime.tinymodel import build_tiny_model
-
-            model_dir = build_tiny_model(Path(tempfile.mkdtemp()) / "tiny-llama")
-            runtime, runtime_url = start_runtime(model_dir)
-            procs.append(runtime)
-        token, unlimited = seed(bench_url, stub_url, runtime_url)
-        clients = client_choice(stub_url)
-        chat_stub = {"model": "stub", "messages": [{"role": "user", "content": "Say hello"}], "max_tokens": 16}
-        chat_tiny = {"model": "tiny", "messages": [{"role": "user", "content": "Say hello"}], "max_tokens": 2}
-        path = "/v1/chat/completions"
-        d = args.duration
-        latency_conns = [int(x) for x in args.latency_connections.split(",")]
-
-        for lc in latency_conns:
-            rows.append(("stub (5 ms)", "direct", lc, wrk(stub_url + path, chat_stub, None, lc, d)))
-        if not args.skip_runtime:
-            rows.append(("tiny runtime", "direct", 1, wrk(runtime_url + path, chat_tiny, None, 1, d)))
+        setup = start_upstreams(args, procs)
+        results = Results(clients=client_choice(setup.stub_url))
+        measure_direct(setup, results)
         for workers in (1, 2):
-            gw, gw_url = start_gateway(bench_url, workers)
-            procs.append(gw)
-            wrk(gw_url + path, chat_stub, token, 8, 2)  # warm caches and pools in every worker
-            if workers == 1:
-                paired["stub (5 ms)"] = paired_latency(stub_url + path, gw_url + path, token, chat_stub, 2000)
-                paired["stub (5 ms), key without limits (no Redis call)"] = paired_latency(
-                    stub_url + path, gw_url + path, unlimited, chat_stub, 2000
-                )
-                if not args.skip_runtime:
-                    paired["tiny runtime"] = paired_latency(runtime_url + path, gw_url + path, token, chat_tiny, 200)
-                internal = histogram_quantiles(gw_url + "/metrics", "hangar_gateway_added_latency_seconds")
-            for lc in latency_conns:
-                rows.append(("stub (5 ms)", f"gateway {workers}w", lc, wrk(gw_url + path, chat_stub, token, lc, d)))
-            if not args.skip_runtime:
-                rows.append(("tiny runtime", f"gateway {workers}w", 1, wrk(gw_url + path, chat_tiny, token, 1, d)))
-            for c in (int(x) for x in args.throughput_connections.split(",")):
-                rows.append(("stub (5 ms)", f"gateway {workers}w", c, wrk(gw_url + path, chat_stub, token, c, d)))
-            stop(gw)
-            procs.remove(gw)
-        for c in (int(x) for x in args.throughput_connections.split(",")):
-            rows.append(("stub (5 ms)", "direct", c, wrk(stub_url + path, chat_stub, None, c, d)))
+            measure_gateway(setup, results, workers)
+        for c in setup.throughput_conns:
+            results.rows.append(
+                ("stub (5 ms)", "direct", c, wrk(setup.stub_url + PATH, CHAT_STUB, None, c, setup.duration))
+            )
         if args.litellm:
-            ll, ll_url, _ = start_litellm(args.litellm, stub_url)
-            procs.append(ll)
-            wrk(ll_url + path, chat_stub, "sk-bench-1234", 8, 2)
-            for lc in latency_conns:
-                rows.append(("stub (5 ms)", "litellm 1w", lc, wrk(ll_url + path, chat_stub, "sk-bench-1234", lc, d)))
-            for c in (int(x) for x in args.throughput_connections.split(",")):
-                rows.append(("stub (5 ms)", "litellm 1w", c, wrk(ll_url + path, chat_stub, "sk-bench-1234", c, d)))
+            measure_litellm(setup, results, args.litellm, procs)
     finally:
         for proc in procs:
             stop(proc)
+    print_results(results, args)
 
-    direct = {(u, c): r for u, how, c, r in rows if how == "direct"}
-    print()
-    print("Added latency, interleaved sequential requests (direct, gateway, direct, ...; 1 worker; ms):")
-    print()
-    print("| upstream | direct p50 | gateway p50 | added p50 | direct p99 | gateway p99 | added p99 |")
-    print("|---|---:|---:|---:|---:|---:|---:|")
-    for upstream, r in paired.items():
-        print(
-            f"| {upstream} | {r['direct_p50']:.2f} | {r['gateway_p50']:.2f} | {r['gateway_p50'] - r['direct_p50']:.2f} "
-            f"| {r['direct_p99']:.2f} | {r['gateway_p99']:.2f} | {r['gateway_p99'] - r['direct_p99']:.2f} |"
+
+def start_upstreams(args: argparse.Namespace, procs: list[subprocess.Popen[bytes]]) -> Setup:
+    bench_url = bench_database()
+    stub, stub_url = start_stub()
+    procs.append(stub)
+    runtime_url = "http://127.0.0.1:1"
+    if not args.skip_runtime:
+        sys.path.insert(0, str(ROOT))
+        from workers.runtime.tinymodel import build_tiny_model
+
+        model_dir = build_tiny_model(Path(tempfile.mkdtemp()) / "tiny-llama")
+        runtime, runtime_url = start_runtime(model_dir)
+        procs.append(runtime)
+    token, unlimited = seed(bench_url, stub_url, runtime_url)
+    return Setup(
+        bench_url=bench_url,
+        stub_url=stub_url,
+        runtime_url=runtime_url,
+        token=token,
+        unlimited=unlimited,
+        duration=args.duration,
+        latency_conns=[int(x) for x in args.latency_connections.split(",")],
+        throughput_conns=[int(x) for x in args.throughput_connections.split(",")],
+        skip_runtime=args.skip_runtime,
+    )
+
+
+def measure_direct(setup: Setup, results: Results) -> None:
+    """The upstreams on their own, at the latency connection counts."""
+    for lc in setup.latency_conns:
+        results.rows.append(
+            ("stub (5 ms)", "direct", lc, wrk(setup.stub_url + PATH, CHAT_STUB, None, lc, setup.duration))
         )
-    if internal:
-        print()
-        print(
-            f"Gateway's own histogram (hangar_gateway_added_latency_seconds, {internal['count']:.0f} requests): "
-            f"p50 {internal.get('p50', 0):.2f} ms, p99 {internal.get('p99', 0):.2f} ms"
+    if not setup.skip_runtime:
+        results.rows.append(
+            ("tiny runtime", "direct", 1, wrk(setup.runtime_url + PATH, CHAT_TINY, None, 1, setup.duration))
         )
+
+
+def measure_gateway(setup: Setup, results: Results, workers: int) -> None:
+    """The gateway with ``workers`` uvicorn workers in front of the upstreams (paired latency with 1)."""
+    gw, gw_url = start_gateway(setup.bench_url, workers)
+    try:
+        wrk(gw_url + PATH, CHAT_STUB, setup.token, 8, 2)  # warm caches and pools in every worker
+        if workers == 1:
+            measure_paired(setup, results, gw_url)
+        how, d = f"gateway {workers}w", setup.duration
+        for lc in setup.latency_conns:
+            results.rows.append(("stub (5 ms)", how, lc, wrk(gw_url + PATH, CHAT_STUB, setup.token, lc, d)))
+        if not setup.skip_runtime:
+            results.rows.append(("tiny runtime", how, 1, wrk(gw_url + PATH, CHAT_TINY, setup.token, 1, d)))
+        for c in setup.throughput_conns:
+            results.rows.append(("stub (5 ms)", how, c, wrk(gw_url + PATH, CHAT_STUB, setup.token, c, d)))
+    finally:
+        stop(gw)
+
+
+def measure_paired(setup: Setup, results: Results, gw_url: str) -> None:
+    stub, gateway = setup.stub_url + PATH, gw_url + PATH
+    results.paired["stub (5 ms)"] = paired_latency(stub, gateway, setup.token, CHAT_STUB, 2000)
+    results.paired["stub (5 ms), key without limits (no Redis call)"] = paired_latency(
+        stub, gateway, setup.unlimited, CHAT_STUB, 2000
+    )
+    if not setup.skip_runtime:
+        results.paired["tiny runtime"] = paired_latency(setup.runtime_url + PATH, gateway, setup.token, CHAT_TINY, 200)
+    results.internal = histogram_quantiles(gw_url + "/metrics", "hangar_gateway_added_latency_seconds")
+
+
+def measure_litellm(setup: Setup, results: Results, litellm: str, procs: list[subprocess.Popen[bytes]]) -> None:
+    ll, ll_url, _ = start_litellm(litellm, setup.stub_url)
+    procs.append(ll)
+    wrk(ll_url + PATH, CHAT_STUB, LITELLM_KEY, 8, 2)
+    for c in (*setup.latency_conns, *setup.throughput_conns):
+        results.rows.append(
+            ("stub (5 ms)", "litellm 1w", c, wrk(ll_url + PATH, CHAT_STUB, LITELLM_KEY, c, setup.duration))
+        )
+
+
+def print_results(results: Results, args: argparse.Namespace) -> None:
+    print_paired(results)
     print()
     print("HTTP client for the proxy (5000 requests to the stub, 16 concurrent, uvloop):")
     print()
     print("| client | req/s | CPU µs per request |")
     print("|---|---:|---:|")
-    for which, r in clients.items():
+    for which, r in results.clients.items():
         print(f"| {which} | {r['rps']:.0f} | {r['cpu_us']:.0f} |")
     print()
     load1, load5, _ = os.getloadavg()
@@ -470,6 +523,31 @@ def main() -> None:
         f"load: wrk 1 thread, closed loop, {args.duration:.0f} s per row; {os.cpu_count()} cores shared by all "
         f"processes; niceness {args.nice}; load average at the end {load1:.1f} (1 min) {load5:.1f} (5 min)"
     )
+    print_rows(results.rows)
+
+
+def print_paired(results: Results) -> None:
+    print()
+    print("Added latency, interleaved sequential requests (direct, gateway, direct, ...; 1 worker; ms):")
+    print()
+    print("| upstream | direct p50 | gateway p50 | added p50 | direct p99 | gateway p99 | added p99 |")
+    print("|---|---:|---:|---:|---:|---:|---:|")
+    for upstream, r in results.paired.items():
+        print(
+            f"| {upstream} | {r['direct_p50']:.2f} | {r['gateway_p50']:.2f} | {r['gateway_p50'] - r['direct_p50']:.2f} "
+            f"| {r['direct_p99']:.2f} | {r['gateway_p99']:.2f} | {r['gateway_p99'] - r['direct_p99']:.2f} |"
+        )
+    internal = results.internal
+    if internal:
+        print()
+        print(
+            f"Gateway's own histogram (hangar_gateway_added_latency_seconds, {internal['count']:.0f} requests): "
+            f"p50 {internal.get('p50', 0):.2f} ms, p99 {internal.get('p99', 0):.2f} ms"
+        )
+
+
+def print_rows(rows: list[Row]) -> None:
+    direct = {(u, c): r for u, how, c, r in rows if how == "direct"}
     print()
     print("| upstream | path | conns | req/s | p50 ms | p99 ms | added p50 ms | added p99 ms | non-2xx |")
     print("|---|---|---:|---:|---:|---:|---:|---:|---:|")

@@ -27,6 +27,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -240,7 +241,32 @@ def bench_runtime(url: str, prompts: list[list[int]], n: int, stagger: float = 0
 # ------------------------------------------------------------------ main
 
 
-def main() -> int:
+@dataclass(frozen=True)
+class Transformers:
+    """(a)-(c): plain transformers' times and outputs."""
+
+    t_a: float
+    out_a: list[list[int]]
+    t_b: float
+    out_b: list[list[int]]
+    t_c: float
+    out_c: list[list[int]] | None
+    c_error: str
+
+
+@dataclass(frozen=True)
+class Runtime:
+    """(d): the runtime's best burst and its staggered run, (b)'s best time measured alongside, fp32 memory."""
+
+    burst: dict[str, Any]
+    staggered: dict[str, Any]
+    t_b: float
+    b_threads: int
+    rss: int
+    weights: int
+
+
+def parse_args() -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--model-dir", type=Path, default=Path(tempfile.gettempdir()) / "hangar-bench-tiny")
     parser.add_argument("--tokens", type=int, default=128)
@@ -249,46 +275,84 @@ def main() -> int:
     parser.add_argument("--repeat", type=int, default=3, help="best of N for (b) and (d)")
     parser.add_argument("--threads", type=int, help="pass --threads to the runtime")
     parser.add_argument("--omp-wait-policy", default="PASSIVE", choices=["PASSIVE", "ACTIVE"])
-    args = parser.parse_args()
+    return parser.parse_args()
+
+
+def main() -> int:
+    args = parse_args()
     n = args.tokens
     # Same OpenMP policy as the runtime sets for itself, so (a)-(c) and (d) compete on equal
     # terms; with spinning waits every contender collapses when the machine is shared.
     os.environ["OMP_WAIT_POLICY"] = args.omp_wait_policy
     threads = ["--threads", str(args.threads)] if args.threads else []
+    model_dir, model, tokenizer, prompts = load_model(args.model_dir, n)
+    plain = run_transformers(model, tokenizer, prompts, n)
+    runtime = run_runtime(args, model_dir, threads, model, tokenizer, prompts, plain.t_b)
+    del model
+    print(f"(d) done: {runtime.burst['tok_s']:.0f} tok/s", file=sys.stderr)
+    ref_texts = [tokenizer.decode(o, skip_special_tokens=True) for o in plain.out_a]
+    same = {
+        "b": plain.out_b == plain.out_a,
+        "c": plain.out_c == plain.out_a if plain.out_c else None,
+        "d": runtime.burst["texts"] == ref_texts and runtime.staggered["texts"] == ref_texts,
+    }
+    variants = run_variants(model_dir, threads, prompts, n)
+    variants = {
+        "float32": {"tok_s": runtime.burst["tok_s"], "rss": runtime.rss, "weights": runtime.weights},
+        **variants,
+    }
+    figures = figures_of(plain, runtime, N_PROMPTS * n, same, variants)
+    print_tables(figures, plain, runtime, same, variants, stagger=args.stagger)
+    if args.json:
+        args.json.write_text(json.dumps(figures, indent=2) + "\n")
+    return 0
 
+
+def load_model(model_dir_arg: Path, n: int) -> tuple[Path, Any, Any, list[list[int]]]:
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
     from transformers.utils import logging as hf_logging
 
     hf_logging.disable_progress_bar()
     hf_logging.set_verbosity_error()
-    model_dir = build_tiny_model(args.model_dir)
+    model_dir = build_tiny_model(model_dir_arg)
     tokenizer = AutoTokenizer.from_pretrained(str(model_dir), local_files_only=True)
     model = AutoModelForCausalLM.from_pretrained(str(model_dir), local_files_only=True).eval()
     prompts = make_prompts(tokenizer, N_PROMPTS)
-    total = N_PROMPTS * n
     print(
         f"model: {model_dir} ({sum(p.numel() for p in model.parameters()) / 1e6:.1f} M params), "
         f"torch threads: {torch.get_num_threads()}, prompts: {N_PROMPTS} x {n} new tokens",
         file=sys.stderr,
     )
-
-    default_threads = torch.get_num_threads()
     # warm-up so that no contender pays for first-call costs
     model.generate(torch.tensor([prompts[0]]), max_new_tokens=4, do_sample=False)
+    return model_dir, model, tokenizer, prompts
 
-    rows: list[tuple[str, float, str]] = []
-    figures: dict[str, Any] = {}
 
+def run_transformers(model: Any, tokenizer: Any, prompts: list[list[int]], n: int) -> Transformers:
+    total = N_PROMPTS * n
     t_a, out_a = bench_generate_one_by_one(model, prompts, n)
-    figures["a_one_by_one_tok_s"] = total / t_a
     print(f"(a) done: {total / t_a:.0f} tok/s", file=sys.stderr)
     t_b, out_b = bench_generate_padded(model, tokenizer, prompts, n)
     print(f"(b) done: {total / t_b:.0f} tok/s", file=sys.stderr)
     t_c, out_c, c_error = bench_generate_batch(model, prompts, n)
-    figures["c_generate_batch_tok_s"] = total / t_c if out_c else None
-    print(f"(c) done: {figures['c_generate_batch_tok_s']} {c_error}", file=sys.stderr)
+    print(f"(c) done: {total / t_c if out_c else None} {c_error}", file=sys.stderr)
+    return Transformers(t_a, out_a, t_b, out_b, t_c, out_c, c_error)
 
+
+def run_runtime(
+    args: argparse.Namespace,
+    model_dir: Path,
+    threads: list[str],
+    model: Any,
+    tokenizer: Any,
+    prompts: list[list[int]],
+    t_b: float,
+) -> Runtime:
+    import torch
+
+    n = args.tokens
+    default_threads = torch.get_num_threads()
     with Server(model_dir, *threads) as server:
         # (b) and (d) are the pair whose ratio matters: measure them alternately, best of N,
         # so that load from other processes on a shared machine hurts neither more.
@@ -306,38 +370,61 @@ def main() -> int:
                 burst = run
         torch.set_num_threads(default_threads)
         staggered = bench_runtime(server.url, prompts, n, stagger=args.stagger)
-        fp32_rss, fp32_weights = server.rss(), server.weights()
-    figures["b_padded_tok_s"] = total / t_b
-    figures["b_threads"] = best_b_threads
-    del model
-    print(f"(d) done: {burst['tok_s']:.0f} tok/s", file=sys.stderr)
+        return Runtime(burst, staggered, t_b, best_b_threads, server.rss(), server.weights())
 
-    ref_texts = [tokenizer.decode(o, skip_special_tokens=True) for o in out_a]
-    same = {
-        "b": out_b == out_a,
-        "c": out_c == out_a if out_c else None,
-        "d": burst["texts"] == ref_texts and staggered["texts"] == ref_texts,
-    }
 
+def run_variants(model_dir: Path, threads: list[str], prompts: list[list[int]], n: int) -> dict[str, dict[str, Any]]:
+    """(e): the runtime quantized and in bfloat16."""
     variants = {}
     for label, extra in (("int8", ["--quantization", "int8"]), ("bfloat16", ["--dtype", "bfloat16"])):
         with Server(model_dir, *threads, *extra) as server:
             run = bench_runtime(server.url, prompts, n)
             variants[label] = {"tok_s": run["tok_s"], "rss": server.rss(), "weights": server.weights()}
         print(f"({label}) done: {run['tok_s']:.0f} tok/s", file=sys.stderr)
-    variants = {"float32": {"tok_s": burst["tok_s"], "rss": fp32_rss, "weights": fp32_weights}, **variants}
+    return variants
 
+
+def figures_of(
+    plain: Transformers, runtime: Runtime, total: int, same: dict[str, Any], variants: dict[str, Any]
+) -> dict[str, Any]:
+    burst, staggered = runtime.burst, runtime.staggered
+    return {
+        "a_one_by_one_tok_s": total / plain.t_a,
+        "c_generate_batch_tok_s": total / plain.t_c if plain.out_c else None,
+        "b_padded_tok_s": total / runtime.t_b,
+        "b_threads": runtime.b_threads,
+        "d_runtime_burst_tok_s": burst["tok_s"],
+        "d_runtime_staggered_tok_s": staggered["tok_s"],
+        "ttft_burst_p50_s": burst["ttft_p50"],
+        "ttft_burst_p99_s": burst["ttft_p99"],
+        "ttft_staggered_p50_s": staggered["ttft_p50"],
+        "ttft_staggered_p99_s": staggered["ttft_p99"],
+        "identical": same,
+        "variants": variants,
+    }
+
+
+def print_tables(
+    figures: dict[str, Any],
+    plain: Transformers,
+    runtime: Runtime,
+    same: dict[str, Any],
+    variants: dict[str, Any],
+    *,
+    stagger: float,
+) -> None:
     a, b = figures["a_one_by_one_tok_s"], figures["b_padded_tok_s"]
     c = figures["c_generate_batch_tok_s"]
-    d = burst["tok_s"]
+    d = figures["d_runtime_burst_tok_s"]
+    burst, staggered = runtime.burst, runtime.staggered
 
     def ratio(x: float | None) -> str:
         return f"{d / x:.2f}x" if x else "n/a"
 
     rows = [
         ("(a) generate, one by one", a, "yes (reference)"),
-        (f"(b) generate, padded batch of 32 ({best_b_threads} torch thread(s), best)", b, str(same["b"])),
-        ("(c) transformers generate_batch", c, str(same["c"]) if out_c else f"failed: {c_error}"),
+        (f"(b) generate, padded batch of 32 ({runtime.b_threads} torch thread(s), best)", b, str(same["b"])),
+        ("(c) transformers generate_batch", c, str(same["c"]) if plain.out_c else f"failed: {plain.c_error}"),
         ("(d) Hangar runtime, 32 concurrent streams", d, str(same["d"])),
         ("(d') Hangar runtime, staggered arrivals", staggered["tok_s"], str(same["d"])),
     ]
@@ -350,7 +437,7 @@ def main() -> int:
     print(f"(d) / (a) = {ratio(a)}; (d) / (b) = {ratio(b)}; (d) / (c) = {ratio(c)}")
     print(
         f"TTFT under load: burst p50 {burst['ttft_p50'] * 1000:.0f} ms, p99 {burst['ttft_p99'] * 1000:.0f} ms; "
-        f"staggered ({args.stagger * 1000:.0f} ms apart) p50 {staggered['ttft_p50'] * 1000:.0f} ms, "
+        f"staggered ({stagger * 1000:.0f} ms apart) p50 {staggered['ttft_p50'] * 1000:.0f} ms, "
         f"p99 {staggered['ttft_p99'] * 1000:.0f} ms"
     )
     print()
@@ -358,22 +445,6 @@ def main() -> int:
     print("|---|---:|---:|---:|")
     for label, v in variants.items():
         print(f"| {label} | {v['tok_s']:,.0f} | {v['weights'] / 2**20:,.1f} MiB | {v['rss'] / 2**20:,.0f} MiB |")
-
-    figures.update(
-        {
-            "d_runtime_burst_tok_s": d,
-            "d_runtime_staggered_tok_s": staggered["tok_s"],
-            "ttft_burst_p50_s": burst["ttft_p50"],
-            "ttft_burst_p99_s": burst["ttft_p99"],
-            "ttft_staggered_p50_s": staggered["ttft_p50"],
-            "ttft_staggered_p99_s": staggered["ttft_p99"],
-            "identical": same,
-            "variants": variants,
-        }
-    )
-    if args.json:
-        args.json.write_text(json.dumps(figures, indent=2) + "\n")
-    return 0
 
 
 if __name__ == "__main__":

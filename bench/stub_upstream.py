@@ -112,15 +112,9 @@ class Stub(asyncio.Protocol):
 
     async def answer(self, method: bytes, url: bytes, body: bytes, keep_alive: bool) -> None:
         assert self.transport is not None
-        if method == b"GET" and url == b"/health":
-            self.write("200 OK", b"application/json", b'{"status":"ok"}', keep_alive)
-            return
-        if method == b"GET" and url == b"/v1/models":
-            data = json.dumps({"object": "list", "data": [{"id": ARGS.model, "object": "model"}]}).encode()
-            self.write("200 OK", b"application/json", data, keep_alive)
-            return
-        if method != b"POST" or url not in (b"/v1/chat/completions", b"/v1/completions"):
-            self.write("404 Not Found", b"application/json", b'{"error":{"message":"not found"}}', keep_alive)
+        fixed = _fixed_answer(method, url)
+        if fixed is not None:
+            self.write(*fixed, keep_alive)
             return
         chat = url == b"/v1/chat/completions"
         try:
@@ -135,6 +129,10 @@ class Stub(asyncio.Protocol):
             self.write("200 OK", b"application/json", _completion(chat, prompt), keep_alive)
             return
         include_usage = bool((request.get("stream_options") or {}).get("include_usage"))
+        await self.stream(chat, prompt, include_usage, keep_alive)
+
+    async def stream(self, chat: bool, prompt: int, include_usage: bool, keep_alive: bool) -> None:
+        assert self.transport is not None
         self.transport.write(
             b"HTTP/1.1 200 OK\r\ncontent-type: text/event-stream\r\ntransfer-encoding: chunked\r\n"
             + (b"\r\n" if keep_alive else b"connection: close\r\n\r\n")
@@ -148,6 +146,18 @@ class Stub(asyncio.Protocol):
         self.transport.write(b"0\r\n\r\n")
         if not keep_alive:
             self.transport.close()
+
+
+def _fixed_answer(method: bytes, url: bytes) -> tuple[str, bytes, bytes] | None:
+    """(status, content type, body) of the requests answered without a completion, else None."""
+    if method == b"GET" and url == b"/health":
+        return "200 OK", b"application/json", b'{"status":"ok"}'
+    if method == b"GET" and url == b"/v1/models":
+        data = json.dumps({"object": "list", "data": [{"id": ARGS.model, "object": "model"}]}).encode()
+        return "200 OK", b"application/json", data
+    if method != b"POST" or url not in (b"/v1/chat/completions", b"/v1/completions"):
+        return "404 Not Found", b"application/json", b'{"error":{"message":"not found"}}'
+    return None
 
 
 async def serve(host: str, port: int) -> None:

@@ -102,35 +102,43 @@ def is_error_status(status: str) -> bool:
     return status.startswith("5")
 
 
+# Samples whose value a scrape takes as it is: metric name -> Scrape attribute.
+LAST_VALUE = {
+    PREFIX + "prompt_tokens_total": "prompt_tokens",
+    PREFIX + "completion_tokens_total": "completion_tokens",
+    PREFIX + "requests_in_flight": "in_flight",
+    PREFIX + "queue_depth": "queued",
+    PREFIX + "batch_size": "batch_size",
+}
+BUCKET_OF = {name + "_bucket": key for key, name in HISTOGRAMS.items()}
+
+
 def parse_metrics(text: str, *, at: float) -> Scrape:
     scrape = Scrape(at=at)
-    by_histogram = {name: key for key, name in HISTOGRAMS.items()}
     buckets: dict[str, list[tuple[float, float]]] = defaultdict(list)
     for family in text_string_to_metric_families(text):
         for sample in family.samples:
-            name, labels, value = sample.name, sample.labels, float(sample.value)
-            if name == PREFIX + "requests_total":
-                scrape.requests += value
-                if is_error_status(labels.get("status", "")):
-                    scrape.errors += value
-            elif name == PREFIX + "prompt_tokens_total":
-                scrape.prompt_tokens = value
-            elif name == PREFIX + "completion_tokens_total":
-                scrape.completion_tokens = value
-            elif name == PREFIX + "requests_in_flight":
-                scrape.in_flight = value
-            elif name == PREFIX + "queue_depth":
-                scrape.queued = value
-            elif name == PREFIX + "batch_size":
-                scrape.batch_size = value
-            elif name == PREFIX + "memory_bytes":
-                # RSS on CPU; on CUDA the allocated GPU memory is what operators watch.
-                if labels.get("kind") in ("rss", "gpu_allocated", None):
-                    scrape.memory_bytes = max(scrape.memory_bytes, value)
-            elif name.endswith("_bucket") and name[: -len("_bucket")] in by_histogram:
-                buckets[by_histogram[name[: -len("_bucket")]]].append((float(labels["le"]), value))
+            _take(scrape, buckets, sample.name, sample.labels, float(sample.value))
     scrape.buckets = {key: sorted(values) for key, values in buckets.items()}
     return scrape
+
+
+def _take(
+    scrape: Scrape, buckets: dict[str, list[tuple[float, float]]], name: str, labels: dict[str, str], value: float
+) -> None:
+    """Fold one sample into the scrape (or the histogram buckets); samples the dashboard ignores are skipped."""
+    if name in LAST_VALUE:
+        setattr(scrape, LAST_VALUE[name], value)
+    elif name == PREFIX + "requests_total":
+        scrape.requests += value
+        if is_error_status(labels.get("status", "")):
+            scrape.errors += value
+    elif name == PREFIX + "memory_bytes":
+        # RSS on CPU; on CUDA the allocated GPU memory is what operators watch.
+        if labels.get("kind") in ("rss", "gpu_allocated", None):
+            scrape.memory_bytes = max(scrape.memory_bytes, value)
+    elif name in BUCKET_OF:
+        buckets[BUCKET_OF[name]].append((float(labels["le"]), value))
 
 
 # ----------------------------------------------------------------------------- arithmetic
@@ -278,26 +286,84 @@ def _live_deployments() -> list[Deployment]:
     )
 
 
+@dataclass(frozen=True)
+class Targets:
+    """What one pass looks at: the live deployments, all their replicas, and the ready ones to scrape."""
+
+    deployments: dict[int, Deployment]
+    replicas: list[Replica]
+    ready: list[Replica]
+
+    def replicas_of(self, deployment_id: int) -> list[Replica]:
+        return [r for r in self.replicas if r.deployment_id == deployment_id]
+
+
+@dataclass(frozen=True)
+class Reading:
+    """One replica's scrape, and what happened on it since the previous one (None: no previous one)."""
+
+    replica: Replica
+    scrape: Scrape
+    window: Window | None
+
+
+@dataclass(frozen=True)
+class Rollup:
+    """A deployment's figures over its scraped replicas: rates add up, quantiles come from merged buckets."""
+
+    total: Scrape
+    windows: list[Window]
+    quantiles: dict[str, float | None]
+    tokens_per_second: float
+    error_rate: float | None
+
+
 def scrape_once() -> dict[str, int]:
     """One scrape of every ready replica; returns counts for logs and tests."""
     interval = float(settings.HANGAR_METRICS_INTERVAL)
+    targets = select_targets()
+    fetched = fetch(targets.ready, request_timeout=max(0.5, interval))
+    readings = read(targets.ready, fetched)
+    now_dt = timezone.now()
+    rows = [replica_sample(targets, reading, now_dt) for reading in readings]
+    payloads: list[tuple[Deployment, dict[str, Any]]] = []
+    for deployment_id, items in by_deployment(readings).items():
+        deployment = targets.deployments[deployment_id]
+        rollup = roll_up(items)
+        rows.append(rollup_sample(deployment, rollup, now_dt))
+        payloads.append((deployment, metrics_payload(deployment, targets, items, rollup, now_dt)))
+    # Deployments without a scraped replica still get their phase, progress and replica table.
+    scraped = {r.replica.deployment_id for r in readings}
+    payloads += [(d, deployment_payload(d, targets)) for pk, d in targets.deployments.items() if pk not in scraped]
+    store(rows, readings, interval=interval)
+    pruned = prune()
+    push(payloads)
+    return {"replicas": len(targets.ready), "samples": len(rows), "pruned": pruned, "pushed": len(payloads)}
+
+
+def select_targets() -> Targets:
     deployments = {d.pk: d for d in _live_deployments()}
     replicas = list(Replica.objects.filter(deployment_id__in=deployments).order_by("deployment_id", "name"))
     ready = [r for r in replicas if r.state == ReplicaState.READY and r.endpoint]
+    return Targets(deployments, replicas, ready)
+
+
+def fetch(ready: list[Replica], *, request_timeout: float) -> dict[int, tuple[str | None, float]]:
+    """Each replica's ``/metrics`` text (None on failure) and when it was read, by replica id."""
     tokens = {d: replica_token(d) for d in {r.deployment_id for r in ready}}
-    fetched = asyncio.run(
+    return asyncio.run(
         fetch_all(
             {r.pk: metrics_url(r.endpoint) for r in ready},
-            request_timeout=max(0.5, interval),
+            request_timeout=request_timeout,
             tokens={r.pk: tokens[r.deployment_id] for r in ready},
         )
     )
 
+
+def read(ready: list[Replica], fetched: dict[int, tuple[str | None, float]]) -> list[Reading]:
+    """Parse what was fetched; the window against each replica's previous scrape (kept in the cache)."""
     previous_states = cache.get_many([STATE_KEY.format(r.pk) for r in ready])
-    now_dt = timezone.now()
-    rows: list[MetricSample] = []
-    new_states: dict[str, Any] = {}
-    per_deployment: dict[int, list[tuple[Replica, Scrape, Window | None]]] = defaultdict(list)
+    readings = []
     for replica in ready:
         text, at = fetched.get(replica.pk, (None, 0.0))
         if text is None:
@@ -309,91 +375,103 @@ def scrape_once() -> dict[str, int]:
             continue
         state = previous_states.get(STATE_KEY.format(replica.pk))
         before = Scrape.from_state(state) if isinstance(state, dict) else None
-        win = window(scrape, before)
-        new_states[STATE_KEY.format(replica.pk)] = scrape.state()
-        per_deployment[replica.deployment_id].append((replica, scrape, win))
-        q = quantiles(win.buckets) if win else {}
-        rows.append(_sample(replica.deployment_id, deployments, now_dt, scrape, win, q, replica=replica))
+        readings.append(Reading(replica, scrape, window(scrape, before)))
+    return readings
 
-    payloads: list[tuple[Deployment, dict[str, Any]]] = []
-    for deployment_id, items in per_deployment.items():
-        deployment = deployments[deployment_id]
-        windows = [w for _, _, w in items if w is not None]
-        merged = {key: merge_buckets(w.buckets.get(key, []) for w in windows) for key in ("ttft", "e2e")}
-        q = quantiles(merged) if windows else {}
-        total = Scrape(
+
+def by_deployment(readings: list[Reading]) -> dict[int, list[Reading]]:
+    grouped: dict[int, list[Reading]] = defaultdict(list)
+    for reading in readings:
+        grouped[reading.replica.deployment_id].append(reading)
+    return dict(grouped)
+
+
+def roll_up(readings: list[Reading]) -> Rollup:
+    scrapes = [r.scrape for r in readings]
+    windows = [r.window for r in readings if r.window is not None]
+    merged = {key: merge_buckets(w.buckets.get(key, []) for w in windows) for key in ("ttft", "e2e")}
+    requests = sum(w.requests for w in windows)
+    return Rollup(
+        total=Scrape(
             at=time.time(),
-            requests=sum(s.requests for _, s, _ in items),
-            errors=sum(s.errors for _, s, _ in items),
-            prompt_tokens=sum(s.prompt_tokens for _, s, _ in items),
-            completion_tokens=sum(s.completion_tokens for _, s, _ in items),
-            in_flight=sum(s.in_flight for _, s, _ in items),
-            queued=sum(s.queued for _, s, _ in items),
-            batch_size=sum(s.batch_size for _, s, _ in items),
-            memory_bytes=sum(s.memory_bytes for _, s, _ in items),
-        )
-        tps = sum(w.tokens_per_second for w in windows)
-        rollup = _sample(deployment_id, deployments, now_dt, total, None, q, replica=None)
-        rollup.tokens_per_second = tps
-        rows.append(rollup)
-        requests = sum(w.requests for w in windows)
-        per_replica = {r.pk: (s, w) for r, s, w in items}
-        payloads.append(
-            (
-                deployment,
-                {
-                    "kind": "metrics",
-                    "deployment": deployment_id,
-                    "ts": now_dt.timestamp(),
-                    "tokens_per_second": tps,
-                    "in_flight": total.in_flight,
-                    "queued": total.queued,
-                    "error_rate": (sum(w.errors for w in windows) / requests) if requests > 0 else None,
-                    **q,
-                    "replicas": [
-                        _replica_row(r, _replica_figures(per_replica.get(r.pk)))
-                        for r in replicas
-                        if r.deployment_id == deployment_id
-                    ],
-                },
-            )
-        )
-    # Deployments without a scraped replica still get their phase, progress and replica table.
-    for deployment_id, deployment in deployments.items():
-        if deployment_id in per_deployment:
-            continue
-        payloads.append(
-            (
-                deployment,
-                {
-                    "kind": "deployment",
-                    "deployment": deployment_id,
-                    "replica_rows": [_replica_row(r) for r in replicas if r.deployment_id == deployment_id],
-                },
-            )
-        )
-    for deployment, payload in payloads:
-        payload.update(
-            {
-                "phase": deployment.phase,
-                "phase_message": deployment.phase_message,
-                "ready_replicas": deployment.ready_replicas,
-                "progress": deployment.progress or {},
-            }
-        )
+            requests=sum(s.requests for s in scrapes),
+            errors=sum(s.errors for s in scrapes),
+            prompt_tokens=sum(s.prompt_tokens for s in scrapes),
+            completion_tokens=sum(s.completion_tokens for s in scrapes),
+            in_flight=sum(s.in_flight for s in scrapes),
+            queued=sum(s.queued for s in scrapes),
+            batch_size=sum(s.batch_size for s in scrapes),
+            memory_bytes=sum(s.memory_bytes for s in scrapes),
+        ),
+        windows=windows,
+        quantiles=quantiles(merged) if windows else {},
+        tokens_per_second=sum(w.tokens_per_second for w in windows),
+        error_rate=(sum(w.errors for w in windows) / requests) if requests > 0 else None,
+    )
 
+
+def replica_sample(targets: Targets, reading: Reading, ts: datetime) -> MetricSample:
+    deployment = targets.deployments[reading.replica.deployment_id]
+    q = quantiles(reading.window.buckets) if reading.window else {}
+    return _sample(deployment, ts, reading.scrape, reading.window, q, replica=reading.replica)
+
+
+def rollup_sample(deployment: Deployment, rollup: Rollup, ts: datetime) -> MetricSample:
+    """The deployment-level row (``replica`` empty)."""
+    sample = _sample(deployment, ts, rollup.total, None, rollup.quantiles, replica=None)
+    sample.tokens_per_second = rollup.tokens_per_second
+    return sample
+
+
+def metrics_payload(
+    deployment: Deployment, targets: Targets, readings: list[Reading], rollup: Rollup, ts: datetime
+) -> dict[str, Any]:
+    per_replica = {r.replica.pk: (r.scrape, r.window) for r in readings}
+    return {
+        "kind": "metrics",
+        "deployment": deployment.pk,
+        "ts": ts.timestamp(),
+        "tokens_per_second": rollup.tokens_per_second,
+        "in_flight": rollup.total.in_flight,
+        "queued": rollup.total.queued,
+        "error_rate": rollup.error_rate,
+        **rollup.quantiles,
+        "replicas": [
+            _replica_row(r, _replica_figures(per_replica.get(r.pk))) for r in targets.replicas_of(deployment.pk)
+        ],
+        **_phase_fields(deployment),
+    }
+
+
+def deployment_payload(deployment: Deployment, targets: Targets) -> dict[str, Any]:
+    return {
+        "kind": "deployment",
+        "deployment": deployment.pk,
+        "replica_rows": [_replica_row(r) for r in targets.replicas_of(deployment.pk)],
+        **_phase_fields(deployment),
+    }
+
+
+def _phase_fields(deployment: Deployment) -> dict[str, Any]:
+    return {
+        "phase": deployment.phase,
+        "phase_message": deployment.phase_message,
+        "ready_replicas": deployment.ready_replicas,
+        "progress": deployment.progress or {},
+    }
+
+
+def store(rows: list[MetricSample], readings: list[Reading], *, interval: float) -> None:
+    """Write the samples; keep each replica's scrape for the next pass's window."""
     if rows:
         MetricSample.objects.bulk_create(rows)
-    if new_states:
-        cache.set_many(new_states, timeout=int(max(60, interval * 10)))
-    pruned = prune()
-    push(payloads)
-    return {"replicas": len(ready), "samples": len(rows), "pruned": pruned, "pushed": len(payloads)}
+    if readings:
+        states = {STATE_KEY.format(r.replica.pk): r.scrape.state() for r in readings}
+        cache.set_many(states, timeout=int(max(60, interval * 10)))
 
 
 def _sample(
-    deployment_id: int,
-    deployments: dict[int, Deployment],
+    deployment: Deployment,
     ts: datetime,
     scrape: Scrape,
     win: Window | None,
@@ -402,8 +480,8 @@ def _sample(
     replica: Replica | None,
 ) -> MetricSample:
     return MetricSample(
-        tenant_id=deployments[deployment_id].tenant_id,
-        deployment_id=deployment_id,
+        tenant_id=deployment.tenant_id,
+        deployment_id=deployment.pk,
         replica=replica,
         ts=ts,
         requests_total=scrape.requests,

@@ -5,12 +5,18 @@ reads the replicas from the backend by labels, health-checks them, creates the m
 removes dead, unhealthy, extra and old-generation ones (rolling: old replicas go only as new
 ones turn ready), writes phase/conditions/replicas with compare-and-set and returns how soon
 it wants to look again. A pass over a converged deployment creates, removes and emits nothing.
+
+A pass reads as its steps (``run_replicas``): observe -> remove_dead -> check_health -> scale ->
+roll -> record_replicas -> report, each a function of what the previous ones returned (frozen
+dataclasses); the only changes go through the ``Actuator``, which renews the lease before each.
+Backends that roll replicas themselves (Kubernetes) take ``run_group``; deletion takes ``delete``.
 """
 
 from __future__ import annotations
 
 import logging
 import re
+from collections.abc import Mapping
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
@@ -110,404 +116,600 @@ def _step(stage: str | None) -> ProgressStep:
     return STEPS.get(stage or "", ProgressStep.STARTING)
 
 
-class Pass:
-    """State of one reconcile pass over one deployment."""
+# ------------------------------------------------------------------ what a pass sees and decides
 
-    def __init__(self, deployment: Deployment, driver: Driver, owner: str) -> None:
-        self.d = deployment
-        self.driver = driver
-        self.owner = owner
-        self.now = timezone.now()
-        self.actions: list[str] = []
-        self._rows = {r.name: r for r in Replica.objects.filter(deployment_id=deployment.pk)}
 
-    # ------------------------------------------------------------------ helpers
+@dataclass(frozen=True)
+class Observation:
+    """What a pass starts from: the desired count, the backend's replicas and the database's rows."""
+
+    desired: int
+    generation: int  # the replica template's: replicas of another one are old
+    replicas: tuple[ObservedReplica, ...]
+    rows: Mapping[str, Replica]  # Replica rows by name, as the last pass recorded them
+    now: datetime
 
     def row(self, replica: ObservedReplica) -> Replica | None:
         """The Replica row of this very incarnation (a replacement may reuse the name)."""
-        row = self._rows.get(replica.name)
+        row = self.rows.get(replica.name)
         return row if row is not None and row.backend_id == replica.backend_id else None
+
+    def was_ready(self, replica: ObservedReplica) -> bool:
+        row = self.row(replica)
+        return row is not None and row.ready_at is not None
+
+
+@dataclass(frozen=True)
+class Failure:
+    """Why the current spec cannot run, as the Failed phase tells it."""
+
+    message: str
+    reason: str = "ReplicaCrashed"
+
+
+@dataclass(frozen=True)
+class Removal:
+    """An unhealthy replica's removal: its event, and the crash it counts as ("" for none)."""
+
+    reason: str
+    message: str
+    crash: str = ""
+
+
+@dataclass(frozen=True)
+class Survivors:
+    """Replicas a step left in place, with their /health and the crashes seen so far."""
+
+    replicas: tuple[ObservedReplica, ...]
+    crashed: tuple[str, ...] = ()
+    healthy: Mapping[str, bool] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class Scaled:
+    """The current generation after scaling: its replicas, everyone's /health, and a failure to create."""
+
+    current: tuple[ObservedReplica, ...]
+    healthy: Mapping[str, bool]
+    failure: Failure | None = None
+
+
+@dataclass(frozen=True)
+class Summary:
+    """What the pass found, for the status write."""
+
+    desired: int
+    ready: int
+    converged: bool
+    rolling: bool
+    failure: Failure | None
+    starting: tuple[ObservedReplica, ...]
+    now: datetime
+    why: str = ""  # what the backend says keeps the rest from being ready
+
+
+@dataclass(frozen=True)
+class Plan:
+    """The status write a summary calls for, and how soon to look again."""
+
+    phase: str
+    reason: str
+    message: str
+    observed_generation: int | None
+    conditions: dict[str, tuple[bool | None, str, str]]
+    progress: dict[str, str] | None = None
+    requeue_after: float | None = None
+
+
+@dataclass(frozen=True)
+class Actuator:
+    """A pass's only way to change things: renews the lease before each change, logs it, tells it in an event."""
+
+    deployment: Deployment
+    driver: Driver
+    owner: str
+    actions: list[str] = field(default_factory=list)
 
     def renew(self) -> None:
         if not status.deployment_renew(
-            deployment_id=self.d.pk, owner=self.owner, lease_seconds=settings.HANGAR_RECONCILE_LEASE_SECONDS
+            deployment_id=self.deployment.pk, owner=self.owner, lease_seconds=settings.HANGAR_RECONCILE_LEASE_SECONDS
         ):
             raise LeaseLost()
 
     def event(self, reason: str, message: str, warning: bool = False) -> None:
         event_emit(
-            deployment=self.d,
+            deployment=self.deployment,
             reason=reason,
             message=message,
             type=EventType.WARNING if warning else EventType.NORMAL,
             actor="system:reconciler",
         )
 
-    def remove(self, replica: ObservedReplica, reason: str, message: str, warning: bool = False) -> None:
+    def discard(self, replica: ObservedReplica) -> None:
         self.renew()
         self.driver.remove(replica.backend_id)
         self.actions.append(f"remove {replica.name}")
+
+    def remove(self, replica: ObservedReplica, reason: str, message: str, warning: bool = False) -> None:
+        self.discard(replica)
         self.event(reason, message, warning)
 
     def create(self, slot: int) -> ObservedReplica:
         self.renew()
-        spec = replica_spec(self.d, slot=slot)
+        spec = replica_spec(self.deployment, slot=slot)
         created = self.driver.create(spec)
         self.actions.append(f"create {spec.name}")
         self.event("ReplicaCreated", f"Started replica {spec.name} (generation {spec.generation})")
         return created
 
-    def healthy(self, replicas: list[ObservedReplica]) -> dict[str, bool]:
-        def check(replica: ObservedReplica) -> bool:
-            if replica.ready is not None:  # the backend judges readiness itself (Kubernetes)
-                return replica.ready
-            return replica.state == BackendState.RUNNING and self.driver.health(replica.endpoint)
 
-        if len(replicas) <= 1:
-            return {r.name: check(r) for r in replicas}
-        with ThreadPoolExecutor(max_workers=min(8, len(replicas))) as pool:
-            return dict(zip([r.name for r in replicas], pool.map(check, replicas), strict=True))
+# ------------------------------------------------------------------ the pass, step by step
 
-    def failed_recently(self) -> bool:
-        """A Failed deployment retries the same spec only every HANGAR_FAILED_RETRY_SECONDS."""
-        if self.d.phase != Phase.FAILED or self.d.observed_generation != self.d.generation:
-            return False
-        # The last failure: when Progressing turned False, or the last warning since (a crash of
-        # a retried replica), so a crash-looping replica is retried every N seconds, not every pass.
-        moments = [
-            datetime.fromisoformat(c["last_transition_time"])
-            for c in self.d.conditions
-            if c.get("type") == ConditionType.PROGRESSING and c.get("status") == "False"
-        ]
-        last_warning = (
-            DeploymentEvent.objects.filter(deployment_id=self.d.pk, type=EventType.WARNING)
-            .order_by("-created_at")
-            .values_list("created_at", flat=True)
-            .first()
-        )
-        if last_warning is not None:
-            moments.append(last_warning)
-        if not moments:
-            return False
-        return self.now - max(moments) < timedelta(seconds=settings.HANGAR_FAILED_RETRY_SECONDS)
 
-    # ------------------------------------------------------------------ the pass
+def run_pass(deployment: Deployment, driver: Driver, owner: str) -> Outcome:
+    act = Actuator(deployment, driver, owner)
+    if deployment.desired_state == DesiredState.DELETED:
+        return delete(act)
+    if driver.group_managed:
+        return run_group(act)
+    return run_replicas(act)
 
-    def run(self) -> Outcome:
-        if self.d.desired_state == DesiredState.DELETED:
-            return self.delete()
-        if self.driver.group_managed:
-            return self.run_group()
-        d = self.d
-        desired = d.replicas if d.desired_state == DesiredState.RUNNING else 0
-        gen = d.template_generation
-        actual = self.driver.list(d.pk)
 
-        # 1. Dead replicas: note why, remove. One that died before ever being ready counts as a crash.
-        crashed: list[str] = []
-        alive: list[ObservedReplica] = []
-        for replica in actual:
-            if replica.alive:
-                alive.append(replica)
-                continue
-            row = self.row(replica)
-            last = replica.detail or self._last_line(replica)
-            code = f" (exit code {replica.exit_code})" if replica.exit_code is not None else ""
-            self.remove(replica, "ReplicaExited", f"Replica {replica.name} exited{code}: {last}".strip(), warning=True)
-            if replica.generation == gen and not replica.never_started and (row is None or row.ready_at is None):
-                crashed.append(f"Replica {replica.name} exited{code} before becoming ready: {last}".strip())
+def run_replicas(act: Actuator) -> Outcome:
+    """Replica-managed backends (local, Docker): the pass itself creates, checks and removes replicas."""
+    seen = observe(act.deployment, act.driver)
+    alive = remove_dead(act, seen)
+    checked = check_health(act, seen, alive)
+    hold = bool(checked.crashed) or failed_recently(act.deployment, seen.now)
+    scaled = scale(act, seen, checked, hold=hold)
+    old = tuple(r for r in checked.replicas if r.generation != seen.generation)
+    kept_old = roll(act, seen, scaled, old)
+    observations = record_replicas(act, seen, (*scaled.current, *kept_old), scaled.healthy)
+    ready_current = [r for r in scaled.current if scaled.healthy.get(r.name)]
+    crash = Failure(checked.crashed[0]) if checked.crashed else None
+    summary = Summary(
+        desired=seen.desired,
+        ready=sum(1 for o in observations if o.healthy),
+        converged=len(ready_current) == seen.desired and len(scaled.current) == seen.desired and not kept_old,
+        rolling=bool(old),
+        failure=scaled.failure or crash,
+        starting=tuple(r for r in scaled.current if not scaled.healthy.get(r.name)),
+        now=seen.now,
+    )
+    return report(act, summary)
 
-        # 2. Health: /health of every live replica; replace the ones past the threshold or timeout.
-        health = self.healthy(alive)
-        survivors: list[ObservedReplica] = []
-        for replica in alive:
-            row = self.row(replica)
-            if health[replica.name]:
-                survivors.append(replica)
-                continue
-            if row is not None and row.ready_at is not None:
-                failures = row.consecutive_failures + 1
-                if failures >= settings.HANGAR_HEALTH_FAILURE_THRESHOLD:
-                    self.remove(
-                        replica,
-                        "ReplicaUnhealthy",
-                        f"Replica {replica.name} failed {failures} health checks in a row; replacing it",
-                        warning=True,
-                    )
-                    continue
-            else:
-                started = replica.started_at or (row.started_at if row else None) or self.now
-                if self.now - started > timedelta(seconds=settings.HANGAR_READY_TIMEOUT):
-                    self.remove(
-                        replica,
-                        "ReadyTimeout",
-                        f"Replica {replica.name} was not ready within {settings.HANGAR_READY_TIMEOUT:g} s; "
-                        f"last output: {self._last_line(replica)}",
-                        warning=True,
-                    )
-                    if replica.generation == gen:
-                        crashed.append(
-                            f"Replica {replica.name} was not ready within {settings.HANGAR_READY_TIMEOUT:g} s"
-                        )
-                    continue
+
+def observe(deployment: Deployment, driver: Driver) -> Observation:
+    now = timezone.now()
+    rows = {r.name: r for r in Replica.objects.filter(deployment_id=deployment.pk)}
+    return Observation(
+        desired=deployment.replicas if deployment.desired_state == DesiredState.RUNNING else 0,
+        generation=deployment.template_generation,
+        replicas=tuple(driver.list(deployment.pk)),
+        rows=rows,
+        now=now,
+    )
+
+
+def remove_dead(act: Actuator, seen: Observation) -> Survivors:
+    """Remove the replicas that exited, saying why. One that died before ever being ready counts as a crash."""
+    alive: list[ObservedReplica] = []
+    crashed: list[str] = []
+    for replica in seen.replicas:
+        if replica.alive:
+            alive.append(replica)
+            continue
+        last = replica.detail or _last_line(act.driver, replica)
+        code = f" (exit code {replica.exit_code})" if replica.exit_code is not None else ""
+        act.remove(replica, "ReplicaExited", f"Replica {replica.name} exited{code}: {last}".strip(), warning=True)
+        if replica.generation == seen.generation and not replica.never_started and not seen.was_ready(replica):
+            crashed.append(f"Replica {replica.name} exited{code} before becoming ready: {last}".strip())
+    return Survivors(tuple(alive), tuple(crashed))
+
+
+def check_health(act: Actuator, seen: Observation, alive: Survivors) -> Survivors:
+    """/health of every live replica; replace the ones past the failure threshold or the ready timeout."""
+    healthy = probe(act.driver, alive.replicas)
+    survivors: list[ObservedReplica] = []
+    crashed = list(alive.crashed)
+    for replica in alive.replicas:
+        removal = None if healthy[replica.name] else _removal(act.driver, seen, replica)
+        if removal is None:
             survivors.append(replica)
+            continue
+        act.remove(replica, removal.reason, removal.message, warning=True)
+        if removal.crash:
+            crashed.append(removal.crash)
+    return Survivors(tuple(survivors), tuple(crashed), healthy)
 
-        current = [r for r in survivors if r.generation == gen]
-        old = [r for r in survivors if r.generation != gen]
 
-        # 3. Scale the current generation to the desired count.
-        failure = crashed[0] if crashed else ""
-        hold = bool(crashed) or self.failed_recently()
-        if len(current) < desired and not hold:
-            used = {_slot(r.name) for r in current}
-            free = (s for s in range(desired * 2 + 1) if s not in used)
-            for _ in range(desired - len(current)):
-                try:
-                    current.append(self.create(next(free)))
-                except PermanentDriverError as exc:
-                    failure = exc.message
-                    self._fail_reason = exc.reason
-                    break
-                health[current[-1].name] = False
-        elif len(current) > desired:
-            # Keep the ready ones with the lowest slots; remove the rest.
-            ordered = sorted(current, key=lambda r: (not health.get(r.name, False), _slot(r.name)))
-            for replica in ordered[desired:]:
-                self.remove(replica, "ReplicaRemoved", f"Removed replica {replica.name}: scaled to {desired}")
-            current = ordered[:desired]
+def probe(driver: Driver, replicas: tuple[ObservedReplica, ...]) -> dict[str, bool]:
+    def check(replica: ObservedReplica) -> bool:
+        if replica.ready is not None:  # the backend judges readiness itself (Kubernetes)
+            return replica.ready
+        return replica.state == BackendState.RUNNING and driver.health(replica.endpoint)
 
-        # 4. Rolling replacement: old-generation replicas go once enough new ones are ready.
-        ready_current = [r for r in current if health.get(r.name)]
-        keep_ready_old = max(0, desired - len(ready_current))
-        old_sorted = sorted(old, key=lambda r: (not health.get(r.name, False), _slot(r.name)))
-        kept_old: list[ObservedReplica] = []
-        for replica in old_sorted:
-            if health.get(replica.name) and len(kept_old) < keep_ready_old:
-                kept_old.append(replica)
-                continue
-            self.remove(
-                replica,
-                "ReplicaReplaced",
-                f"Removed replica {replica.name} of generation {replica.generation}: "
-                f"generation {gen} is ready to take over",
-            )
+    if len(replicas) <= 1:
+        return {r.name: check(r) for r in replicas}
+    with ThreadPoolExecutor(max_workers=min(8, len(replicas))) as pool:
+        return dict(zip([r.name for r in replicas], pool.map(check, replicas), strict=True))
 
-        # 5. Observed state.
-        remaining = current + kept_old
-        observations = []
-        for replica in remaining:
-            ok = bool(health.get(replica.name))
-            row = self.row(replica)
-            if ok and (row is None or row.ready_at is None):
-                self.event("ReplicaReady", f"Replica {replica.name} is ready at {replica.endpoint}")
-            observations.append(
-                ReplicaObservation(
-                    name=replica.name,
-                    backend_id=replica.backend_id,
-                    generation=replica.generation,
-                    endpoint=replica.endpoint,
-                    state=ReplicaState.READY
-                    if ok
-                    else (ReplicaState.UNHEALTHY if row is not None and row.ready_at else ReplicaState.STARTING),
-                    started_at=replica.started_at,
-                    healthy=ok,
-                )
-            )
-        status.replicas_sync(deployment=d, observed=observations)
 
-        ready = sum(1 for o in observations if o.healthy)
-        converged = len(ready_current) == desired and len(current) == desired and not kept_old
-        return self.report(
-            desired=desired,
-            ready=ready,
-            converged=converged,
-            rolling=bool(kept_old) or any(r.generation != gen for r in old),
-            failure=failure,
-            starting=[r for r in current if not health.get(r.name)],
+def _removal(driver: Driver, seen: Observation, replica: ObservedReplica) -> Removal | None:
+    """What an unhealthy replica has earned: removal past the failure threshold once it was ready,
+    or past the ready timeout before; None while it may still recover."""
+    row = seen.row(replica)
+    if row is not None and row.ready_at is not None:
+        failures = row.consecutive_failures + 1
+        if failures < settings.HANGAR_HEALTH_FAILURE_THRESHOLD:
+            return None
+        return Removal(
+            "ReplicaUnhealthy", f"Replica {replica.name} failed {failures} health checks in a row; replacing it"
         )
+    started = replica.started_at or (row.started_at if row else None) or seen.now
+    timeout = settings.HANGAR_READY_TIMEOUT
+    if seen.now - started <= timedelta(seconds=timeout):
+        return None
+    return Removal(
+        "ReadyTimeout",
+        f"Replica {replica.name} was not ready within {timeout:g} s; last output: {_last_line(driver, replica)}",
+        crash=f"Replica {replica.name} was not ready within {timeout:g} s"
+        if replica.generation == seen.generation
+        else "",
+    )
 
-    # ------------------------------------------------------------------ status
 
-    _fail_reason = "ReplicaCrashed"
+def failed_recently(deployment: Deployment, now: datetime) -> bool:
+    """A Failed deployment retries the same spec only every HANGAR_FAILED_RETRY_SECONDS."""
+    if deployment.phase != Phase.FAILED or deployment.observed_generation != deployment.generation:
+        return False
+    # The last failure: when Progressing turned False, or the last warning since (a crash of
+    # a retried replica), so a crash-looping replica is retried every N seconds, not every pass.
+    moments = [
+        datetime.fromisoformat(c["last_transition_time"])
+        for c in deployment.conditions
+        if c.get("type") == ConditionType.PROGRESSING and c.get("status") == "False"
+    ]
+    last_warning = (
+        DeploymentEvent.objects.filter(deployment_id=deployment.pk, type=EventType.WARNING)
+        .order_by("-created_at")
+        .values_list("created_at", flat=True)
+        .first()
+    )
+    if last_warning is not None:
+        moments.append(last_warning)
+    if not moments:
+        return False
+    return now - max(moments) < timedelta(seconds=settings.HANGAR_FAILED_RETRY_SECONDS)
 
-    def report(
-        self,
-        *,
-        desired: int,
-        ready: int,
-        converged: bool,
-        rolling: bool,
-        failure: str,
-        starting: list[ObservedReplica],
-        why: str = "",
-    ) -> Outcome:
-        d = self.d
-        conditions: dict[str, tuple[bool | None, str, str]] = {
-            ConditionType.BACKEND_REACHABLE: (True, "Reachable", ""),
-        }
-        progress: dict[str, str] | None = None
-        requeue: float | None = None
-        if failure:
-            phase, reason, message = Phase.FAILED, self._fail_reason, failure
-            conditions[ConditionType.PROGRESSING] = (False, reason, failure)
-            conditions[ConditionType.READY] = (ready >= desired > 0, reason, failure)
-            observed = d.generation
-            progress = {"step": ProgressStep.FAILED, "detail": failure[:200]}
-            requeue = settings.HANGAR_FAILED_RETRY_SECONDS
-        elif d.phase == Phase.FAILED and d.observed_generation == d.generation and not converged:
-            # Retrying a failed spec: stay Failed (no flapping events) until it works.
-            phase, reason, message = Phase.FAILED, "", d.phase_message
-            observed = d.generation
-            requeue = POLL_WHILE_CONVERGING_S if starting else settings.HANGAR_FAILED_RETRY_SECONDS
-        elif converged:
-            observed = d.generation
-            if desired == 0:
-                stopped = d.desired_state == DesiredState.STOPPED
-                phase = Phase.STOPPED if stopped else Phase.RUNNING
-                reason = "Stopped" if stopped else "ScaledToZero"
-                message = "All replicas stopped" if stopped else "Scaled to zero; the next request starts a replica"
-                progress = {}
-            else:
-                phase, reason, message = Phase.RUNNING, "Running", f"{ready}/{desired} replicas ready"
-                progress = {"step": ProgressStep.READY, "detail": message}
-            conditions[ConditionType.PROGRESSING] = (True, "Complete", message)
-            conditions[ConditionType.READY] = (desired > 0, reason, message)
-            conditions[ConditionType.AVAILABLE] = (ready > 0, reason, message)
-        else:
-            observed = None
-            requeue = POLL_WHILE_CONVERGING_S
-            pending_spec = d.observed_generation != d.generation
-            # A spec being applied is Deploying/Scaling; an applied one that lost replicas is Degraded.
-            if rolling or (pending_spec and ready == 0):
-                phase, reason = Phase.DEPLOYING, "Deploying"
-            elif pending_spec:
-                phase, reason = Phase.SCALING, "Scaling"
-            else:
-                phase, reason = Phase.DEGRADED, "ReplicasNotReady"
-            message = f"{ready}/{desired} replicas ready"
-            if rolling:
-                message += f"; rolling to generation {d.template_generation}"
-            if why:  # what the backend says keeps the rest from being ready
-                message += f"; {why}"
-            conditions[ConditionType.PROGRESSING] = (True, reason, message)
-            conditions[ConditionType.READY] = (False, reason, message)
-            conditions[ConditionType.AVAILABLE] = (ready > 0, reason, message)
-        if starting and not failure:
-            newest = max(starting, key=lambda r: r.started_at or self.now)
-            stage = self.driver.stage(newest.backend_id)
-            step = _step(stage.step if stage else None)
-            progress = {"step": step, "detail": f"{newest.name}: {stage.detail if stage else 'starting'}"[:200]}
-        status.deployment_status_write(
-            deployment=d,
-            owner=self.owner,
-            update=StatusUpdate(
-                phase=phase,
-                message=message,
-                reason=reason,
-                ready_replicas=ready,
-                observed_generation=observed,
-                conditions=conditions,
-                progress=progress,
-            ),
-        )
-        return Outcome(requeue_after=requeue, actions=self.actions)
 
-    def _last_line(self, replica: ObservedReplica) -> str:
+def scale(act: Actuator, seen: Observation, checked: Survivors, *, hold: bool) -> Scaled:
+    """Scale the current generation to the desired count (no new replicas while ``hold``)."""
+    current = [r for r in checked.replicas if r.generation == seen.generation]
+    if len(current) < seen.desired and not hold:
+        return _scale_up(act, seen, current, checked.healthy)
+    if len(current) > seen.desired:
+        return _scale_down(act, seen, current, checked.healthy)
+    return Scaled(tuple(current), checked.healthy)
+
+
+def _scale_up(act: Actuator, seen: Observation, current: list[ObservedReplica], healthy: Mapping[str, bool]) -> Scaled:
+    used = {_slot(r.name) for r in current}
+    free = (s for s in range(seen.desired * 2 + 1) if s not in used)
+    created: list[ObservedReplica] = []
+    failure = None
+    for _ in range(seen.desired - len(current)):
         try:
-            lines = [line for line in self.driver.logs(replica.backend_id, tail=20).splitlines() if line.strip()]
-        except DriverError:
-            return ""
-        return lines[-1][:300] if lines else ""
-
-    # ------------------------------------------------------------------ group-managed backends
-
-    def run_group(self) -> Outcome:
-        """Kubernetes: apply the whole spec; its controller rolls replicas; we observe and report."""
-        d = self.d
-        desired = d.replicas if d.desired_state == DesiredState.RUNNING else 0
-        failure = ""
-        try:
-            self.renew()
-            self.driver.apply(replica_spec(d, slot=0), desired)
+            created.append(act.create(next(free)))
         except PermanentDriverError as exc:
-            failure, self._fail_reason = exc.message, exc.reason
-        actual = [r for r in self.driver.list(d.pk) if r.alive]
-        for _uid, type_, reason, message in self.driver.backend_events(d.pk, since=d.reconciled_at):
-            self.event(reason, message, warning=type_ == "Warning")
-        observations = [
-            ReplicaObservation(
-                name=r.name,
-                backend_id=r.backend_id,
-                generation=r.generation,
-                endpoint=r.endpoint,
-                state=ReplicaState.READY if r.ready else ReplicaState.STARTING,
-                started_at=r.started_at,
-                healthy=bool(r.ready),
-            )
-            for r in actual
-        ]
-        for o in observations:
-            row = self._rows.get(o.name)
-            if o.healthy and (row is None or row.ready_at is None):
-                self.event("ReplicaReady", f"Pod {o.name} is ready")
-        status.replicas_sync(deployment=d, observed=observations)
-        current = [r for r in actual if r.generation == d.template_generation]
-        ready_current = [r for r in current if r.ready]
-        old = [r for r in actual if r.generation != d.template_generation]
-        converged = len(ready_current) == desired and len(current) == desired and not old
-        crashed, why = self._pod_trouble(current)
-        if crashed and not failure:
-            failure, self._fail_reason = crashed, "CrashLoopBackOff"
-        return self.report(
-            desired=desired,
-            ready=sum(1 for o in observations if o.healthy),
-            converged=converged,
-            rolling=bool(old),
-            failure=failure,
-            starting=[r for r in current if not r.ready],
-            why=why,
+            failure = Failure(exc.message, exc.reason)
+            break
+    return Scaled((*current, *created), {**healthy, **{r.name: False for r in created}}, failure)
+
+
+def _scale_down(
+    act: Actuator, seen: Observation, current: list[ObservedReplica], healthy: Mapping[str, bool]
+) -> Scaled:
+    """Keep the ready ones with the lowest slots; remove the rest."""
+    ordered = sorted(current, key=lambda r: (not healthy.get(r.name, False), _slot(r.name)))
+    for replica in ordered[seen.desired :]:
+        act.remove(replica, "ReplicaRemoved", f"Removed replica {replica.name}: scaled to {seen.desired}")
+    return Scaled(tuple(ordered[: seen.desired]), healthy)
+
+
+def roll(
+    act: Actuator, seen: Observation, scaled: Scaled, old: tuple[ObservedReplica, ...]
+) -> tuple[ObservedReplica, ...]:
+    """Rolling replacement: old-generation replicas go once enough new ones are ready; returns those kept."""
+    ready_current = sum(1 for r in scaled.current if scaled.healthy.get(r.name))
+    keep_ready_old = max(0, seen.desired - ready_current)
+    kept: list[ObservedReplica] = []
+    for replica in sorted(old, key=lambda r: (not scaled.healthy.get(r.name, False), _slot(r.name))):
+        if scaled.healthy.get(replica.name) and len(kept) < keep_ready_old:
+            kept.append(replica)
+            continue
+        act.remove(
+            replica,
+            "ReplicaReplaced",
+            f"Removed replica {replica.name} of generation {replica.generation}: "
+            f"generation {seen.generation} is ready to take over",
         )
+    return tuple(kept)
 
-    def _pod_trouble(self, pods: list[ObservedReplica]) -> tuple[str, str]:
-        """(failure, why) from the backend's view of the unready pods of the current generation.
 
-        A pod in a crash loop that was never ready fails the deployment (as a replica that exits
-        before becoming ready does elsewhere); one that was ready before only degrades it. A pod
-        the scheduler cannot place, or that waits for its image, says why it is not ready.
-        """
-        why = ""
-        for pod in sorted(pods, key=lambda r: r.name):
-            if pod.ready or not pod.detail:
-                continue
-            if pod.detail.startswith("CrashLoopBackOff"):
-                row = self._rows.get(pod.name)
-                text = f"Pod {pod.name} keeps crashing ({pod.restarts} restarts): {pod.detail}"[:500]
-                if row is None or row.ready_at is None:
-                    return text, ""
-                why = why or text
-            why = why or f"pod {pod.name}: {pod.detail}"[:500]
-        return "", why
+def record_replicas(
+    act: Actuator, seen: Observation, replicas: tuple[ObservedReplica, ...], healthy: Mapping[str, bool]
+) -> list[ReplicaObservation]:
+    """Write the replicas that remain as the pass saw them; tell when one turned ready."""
+    observations = []
+    for replica in replicas:
+        ok = bool(healthy.get(replica.name))
+        was_ready = seen.was_ready(replica)
+        if ok and not was_ready:
+            act.event("ReplicaReady", f"Replica {replica.name} is ready at {replica.endpoint}")
+        observations.append(
+            ReplicaObservation(
+                name=replica.name,
+                backend_id=replica.backend_id,
+                generation=replica.generation,
+                endpoint=replica.endpoint,
+                state=_replica_state(healthy=ok, was_ready=was_ready),
+                started_at=replica.started_at,
+                healthy=ok,
+            )
+        )
+    status.replicas_sync(deployment=act.deployment, observed=observations)
+    return observations
 
-    # ------------------------------------------------------------------ deletion
 
-    def delete(self) -> Outcome:
-        d = self.d
-        if self.driver.group_managed:
-            self.renew()
-            self.driver.teardown(d.pk)  # its controller removes the pods
-        else:
-            for replica in self.driver.list(d.pk):
-                self.renew()
-                self.driver.remove(replica.backend_id)
-                self.actions.append(f"remove {replica.name}")
-        if self.driver.list(d.pk):  # not gone yet (terminating): look again
-            return Outcome(requeue_after=POLL_WHILE_DELETING_S, actions=self.actions)
-        forget = getattr(self.driver, "forget", None)
-        if forget is not None:
-            forget(d.pk)
-        status.deployment_delete_row(deployment=d, owner=self.owner)
-        logger.info("deployment %s deleted after removing its replicas", d.pk)
-        return Outcome(actions=self.actions)
+def _replica_state(*, healthy: bool, was_ready: bool) -> ReplicaState:
+    if healthy:
+        return ReplicaState.READY
+    return ReplicaState.UNHEALTHY if was_ready else ReplicaState.STARTING
+
+
+# ------------------------------------------------------------------ status
+
+
+def report(act: Actuator, summary: Summary) -> Outcome:
+    """Write phase, conditions and progress with compare-and-set; say how soon to look again."""
+    d = act.deployment
+    plan = plan_status(d, summary)
+    progress = plan.progress
+    if summary.starting and summary.failure is None:
+        progress = _starting_progress(act.driver, summary.starting, summary.now)
+    status.deployment_status_write(
+        deployment=d,
+        owner=act.owner,
+        update=StatusUpdate(
+            phase=plan.phase,
+            message=plan.message,
+            reason=plan.reason,
+            ready_replicas=summary.ready,
+            observed_generation=plan.observed_generation,
+            conditions=plan.conditions,
+            progress=progress,
+        ),
+    )
+    return Outcome(requeue_after=plan.requeue_after, actions=act.actions)
+
+
+def plan_status(d: Deployment, summary: Summary) -> Plan:
+    if summary.failure is not None:
+        return _plan_failed(d, summary, summary.failure)
+    if d.phase == Phase.FAILED and d.observed_generation == d.generation and not summary.converged:
+        # Retrying a failed spec: stay Failed (no flapping events) until it works.
+        return Plan(
+            phase=Phase.FAILED,
+            reason="",
+            message=d.phase_message,
+            observed_generation=d.generation,
+            conditions=_reachable(),
+            requeue_after=POLL_WHILE_CONVERGING_S if summary.starting else settings.HANGAR_FAILED_RETRY_SECONDS,
+        )
+    if summary.converged:
+        return _plan_converged(d, summary)
+    return _plan_converging(d, summary)
+
+
+def _reachable() -> dict[str, tuple[bool | None, str, str]]:
+    return {ConditionType.BACKEND_REACHABLE: (True, "Reachable", "")}
+
+
+def _plan_failed(d: Deployment, summary: Summary, failure: Failure) -> Plan:
+    reason, message = failure.reason, failure.message
+    return Plan(
+        phase=Phase.FAILED,
+        reason=reason,
+        message=message,
+        observed_generation=d.generation,
+        conditions={
+            **_reachable(),
+            ConditionType.PROGRESSING: (False, reason, message),
+            ConditionType.READY: (summary.ready >= summary.desired > 0, reason, message),
+        },
+        progress={"step": ProgressStep.FAILED, "detail": message[:200]},
+        requeue_after=settings.HANGAR_FAILED_RETRY_SECONDS,
+    )
+
+
+def _plan_converged(d: Deployment, summary: Summary) -> Plan:
+    ready, desired = summary.ready, summary.desired
+    progress: dict[str, str]
+    if desired == 0:
+        stopped = d.desired_state == DesiredState.STOPPED
+        phase = Phase.STOPPED if stopped else Phase.RUNNING
+        reason = "Stopped" if stopped else "ScaledToZero"
+        message = "All replicas stopped" if stopped else "Scaled to zero; the next request starts a replica"
+        progress = {}
+    else:
+        phase, reason, message = Phase.RUNNING, "Running", f"{ready}/{desired} replicas ready"
+        progress = {"step": ProgressStep.READY, "detail": message}
+    return Plan(
+        phase=phase,
+        reason=reason,
+        message=message,
+        observed_generation=d.generation,
+        conditions={
+            **_reachable(),
+            ConditionType.PROGRESSING: (True, "Complete", message),
+            ConditionType.READY: (desired > 0, reason, message),
+            ConditionType.AVAILABLE: (ready > 0, reason, message),
+        },
+        progress=progress,
+    )
+
+
+def _plan_converging(d: Deployment, summary: Summary) -> Plan:
+    ready, desired = summary.ready, summary.desired
+    pending_spec = d.observed_generation != d.generation
+    # A spec being applied is Deploying/Scaling; an applied one that lost replicas is Degraded.
+    if summary.rolling or (pending_spec and ready == 0):
+        phase, reason = Phase.DEPLOYING, "Deploying"
+    elif pending_spec:
+        phase, reason = Phase.SCALING, "Scaling"
+    else:
+        phase, reason = Phase.DEGRADED, "ReplicasNotReady"
+    message = f"{ready}/{desired} replicas ready"
+    if summary.rolling:
+        message += f"; rolling to generation {d.template_generation}"
+    if summary.why:
+        message += f"; {summary.why}"
+    return Plan(
+        phase=phase,
+        reason=reason,
+        message=message,
+        observed_generation=None,
+        conditions={
+            **_reachable(),
+            ConditionType.PROGRESSING: (True, reason, message),
+            ConditionType.READY: (False, reason, message),
+            ConditionType.AVAILABLE: (ready > 0, reason, message),
+        },
+        requeue_after=POLL_WHILE_CONVERGING_S,
+    )
+
+
+def _starting_progress(driver: Driver, starting: tuple[ObservedReplica, ...], now: datetime) -> dict[str, str]:
+    """The progress step of the newest replica on its way up, from what it last printed."""
+    newest = max(starting, key=lambda r: r.started_at or now)
+    stage = driver.stage(newest.backend_id)
+    step = _step(stage.step if stage else None)
+    return {"step": step, "detail": f"{newest.name}: {stage.detail if stage else 'starting'}"[:200]}
+
+
+def _last_line(driver: Driver, replica: ObservedReplica) -> str:
+    try:
+        lines = [line for line in driver.logs(replica.backend_id, tail=20).splitlines() if line.strip()]
+    except DriverError:
+        return ""
+    return lines[-1][:300] if lines else ""
+
+
+# ------------------------------------------------------------------ group-managed backends
+
+
+def run_group(act: Actuator) -> Outcome:
+    """Kubernetes: apply the whole spec; its controller rolls replicas; we observe and report."""
+    d = act.deployment
+    desired = d.replicas if d.desired_state == DesiredState.RUNNING else 0
+    failure = apply_group(act, desired)
+    seen = observe(d, act.driver)
+    alive = tuple(r for r in seen.replicas if r.alive)
+    for _uid, type_, reason, message in act.driver.backend_events(d.pk, since=d.reconciled_at):
+        act.event(reason, message, warning=type_ == "Warning")
+    observations = record_pods(act, seen, alive)
+    current = tuple(r for r in alive if r.generation == seen.generation)
+    ready_current = [r for r in current if r.ready]
+    old = [r for r in alive if r.generation != seen.generation]
+    crashed, why = pod_trouble(seen.rows, current)
+    if crashed and failure is None:
+        failure = Failure(crashed, "CrashLoopBackOff")
+    summary = Summary(
+        desired=desired,
+        ready=sum(1 for o in observations if o.healthy),
+        converged=len(ready_current) == desired and len(current) == desired and not old,
+        rolling=bool(old),
+        failure=failure,
+        starting=tuple(r for r in current if not r.ready),
+        now=seen.now,
+        why=why,
+    )
+    return report(act, summary)
+
+
+def apply_group(act: Actuator, desired: int) -> Failure | None:
+    try:
+        act.renew()
+        act.driver.apply(replica_spec(act.deployment, slot=0), desired)
+    except PermanentDriverError as exc:
+        return Failure(exc.message, exc.reason)
+    return None
+
+
+def record_pods(act: Actuator, seen: Observation, pods: tuple[ObservedReplica, ...]) -> list[ReplicaObservation]:
+    """Write the pods as the backend judges them; tell when one turned ready."""
+    observations = [
+        ReplicaObservation(
+            name=r.name,
+            backend_id=r.backend_id,
+            generation=r.generation,
+            endpoint=r.endpoint,
+            state=ReplicaState.READY if r.ready else ReplicaState.STARTING,
+            started_at=r.started_at,
+            healthy=bool(r.ready),
+        )
+        for r in pods
+    ]
+    for o in observations:
+        row = seen.rows.get(o.name)
+        if o.healthy and (row is None or row.ready_at is None):
+            act.event("ReplicaReady", f"Pod {o.name} is ready")
+    status.replicas_sync(deployment=act.deployment, observed=observations)
+    return observations
+
+
+def pod_trouble(rows: Mapping[str, Replica], pods: tuple[ObservedReplica, ...]) -> tuple[str, str]:
+    """(failure, why) from the backend's view of the unready pods of the current generation.
+
+    A pod in a crash loop that was never ready fails the deployment (as a replica that exits
+    before becoming ready does elsewhere); one that was ready before only degrades it. A pod
+    the scheduler cannot place, or that waits for its image, says why it is not ready.
+    """
+    why = ""
+    for pod in sorted(pods, key=lambda r: r.name):
+        if pod.ready or not pod.detail:
+            continue
+        if pod.detail.startswith("CrashLoopBackOff"):
+            row = rows.get(pod.name)
+            text = f"Pod {pod.name} keeps crashing ({pod.restarts} restarts): {pod.detail}"[:500]
+            if row is None or row.ready_at is None:
+                return text, ""
+            why = why or text
+        why = why or f"pod {pod.name}: {pod.detail}"[:500]
+    return "", why
+
+
+# ------------------------------------------------------------------ deletion
+
+
+def delete(act: Actuator) -> Outcome:
+    """Remove every backend resource of the deployment, then its row."""
+    d, driver = act.deployment, act.driver
+    if driver.group_managed:
+        act.renew()
+        driver.teardown(d.pk)  # its controller removes the pods
+    else:
+        for replica in driver.list(d.pk):
+            act.discard(replica)
+    if driver.list(d.pk):  # not gone yet (terminating): look again
+        return Outcome(requeue_after=POLL_WHILE_DELETING_S, actions=act.actions)
+    forget = getattr(driver, "forget", None)
+    if forget is not None:
+        forget(d.pk)
+    status.deployment_delete_row(deployment=d, owner=act.owner)
+    logger.info("deployment %s deleted after removing its replicas", d.pk)
+    return Outcome(actions=act.actions)
 
 
 class LeaseLost(Exception):
@@ -527,7 +729,7 @@ def reconcile(deployment_id: int, *, owner: str, driver_factory: DriverFactory =
     timer = telemetry.PassTimer(deployment.target.kind)
     try:
         driver = driver_factory(deployment.target, tenant_id=deployment.tenant_id)
-        outcome = Pass(deployment, driver, owner).run()
+        outcome = run_pass(deployment, driver, owner)
         timer.outcome = "converged" if outcome.requeue_after is None else "progressing"
     except LeaseLost:
         timer.outcome = "lease_lost"

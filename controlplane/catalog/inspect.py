@@ -44,14 +44,29 @@ def _safetensors_params(path: Path) -> int:
 
 def inspect_model_dir(path: Path) -> ModelInfo:
     info = ModelInfo()
+    files = _files(path, info)
+    if files is None:
+        return info
+    info.size_bytes = sum(p.stat().st_size for p in files)
+    _read_weights(info, files)
+    _read_config(info, path)
+    _read_tokenizer(info, path)
+    return info
+
+
+def _files(path: Path, info: ModelInfo) -> list[Path] | None:
+    """The files under ``path``; None (and a problem noted) when there are too many entries to be a model."""
     files = []
     for count, entry in enumerate(path.rglob("*")):
         if count >= MAX_FILES:
             info.problems.append(f"more than {MAX_FILES} entries: this is not a model directory")
-            return info
+            return None
         if entry.is_file():
             files.append(entry)
-    info.size_bytes = sum(p.stat().st_size for p in files)
+    return files
+
+
+def _read_weights(info: ModelInfo, files: list[Path]) -> None:
     weights = [p for p in files if p.suffix == ".safetensors"]
     pickles = [p for p in files if p.suffix in {".bin", ".pt", ".pth", ".pkl"}]
     if weights:
@@ -64,28 +79,34 @@ def inspect_model_dir(path: Path) -> ModelInfo:
         info.format = "pytorch"
     else:
         info.problems.append("no weight files (*.safetensors) found")
+
+
+def _read_config(info: ModelInfo, path: Path) -> None:
     config_path = path / "config.json"
-    if config_path.is_file():
-        try:
-            config = json.loads(config_path.read_text())
-            archs = config.get("architectures") or [config.get("model_type", "")]
-            info.architecture = str(archs[0]) if archs else ""
-            info.context_length = int(config.get("max_position_embeddings") or 0)
-        except (ValueError, TypeError, OSError) as exc:
-            info.problems.append(f"config.json unreadable: {exc}")
-    else:
+    if not config_path.is_file():
         info.problems.append("config.json missing")
+        return
+    try:
+        config = json.loads(config_path.read_text())
+        archs = config.get("architectures") or [config.get("model_type", "")]
+        info.architecture = str(archs[0]) if archs else ""
+        info.context_length = int(config.get("max_position_embeddings") or 0)
+    except (ValueError, TypeError, OSError) as exc:
+        info.problems.append(f"config.json unreadable: {exc}")
+
+
+def _read_tokenizer(info: ModelInfo, path: Path) -> None:
     tok_config = path / "tokenizer_config.json"
-    if tok_config.is_file():
-        try:
-            tok = json.loads(tok_config.read_text())
-            info.tokenizer_info = {
-                "class": tok.get("tokenizer_class", ""),
-                "chat_template": bool(tok.get("chat_template")) or (path / "chat_template.jinja").is_file(),
-                "model_max_length": tok.get("model_max_length")
-                if isinstance(tok.get("model_max_length"), int) and tok.get("model_max_length") < 10**9
-                else None,
-            }
-        except (ValueError, OSError) as exc:
-            info.problems.append(f"tokenizer_config.json unreadable: {exc}")
-    return info
+    if not tok_config.is_file():
+        return
+    try:
+        tok = json.loads(tok_config.read_text())
+        info.tokenizer_info = {
+            "class": tok.get("tokenizer_class", ""),
+            "chat_template": bool(tok.get("chat_template")) or (path / "chat_template.jinja").is_file(),
+            "model_max_length": tok.get("model_max_length")
+            if isinstance(tok.get("model_max_length"), int) and tok.get("model_max_length") < 10**9
+            else None,
+        }
+    except (ValueError, OSError) as exc:
+        info.problems.append(f"tokenizer_config.json unreadable: {exc}")

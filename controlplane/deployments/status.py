@@ -140,25 +140,7 @@ def deployment_status_write(*, deployment: Deployment, owner: str, update: Statu
         )
         if current is None:
             return False
-        conditions = list(current.conditions)
-        for type_, (status, reason, message) in (update.conditions or {}).items():
-            conditions = condition_set(conditions, type=type_, status=status, reason=reason, message=message)
-        changes: dict[str, Any] = {}
-        if current.phase != update.phase:
-            changes["phase"] = update.phase
-        if current.phase_message != update.message[:1000]:
-            changes["phase_message"] = update.message[:1000]
-        if not _same_conditions(current.conditions, conditions):
-            changes["conditions"] = conditions
-        if current.ready_replicas != update.ready_replicas:
-            changes["ready_replicas"] = update.ready_replicas
-        if update.observed_generation is not None and current.observed_generation != update.observed_generation:
-            changes["observed_generation"] = update.observed_generation
-        if update.progress is not None:
-            old = {k: current.progress.get(k) for k in ("step", "detail")} if current.progress else {}
-            new = {k: update.progress.get(k) for k in ("step", "detail")} if update.progress else {}
-            if old != new:
-                changes["progress"] = (update.progress | {"at": timezone.now().isoformat()}) if update.progress else {}
+        changes = _status_changes(current, update)
         if not changes:
             Deployment.objects.filter(pk=current.pk).update(reconciled_at=timezone.now())
             return True
@@ -178,6 +160,31 @@ def deployment_status_write(*, deployment: Deployment, owner: str, update: Statu
             )
         deployment_push(current)
     return True
+
+
+def _status_changes(current: Deployment, update: StatusUpdate) -> dict[str, Any]:
+    """The fields of ``current`` that ``update`` changes (empty: nothing to write)."""
+    conditions = list(current.conditions)
+    for type_, (status, reason, message) in (update.conditions or {}).items():
+        conditions = condition_set(conditions, type=type_, status=status, reason=reason, message=message)
+    wanted: dict[str, Any] = {
+        "phase": update.phase,
+        "phase_message": update.message[:1000],
+        "ready_replicas": update.ready_replicas,
+    }
+    changes = {key: value for key, value in wanted.items() if getattr(current, key) != value}
+    if not _same_conditions(current.conditions, conditions):
+        changes["conditions"] = conditions
+    if update.observed_generation is not None and current.observed_generation != update.observed_generation:
+        changes["observed_generation"] = update.observed_generation
+    if update.progress is not None and _progress_key(current.progress) != _progress_key(update.progress):
+        changes["progress"] = (update.progress | {"at": timezone.now().isoformat()}) if update.progress else {}
+    return changes
+
+
+def _progress_key(progress: dict[str, str] | None) -> dict[str, str | None]:
+    """What tells two progress values apart (not the time they were written)."""
+    return {k: progress.get(k) for k in ("step", "detail")} if progress else {}
 
 
 def deployment_push(deployment: Deployment) -> None:
@@ -225,62 +232,69 @@ def replicas_sync(*, deployment: Deployment, observed: list[ReplicaObservation])
     """
     now = timezone.now()
     rows = {r.name: r for r in Replica.objects.filter(deployment_id=deployment.pk)}
-    seen = set()
     result: dict[str, Replica] = {}
     for obs in observed:
-        seen.add(obs.name)
         row = rows.get(obs.name)
         if row is None:
-            row = Replica(
-                tenant_id=deployment.tenant_id,
-                deployment_id=deployment.pk,
-                name=obs.name,
-                backend_id=obs.backend_id,
-                generation=obs.generation,
-                endpoint=obs.endpoint,
-                state=obs.state,
-                started_at=obs.started_at or now,
-                ready_at=now if obs.state == ReplicaState.READY else None,
-                last_heartbeat_at=now if obs.healthy else None,
-                last_error=obs.error[:1000],
-            )
+            row = _replica_new(deployment, obs, now)
             row.save()
-            result[obs.name] = row
-            continue
-        fields: dict[str, Any] = {}
-        if row.backend_id != obs.backend_id:
-            # Same name, new incarnation (a replaced replica): its history starts over.
-            fields.update(
-                started_at=obs.started_at or now,
-                ready_at=None,
-                last_heartbeat_at=None,
-                consecutive_failures=0,
-                last_error="",
-            )
-            row.ready_at = None
-            row.consecutive_failures = 0
-        if obs.healthy:
-            fields["last_heartbeat_at"] = now
-            if row.consecutive_failures:
-                fields["consecutive_failures"] = 0
-        elif row.ready_at is not None and obs.state != ReplicaState.EXITED:
-            fields["consecutive_failures"] = row.consecutive_failures + 1
-        if obs.state == ReplicaState.READY and row.ready_at is None:
-            fields["ready_at"] = now
-        for attr in ("backend_id", "generation", "endpoint", "state"):
-            if getattr(row, attr) != getattr(obs, attr):
-                fields[attr] = getattr(obs, attr)
-        if obs.error and row.last_error != obs.error[:1000]:
-            fields["last_error"] = obs.error[:1000]
-        if fields:
-            Replica.objects.filter(pk=row.pk).update(**fields, updated_at=now)
-            for key, value in fields.items():
-                setattr(row, key, value)
+        else:
+            fields = _replica_changes(row, obs, now)
+            if fields:
+                Replica.objects.filter(pk=row.pk).update(**fields, updated_at=now)
+                for key, value in fields.items():
+                    setattr(row, key, value)
         result[obs.name] = row
-    gone = [row.pk for name, row in rows.items() if name not in seen]
+    gone = [row.pk for name, row in rows.items() if name not in result]
     if gone:
         Replica.objects.filter(pk__in=gone).delete()
     return result
+
+
+def _replica_new(deployment: Deployment, obs: ReplicaObservation, now: datetime) -> Replica:
+    return Replica(
+        tenant_id=deployment.tenant_id,
+        deployment_id=deployment.pk,
+        name=obs.name,
+        backend_id=obs.backend_id,
+        generation=obs.generation,
+        endpoint=obs.endpoint,
+        state=obs.state,
+        started_at=obs.started_at or now,
+        ready_at=now if obs.state == ReplicaState.READY else None,
+        last_heartbeat_at=now if obs.healthy else None,
+        last_error=obs.error[:1000],
+    )
+
+
+def _replica_changes(row: Replica, obs: ReplicaObservation, now: datetime) -> dict[str, Any]:
+    """The fields of ``row`` that ``obs`` changes, health bookkeeping included."""
+    fields: dict[str, Any] = {}
+    ready_at, failures = row.ready_at, row.consecutive_failures
+    if row.backend_id != obs.backend_id:
+        # Same name, new incarnation (a replaced replica): its history starts over.
+        ready_at, failures = None, 0
+        fields.update(
+            started_at=obs.started_at or now,
+            ready_at=None,
+            last_heartbeat_at=None,
+            consecutive_failures=0,
+            last_error="",
+        )
+    if obs.healthy:
+        fields["last_heartbeat_at"] = now
+        if failures:
+            fields["consecutive_failures"] = 0
+    elif ready_at is not None and obs.state != ReplicaState.EXITED:
+        fields["consecutive_failures"] = failures + 1
+    if obs.state == ReplicaState.READY and ready_at is None:
+        fields["ready_at"] = now
+    for attr in ("backend_id", "generation", "endpoint", "state"):
+        if getattr(row, attr) != getattr(obs, attr):
+            fields[attr] = getattr(obs, attr)
+    if obs.error and row.last_error != obs.error[:1000]:
+        fields["last_error"] = obs.error[:1000]
+    return fields
 
 
 def deployment_delete_row(*, deployment: Deployment, owner: str) -> bool:

@@ -152,6 +152,46 @@ def _strip_null_usage(event: bytes) -> bytes:
     return event.replace(b',"usage":null', b"").replace(b', "usage": null', b"")
 
 
+class _StreamScan:
+    """Reads a relayed event stream as it passes: counts content chunks, takes the usage, notes errors."""
+
+    __slots__ = ("chunks", "error", "got_usage", "include_usage", "state", "usage")
+
+    def __init__(self, request: CompletionRequest, usage: list[int], state: dict[str, bool]) -> None:
+        self.include_usage = request.include_usage
+        self.usage = usage
+        self.state = state
+        self.chunks = 0
+        self.got_usage = False
+        self.error = False
+
+    def events(self, events: list[bytes]) -> list[bytes]:
+        """The events to pass on (terminated), of those complete in one read."""
+        out: list[bytes] = []
+        include_usage = self.include_usage  # locals: this runs for every read of every stream
+        chunks = 0
+        for event in events:
+            if not event:
+                continue
+            if b'"usage":{' in event or b'"usage": {' in event:
+                _read_usage(event, self.usage)
+                self.got_usage = True
+                if not include_usage:
+                    continue
+            elif event.startswith(b"data: {"):
+                if b'"error"' in event[:16]:
+                    self.error = True
+                chunks += 1
+                if not include_usage:
+                    event = _strip_null_usage(event)
+            elif event.startswith(b"data: [DONE]"):
+                # Clients may hang up as soon as they read this: the answer is complete.
+                self.state["done"] = True
+            out.append(event + b"\n\n")
+        self.chunks += chunks
+        return out
+
+
 class Gateway:
     """The ASGI callable. One instance per process holds the caches and the HTTP client pool."""
 
@@ -240,32 +280,14 @@ class Gateway:
             await self.lifespan(receive, send)
             return
         if not self._started:  # servers without lifespan support (daphne): start on first use
-            if self._start_lock is None:
-                self._start_lock = asyncio.Lock()
-            async with self._start_lock:
-                await self.startup()
+            await self._start_once()
         exchange = Exchange(send, request_id.from_asgi(scope["headers"]))
         # Each request runs in a task of its own, whose context dies with it: nothing to unbind.
         structlog.contextvars.bind_contextvars(request_id=exchange.request_id)
         path: str = scope["path"]
         method: str = scope["method"]
         try:
-            if path in (CHAT_PATH, COMPLETIONS_PATH):
-                if method != "POST":
-                    raise GatewayError(405, f"Use POST for {path}.", code="method_not_allowed")
-                await self.completion(scope, receive, exchange, chat=path == CHAT_PATH)
-            elif path == "/v1/models" or path.startswith("/v1/models/"):
-                if method != "GET":
-                    raise GatewayError(405, f"Use GET for {path}.", code="method_not_allowed")
-                await self.models(scope, exchange, path[len("/v1/models/") :] if path != "/v1/models" else None)
-            elif path == "/metrics":
-                if method not in ("GET", "HEAD"):
-                    raise GatewayError(405, "Use GET for /metrics.", code="method_not_allowed")
-                # In a thread: collecting reads the database and Redis (controlplane.deployments.metrics).
-                data, content_type = await metrics.render_async()
-                await exchange.respond(200, data, content_type.encode())
-            else:
-                raise GatewayError(404, f"Unknown request URL: {method} {path[:200]}.", code="unknown_url")
+            await self.dispatch(scope, receive, exchange)
         except GatewayError as exc:
             if not exchange.started:
                 await exchange.error(exc)
@@ -284,6 +306,32 @@ class Gateway:
                     GatewayError(500, "The gateway failed to process the request.", type="server_error")
                 )
         metrics.count_request(exchange.model, exchange.status)
+
+    async def _start_once(self) -> None:
+        if self._start_lock is None:
+            self._start_lock = asyncio.Lock()
+        async with self._start_lock:
+            await self.startup()
+
+    async def dispatch(self, scope: Message, receive: Receive, exchange: Exchange) -> None:
+        path: str = scope["path"]
+        method: str = scope["method"]
+        if path in (CHAT_PATH, COMPLETIONS_PATH):
+            if method != "POST":
+                raise GatewayError(405, f"Use POST for {path}.", code="method_not_allowed")
+            await self.completion(scope, receive, exchange, chat=path == CHAT_PATH)
+        elif path == "/v1/models" or path.startswith("/v1/models/"):
+            if method != "GET":
+                raise GatewayError(405, f"Use GET for {path}.", code="method_not_allowed")
+            await self.models(scope, exchange, path[len("/v1/models/") :] if path != "/v1/models" else None)
+        elif path == "/metrics":
+            if method not in ("GET", "HEAD"):
+                raise GatewayError(405, "Use GET for /metrics.", code="method_not_allowed")
+            # In a thread: collecting reads the database and Redis (controlplane.deployments.metrics).
+            data, content_type = await metrics.render_async()
+            await exchange.respond(200, data, content_type.encode())
+        else:
+            raise GatewayError(404, f"Unknown request URL: {method} {path[:200]}.", code="unknown_url")
 
     # ------------------------------------------------------------------ /v1/models
 
@@ -580,48 +628,28 @@ class Gateway:
             200, b"text/event-stream", [(b"cache-control", b"no-cache"), (b"x-accel-buffering", b"no")]
         )
         buffer = b""
-        chunks = 0
-        got_usage = False
-        error = False
+        scan = _StreamScan(request, usage, state)
         try:
             async for data in response.content.iter_any():
                 buffer += data
                 if b"\n\n" not in buffer:
                     continue
                 *events, buffer = buffer.split(b"\n\n")
-                out: list[bytes] = []
-                for event in events:
-                    if not event:
-                        continue
-                    if b'"usage":{' in event or b'"usage": {' in event:
-                        _read_usage(event, usage)
-                        got_usage = True
-                        if not request.include_usage:
-                            continue
-                    elif event.startswith(b"data: {"):
-                        if b'"error"' in event[:16]:
-                            error = True
-                        chunks += 1
-                        if not request.include_usage:
-                            event = _strip_null_usage(event)
-                    elif event.startswith(b"data: [DONE]"):
-                        # Clients may hang up as soon as they read this: the answer is complete.
-                        state["done"] = True
-                    out.append(event + b"\n\n")
+                out = scan.events(events)
                 if out:
                     await exchange.body(b"".join(out), more=True)
             if buffer.strip():
                 await exchange.body(buffer + b"\n\n", more=True)
         except (aiohttp.ClientError, TimeoutError):
             metrics.UPSTREAM_ERRORS.labels("stream").inc()
-            error = True
+            scan.error = True
         finally:
-            if not got_usage:  # cut short: estimate so that budgets and TPM still see the tokens
+            if not scan.got_usage:  # cut short: estimate so that budgets and TPM still see the tokens
                 usage[0] = request.prompt_estimate
-                usage[1] = chunks
+                usage[1] = scan.chunks
         state["done"] = True
         await exchange.body(b"", more=False)
-        return error
+        return scan.error
 
 
 gateway = Gateway()

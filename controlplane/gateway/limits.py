@@ -267,6 +267,14 @@ class LocalLimiter:
         missing = [j + 1 for j, b in enumerate(budgets) if b.key not in self.used]
         if missing:
             return missing
+        denied, retry, tats = self._rate_check(buckets, now)
+        denied = denied or self._budget_check(budgets, first=len(buckets) + 1)
+        if not denied:
+            tats = self._take(buckets, budgets, tats, now)
+        return denied, retry, [t - now for t in tats]
+
+    def _rate_check(self, buckets: list[Bucket], now: float) -> tuple[int, float, list[float]]:
+        """(first denying bucket, 1-based, or 0; ms until all would allow; each bucket's TAT)."""
         denied = 0
         retry = 0.0
         tats = []
@@ -277,20 +285,25 @@ class LocalLimiter:
             if now < allow_at:
                 denied = denied or i
                 retry = max(retry, allow_at - now)
-        if not denied:
-            for j, budget in enumerate(budgets, 1):
-                if self.used[budget.key] + budget.cost > budget.limit:
-                    denied = len(buckets) + j
-                    break
-        if not denied:
-            for i, bucket in enumerate(buckets):
-                tats[i] += bucket.cost * bucket.interval_ms
-                self.tats[bucket.key] = tats[i]
-            for budget in budgets:
-                self.used[budget.key] += budget.cost
-            if len(self.tats) > 100_000:  # bounded: drop buckets that are full again
-                self.tats = {k: v for k, v in self.tats.items() if v > now}
-        return denied, retry, [t - now for t in tats]
+        return denied, retry, tats
+
+    def _budget_check(self, budgets: list[Budget], *, first: int) -> int:
+        """The number (counted from ``first``) of the first budget the cost would exceed, or 0."""
+        for j, budget in enumerate(budgets, first):
+            if self.used[budget.key] + budget.cost > budget.limit:
+                return j
+        return 0
+
+    def _take(self, buckets: list[Bucket], budgets: list[Budget], tats: list[float], now: float) -> list[float]:
+        """Charge the admitted request to its buckets and budgets; returns the new TATs."""
+        taken = [tat + bucket.cost * bucket.interval_ms for tat, bucket in zip(tats, buckets, strict=True)]
+        for bucket, tat in zip(buckets, taken, strict=True):
+            self.tats[bucket.key] = tat
+        for budget in budgets:
+            self.used[budget.key] += budget.cost
+        if len(self.tats) > 100_000:  # bounded: drop buckets that are full again
+            self.tats = {k: v for k, v in self.tats.items() if v > now}
+        return taken
 
     def settle(self, reservation: Reservation, delta_tokens: int) -> None:
         for bucket in reservation.tpm:
@@ -427,21 +440,9 @@ class Limiter:
         try:
             if len(batch) == 1:
                 keys, args, future = batch[0]
-                reply = await self._admit(keys=keys, args=args)
-                if not future.done():
-                    future.set_result(reply)
-                return
-            pipe = self.redis.pipeline(transaction=False)
-            for keys, args, _ in batch:
-                pipe.evalsha(self._admit.sha, len(keys), *keys, *args)
-            replies = await pipe.execute(raise_on_error=False)
-            for (keys, args, future), reply in zip(batch, replies, strict=True):
-                if isinstance(reply, NoScriptError):  # first use after a Redis restart: loads it
-                    reply = await self._admit(keys=keys, args=args)
-                elif isinstance(reply, Exception):
-                    raise reply
-                if not future.done():
-                    future.set_result(reply)
+                _resolve(future, await self._admit(keys=keys, args=args))
+            else:
+                await self._run_pipeline(batch)
         except BaseException as exc:
             for _, _, future in batch:
                 if not future.done():
@@ -450,6 +451,20 @@ class Limiter:
                 raise
         finally:
             self._admits_in_flight -= 1
+
+    async def _run_pipeline(
+        self, batch: list[tuple[list[str], list[float | int | str], asyncio.Future[list[Any]]]]
+    ) -> None:
+        pipe = self.redis.pipeline(transaction=False)
+        for keys, args, _ in batch:
+            pipe.evalsha(self._admit.sha, len(keys), *keys, *args)
+        replies = await pipe.execute(raise_on_error=False)
+        for (keys, args, future), reply in zip(batch, replies, strict=True):
+            if isinstance(reply, NoScriptError):  # first use after a Redis restart: loads it
+                reply = await self._admit(keys=keys, args=args)
+            elif isinstance(reply, Exception):
+                raise reply
+            _resolve(future, reply)
 
     async def _used_from_db(self, budget: Budget, now: float) -> int:
         _, start, _ = _month(now)
@@ -531,3 +546,8 @@ class Limiter:
             await self.flush_settlements()
         with contextlib.suppress(Exception):
             await self.redis.aclose()
+
+
+def _resolve(future: asyncio.Future[list[Any]], reply: list[Any]) -> None:
+    if not future.done():
+        future.set_result(reply)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 from datetime import datetime
 from typing import Any
 
@@ -32,43 +33,73 @@ REVOCATION_MARKER_SECONDS = 7 * 24 * 3600
 MAX_ALLOWED_MODELS = 100
 
 
+class _Invalid(ValueError):
+    """A field's value is refused; the message is the field error."""
+
+
+def _clean_name(value: Any) -> str:
+    if not isinstance(value, str) or not value.strip() or len(value) > 100:
+        raise _Invalid("Give a name of 1-100 characters.")
+    return value.strip()
+
+
+def _clean_scopes(value: Any) -> list[str]:
+    if not isinstance(value, list) or not value or any(s not in Scope.values for s in value):
+        raise _Invalid(f"Give a non-empty list from {Scope.values}.")
+    return list(dict.fromkeys(value))
+
+
+def _clean_allowed_models(value: Any) -> list[str]:
+    if (
+        not isinstance(value, list)
+        or len(value) > MAX_ALLOWED_MODELS
+        or any(not isinstance(m, str) or not m or len(m) > 100 for m in value)
+    ):
+        raise _Invalid(f"Give a list of up to {MAX_ALLOWED_MODELS} model names.")
+    return list(dict.fromkeys(value))
+
+
+def _limit(ceiling: int) -> Callable[[Any], int]:
+    def clean(value: Any) -> int:
+        if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value <= ceiling:
+            raise _Invalid(f"Must be a whole number from 0 to {ceiling} (0 = no limit of its own).")
+        return value
+
+    return clean
+
+
+def _clean_expires_at(value: Any) -> datetime:
+    if not isinstance(value, datetime):
+        raise _Invalid("Must be a date-time.")
+    if value <= timezone.now():
+        raise _Invalid("Must be in the future.")
+    return value
+
+
+# field -> (default, cleaner). Upper bounds of the limits are the column sizes: int32 for
+# per-minute limits, int64 for the budget. A missing ``expires_at`` (None) is no expiry.
+_FIELDS: dict[str, tuple[Any, Callable[[Any], Any]]] = {
+    "name": ("", _clean_name),
+    "scopes": (DEFAULT_SCOPES, _clean_scopes),
+    "allowed_models": ([], _clean_allowed_models),
+    "rpm_limit": (0, _limit(2**31 - 1)),
+    "tpm_limit": (0, _limit(2**31 - 1)),
+    "monthly_token_budget": (0, _limit(10**15)),
+    "expires_at": (None, _clean_expires_at),
+}
+
+
 def _validate(data: dict[str, Any]) -> dict[str, Any]:
     errors: dict[str, list[str]] = {}
     clean: dict[str, Any] = {}
-    name = data.get("name", "")
-    if not isinstance(name, str) or not name.strip() or len(name) > 100:
-        errors["name"] = ["Give a name of 1-100 characters."]
-    else:
-        clean["name"] = name.strip()
-    scopes = data.get("scopes", DEFAULT_SCOPES)
-    if not isinstance(scopes, list) or not scopes or any(s not in Scope.values for s in scopes):
-        errors["scopes"] = [f"Give a non-empty list from {Scope.values}."]
-    else:
-        clean["scopes"] = list(dict.fromkeys(scopes))
-    allowed = data.get("allowed_models", [])
-    if (
-        not isinstance(allowed, list)
-        or len(allowed) > MAX_ALLOWED_MODELS
-        or any(not isinstance(m, str) or not m or len(m) > 100 for m in allowed)
-    ):
-        errors["allowed_models"] = [f"Give a list of up to {MAX_ALLOWED_MODELS} model names."]
-    else:
-        clean["allowed_models"] = list(dict.fromkeys(allowed))
-    # Upper bounds are the column sizes: int32 for per-minute limits, int64 for the budget.
-    for field, ceiling in (("rpm_limit", 2**31 - 1), ("tpm_limit", 2**31 - 1), ("monthly_token_budget", 10**15)):
-        value = data.get(field, 0)
-        if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value <= ceiling:
-            errors[field] = [f"Must be a whole number from 0 to {ceiling} (0 = no limit of its own)."]
-        else:
-            clean[field] = value
-    expires_at = data.get("expires_at")
-    if expires_at is not None:
-        if not isinstance(expires_at, datetime):
-            errors["expires_at"] = ["Must be a date-time."]
-        elif expires_at <= timezone.now():
-            errors["expires_at"] = ["Must be in the future."]
-        else:
-            clean["expires_at"] = expires_at
+    for field, (default, cleaner) in _FIELDS.items():
+        value = data.get(field, default)
+        if field == "expires_at" and value is None:
+            continue
+        try:
+            clean[field] = cleaner(value)
+        except _Invalid as exc:
+            errors[field] = [str(exc)]
     if errors:
         raise ValidationFailed("Invalid API key.", field_errors=errors)
     return clean

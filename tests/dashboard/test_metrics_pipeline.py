@@ -105,14 +105,7 @@ def test_scrape_once_stores_samples_rollups_prunes_and_pushes(monkeypatch: Any, 
     cache.delete_many([metrics.STATE_KEY.format(a.pk), metrics.STATE_KEY.format(b.pk)])
 
     layer = get_channel_layer()
-    channel = asyncio.run(layer.new_channel())
-    tenant_channel = asyncio.run(layer.new_channel())
-
-    async def subscribe() -> None:
-        await layer.group_add(deployment_group(deployment.pk), channel)
-        await layer.group_add(tenant_group(deployment.tenant_id), tenant_channel)
-
-    asyncio.run(subscribe())
+    channel, tenant_channel = asyncio.run(_subscribe(layer, deployment))
 
     first = metrics.scrape_once()
     assert first["replicas"] == 2 and first["samples"] == 3 and first["pruned"] == 1
@@ -126,15 +119,7 @@ def test_scrape_once_stores_samples_rollups_prunes_and_pushes(monkeypatch: Any, 
     per_replica = MetricSample.objects.filter(replica=b).order_by("-ts").first()
     assert per_replica.tokens_per_second == pytest.approx(150.0)
 
-    async def drain(name: str) -> list[dict[str, Any]]:
-        got = []
-        while True:
-            try:
-                got.append(await asyncio.wait_for(layer.receive(name), timeout=0.5))
-            except TimeoutError:
-                return got
-
-    messages = asyncio.run(drain(channel))
+    messages = asyncio.run(_drain(layer, channel))
     assert [m["type"] for m in messages] == ["push", "push"]
     latest = messages[-1]["payload"]
     assert latest["kind"] == "metrics" and latest["deployment"] == deployment.pk
@@ -142,8 +127,27 @@ def test_scrape_once_stores_samples_rollups_prunes_and_pushes(monkeypatch: Any, 
     assert latest["error_rate"] == pytest.approx(2 / 22)  # 5xx only; two 400s do not count
     assert latest["phase"] == "Running" and latest["progress"] == {"step": "ready"}
     assert {r["id"]: r["state"] for r in latest["replicas"]} == {a.pk: "ready", b.pk: "ready", starting.pk: "starting"}
-    tenant_messages = asyncio.run(drain(tenant_channel))
+    tenant_messages = asyncio.run(_drain(layer, tenant_channel))
     assert "replicas" not in tenant_messages[-1]["payload"]  # the tenant stream is slim
+
+
+async def _subscribe(layer: Any, deployment: Any) -> tuple[str, str]:
+    """Channels in the deployment's group and in its tenant's group."""
+    channel = await layer.new_channel()
+    tenant_channel = await layer.new_channel()
+    await layer.group_add(deployment_group(deployment.pk), channel)
+    await layer.group_add(tenant_group(deployment.tenant_id), tenant_channel)
+    return channel, tenant_channel
+
+
+async def _drain(layer: Any, name: str) -> list[dict[str, Any]]:
+    """Every message waiting on the channel (none more within half a second)."""
+    got = []
+    while True:
+        try:
+            got.append(await asyncio.wait_for(layer.receive(name), timeout=0.5))
+        except TimeoutError:
+            return got
 
 
 @pytest.mark.django_db(transaction=True)

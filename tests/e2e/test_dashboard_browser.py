@@ -23,6 +23,7 @@ import subprocess
 import sys
 import time
 from collections.abc import Callable, Iterator
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -289,10 +290,39 @@ def describe_key(token: str) -> str:
     )
 
 
+@dataclass
+class Journey:
+    """What the steps of the end-to-end test share: the browser, the owner's page, and what earlier steps made."""
+
+    base: str
+    browser: Any
+    page: Any
+    step: Steps
+    tiny_model_dir: Path
+    deployment: Any = None  # made by "deploy on the local driver"
+    secret: str = ""  # made by "create an API key"
+
+    def shot(self, page: Any, name: str) -> None:
+        page.screenshot(path=str(SCREENSHOTS / f"{name}.png"), full_page=True)
+
+    def login(self, page: Any, username: str, landing: str = "/") -> None:
+        page.goto(self.base + "/login/")
+        page.fill("#id_username", username)
+        page.fill("#id_password", PASSWORD)
+        page.click("button[type=submit]")
+        page.wait_for_url(self.base + landing)
+
+    def new_page(self) -> tuple[Any, Any]:
+        """Another browser context (another user's session) and its page, accepting dialogs."""
+        context = self.browser.new_context(viewport={"width": 1280, "height": 900})
+        page = context.new_page()
+        page.on("dialog", lambda dialog: dialog.accept())
+        return context, page
+
+
 def test_dashboard_end_to_end(product: dict[str, Any], tiny_model_dir: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     from playwright.sync_api import expect, sync_playwright
 
-    base = product["base"]
     tenant = TenantFactory(name="Acme", slug="acme")
     owner = UserFactory(username="olivia")
     viewer = UserFactory(username="victor")
@@ -304,16 +334,6 @@ def test_dashboard_end_to_end(product: dict[str, Any], tiny_model_dir: Path, mon
     SCREENSHOTS.mkdir(parents=True, exist_ok=True)
     step = Steps(product["procs"])
 
-    def shot(page: Any, name: str) -> None:
-        page.screenshot(path=str(SCREENSHOTS / f"{name}.png"), full_page=True)
-
-    def login(page: Any, username: str, landing: str = "/") -> None:
-        page.goto(base + "/login/")
-        page.fill("#id_username", username)
-        page.fill("#id_password", PASSWORD)
-        page.click("button[type=submit]")
-        page.wait_for_url(base + landing)
-
     with sync_playwright() as pw:
         browser = pw.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_ARGS)
         try:
@@ -321,186 +341,250 @@ def test_dashboard_end_to_end(product: dict[str, Any], tiny_model_dir: Path, mon
             page = context.new_page()
             page.on("dialog", lambda dialog: dialog.accept())
             expect.set_options(timeout=15_000)
-
-            with step("log in"):
-                page.goto(base + "/")
-                expect(page).to_have_url(base + "/login/?next=/")
-                shot(page, "01-login")
-                login(page, "olivia")
-                expect(page.get_by_test_id("whoami")).to_contain_text("olivia · owner")
-                expect(page.locator(".ws-state")).to_have_text("live")  # the tenant websocket
-                shot(page, "02-overview-empty")
-
-            with step("register the tiny model"):
-                page.goto(base + "/models/")
-                page.fill("#id_name", "tiny")
-                page.fill("#id_source", "relative/path")
-                page.click("#model-register button[type=submit]")
-                expect(page.locator('[data-field-error="source"]')).to_contain_text("absolute")
-                page.fill("#id_source", str(tiny_model_dir))
-                page.click("#model-register button[type=submit]")
-                expect(page.locator("#memory-estimate")).to_contain_text("float32")
-                shot(page, "03-model-detail")
-                page.goto(base + "/models/")
-                shot(page, "04-models")
-
-            with step("a platform admin adds a local target and grants it to the tenant"):
-                admin_context = browser.new_context(viewport={"width": 1280, "height": 900})
-                apage = admin_context.new_page()
-                apage.on("dialog", lambda dialog: dialog.accept())
-                login(apage, "paula", landing="/platform/targets/")
-                expect(apage.get_by_test_id("whoami")).to_contain_text("paula · platform admin")
-                apage.fill("#id_name", "this-machine")
-                apage.select_option("#id_kind", "local")
-                apage.click("#target-add button[type=submit]")
-                expect(apage.locator("h1")).to_contain_text("this-machine")
-                apage.select_option("#target-grant #id_tenant", "acme")
-                apage.click("#target-grant button[type=submit]")
-                expect(apage.locator('#grants [data-grant="acme"]')).to_be_visible()
-                apage.wait_for_timeout(1500)  # let check_target run, for the screenshot
-                apage.reload()
-                shot(apage, "05-platform-target-detail")
-                admin_context.close()
-                page.goto(base + "/targets/")
-                expect(page.locator('#targets [data-target="this-machine"]')).to_be_visible()
-                assert page.locator("#target-add").count() == 0  # tenants see granted targets only
-                shot(page, "06-targets")
-
-            with step("deploy on the local driver"):
-                page.goto(base + "/deployments/new/")
-                page.fill("#id_name", "tiny-chat")
-                page.select_option("#id_model", label="tiny")
-                page.select_option("#id_target", label="this-machine")
-                page.fill("#id_served_model_name", "tiny-chat")
-                page.fill("#id_max_model_len", "512")
-                page.fill("#id_max_tokens_cap", "256")
-                shot(page, "07-deployment-new")
-                page.click("#deployment-new button[type=submit]")
-                expect(page.get_by_test_id("phase")).to_be_visible()
-                deployment = Deployment.objects.get(name="tiny-chat")
-
-            with step("phase reaches Running without reloading"):
-                page.evaluate("window.__noReload = true")
-                expect(page.locator(".ws-state")).to_have_text("live")
-                expect(page.get_by_test_id("phase")).to_have_text("Running", timeout=420_000)
-                assert page.evaluate("window.__noReload === true"), "the page was reloaded"
-                expect(page.locator("[data-progress] li[data-step=ready]")).to_have_class("done")
-                expect(page.locator("#events")).to_contain_text("Created")
-
-            with step("chart points arrive live"):
-                points = int(page.locator('[data-chart="tps"]').get_attribute("data-points") or 0)
-                page.wait_for_function(
-                    "n => Number(document.querySelector('[data-chart=tps]').dataset.points) >= n + 2",
-                    arg=points,
-                    timeout=30_000,
-                )
-                assert page.evaluate("window.__noReload === true")
-                expect(page.locator("#replicas")).to_contain_text("ready")
-                expect(page.locator("#logs pre.logs").first).not_to_be_empty(timeout=20_000)
-                shot(page, "08-deployment-running")
-
-            with step("create an API key; its secret is shown exactly once"):
-                page.goto(base + "/keys/")
-                page.fill("#id_name", "e2e")
-                page.fill("#id_rpm_limit", "600")
-                page.click("#key-create button[type=submit]")
-                secret = page.get_by_test_id("secret").inner_text().strip()
-                assert secret.startswith("hgr_")
-                step.diagnose = lambda: describe_key(secret)
-                shot(page, "09-keys-secret-once")
-                page.goto(base + "/keys/")
-                assert secret not in page.content()
-                expect(page.locator("#keys")).to_contain_text("e2e")
-
-            with step("chat in the playground with streamed tokens"):
-                page.goto(base + "/playground/")
-                page.select_option("#pg-model", "tiny-chat")
-                page.fill("#pg-key", secret)
-                page.fill("#pg-max", "48")
-                page.fill("#pg-prompt", "Tell me about the harbor.")
-                page.evaluate(
-                    """() => { window.__chunks = [];
-                      new MutationObserver(() => window.__chunks.push(performance.now()))
-                        .observe(document.getElementById('chat-log'), {subtree: true, characterData: true, childList: true}); }"""
-                )
-                page.click("#chat-send")
-                expect(page.locator("#chat-status")).to_contain_text("chunks in", timeout=60_000)
-                answer = page.locator("#chat-log .msg-assistant .content").last
-                assert answer.inner_text().strip(), "no tokens arrived"
-                assert int(answer.get_attribute("data-chunks") or 0) >= 2
-                times = page.evaluate("window.__chunks")
-                assert len({round(t) for t in times}) >= 3, "tokens did not arrive incrementally"
-                shot(page, "10-playground")
-                # The scraper saw those tokens: the deployment's tokens/s chart has a point above zero.
-                page.goto(base + f"/deployments/{deployment.pk}/")
-                page.wait_for_function(
-                    "() => window.hangarCharts && window.hangarCharts.tps.data[1].some(v => v > 0)", timeout=30_000
-                )
-
-            with step("revoke the key; the gateway refuses it"):
-                page.goto(base + "/keys/")
-                page.locator("#keys tr", has_text="e2e").get_by_role("button", name="Revoke").click()
-                expect(page.locator("#keys tr", has_text="e2e")).to_contain_text("revoked")
-                shot(page, "11-keys-revoked")
-                page.goto(base + "/playground/")
-                page.fill("#pg-key", secret)
-                page.fill("#pg-prompt", "Still there?")
-                page.click("#chat-send")
-                expect(page.locator("#chat-status")).to_contain_text("error", timeout=20_000)
-
-            with step("the other pages render"):
-                for name, path in [
-                    ("12-overview", "/"),
-                    ("13-usage", "/usage/"),
-                    ("14-members", "/members/"),
-                    ("15-audit", "/audit/"),
-                ]:
-                    page.goto(base + path)
-                    expect(page.locator("h1")).to_be_visible()
-                    shot(page, name)
-                page.goto(base + "/")
-                expect(page.locator(f'[data-deployment-row="{deployment.pk}"]')).to_contain_text("Running")
-                page.set_viewport_size({"width": 390, "height": 844})
-                page.goto(base + f"/deployments/{deployment.pk}/")
-                shot(page, "16-deployment-phone")
-                page.set_viewport_size({"width": 1280, "height": 900})
-
-            with step("a viewer is denied the operator's actions"):
-                viewer_context = browser.new_context(viewport={"width": 1280, "height": 900})
-                vpage = viewer_context.new_page()
-                login(vpage, "victor")
-                vpage.goto(base + f"/deployments/{deployment.pk}/")
-                expect(vpage.get_by_test_id("phase")).to_have_text("Running")
-                assert vpage.get_by_test_id("deployment-actions").count() == 0
-                assert vpage.locator("#scale-form").count() == 0
-                status = vpage.evaluate(
-                    """async (url) => {
-                        const token = document.querySelector('[name=csrfmiddlewaretoken]').value;
-                        const r = await fetch(url, {method: 'POST', headers: {'X-CSRFToken': token}});
-                        return r.status; }""",
-                    f"/deployments/{deployment.pk}/stop/",
-                )
-                assert status == 403
-                vpage.goto(base + "/keys/")
-                assert vpage.locator("#key-create").count() == 0
-                shot(vpage, "17-viewer-deployment")
-                vpage.goto(base + "/audit/")
-                expect(vpage.locator("[data-denied]")).to_be_visible()
-                viewer_context.close()
-                assert Deployment.objects.get(pk=deployment.pk).desired_state == "running"
-
-            with step("delete the deployment; its replicas go away"):
-                page.goto(base + f"/deployments/{deployment.pk}/delete/")
-                shot(page, "18-delete-confirm")
-                page.fill("#id_confirm", "tiny-chat")
-                page.click("#delete-form button[type=submit]")
-                expect(page).to_have_url(base + "/")
-                wait_for(
-                    lambda: not Deployment.objects.filter(pk=deployment.pk).exists(),
-                    90,
-                    "the reconciler removes the deployment",
-                )
-                assert not Replica.objects.filter(deployment_id=deployment.pk).exists()
+            journey = Journey(product["base"], browser, page, step, tiny_model_dir)
+            for name, run in JOURNEY:
+                with step(name):
+                    run(journey)
         finally:
             browser.close()
     product["procs"].check_alive()
+
+
+def _log_in(j: Journey) -> None:
+    from playwright.sync_api import expect
+
+    page, base = j.page, j.base
+    page.goto(base + "/")
+    expect(page).to_have_url(base + "/login/?next=/")
+    j.shot(page, "01-login")
+    j.login(page, "olivia")
+    expect(page.get_by_test_id("whoami")).to_contain_text("olivia · owner")
+    expect(page.locator(".ws-state")).to_have_text("live")  # the tenant websocket
+    j.shot(page, "02-overview-empty")
+
+
+def _register_model(j: Journey) -> None:
+    from playwright.sync_api import expect
+
+    page, base = j.page, j.base
+    page.goto(base + "/models/")
+    page.fill("#id_name", "tiny")
+    page.fill("#id_source", "relative/path")
+    page.click("#model-register button[type=submit]")
+    expect(page.locator('[data-field-error="source"]')).to_contain_text("absolute")
+    page.fill("#id_source", str(j.tiny_model_dir))
+    page.click("#model-register button[type=submit]")
+    expect(page.locator("#memory-estimate")).to_contain_text("float32")
+    j.shot(page, "03-model-detail")
+    page.goto(base + "/models/")
+    j.shot(page, "04-models")
+
+
+def _add_and_grant_target(j: Journey) -> None:
+    from playwright.sync_api import expect
+
+    page, base = j.page, j.base
+    admin_context, apage = j.new_page()
+    j.login(apage, "paula", landing="/platform/targets/")
+    expect(apage.get_by_test_id("whoami")).to_contain_text("paula · platform admin")
+    apage.fill("#id_name", "this-machine")
+    apage.select_option("#id_kind", "local")
+    apage.click("#target-add button[type=submit]")
+    expect(apage.locator("h1")).to_contain_text("this-machine")
+    apage.select_option("#target-grant #id_tenant", "acme")
+    apage.click("#target-grant button[type=submit]")
+    expect(apage.locator('#grants [data-grant="acme"]')).to_be_visible()
+    apage.wait_for_timeout(1500)  # let check_target run, for the screenshot
+    apage.reload()
+    j.shot(apage, "05-platform-target-detail")
+    admin_context.close()
+    page.goto(base + "/targets/")
+    expect(page.locator('#targets [data-target="this-machine"]')).to_be_visible()
+    assert page.locator("#target-add").count() == 0  # tenants see granted targets only
+    j.shot(page, "06-targets")
+
+
+def _deploy(j: Journey) -> None:
+    from playwright.sync_api import expect
+
+    page, base = j.page, j.base
+    page.goto(base + "/deployments/new/")
+    page.fill("#id_name", "tiny-chat")
+    page.select_option("#id_model", label="tiny")
+    page.select_option("#id_target", label="this-machine")
+    page.fill("#id_served_model_name", "tiny-chat")
+    page.fill("#id_max_model_len", "512")
+    page.fill("#id_max_tokens_cap", "256")
+    j.shot(page, "07-deployment-new")
+    page.click("#deployment-new button[type=submit]")
+    expect(page.get_by_test_id("phase")).to_be_visible()
+    j.deployment = Deployment.objects.get(name="tiny-chat")
+
+
+def _reach_running(j: Journey) -> None:
+    from playwright.sync_api import expect
+
+    page = j.page
+    page.evaluate("window.__noReload = true")
+    expect(page.locator(".ws-state")).to_have_text("live")
+    expect(page.get_by_test_id("phase")).to_have_text("Running", timeout=420_000)
+    assert page.evaluate("window.__noReload === true"), "the page was reloaded"
+    expect(page.locator("[data-progress] li[data-step=ready]")).to_have_class("done")
+    expect(page.locator("#events")).to_contain_text("Created")
+
+
+def _chart_points(j: Journey) -> None:
+    from playwright.sync_api import expect
+
+    page = j.page
+    points = int(page.locator('[data-chart="tps"]').get_attribute("data-points") or 0)
+    page.wait_for_function(
+        "n => Number(document.querySelector('[data-chart=tps]').dataset.points) >= n + 2",
+        arg=points,
+        timeout=30_000,
+    )
+    assert page.evaluate("window.__noReload === true")
+    expect(page.locator("#replicas")).to_contain_text("ready")
+    expect(page.locator("#logs pre.logs").first).not_to_be_empty(timeout=20_000)
+    j.shot(page, "08-deployment-running")
+
+
+def _create_key(j: Journey) -> None:
+    from playwright.sync_api import expect
+
+    page, base = j.page, j.base
+    page.goto(base + "/keys/")
+    page.fill("#id_name", "e2e")
+    page.fill("#id_rpm_limit", "600")
+    page.click("#key-create button[type=submit]")
+    secret = page.get_by_test_id("secret").inner_text().strip()
+    assert secret.startswith("hgr_")
+    j.secret = secret
+    j.step.diagnose = lambda: describe_key(secret)
+    j.shot(page, "09-keys-secret-once")
+    page.goto(base + "/keys/")
+    assert secret not in page.content()
+    expect(page.locator("#keys")).to_contain_text("e2e")
+
+
+def _playground(j: Journey) -> None:
+    from playwright.sync_api import expect
+
+    page, base = j.page, j.base
+    page.goto(base + "/playground/")
+    page.select_option("#pg-model", "tiny-chat")
+    page.fill("#pg-key", j.secret)
+    page.fill("#pg-max", "48")
+    page.fill("#pg-prompt", "Tell me about the harbor.")
+    page.evaluate(
+        """() => { window.__chunks = [];
+          new MutationObserver(() => window.__chunks.push(performance.now()))
+            .observe(document.getElementById('chat-log'), {subtree: true, characterData: true, childList: true}); }"""
+    )
+    page.click("#chat-send")
+    expect(page.locator("#chat-status")).to_contain_text("chunks in", timeout=60_000)
+    answer = page.locator("#chat-log .msg-assistant .content").last
+    assert answer.inner_text().strip(), "no tokens arrived"
+    assert int(answer.get_attribute("data-chunks") or 0) >= 2
+    times = page.evaluate("window.__chunks")
+    assert len({round(t) for t in times}) >= 3, "tokens did not arrive incrementally"
+    j.shot(page, "10-playground")
+    # The scraper saw those tokens: the deployment's tokens/s chart has a point above zero.
+    page.goto(base + f"/deployments/{j.deployment.pk}/")
+    page.wait_for_function(
+        "() => window.hangarCharts && window.hangarCharts.tps.data[1].some(v => v > 0)", timeout=30_000
+    )
+
+
+def _revoke_key(j: Journey) -> None:
+    from playwright.sync_api import expect
+
+    page, base = j.page, j.base
+    page.goto(base + "/keys/")
+    page.locator("#keys tr", has_text="e2e").get_by_role("button", name="Revoke").click()
+    expect(page.locator("#keys tr", has_text="e2e")).to_contain_text("revoked")
+    j.shot(page, "11-keys-revoked")
+    page.goto(base + "/playground/")
+    page.fill("#pg-key", j.secret)
+    page.fill("#pg-prompt", "Still there?")
+    page.click("#chat-send")
+    expect(page.locator("#chat-status")).to_contain_text("error", timeout=20_000)
+
+
+def _other_pages(j: Journey) -> None:
+    from playwright.sync_api import expect
+
+    page, base, pk = j.page, j.base, j.deployment.pk
+    for name, path in [
+        ("12-overview", "/"),
+        ("13-usage", "/usage/"),
+        ("14-members", "/members/"),
+        ("15-audit", "/audit/"),
+    ]:
+        page.goto(base + path)
+        expect(page.locator("h1")).to_be_visible()
+        j.shot(page, name)
+    page.goto(base + "/")
+    expect(page.locator(f'[data-deployment-row="{pk}"]')).to_contain_text("Running")
+    page.set_viewport_size({"width": 390, "height": 844})
+    page.goto(base + f"/deployments/{pk}/")
+    j.shot(page, "16-deployment-phone")
+    page.set_viewport_size({"width": 1280, "height": 900})
+
+
+def _viewer_denied(j: Journey) -> None:
+    from playwright.sync_api import expect
+
+    base, pk = j.base, j.deployment.pk
+    viewer_context = j.browser.new_context(viewport={"width": 1280, "height": 900})
+    vpage = viewer_context.new_page()
+    j.login(vpage, "victor")
+    vpage.goto(base + f"/deployments/{pk}/")
+    expect(vpage.get_by_test_id("phase")).to_have_text("Running")
+    assert vpage.get_by_test_id("deployment-actions").count() == 0
+    assert vpage.locator("#scale-form").count() == 0
+    status = vpage.evaluate(
+        """async (url) => {
+            const token = document.querySelector('[name=csrfmiddlewaretoken]').value;
+            const r = await fetch(url, {method: 'POST', headers: {'X-CSRFToken': token}});
+            return r.status; }""",
+        f"/deployments/{pk}/stop/",
+    )
+    assert status == 403
+    vpage.goto(base + "/keys/")
+    assert vpage.locator("#key-create").count() == 0
+    j.shot(vpage, "17-viewer-deployment")
+    vpage.goto(base + "/audit/")
+    expect(vpage.locator("[data-denied]")).to_be_visible()
+    viewer_context.close()
+    assert Deployment.objects.get(pk=pk).desired_state == "running"
+
+
+def _delete(j: Journey) -> None:
+    from playwright.sync_api import expect
+
+    page, base, pk = j.page, j.base, j.deployment.pk
+    page.goto(base + f"/deployments/{pk}/delete/")
+    j.shot(page, "18-delete-confirm")
+    page.fill("#id_confirm", "tiny-chat")
+    page.click("#delete-form button[type=submit]")
+    expect(page).to_have_url(base + "/")
+    wait_for(lambda: not Deployment.objects.filter(pk=pk).exists(), 90, "the reconciler removes the deployment")
+    assert not Replica.objects.filter(deployment_id=pk).exists()
+
+
+# The steps in order, each recorded (name, outcome, seconds) by ``Steps``; later steps use what earlier ones made.
+JOURNEY: list[tuple[str, Callable[[Journey], None]]] = [
+    ("log in", _log_in),
+    ("register the tiny model", _register_model),
+    ("a platform admin adds a local target and grants it to the tenant", _add_and_grant_target),
+    ("deploy on the local driver", _deploy),
+    ("phase reaches Running without reloading", _reach_running),
+    ("chart points arrive live", _chart_points),
+    ("create an API key; its secret is shown exactly once", _create_key),
+    ("chat in the playground with streamed tokens", _playground),
+    ("revoke the key; the gateway refuses it", _revoke_key),
+    ("the other pages render", _other_pages),
+    ("a viewer is denied the operator's actions", _viewer_denied),
+    ("delete the deployment; its replicas go away", _delete),
+]

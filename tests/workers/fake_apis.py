@@ -295,36 +295,9 @@ class FakeSSH:
         return f"[127.0.0.1]:{self.port} {self.host_key.get_name()} {self.host_key.get_base64()}\n"
 
     def _serve(self) -> None:
-        import socket
-
         import paramiko
 
-        fake = self
-
-        class Server(paramiko.ServerInterface):
-            def get_allowed_auths(self, username: str) -> str:
-                return "publickey"
-
-            def check_auth_publickey(self, username: str, key: Any) -> int:
-                fake.logins.append((username, key.fingerprint))
-                if username == fake.user and key == fake.public_key:
-                    return paramiko.AUTH_SUCCESSFUL
-                return paramiko.AUTH_FAILED
-
-            def check_channel_request(self, kind: str, chanid: int) -> int:
-                if kind == "session":
-                    return paramiko.OPEN_SUCCEEDED
-                return paramiko.OPEN_FAILED_ADMINISTRATIVELY_PROHIBITED
-
-            def check_channel_exec_request(self, channel: Any, command: bytes) -> bool:
-                fake.commands.append(command.decode())
-                if command != b"docker system dial-stdio":
-                    return False
-                upstream = socket.create_connection(("127.0.0.1", fake.forward_port))
-                threading.Thread(target=_pipe, args=(channel, upstream), daemon=True).start()
-                threading.Thread(target=_pipe, args=(upstream, channel), daemon=True).start()
-                return True
-
+        server_class = _ssh_server_class(self)
         while not self.stopping.is_set():
             try:
                 conn, _ = self.listener.accept()
@@ -336,9 +309,42 @@ class FakeSSH:
             transport.add_server_key(self.host_key)
             self.transports.append(transport)
             try:
-                transport.start_server(server=Server())
+                transport.start_server(server=server_class())
             except (paramiko.SSHException, EOFError):
                 transport.close()
+
+
+def _ssh_server_class(fake: FakeSSH) -> Any:
+    """The paramiko server side: public-key login as ``fake.user``, one command (``docker system dial-stdio``)."""
+    import socket
+
+    import paramiko
+
+    class Server(paramiko.ServerInterface):
+        def get_allowed_auths(self, username: str) -> str:
+            return "publickey"
+
+        def check_auth_publickey(self, username: str, key: Any) -> int:
+            fake.logins.append((username, key.fingerprint))
+            if username == fake.user and key == fake.public_key:
+                return paramiko.AUTH_SUCCESSFUL
+            return paramiko.AUTH_FAILED
+
+        def check_channel_request(self, kind: str, chanid: int) -> int:
+            if kind == "session":
+                return paramiko.OPEN_SUCCEEDED
+            return paramiko.OPEN_FAILED_ADMINISTRATIVELY_PROHIBITED
+
+        def check_channel_exec_request(self, channel: Any, command: bytes) -> bool:
+            fake.commands.append(command.decode())
+            if command != b"docker system dial-stdio":
+                return False
+            upstream = socket.create_connection(("127.0.0.1", fake.forward_port))
+            threading.Thread(target=_pipe, args=(channel, upstream), daemon=True).start()
+            threading.Thread(target=_pipe, args=(upstream, channel), daemon=True).start()
+            return True
+
+    return Server
 
 
 def _pipe(source: Any, sink: Any) -> None:

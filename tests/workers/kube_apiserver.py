@@ -52,6 +52,19 @@ PATH = re.compile(
 VERB = {"GET": "get", "POST": "create", "PUT": "update", "PATCH": "patch", "DELETE": "delete"}
 
 
+VERSION = {
+    "major": "1",
+    "minor": "31",
+    "gitVersion": "v1.31.0",
+    "gitCommit": "0" * 40,
+    "gitTreeState": "clean",
+    "buildDate": "2026-01-01T00:00:00Z",
+    "goVersion": "go1.22.0",
+    "compiler": "gc",
+    "platform": "linux/amd64",
+}
+
+
 def now_time() -> str:
     return datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
 
@@ -94,6 +107,29 @@ def invalid(res: str, name: str, causes: list[tuple[str, str]]) -> ApiError:
             "causes": [{"reason": "FieldValueInvalid", "message": why, "field": f} for f, why in causes],
         },
     )
+
+
+def _validate_deployment(name: str, obj: dict[str, Any]) -> None:
+    spec = obj.get("spec") or {}
+    selector = (spec.get("selector") or {}).get("matchLabels") or {}
+    labels = ((spec.get("template") or {}).get("metadata") or {}).get("labels") or {}
+    causes = []
+    if not selector:
+        causes.append(("spec.selector", "Required value"))
+    elif any(labels.get(k) != v for k, v in selector.items()):
+        causes.append(("spec.template.metadata.labels", "Invalid value: `selector` does not match"))
+    if not ((spec.get("template") or {}).get("spec") or {}).get("containers"):
+        causes.append(("spec.template.spec.containers", "Required value"))
+    if causes:
+        raise invalid("deployments", name, causes)
+
+
+def _validate_secret(name: str, obj: dict[str, Any]) -> None:
+    for key, value in (obj.get("data") or {}).items():
+        try:
+            base64.b64decode(value, validate=True)
+        except (ValueError, TypeError):
+            raise invalid("secrets", name, [(f"data[{key}]", "Invalid value: not base64")]) from None
 
 
 def merge_patch(target: Any, patch: Any) -> Any:
@@ -300,17 +336,7 @@ class ApiServer:
         with self.cond:
             self.requests.append((method, path, query))
         if path in ("/version", "/version/"):
-            return 200, {
-                "major": "1",
-                "minor": "31",
-                "gitVersion": "v1.31.0",
-                "gitCommit": "0" * 40,
-                "gitTreeState": "clean",
-                "buildDate": "2026-01-01T00:00:00Z",
-                "goVersion": "go1.22.0",
-                "compiler": "gc",
-                "platform": "linux/amd64",
-            }
+            return 200, VERSION
         if path == "/api/v1/nodes" and method == "GET":
             return 200, self._nodes()
         match = PATH.match(path)
@@ -318,41 +344,52 @@ class ApiServer:
             raise ApiError(404, "NotFound", "the server could not find the requested resource")
         res, ns, name, sub = match["res"], match["ns"], match["name"], match["sub"]
         verb = VERB[method] if name or method != "GET" else ("watch" if query.get("watch") else "list")
+        self._run_hook(method, res)
+        with self.cond:
+            self._authorize(verb, method, res, ns, name)
+            if sub == "log":
+                return 200, self._log(ns, name, query)
+            return self._serve(method, res, ns, name, query, body)
+
+    def _run_hook(self, method: str, res: str) -> None:
         with self.cond:
             hook = next((h for h in self.hooks if h[0] == method and h[1] == res), None)
             if hook is not None:
                 self.hooks.remove(hook)
         if hook is not None:
             hook[2]()  # outside the lock: it may call this very server
-        with self.cond:
-            if (verb, res) in self.denied:
-                group = GROUP.get(res, "")
-                raise ApiError(
-                    403,
-                    "Forbidden",
-                    f'{res}{"." + group if group else ""} is forbidden: User "system:serviceaccount:hangar:worker" '
-                    f'cannot {verb} resource "{res}" in API group "{group}" in the namespace "{ns}"',
-                    {"kind": res, "group": group, "name": name or ""},
-                )
-            if method in ("POST", "PUT", "PATCH", "DELETE") and res in READ_ONLY and res != "pods":
-                raise ApiError(405, "MethodNotAllowed", "the double keeps events to the cluster")
-            if sub == "log":
-                return 200, self._log(ns, name, query)
-            if method == "GET" and name:
-                found = self.objects.get((res, ns, name))
-                if found is None:
-                    raise not_found(res, name)
-                return 200, copy.deepcopy(found)
-            if method == "GET":
-                return 200, self._list(res, ns, query.get("labelSelector", ""))
-            if method == "POST" and not name:
-                return 201, self._create(res, ns, body)
-            if method == "PUT" and name:
-                return 200, self._replace(res, ns, name, body)
-            if method == "PATCH" and name:
-                return 200, self._patch(res, ns, name, body)
-            if method == "DELETE" and name:
-                return 200, self._delete(res, ns, name)
+
+    def _authorize(self, verb: str, method: str, res: str, ns: str, name: str | None) -> None:
+        if (verb, res) in self.denied:
+            group = GROUP.get(res, "")
+            raise ApiError(
+                403,
+                "Forbidden",
+                f'{res}{"." + group if group else ""} is forbidden: User "system:serviceaccount:hangar:worker" '
+                f'cannot {verb} resource "{res}" in API group "{group}" in the namespace "{ns}"',
+                {"kind": res, "group": group, "name": name or ""},
+            )
+        if method in ("POST", "PUT", "PATCH", "DELETE") and res in READ_ONLY and res != "pods":
+            raise ApiError(405, "MethodNotAllowed", "the double keeps events to the cluster")
+
+    def _serve(
+        self, method: str, res: str, ns: str, name: str | None, query: dict[str, str], body: Any
+    ) -> tuple[int, Any]:
+        if method == "GET" and name:
+            found = self.objects.get((res, ns, name))
+            if found is None:
+                raise not_found(res, name)
+            return 200, copy.deepcopy(found)
+        if method == "GET":
+            return 200, self._list(res, ns, query.get("labelSelector", ""))
+        if method == "POST" and not name:
+            return 201, self._create(res, ns, body)
+        if method == "PUT" and name:
+            return 200, self._replace(res, ns, name, body)
+        if method == "PATCH" and name:
+            return 200, self._patch(res, ns, name, body)
+        if method == "DELETE" and name:
+            return 200, self._delete(res, ns, name)
         raise ApiError(405, "MethodNotAllowed", "the server does not allow this method on the requested resource")
 
     def _list(self, res: str, ns: str, selector: str) -> dict[str, Any]:
@@ -376,24 +413,9 @@ class ApiServer:
         if obj["metadata"].get("namespace", ns) != ns:
             raise ApiError(400, "BadRequest", "the namespace of the provided object does not match the request")
         if res == "deployments":
-            spec = obj.get("spec") or {}
-            selector = (spec.get("selector") or {}).get("matchLabels") or {}
-            labels = ((spec.get("template") or {}).get("metadata") or {}).get("labels") or {}
-            causes = []
-            if not selector:
-                causes.append(("spec.selector", "Required value"))
-            elif any(labels.get(k) != v for k, v in selector.items()):
-                causes.append(("spec.template.metadata.labels", "Invalid value: `selector` does not match"))
-            if not ((spec.get("template") or {}).get("spec") or {}).get("containers"):
-                causes.append(("spec.template.spec.containers", "Required value"))
-            if causes:
-                raise invalid(res, name, causes)
+            _validate_deployment(str(name), obj)
         if res == "secrets":
-            for key, value in (obj.get("data") or {}).items():
-                try:
-                    base64.b64decode(value, validate=True)
-                except (ValueError, TypeError):
-                    raise invalid(res, name, [(f"data[{key}]", "Invalid value: not base64")]) from None
+            _validate_secret(str(name), obj)
         return str(name)
 
     def _create(self, res: str, ns: str, body: Any) -> dict[str, Any]:
@@ -699,61 +721,71 @@ class ApiServer:
             if start not in ("", "0") and int(start) < self.compacted:
                 yield self._expired(start)
                 return
-            if start in ("", "0"):  # the current state as ADDED events first
-                initial = [
-                    copy.deepcopy(o)
-                    for (r, n, _), o in sorted(self.objects.items())
-                    if r == res and n == ns and selector_matches(o["metadata"].get("labels"), selector)
-                ]
-                position = self.rv
-            else:
-                initial, position = [], int(start)
+            initial, position = self._initial(res, ns, selector, start)
         for obj in initial:
             yield {"type": "ADDED", "object": obj}
         last_bookmark = time.monotonic()
         while True:
             with self.cond:
-                while True:
-                    if self.stopping or self.watch_epoch != epoch or time.monotonic() >= deadline:
-                        return
-                    if position < self.compacted:
-                        expired = self._expired(str(position))
-                        break
-                    pending = [c for c in self.history if c.rv > position]
-                    due = bookmarks and time.monotonic() - last_bookmark >= self.bookmark_every
-                    if pending or due:
-                        expired = None
-                        break
-                    self.cond.wait(timeout=min(self.bookmark_every, max(0.01, deadline - time.monotonic())))
+                woken = self._wait(epoch, deadline, position, last_bookmark if bookmarks else None)
+                if woken is None:
+                    return
+                expired, pending, due = woken
                 if expired is not None:
                     out = [expired]
                 else:
-                    out = [
-                        {"type": c.type, "object": copy.deepcopy(c.obj)}
-                        for c in pending
-                        if c.res == res
-                        and c.obj["metadata"].get("namespace") == ns
-                        and selector_matches(c.obj["metadata"].get("labels"), selector)
-                    ]
-                    position = max([position, *(c.rv for c in pending)])
-                    if due and not out:
-                        position = self.rv  # every event up to here has been sent
-                        api_version, kind = KINDS[res]
-                        out = [
-                            {
-                                "type": "BOOKMARK",
-                                "object": {
-                                    "apiVersion": api_version,
-                                    "kind": kind,
-                                    "metadata": {"resourceVersion": str(position)},
-                                },
-                            }
-                        ]
+                    out, position = self._events(res, ns, selector, pending, position, due=due)
                     if due:
                         last_bookmark = time.monotonic()
             yield from out
             if expired is not None:
                 return
+
+    def _initial(self, res: str, ns: str, selector: str, start: str) -> tuple[list[dict[str, Any]], int]:
+        """The objects to send as ADDED first (all of them when watching from now), and the position after."""
+        if start not in ("", "0"):
+            return [], int(start)
+        initial = [
+            copy.deepcopy(o)
+            for (r, n, _), o in sorted(self.objects.items())
+            if r == res and n == ns and selector_matches(o["metadata"].get("labels"), selector)
+        ]
+        return initial, self.rv
+
+    def _wait(
+        self, epoch: int, deadline: float, position: int, last_bookmark: float | None
+    ) -> tuple[dict[str, Any] | None, list[Change], bool] | None:
+        """Under the lock: (410 error, changes since ``position``, bookmark due) once there is
+        something to send; None when the watch ends (stop, drop, timeout)."""
+        while True:
+            if self.stopping or self.watch_epoch != epoch or time.monotonic() >= deadline:
+                return None
+            if position < self.compacted:
+                return self._expired(str(position)), [], False
+            pending = [c for c in self.history if c.rv > position]
+            due = last_bookmark is not None and time.monotonic() - last_bookmark >= self.bookmark_every
+            if pending or due:
+                return None, pending, due
+            self.cond.wait(timeout=min(self.bookmark_every, max(0.01, deadline - time.monotonic())))
+
+    def _events(
+        self, res: str, ns: str, selector: str, pending: list[Change], position: int, *, due: bool
+    ) -> tuple[list[dict[str, Any]], int]:
+        """The watch events among ``pending`` (or a bookmark when one is due and none match), and the new position."""
+        out = [
+            {"type": c.type, "object": copy.deepcopy(c.obj)}
+            for c in pending
+            if c.res == res
+            and c.obj["metadata"].get("namespace") == ns
+            and selector_matches(c.obj["metadata"].get("labels"), selector)
+        ]
+        position = max([position, *(c.rv for c in pending)])
+        if due and not out:
+            position = self.rv  # every event up to here has been sent
+            api_version, kind = KINDS[res]
+            metadata = {"resourceVersion": str(position)}
+            out = [{"type": "BOOKMARK", "object": {"apiVersion": api_version, "kind": kind, "metadata": metadata}}]
+        return out, position
 
     def _expired(self, start: str) -> dict[str, Any]:
         return {
@@ -777,86 +809,93 @@ def _uuid() -> str:
 
 
 def _handler(server: ApiServer) -> type[BaseHTTPRequestHandler]:
-    class Handler(BaseHTTPRequestHandler):
-        protocol_version = "HTTP/1.1"
+    return type("Handler", (_Handler,), {"api": server})
 
-        def log_message(self, format: str, *args: Any) -> None:  # quiet
+
+class _Handler(BaseHTTPRequestHandler):
+    """HTTP in front of an ``ApiServer`` (``api``, set by ``_handler``): bearer auth, JSON, chunked watches."""
+
+    protocol_version = "HTTP/1.1"
+    api: ApiServer
+
+    def log_message(self, format: str, *args: Any) -> None:  # quiet
+        return
+
+    def _serve(self, method: str) -> None:
+        parts = urlsplit(self.path)
+        query = {k: v[-1] for k, v in parse_qs(parts.query).items()}
+        length = int(self.headers.get("Content-Length") or 0)
+        raw = self.rfile.read(length) if length else b""
+        if self.headers.get("Authorization") != "Bearer double-token":
+            self._send(401, _status(401, "Unauthorized", "Unauthorized"))
+            return
+        try:
+            body = json.loads(raw) if raw else None
+        except ValueError:
+            self._send(400, _status(400, "BadRequest", "the body is not JSON"))
+            return
+        if method == "PATCH" and "json-patch" in (self.headers.get("Content-Type") or ""):
+            self._send(415, _status(415, "UnsupportedMediaType", "the double takes merge patches only"))
+            return
+        try:
+            if method == "GET" and query.get("watch") in ("true", "True", "1"):
+                self._watch(parts.path, query)
+                return
+            code, answer = self.api.handle(method, parts.path, query, body)
+        except ApiError as exc:
+            self._send(exc.code, exc.status)
+            return
+        self._send(code, answer)
+
+    def _watch(self, path: str, query: dict[str, str]) -> None:
+        match = PATH.match(path)
+        if not match or match["name"]:
+            raise ApiError(404, "NotFound", "the server could not find the requested resource")
+        self.api.handle("GET", path, query, None)  # RBAC, hooks, request log
+        self._stream(self.api.watch(match["res"], match["ns"], query))
+
+    def _send(self, code: int, answer: Any) -> None:
+        if isinstance(answer, str):
+            data, kind = answer.encode(), "text/plain"
+        else:
+            data, kind = json.dumps(answer).encode(), "application/json"
+        self.send_response(code)
+        self.send_header("Content-Type", kind)
+        self.send_header("Content-Length", str(len(data)))
+        self.end_headers()
+        self.wfile.write(data)
+
+    def _stream(self, events: Iterator[dict[str, Any]]) -> None:
+        self.send_response(200)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Transfer-Encoding", "chunked")
+        self.send_header("Connection", "close")
+        self.end_headers()
+        self.close_connection = True
+        try:
+            for event in events:
+                line = json.dumps(event).encode() + b"\n"
+                self.wfile.write(b"%x\r\n%s\r\n" % (len(line), line))
+                self.wfile.flush()
+            self.wfile.write(b"0\r\n\r\n")
+            self.wfile.flush()
+        except (BrokenPipeError, ConnectionResetError):
             return
 
-        def _serve(self, method: str) -> None:
-            parts = urlsplit(self.path)
-            query = {k: v[-1] for k, v in parse_qs(parts.query).items()}
-            length = int(self.headers.get("Content-Length") or 0)
-            raw = self.rfile.read(length) if length else b""
-            if self.headers.get("Authorization") != "Bearer double-token":
-                self._send(401, _status(401, "Unauthorized", "Unauthorized"))
-                return
-            try:
-                body = json.loads(raw) if raw else None
-            except ValueError:
-                self._send(400, _status(400, "BadRequest", "the body is not JSON"))
-                return
-            if method == "PATCH" and "json-patch" in (self.headers.get("Content-Type") or ""):
-                self._send(415, _status(415, "UnsupportedMediaType", "the double takes merge patches only"))
-                return
-            try:
-                if method == "GET" and query.get("watch") in ("true", "True", "1"):
-                    match = PATH.match(parts.path)
-                    if not match or match["name"]:
-                        raise ApiError(404, "NotFound", "the server could not find the requested resource")
-                    server.handle(method, parts.path, query, None)  # RBAC, hooks, request log
-                    self._stream(server.watch(match["res"], match["ns"], query))
-                    return
-                code, answer = server.handle(method, parts.path, query, body)
-            except ApiError as exc:
-                self._send(exc.code, exc.status)
-                return
-            self._send(code, answer)
+    def do_GET(self) -> None:
+        self._serve("GET")
 
-        def _send(self, code: int, answer: Any) -> None:
-            if isinstance(answer, str):
-                data, kind = answer.encode(), "text/plain"
-            else:
-                data, kind = json.dumps(answer).encode(), "application/json"
-            self.send_response(code)
-            self.send_header("Content-Type", kind)
-            self.send_header("Content-Length", str(len(data)))
-            self.end_headers()
-            self.wfile.write(data)
+    def do_POST(self) -> None:
+        self._serve("POST")
 
-        def _stream(self, events: Iterator[dict[str, Any]]) -> None:
-            self.send_response(200)
-            self.send_header("Content-Type", "application/json")
-            self.send_header("Transfer-Encoding", "chunked")
-            self.send_header("Connection", "close")
-            self.end_headers()
-            self.close_connection = True
-            try:
-                for event in events:
-                    line = json.dumps(event).encode() + b"\n"
-                    self.wfile.write(b"%x\r\n%s\r\n" % (len(line), line))
-                    self.wfile.flush()
-                self.wfile.write(b"0\r\n\r\n")
-                self.wfile.flush()
-            except (BrokenPipeError, ConnectionResetError):
-                return
+    def do_PUT(self) -> None:
+        self._serve("PUT")
 
-        def do_GET(self) -> None:
-            self._serve("GET")
+    def do_PATCH(self) -> None:
+        self._serve("PATCH")
 
-        def do_POST(self) -> None:
-            self._serve("POST")
-
-        def do_PUT(self) -> None:
-            self._serve("PUT")
-
-        def do_PATCH(self) -> None:
-            self._serve("PATCH")
-
-        def do_DELETE(self) -> None:
-            self._serve("DELETE")
-
-    return Handler
+    def do_DELETE(self) -> None:
+        self._serve("DELETE")
 
 
 def _status(code: int, reason: str, message: str) -> dict[str, Any]:

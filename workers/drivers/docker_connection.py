@@ -111,18 +111,26 @@ class DockerConnection:
         if not valid_host(host) or parts.path not in ("", "/") or parts.query or parts.fragment:
             raise refuse(Reason.BAD_URL)
         if scheme == "tcp":
-            if port is None:
-                raise refuse(Reason.BAD_URL)
-            if all(creds.get(k) for k in TLS_FILES.values()):
-                return cls(url=f"tcp://{url_host(host)}:{port}", scheme="tcp", credentials=creds)
-            if any(creds.get(k) for k in TLS_FILES.values()) or not settings.HANGAR_DOCKER_ALLOW_PLAIN_TCP:
-                raise refuse(Reason.TLS_MATERIAL_REQUIRED)
-            return cls(url=f"tcp://{url_host(host)}:{port}", scheme="plain-tcp")
-        if not parts.username or not re.fullmatch(r"[A-Za-z0-9._-]{1,64}", parts.username):
+            return cls._tcp(host, port, creds, allow_plain=settings.HANGAR_DOCKER_ALLOW_PLAIN_TCP)
+        return cls._ssh(parts.username, host, port, creds)
+
+    @classmethod
+    def _tcp(cls, host: str, port: int | None, creds: dict[str, str], *, allow_plain: bool) -> DockerConnection:
+        if port is None:
+            raise refuse(Reason.BAD_URL)
+        if all(creds.get(k) for k in TLS_FILES.values()):
+            return cls(url=f"tcp://{url_host(host)}:{port}", scheme="tcp", credentials=creds)
+        if any(creds.get(k) for k in TLS_FILES.values()) or not allow_plain:
+            raise refuse(Reason.TLS_MATERIAL_REQUIRED)
+        return cls(url=f"tcp://{url_host(host)}:{port}", scheme="plain-tcp")
+
+    @classmethod
+    def _ssh(cls, username: str | None, host: str, port: int | None, creds: dict[str, str]) -> DockerConnection:
+        if not username or not re.fullmatch(r"[A-Za-z0-9._-]{1,64}", username):
             raise refuse(Reason.BAD_URL)
         if not creds.get("ssh_key"):
             raise refuse(Reason.SSH_KEY_REQUIRED)
-        netloc = f"{parts.username}@{url_host(host)}" + (f":{port}" if port else "")
+        netloc = f"{username}@{url_host(host)}" + (f":{port}" if port else "")
         return cls(url=f"ssh://{netloc}", scheme="ssh", credentials=creds)
 
     # ------------------------------------------------------------------ files
