@@ -81,8 +81,8 @@ class DeploymentSpecForm(forms.Form):
 
 class DeploymentCreateForm(DeploymentSpecForm):
     name = forms.CharField(max_length=63, help_text="Lowercase letters, digits and '-'.")
-    model: forms.ModelChoiceField[Any] = forms.ModelChoiceField(queryset=None)  # type: ignore[arg-type]
-    target: forms.ModelChoiceField[Any] = forms.ModelChoiceField(queryset=None)  # type: ignore[arg-type]
+    model: forms.ModelChoiceField[Any] = forms.ModelChoiceField(queryset=None)
+    target: forms.ModelChoiceField[Any] = forms.ModelChoiceField(queryset=None)
     field_order = ["name", "model", "target", "served_model_name"]
 
     def __init__(self, *args: Any, models: Any, targets: Any, **kwargs: Any) -> None:
@@ -269,7 +269,7 @@ class PlatformTargetForm(forms.Form):
 
 
 class TargetGrantForm(forms.Form):
-    tenant: forms.ModelChoiceField[Any] = forms.ModelChoiceField(queryset=None, to_field_name="slug")  # type: ignore[arg-type]
+    tenant: forms.ModelChoiceField[Any] = forms.ModelChoiceField(queryset=None, to_field_name="slug")
     namespace = forms.CharField(
         max_length=63, required=False, help_text="Kubernetes only: this tenant's namespace on the target."
     )

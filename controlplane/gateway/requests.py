@@ -35,7 +35,7 @@ def _int_field(payload: dict[str, Any], name: str) -> int | None:
         raise bad_request(f"'{name}' must be an integer.", param=name, code="invalid_type")
     if value < 1:
         raise bad_request(f"'{name}' must be at least 1.", param=name)
-    return value
+    return int(value)
 
 
 def _text_len(content: Any) -> int:
