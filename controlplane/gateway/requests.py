@@ -27,15 +27,22 @@ class CompletionRequest:
     prompt_estimate: int
 
 
+def _is_int(value: Any) -> bool:
+    """An integer as JSON Schema counts them: ``3`` and ``3.0``, not ``true``."""
+    if isinstance(value, float):
+        return value.is_integer()
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
 def _int_field(payload: dict[str, Any], name: str) -> int | None:
     value = payload.get(name)
     if value is None:
         return None
-    if isinstance(value, bool) or not isinstance(value, int):
+    if not _is_int(value):
         raise bad_request(f"'{name}' must be an integer.", param=name, code="invalid_type")
     if value < 1:
         raise bad_request(f"'{name}' must be at least 1.", param=name)
-    return value
+    return int(value)
 
 
 def _text_len(content: Any) -> int:
@@ -76,9 +83,9 @@ def _estimate_prompt(prompt: Any) -> int:
     if isinstance(prompt, list) and prompt:
         if all(isinstance(p, str) for p in prompt):
             return sum(len(p) for p in prompt) // 4 + 1
-        if all(isinstance(p, int) and not isinstance(p, bool) for p in prompt):
+        if all(_is_int(p) for p in prompt):
             return len(prompt)
-        if all(isinstance(p, list) and all(isinstance(t, int) and not isinstance(t, bool) for t in p) for p in prompt):
+        if all(isinstance(p, list) and all(_is_int(t) for t in p) for p in prompt):
             return sum(len(p) for p in prompt)
     raise bad_request(
         "'prompt' must be a string, an array of strings or an array of token ids.", param="prompt", code="invalid_type"
