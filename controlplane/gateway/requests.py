@@ -92,7 +92,7 @@ def _estimate_prompt(prompt: Any) -> int:
     )
 
 
-def parse_completion(body: bytes, *, chat: bool) -> CompletionRequest:
+def _payload(body: bytes) -> dict[str, Any]:
     if not body:
         raise bad_request("The request body is empty; send a JSON object.", code="invalid_json")
     try:
@@ -101,47 +101,64 @@ def parse_completion(body: bytes, *, chat: bool) -> CompletionRequest:
         raise bad_request("We could not parse the JSON body of your request.", code="invalid_json") from None
     if not isinstance(payload, dict):
         raise bad_request("The request body must be a JSON object.", code="invalid_json")
+    return payload
+
+
+def _model(payload: dict[str, Any]) -> str:
     model = payload.get("model")
     if not isinstance(model, str) or not model:
         raise bad_request("'model' is required and must be a string.", param="model", code="invalid_type")
     if len(model) > MAX_MODEL_NAME:
         raise bad_request("'model' is too long.", param="model")
-    if chat:
-        if "messages" not in payload:
-            raise bad_request("'messages' is required.", param="messages", code="missing_required_parameter")
-        estimate = _estimate_chat(payload["messages"])
-    else:
-        if "prompt" not in payload:
-            raise bad_request("'prompt' is required.", param="prompt", code="missing_required_parameter")
-        estimate = _estimate_prompt(payload["prompt"])
+    return model
+
+
+def _prompt_estimate(payload: dict[str, Any], *, chat: bool) -> int:
+    name = "messages" if chat else "prompt"
+    if name not in payload:
+        raise bad_request(f"'{name}' is required.", param=name, code="missing_required_parameter")
+    return _estimate_chat(payload[name]) if chat else _estimate_prompt(payload[name])
+
+
+def _max_tokens(payload: dict[str, Any], *, chat: bool) -> int | None:
     max_tokens = _int_field(payload, "max_tokens")
-    if chat:
-        completion_tokens = _int_field(payload, "max_completion_tokens")
-        if completion_tokens is not None:
-            max_tokens = completion_tokens if max_tokens is None else min(max_tokens, completion_tokens)
+    completion_tokens = _int_field(payload, "max_completion_tokens") if chat else None
+    if completion_tokens is None:
+        return max_tokens
+    return completion_tokens if max_tokens is None else min(max_tokens, completion_tokens)
+
+
+def _include_usage(payload: dict[str, Any], stream: bool) -> bool:
+    options = payload.get("stream_options")
+    if options is None:
+        return False
+    if not stream:
+        raise bad_request("'stream_options' is only allowed when 'stream' is true.", param="stream_options")
+    if not isinstance(options, dict):
+        raise bad_request("'stream_options' must be an object.", param="stream_options", code="invalid_type")
+    flag = options.get("include_usage")
+    if flag is not None and not isinstance(flag, bool):
+        raise bad_request(
+            "'stream_options.include_usage' must be a boolean.",
+            param="stream_options.include_usage",
+            code="invalid_type",
+        )
+    return bool(flag)
+
+
+def parse_completion(body: bytes, *, chat: bool) -> CompletionRequest:
+    payload = _payload(body)
+    model = _model(payload)
+    estimate = _prompt_estimate(payload, chat=chat)
+    max_tokens = _max_tokens(payload, chat=chat)
     stream = payload.get("stream")
     if stream is not None and not isinstance(stream, bool):
         raise bad_request("'stream' must be a boolean.", param="stream", code="invalid_type")
-    include_usage = False
-    options = payload.get("stream_options")
-    if options is not None:
-        if not stream:
-            raise bad_request("'stream_options' is only allowed when 'stream' is true.", param="stream_options")
-        if not isinstance(options, dict):
-            raise bad_request("'stream_options' must be an object.", param="stream_options", code="invalid_type")
-        flag = options.get("include_usage")
-        if flag is not None and not isinstance(flag, bool):
-            raise bad_request(
-                "'stream_options.include_usage' must be a boolean.",
-                param="stream_options.include_usage",
-                code="invalid_type",
-            )
-        include_usage = bool(flag)
     return CompletionRequest(
         payload=payload,
         model=model,
         max_tokens=max_tokens,
         stream=bool(stream),
-        include_usage=include_usage,
+        include_usage=_include_usage(payload, bool(stream)),
         prompt_estimate=estimate,
     )
