@@ -37,14 +37,18 @@ class ValidationErrorSerializer(ErrorSerializer):
     For compatibility the same field keys also appear at the top level.
     """
 
-    errors = serializers.DictField(
-        child=serializers.JSONField(),
-        required=False,
-        help_text="Field name (or `non_field_errors`) -> list of messages.",
-    )
-
     class Meta:
         ref_name = "ValidationError"
+
+    def get_fields(self) -> dict[str, serializers.Field]:
+        # Added here, not declared: an ``errors`` attribute would hide ``Serializer.errors``.
+        fields: dict[str, serializers.Field] = super().get_fields()
+        fields["errors"] = serializers.DictField(
+            child=serializers.JSONField(),
+            required=False,
+            help_text="Field name (or `non_field_errors`) -> list of messages.",
+        )
+        return fields
 
 
 def _error(description: str, serializer: type[serializers.Serializer] = ErrorSerializer) -> OpenApiResponse:
