@@ -35,6 +35,8 @@ logger = logging.getLogger(__name__)
 
 # Postgres offsets are bigint; anything near that is a mistake, not a page.
 MAX_OFFSET = 10**9
+# The schema pattern of strings that may not contain NUL (refused by DRF and by StrictJSONParser).
+NO_NUL = "^[^\\x00]*$"
 
 
 class Pagination(LimitOffsetPagination):
@@ -130,6 +132,7 @@ def _query_schema(field: serializers.Field | None) -> dict[str, Any]:
         return build_basic_type(OpenApiTypes.BOOL) or {}
     schema = build_basic_type(OpenApiTypes.STR) or {}
     if isinstance(field, serializers.CharField):
+        schema["pattern"] = NO_NUL  # DRF refuses NUL in every CharField
         schema = _bounded(
             schema, "minLength", field.min_length or (0 if field.allow_blank else 1), "maxLength", field.max_length
         )

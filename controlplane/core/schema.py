@@ -15,7 +15,7 @@ from drf_spectacular.openapi import AutoSchema
 from drf_spectacular.utils import OpenApiResponse
 from rest_framework import serializers
 
-from controlplane.core.api import InputSerializer
+from controlplane.core.api import NO_NUL, InputSerializer
 
 
 class ErrorSerializer(serializers.Serializer):
@@ -106,6 +106,14 @@ class ApiSchema(AutoSchema):
             has_query_params=has_query_params,
             has_body=self.method in ("POST", "PATCH", "PUT") and self.get_request_serializer() is not None,
         )
+
+    def _map_serializer_field(self, field: Any, direction: Any, bypass_extensions: bool = False) -> Any:
+        schema = super()._map_serializer_field(field, direction, bypass_extensions)
+        if direction == "request" and isinstance(field, serializers.CharField) and isinstance(schema, dict):
+            plain = schema.get("type") == "string" and not {"pattern", "format", "enum"} & set(schema)
+            if plain:
+                schema["pattern"] = NO_NUL  # a field's own RegexValidator, if any, replaces it
+        return schema
 
     def _map_basic_serializer(self, serializer: Any, direction: Any) -> dict[str, Any]:
         schema: dict[str, Any] = super()._map_basic_serializer(serializer, direction)
