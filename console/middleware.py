@@ -121,3 +121,69 @@ class DatabaseUnavailableMiddleware:
             "database unavailable on %s %s: %s", request.method, request.path[:200], type(exception).__name__
         )
         return database_unavailable_response(request)
+
+
+JSON_ERROR_PREFIXES = ("/api/", "/v1/")
+
+
+def _wants_json_errors(request: HttpRequest) -> bool:
+    return request.path.startswith(JSON_ERROR_PREFIXES)
+
+
+def json_error_response(request: HttpRequest, status: int, detail: str, code: str) -> JsonResponse:
+    body: dict[str, Any] = {"detail": detail, "code": code}
+    if status >= 500:
+        body["request_id"] = request_id.current() or ""
+    return JsonResponse(body, status=status)
+
+
+_ERROR_CODES = {
+    400: "invalid",
+    403: "permission_denied",
+    404: "not_found",
+    405: "method_not_allowed",
+    413: "request_too_large",
+    500: "server_error",
+}
+
+
+class ApiErrorMiddleware:
+    """Errors under ``/api/`` (and ``/v1/``, should one reach Django) are JSON, always.
+
+    DRF views answer their own errors as JSON (``controlplane.core.api.exception_handler``); this
+    covers the rest: unknown URLs (Django's 404 page), other HTML error pages (Django's 400, 403,
+    405, 500 or debug pages), and exceptions a view did not handle, which are logged with the
+    request id that the 500's body repeats. Dashboard pages keep their HTML errors. After
+    ``DatabaseUnavailableMiddleware`` in ``MIDDLEWARE`` so that an unreachable database stays a 503.
+    """
+
+    def __init__(self, get_response: Callable[[HttpRequest], HttpResponse]) -> None:
+        self.get_response = get_response
+
+    def __call__(self, request: HttpRequest) -> HttpResponse:
+        response = self.get_response(request)
+        if response.status_code < 400 or not _wants_json_errors(request):
+            return response
+        if (response.get("Content-Type") or "").startswith("application/json"):
+            return response
+        status = response.status_code
+        replacement = json_error_response(
+            request, status, response.reason_phrase or "Error.", _ERROR_CODES.get(status, "error")
+        )
+        for header in ("Allow", "Retry-After", "WWW-Authenticate"):
+            if header in response:
+                replacement[header] = response[header]
+        return replacement
+
+    def process_exception(self, request: HttpRequest, exception: Exception) -> HttpResponse | None:
+        if not _wants_json_errors(request) or isinstance(exception, _DATABASE_ERRORS):
+            return None
+        rid = request_id.current() or ""
+        logger.error(
+            "unhandled error on %s %s (request id %s)",
+            request.method,
+            request.path[:200],
+            rid,
+            exc_info=(type(exception), exception, exception.__traceback__),
+        )
+        return json_error_response(request, 500, "The server failed to process the request.", "server_error")

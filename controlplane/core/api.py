@@ -34,14 +34,59 @@ logger = logging.getLogger(__name__)
 
 # Postgres offsets are bigint; anything near that is a mistake, not a page.
 MAX_OFFSET = 10**9
+# The schema pattern of strings that may not contain NUL (refused by DRF and by StrictJSONParser).
+NO_NUL = "^[^\\x00]*$"
 
 
 class Pagination(LimitOffsetPagination):
+    """``?limit=`` (1 or more; above ``max_limit`` means ``max_limit``) and ``?offset=`` (0 or
+    more): anything else is a 400 naming the parameter, not a silently different page."""
+
     default_limit = 50
     max_limit = 500
 
+    def get_limit(self, request: Request) -> int:
+        value = _paging_int(request, self.limit_query_param, minimum=1)
+        return self.default_limit if value is None else min(value, self.max_limit)
+
     def get_offset(self, request: Request) -> int:
-        return min(super().get_offset(request), MAX_OFFSET)
+        value = _paging_int(request, self.offset_query_param, minimum=0)
+        return 0 if value is None else min(value, MAX_OFFSET)
+
+    def get_schema_operation_parameters(self, view: Any) -> list[dict[str, Any]]:
+        limit_help = (
+            f"Rows per page, 1 to {self.max_limit} (larger values mean {self.max_limit}); default {self.default_limit}."
+        )
+        return [
+            {
+                "name": self.limit_query_param,
+                "required": False,
+                "in": "query",
+                "description": limit_help,
+                "schema": {"type": "integer", "minimum": 1},
+            },
+            {
+                "name": self.offset_query_param,
+                "required": False,
+                "in": "query",
+                "description": "Rows to skip before the page starts; default 0.",
+                "schema": {"type": "integer", "minimum": 0},
+            },
+        ]
+
+
+def _paging_int(request: Request, name: str, *, minimum: int) -> int | None:
+    """The query parameter ``name`` as an integer of at least ``minimum``; ``None`` when absent."""
+    raw = request.query_params.get(name)
+    if raw is None:
+        return None
+    text = raw
+    if not (text.isascii() and text.isdigit()) or len(text) > 100:
+        raise exceptions.ValidationError({name: ["A valid integer is required."]})
+    value = int(text)
+    if value < minimum:
+        raise exceptions.ValidationError({name: [f"Ensure this value is greater than or equal to {minimum}."]})
+    return value
 
 
 class QueryFilterBackend:
@@ -74,15 +119,34 @@ class QueryFilterBackend:
 
 
 def _query_schema(field: serializers.Field | None) -> dict[str, Any]:
+    """The schema of a filter parameter: its type, enum and bounds, as its field parses it."""
+    if isinstance(field, serializers.ChoiceField):
+        return {"type": "string", "enum": [str(c) for c in field.choices]}
     if isinstance(field, serializers.IntegerField):
-        return build_basic_type(OpenApiTypes.INT) or {}
+        schema = build_basic_type(OpenApiTypes.INT) or {}
+        return _bounded(schema, "minimum", field.min_value, "maximum", field.max_value)
     if isinstance(field, serializers.DateTimeField):
         return build_basic_type(OpenApiTypes.DATETIME) or {}
     if isinstance(field, serializers.BooleanField):
         return build_basic_type(OpenApiTypes.BOOL) or {}
-    if isinstance(field, serializers.ChoiceField):
-        return {"type": "string", "enum": [str(c) for c in field.choices]}
-    return build_basic_type(OpenApiTypes.STR) or {}
+    schema = build_basic_type(OpenApiTypes.STR) or {}
+    if isinstance(field, serializers.CharField):
+        schema["pattern"] = NO_NUL  # DRF refuses NUL in every CharField
+        schema = _bounded(
+            schema, "minLength", field.min_length or (0 if field.allow_blank else 1), "maxLength", field.max_length
+        )
+        if isinstance(field, serializers.SlugField):
+            schema["pattern"] = "^[-a-zA-Z0-9_]+$"
+    return schema
+
+
+def _bounded(schema: dict[str, Any], low_key: str, low: Any, high_key: str, high: Any) -> dict[str, Any]:
+    schema = dict(schema)
+    if low is not None:
+        schema[low_key] = low
+    if high is not None:
+        schema[high_key] = high
+    return schema
 
 
 class StableOrderingFilter(OrderingFilter):
@@ -180,14 +244,7 @@ class InputSerializer(serializers.Serializer):
     read_only_names: ClassVar[frozenset[str]] = frozenset()
 
     def to_internal_value(self, data: Any) -> Any:
-        errors: dict[str, Any] = {}
-        if isinstance(data, Mapping):
-            writable = {name for name, field in self.fields.items() if not field.read_only}
-            for name in data:
-                if name in writable:
-                    continue
-                key = str(name)
-                errors[key] = ["This field is read-only."] if key in self.read_only_names else ["Unknown field."]
+        errors: dict[str, Any] = self._unknown_fields(data) if isinstance(data, Mapping) else {}
         try:
             value = super().to_internal_value(data)
         except serializers.ValidationError as exc:
@@ -198,6 +255,37 @@ class InputSerializer(serializers.Serializer):
         if errors:
             raise serializers.ValidationError(errors)
         return value
+
+    def _unknown_fields(self, data: Mapping[str, Any]) -> dict[str, Any]:
+        """Unknown and read-only names, and JSON values of the wrong type (DRF would coerce
+        ``"3"`` to 3 or ``0`` to ``"0"``; the schema promises an integer or a string)."""
+        errors: dict[str, Any] = {}
+        for name, value in data.items():
+            key = str(name)
+            field = self.fields.get(key)
+            if field is None or field.read_only:
+                errors[key] = ["This field is read-only."] if key in self.read_only_names else ["Unknown field."]
+            elif (message := _wrong_json_type(field, value)) is not None:
+                errors[key] = [message]
+        return errors
+
+
+def _wrong_json_type(field: serializers.Field, value: Any) -> str | None:
+    """A message if ``value`` is not of the JSON type the field's schema declares."""
+    if value is None:
+        return None  # DRF's own check: "may not be null" unless allow_null
+    if isinstance(field, serializers.MultipleChoiceField):
+        return None
+    if isinstance(field, serializers.BooleanField):
+        return None if isinstance(value, bool) else "Must be a boolean."
+    if isinstance(field, serializers.IntegerField | serializers.PrimaryKeyRelatedField):
+        number = isinstance(value, int) or (isinstance(value, float) and value.is_integer())
+        return None if number and not isinstance(value, bool) else "A valid integer is required."
+    if isinstance(field, serializers.FloatField | serializers.DecimalField):
+        return None if isinstance(value, int | float) and not isinstance(value, bool) else "A valid number is required."
+    if isinstance(field, serializers.CharField | serializers.ChoiceField | serializers.DateTimeField):
+        return None if isinstance(value, str) else "Not a valid string."
+    return None
 
 
 class TenantChoiceMixin(serializers.Serializer):
@@ -321,14 +409,8 @@ def _identity(value: Any) -> Any:
 def _field_plan(field: Any, model: Any) -> tuple[str, Any] | None:
     """``(attribute, converter)`` for a field that reads one concrete column of the model and
     whose ``to_representation`` is known exactly; ``None`` sends the field the general way."""
-    source_attrs = getattr(field, "source_attrs", None)
-    if not source_attrs or len(source_attrs) != 1 or model is None:
-        return None
-    try:
-        column = model._meta.get_field(source_attrs[0])
-    except Exception:  # a property, an annotation, a reverse relation: DRF's own path
-        return None
-    if not getattr(column, "concrete", False):
+    column = _concrete_column(field, model)
+    if column is None:
         return None
     kind = type(field)
     if kind is serializers.PrimaryKeyRelatedField:
@@ -337,18 +419,38 @@ def _field_plan(field: Any, model: Any) -> tuple[str, Any] | None:
         return column.attname, _identity  # DRF answers the id (PKOnlyObject) for these
     if column.is_relation:
         return None
-    if kind is serializers.CharField:
-        return column.attname, str
-    if kind is serializers.IntegerField:
-        return column.attname, int
-    if kind is serializers.FloatField:
-        return column.attname, float
-    if kind is serializers.JSONField and not field.binary:
-        return column.attname, _identity
+    convert = _converter(field, kind)
+    return None if convert is None else (column.attname, convert)
+
+
+def _concrete_column(field: Any, model: Any) -> Any:
+    """The model column a field reads directly (one plain source attribute), or ``None``."""
+    source_attrs = getattr(field, "source_attrs", None)
+    if not source_attrs or len(source_attrs) != 1 or model is None:
+        return None
+    try:
+        column = model._meta.get_field(source_attrs[0])
+    except Exception:  # a property, an annotation, a reverse relation: DRF's own path
+        return None
+    return column if getattr(column, "concrete", False) else None
+
+
+_PLAIN_CONVERTERS: dict[type, Any] = {
+    serializers.CharField: str,
+    serializers.IntegerField: int,
+    serializers.FloatField: float,
+}
+
+
+def _converter(field: Any, kind: type) -> Any:
+    if kind in _PLAIN_CONVERTERS:
+        return _PLAIN_CONVERTERS[kind]
+    if kind is serializers.JSONField:
+        return None if field.binary else _identity
     if kind is serializers.DateTimeField:
-        return column.attname, _datetime_converter(field)
+        return _datetime_converter(field)
     if kind in (serializers.BooleanField, serializers.ChoiceField):
-        return column.attname, field.to_representation
+        return field.to_representation
     return None
 
 

@@ -27,7 +27,7 @@ from django.conf import settings
 from django.db import DatabaseError
 
 from controlplane.core import request_id
-from controlplane.gateway import metrics
+from controlplane.gateway import metrics, openapi
 from controlplane.gateway.auth import KeyCache, authenticate, revocation_listener
 from controlplane.gateway.conf import GatewayConf, load
 from controlplane.gateway.db import run_db
@@ -49,6 +49,7 @@ Send = Callable[[Message], Awaitable[None]]
 JSON = b"application/json"
 CHAT_PATH = "/v1/chat/completions"
 COMPLETIONS_PATH = "/v1/completions"
+OPENAPI_PATH = "/v1/openapi.json"
 WAKE_DEBOUNCE_SECONDS = 10.0
 WATCH_AFTER_SECONDS = 0.05  # a disconnect is noticed at most this late
 
@@ -279,8 +280,8 @@ class Gateway:
         if scope["type"] == "lifespan":
             await self.lifespan(receive, send)
             return
-        if not self._started:  # servers without lifespan support (daphne): start on first use
-            await self._start_once()
+        if not self._started:
+            await self._start_on_first_use()
         exchange = Exchange(send, request_id.from_asgi(scope["headers"]))
         # Each request runs in a task of its own, whose context dies with it: nothing to unbind.
         structlog.contextvars.bind_contextvars(request_id=exchange.request_id)
@@ -302,12 +303,12 @@ class Gateway:
         except Exception:
             logger.exception("gateway error on %s %s", method, path[:200])
             if not exchange.started:
-                await exchange.error(
-                    GatewayError(500, "The gateway failed to process the request.", type="server_error")
-                )
+                message = f"The gateway failed to process the request (request id {exchange.request_id})."
+                await exchange.error(GatewayError(500, message, type="server_error"))
         metrics.count_request(exchange.model, exchange.status)
 
-    async def _start_once(self) -> None:
+    async def _start_on_first_use(self) -> None:
+        """For servers without lifespan support (daphne)."""
         if self._start_lock is None:
             self._start_lock = asyncio.Lock()
         async with self._start_lock:
@@ -317,16 +318,16 @@ class Gateway:
         path: str = scope["path"]
         method: str = scope["method"]
         if path in (CHAT_PATH, COMPLETIONS_PATH):
-            if method != "POST":
-                raise GatewayError(405, f"Use POST for {path}.", code="method_not_allowed")
+            _allow(method, path, "POST")
             await self.completion(scope, receive, exchange, chat=path == CHAT_PATH)
         elif path == "/v1/models" or path.startswith("/v1/models/"):
-            if method != "GET":
-                raise GatewayError(405, f"Use GET for {path}.", code="method_not_allowed")
+            _allow(method, path, "GET")
             await self.models(scope, exchange, path[len("/v1/models/") :] if path != "/v1/models" else None)
+        elif path == OPENAPI_PATH:
+            _allow(method, path, "GET", "HEAD")
+            await exchange.respond(200, openapi.document_bytes())
         elif path == "/metrics":
-            if method not in ("GET", "HEAD"):
-                raise GatewayError(405, "Use GET for /metrics.", code="method_not_allowed")
+            _allow(method, path, "GET", "HEAD")
             # In a thread: collecting reads the database and Redis (controlplane.deployments.metrics).
             data, content_type = await metrics.render_async()
             await exchange.respond(200, data, content_type.encode())
@@ -653,6 +654,17 @@ class Gateway:
 
 
 gateway = Gateway()
+
+
+def _allow(method: str, path: str, *allowed: str) -> None:
+    """405 (with ``Allow``) unless ``method`` is one of ``allowed``."""
+    if method not in allowed:
+        raise GatewayError(
+            405,
+            f"Use {' or '.join(allowed)} for {path[:200]}.",
+            code="method_not_allowed",
+            headers=[(b"allow", ", ".join(allowed).encode())],
+        )
 
 
 def route_http(django_app: Callable[..., Awaitable[None]]) -> Callable[..., Awaitable[None]]:

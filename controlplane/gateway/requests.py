@@ -27,11 +27,18 @@ class CompletionRequest:
     prompt_estimate: int
 
 
+def _is_int(value: Any) -> bool:
+    """An integer as JSON Schema counts them: ``3`` and ``3.0``, not ``true``."""
+    if isinstance(value, float):
+        return value.is_integer()
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
 def _int_field(payload: dict[str, Any], name: str) -> int | None:
     value = payload.get(name)
     if value is None:
         return None
-    if isinstance(value, bool) or not isinstance(value, int):
+    if not _is_int(value):
         raise bad_request(f"'{name}' must be an integer.", param=name, code="invalid_type")
     if value < 1:
         raise bad_request(f"'{name}' must be at least 1.", param=name)
@@ -76,34 +83,16 @@ def _estimate_prompt(prompt: Any) -> int:
     if isinstance(prompt, list) and prompt:
         if all(isinstance(p, str) for p in prompt):
             return sum(len(p) for p in prompt) // 4 + 1
-        if all(isinstance(p, int) and not isinstance(p, bool) for p in prompt):
+        if all(_is_int(p) for p in prompt):
             return len(prompt)
-        if all(isinstance(p, list) and all(isinstance(t, int) and not isinstance(t, bool) for t in p) for p in prompt):
+        if all(isinstance(p, list) and all(_is_int(t) for t in p) for p in prompt):
             return sum(len(p) for p in prompt)
     raise bad_request(
         "'prompt' must be a string, an array of strings or an array of token ids.", param="prompt", code="invalid_type"
     )
 
 
-def parse_completion(body: bytes, *, chat: bool) -> CompletionRequest:
-    payload = _json_object(body)
-    model = _model(payload)
-    estimate = _chat_estimate(payload) if chat else _prompt_estimate(payload)
-    max_tokens = _max_tokens(payload, chat=chat)
-    stream = payload.get("stream")
-    if stream is not None and not isinstance(stream, bool):
-        raise bad_request("'stream' must be a boolean.", param="stream", code="invalid_type")
-    return CompletionRequest(
-        payload=payload,
-        model=model,
-        max_tokens=max_tokens,
-        stream=bool(stream),
-        include_usage=_include_usage(payload, stream=bool(stream)),
-        prompt_estimate=estimate,
-    )
-
-
-def _json_object(body: bytes) -> dict[str, Any]:
+def _payload(body: bytes) -> dict[str, Any]:
     if not body:
         raise bad_request("The request body is empty; send a JSON object.", code="invalid_json")
     try:
@@ -124,30 +113,22 @@ def _model(payload: dict[str, Any]) -> str:
     return model
 
 
-def _chat_estimate(payload: dict[str, Any]) -> int:
-    if "messages" not in payload:
-        raise bad_request("'messages' is required.", param="messages", code="missing_required_parameter")
-    return _estimate_chat(payload["messages"])
-
-
-def _prompt_estimate(payload: dict[str, Any]) -> int:
-    if "prompt" not in payload:
-        raise bad_request("'prompt' is required.", param="prompt", code="missing_required_parameter")
-    return _estimate_prompt(payload["prompt"])
+def _prompt_estimate(payload: dict[str, Any], *, chat: bool) -> int:
+    name = "messages" if chat else "prompt"
+    if name not in payload:
+        raise bad_request(f"'{name}' is required.", param=name, code="missing_required_parameter")
+    return _estimate_chat(payload[name]) if chat else _estimate_prompt(payload[name])
 
 
 def _max_tokens(payload: dict[str, Any], *, chat: bool) -> int | None:
-    """``max_tokens``; for chat, the smaller of it and ``max_completion_tokens`` (its newer name)."""
     max_tokens = _int_field(payload, "max_tokens")
-    if not chat:
-        return max_tokens
-    completion_tokens = _int_field(payload, "max_completion_tokens")
+    completion_tokens = _int_field(payload, "max_completion_tokens") if chat else None
     if completion_tokens is None:
         return max_tokens
     return completion_tokens if max_tokens is None else min(max_tokens, completion_tokens)
 
 
-def _include_usage(payload: dict[str, Any], *, stream: bool) -> bool:
+def _include_usage(payload: dict[str, Any], stream: bool) -> bool:
     options = payload.get("stream_options")
     if options is None:
         return False
@@ -163,3 +144,21 @@ def _include_usage(payload: dict[str, Any], *, stream: bool) -> bool:
             code="invalid_type",
         )
     return bool(flag)
+
+
+def parse_completion(body: bytes, *, chat: bool) -> CompletionRequest:
+    payload = _payload(body)
+    model = _model(payload)
+    estimate = _prompt_estimate(payload, chat=chat)
+    max_tokens = _max_tokens(payload, chat=chat)
+    stream = payload.get("stream")
+    if stream is not None and not isinstance(stream, bool):
+        raise bad_request("'stream' must be a boolean.", param="stream", code="invalid_type")
+    return CompletionRequest(
+        payload=payload,
+        model=model,
+        max_tokens=max_tokens,
+        stream=bool(stream),
+        include_usage=_include_usage(payload, bool(stream)),
+        prompt_estimate=estimate,
+    )

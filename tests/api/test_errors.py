@@ -130,6 +130,10 @@ def test_bad_filters_are_field_errors(operator_client: Any) -> None:
         ("deployments", {"phase": "Flying"}),
         ("deployments", {"name": "a\x00b"}),
         ("usage", {"until": "2026-13-45"}),
+        ("usage", {"until": ""}),
+        ("events", {"reason": ""}),
+        ("deployments", {"name": ""}),
+        ("replicas", {"deployment": "0"}),
         ("keys", {"active": "perhaps"}),
         ("members", {"tenant": "not a slug!"}),
     ]
@@ -139,12 +143,15 @@ def test_bad_filters_are_field_errors(operator_client: Any) -> None:
         assert set(response.json()["errors"]) == set(params)
 
 
-def test_paging_and_ordering_are_forgiving_and_bounded(tenant: Any, operator_client: Any) -> None:
+def test_paging_is_validated_and_bounded(tenant: Any, operator_client: Any) -> None:
     for _ in range(3):
         DeploymentFactory(tenant=tenant)
     url = "/api/v1/deployments/"
     assert operator_client.get(url, {"offset": str(10**30)}).status_code == 200
-    assert operator_client.get(url, {"limit": "lots"}).status_code == 200
+    for params in ({"limit": "lots"}, {"limit": "0"}, {"limit": "-1"}, {"offset": "null"}, {"offset": "-5"}, {"offset": ""}, {"limit": "1.5"}):  # fmt: skip
+        response = operator_client.get(url, params)
+        assert response.status_code == 400, (params, response.content)
+        assert set(response.json()["errors"]) == set(params)
     assert operator_client.get(url, {"ordering": "secret_field"}).status_code == 200
     assert operator_client.get(url, {"limit": 100_000}).json()["next"] is None
     names = [d["name"] for d in rows(operator_client.get(url, {"ordering": "-name"}))]
@@ -274,3 +281,32 @@ def test_every_declared_ordering_works(tenant: Any, make_member: Any, client_for
 def test_charsets_and_media_types(operator_client: Any, content_type: str, status: int) -> None:
     response = operator_client.generic("POST", "/api/v1/keys/", b'{"name": "k\xe9"}', content_type=content_type)
     assert response.status_code == status, response.content
+
+
+def test_wrong_json_types_are_not_coerced(tenant: Any, make_member: Any, client_for: Any) -> None:
+    client = client_for(make_member(Role.OWNER, tenant))
+    url = f"/api/v1/tenants/{tenant.slug}/"
+    response = client.patch(url, {"name": 0, "rpm_limit": "5", "tpm_limit": True}, format="json")
+    assert response.status_code == 400
+    assert response.json()["errors"] == {
+        "name": ["Not a valid string."],
+        "rpm_limit": ["A valid integer is required."],
+        "tpm_limit": ["A valid integer is required."],
+    }
+    assert client.patch(url, {"rpm_limit": 5.0}, format="json").status_code == 200
+
+
+def test_schema_documents_errors_and_closed_bodies() -> None:
+    from rest_framework.test import APIClient
+
+    schema = APIClient().get("/api/schema/", HTTP_ACCEPT="application/vnd.oai.openapi+json").json()
+    detail = schema["paths"]["/api/v1/deployments/{id}/"]
+    assert {"401", "403", "404", "500", "503"} <= set(detail["get"]["responses"])
+    assert {"400", "404", "409", "413", "415"} <= set(detail["patch"]["responses"])
+    listing = schema["paths"]["/api/v1/deployments/"]["get"]
+    assert listing["responses"]["400"]["content"]["application/json"]["schema"]["$ref"].endswith("/ValidationError")
+    params = {p["name"]: p["schema"] for p in listing["parameters"]}
+    assert params["limit"] == {"type": "integer", "minimum": 1}
+    assert params["offset"] == {"type": "integer", "minimum": 0}
+    assert params["name"]["minLength"] == 1 and params["name"]["maxLength"] == 63
+    assert schema["components"]["schemas"]["PatchedTenantUpdateInputRequest"]["additionalProperties"] is False

@@ -19,6 +19,7 @@ from rest_framework.utils.serializer_helpers import ReturnList
 from controlplane.core.api import QueryFilterBackend, StableOrderingFilter, StrictJSONParser, lean_rows
 from controlplane.core.context import Actor, client_ip
 from controlplane.core.exceptions import PermissionDenied, ValidationFailed
+from controlplane.core.schema import ApiSchema
 from controlplane.tenancy.access import Access, access_for
 from controlplane.tenancy.choices import Perm
 from controlplane.tenancy.models import Tenant
@@ -45,6 +46,7 @@ class ScopedViewSet(viewsets.GenericViewSet):
     selector, which raises NotFound for objects of other tenants).
     """
 
+    schema = ApiSchema()
     parser_classes = [StrictJSONParser]
     filter_backends = [QueryFilterBackend, StableOrderingFilter]
     http_method_names = ["get", "post", "patch", "delete", "head", "options"]
@@ -75,7 +77,8 @@ class ScopedViewSet(viewsets.GenericViewSet):
 
     def get_filters(self) -> dict[str, Any]:
         params = self.request.query_params
-        present = {name: params.get(name) for name in self.filter_fields if params.get(name) not in (None, "")}
+        # An empty value (``?until=``) is parsed like any other: a 400 unless the field allows it.
+        present = {name: params.get(name) for name in self.filter_fields if params.get(name) is not None}
         if not present:
             return {}
         serializer_class = type(
@@ -156,4 +159,7 @@ class PlatformViewSet(ScopedViewSet):
         super().initial(request, *args, **kwargs)  # authentication first: anonymous stays 401/403
         if getattr(self, "swagger_fake_view", False):
             return
+        method = (request.method or "").lower()
+        if method not in self.http_method_names or getattr(self, method, None) is None:
+            return  # DRF answers 405 next, as for every endpoint (the route itself is public)
         get_access(request).require_platform_admin()
