@@ -230,7 +230,7 @@ class TenantSlugField(serializers.Field):
         # The request's tenancy Access, if any (core knows only that it maps tenant ids to slugs).
         slugs = getattr(self.context.get("access"), "slugs", None)
         slug = slugs.get(tenant_id) if isinstance(slugs, dict) else None
-        return slug if slug is not None else value.tenant.slug
+        return str(slug) if slug is not None else str(value.tenant.slug)
 
 
 class InputSerializer(serializers.Serializer):

@@ -92,7 +92,7 @@ class ApiSchema(AutoSchema):
             if str(status) in responses:
                 continue
             description, serializer = ERRORS[status]
-            responses[str(status)] = self._get_response_for_code(_error(description, serializer), str(status))
+            responses[str(status)] = self._get_response_for_code(_error(description, serializer), str(status))  # type: ignore[no-untyped-call]
         return responses
 
     def _error_statuses(self) -> list[int]:
@@ -108,7 +108,7 @@ class ApiSchema(AutoSchema):
         )
 
     def _map_serializer_field(self, field: Any, direction: Any, bypass_extensions: bool = False) -> Any:
-        schema = super()._map_serializer_field(field, direction, bypass_extensions)
+        schema = super()._map_serializer_field(field, direction, bypass_extensions)  # type: ignore[no-untyped-call]
         if direction == "request" and isinstance(field, serializers.CharField) and isinstance(schema, dict):
             plain = schema.get("type") == "string" and not {"pattern", "format", "enum"} & set(schema)
             if plain:
@@ -116,7 +116,7 @@ class ApiSchema(AutoSchema):
         return schema
 
     def _map_basic_serializer(self, serializer: Any, direction: Any) -> dict[str, Any]:
-        schema: dict[str, Any] = super()._map_basic_serializer(serializer, direction)
+        schema: dict[str, Any] = super()._map_basic_serializer(serializer, direction)  # type: ignore[no-untyped-call]
         closed = isinstance(serializer, InputSerializer) or (
             isinstance(serializer, type) and issubclass(serializer, InputSerializer)
         )

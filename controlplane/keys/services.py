@@ -63,7 +63,7 @@ def _limit(ceiling: int) -> Callable[[Any], int]:
     def clean(value: Any) -> int:
         if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value <= ceiling:
             raise _Invalid(f"Must be a whole number from 0 to {ceiling} (0 = no limit of its own).")
-        return value
+        return int(value)
 
     return clean
 

@@ -112,7 +112,7 @@ class DeploymentViewSet(ScopedViewSet):
         return selectors.deployment_get(access=self.access, pk=int(lookup))
 
     def _changeable(self) -> Deployment:
-        deployment = self.get_object()
+        deployment: Deployment = self.get_object()
         self.access.require(deployment.tenant_id, Perm.DEPLOYMENT_CHANGE)
         return deployment
 
