@@ -11,9 +11,25 @@ import pytest
 from rest_framework.test import APIClient
 
 from tests.factories import MembershipFactory, TenantFactory, UserFactory
+from tests.support.processes import RUNNING, running_reports
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 _test_database_guards: list[Any] = []  # connections holding a test database's lock until exit
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]) -> Iterator[None]:
+    """A failed test's report ends with the log tails of the processes it had running."""
+    outcome = yield
+    report = outcome.get_result()
+    if report.failed and (tails := running_reports()):
+        report.sections.append(("processes still running (log tails)", tails))
+
+
+def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
+    """Processes a failed test left running (its teardown never came) are stopped here."""
+    for process in reversed(RUNNING[:]):
+        process.stop()
 
 
 @pytest.fixture(scope="session")

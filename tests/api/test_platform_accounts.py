@@ -4,7 +4,6 @@ tenant roles never see them; deactivated users and tenants really stop working."
 from __future__ import annotations
 
 import asyncio
-import time
 from typing import Any
 
 import httpx
@@ -26,6 +25,7 @@ from tests.api.factories import make_token
 from tests.api.mixins import PlatformEndpointTests
 from tests.api.test_fuzz import FUZZ, bodies, send
 from tests.factories import MembershipFactory, PlatformAdminFactory, TenantFactory, UserFactory
+from tests.support.waiting import wait_for_async
 
 pytestmark = pytest.mark.django_db
 
@@ -220,16 +220,16 @@ def _gateway_scenario(token: str, other_token: str, tenant: Tenant) -> list[Any]
             async with httpx.AsyncClient(transport=transport, base_url="http://gateway") as client:
                 headers = {"Authorization": f"Bearer {token}"}
 
-                async def poll_until(status: int) -> None:
-                    deadline = time.monotonic() + 20
-                    while (response := await client.get("/v1/models", headers=headers)).status_code != status:
-                        assert time.monotonic() < deadline, f"still {response.status_code}, expected {status}"
-                        await asyncio.sleep(0.05)
-                    seen.append(response.status_code)
+                async def expect_status(status: int) -> None:
+                    async def answered() -> int | None:
+                        code = (await client.get("/v1/models", headers=headers)).status_code
+                        return code if code == status else None
+
+                    seen.append(await wait_for_async(answered, 20, f"/v1/models answering {status}", interval=0.05))
 
                 seen.append((await client.get("/v1/models", headers=headers)).status_code)  # cached now
                 await sync_to_async(services.tenant_deactivate)(actor=SYSTEM, tenant=tenant)
-                await poll_until(401)  # the announcement purged the cached key, well before its TTL
+                await expect_status(401)  # the announcement purged the cached key, well before its TTL
                 others = {"Authorization": f"Bearer {other_token}"}
                 seen.append((await client.get("/v1/models", headers=others)).status_code)  # other tenants unaffected
                 fresh = Gateway()  # a process that never saw the key refuses it from the database
@@ -239,7 +239,7 @@ def _gateway_scenario(token: str, other_token: str, tenant: Tenant) -> list[Any]
                     seen.append(refused.json()["error"]["code"])
                 await fresh.shutdown()
                 await sync_to_async(services.tenant_activate)(actor=SYSTEM, tenant=tenant)
-                await poll_until(200)  # the negative cache entry expires in seconds
+                await expect_status(200)  # the negative cache entry expires in seconds
         finally:
             await gateway.shutdown()
         return seen

@@ -5,7 +5,6 @@ against the reconciler's status writes (real PostgreSQL, two connections)."""
 from __future__ import annotations
 
 import threading
-import time
 from typing import Any
 
 import pytest
@@ -23,6 +22,7 @@ from controlplane.deployments.status import StatusUpdate, deployment_status_writ
 from controlplane.tenancy.models import Tenant
 from controlplane.tenancy.services import tenant_create, tenant_quota_set
 from tests.factories import DeploymentFactory, ModelFactory, ReplicaFactory, TargetFactory, TenantFactory, UserFactory
+from tests.support.waiting import wait_for
 from workers.autoscaler import autoscale_tick, desired_replicas
 
 pytestmark = pytest.mark.django_db
@@ -177,18 +177,13 @@ def test_min_replicas_above_max_is_refused_at_create(actor: Actor) -> None:
 # ----------------------------------------------------------------------------- lock order
 
 
-def _wait_until_blocked(pid: int, timeout: float = 10.0) -> None:
-    """Poll PostgreSQL until backend ``pid`` waits for a lock."""
-    deadline = time.monotonic() + timeout
+def _blocked_on_a_lock(pid: int) -> bool:
+    """PostgreSQL's view of backend ``pid``: is it waiting for a lock?"""
     with connection.cursor() as cursor:
-        while time.monotonic() < deadline:
-            cursor.execute("SELECT pg_stat_clear_snapshot()")  # a fresh view even inside a transaction
-            cursor.execute("SELECT wait_event_type FROM pg_stat_activity WHERE pid = %s", [pid])
-            row = cursor.fetchone()
-            if row and row[0] == "Lock":
-                return
-            time.sleep(0.01)  # polling PostgreSQL's view of the other session, not a wait for time
-    raise AssertionError(f"backend {pid} never waited for a lock")
+        cursor.execute("SELECT pg_stat_clear_snapshot()")  # a fresh view even inside a transaction
+        cursor.execute("SELECT wait_event_type FROM pg_stat_activity WHERE pid = %s", [pid])
+        row = cursor.fetchone()
+    return bool(row and row[0] == "Lock")
 
 
 @pytest.mark.django_db(transaction=True)
@@ -221,9 +216,9 @@ def test_admission_and_a_status_write_do_not_deadlock(actor: Actor) -> None:
             with transaction.atomic():
                 Deployment.objects.select_for_update().get(pk=deployment.pk)  # as the status write does
                 holding.set()
-                while not scaler_pid:
-                    time.sleep(0.01)
-                _wait_until_blocked(scaler_pid[0])  # the scale holds the tenant and waits for us
+                wait_for(lambda: scaler_pid, 10, "the scaler's backend pid", interval=0.01)
+                # The scale holds the tenant and waits for us.
+                wait_for(lambda: _blocked_on_a_lock(scaler_pid[0]), 10, "the scale waiting for a lock", interval=0.01)
                 written = deployment_status_write(
                     deployment=deployment, owner="worker-1", update=StatusUpdate(phase=Phase.RUNNING, message="up")
                 )

@@ -21,6 +21,7 @@ from controlplane.core.realtime import deployment_group, send_now, tenant_group
 from controlplane.tenancy.choices import Role
 from tests.dashboard.wsclient import WebsocketCommunicator
 from tests.factories import DeploymentFactory, MembershipFactory, TenantFactory, UserFactory
+from tests.support.waiting import wait_for_async
 
 pytestmark = [pytest.mark.django_db(transaction=True), pytest.mark.timeout(60)]
 
@@ -162,19 +163,20 @@ async def test_a_slow_client_gets_coalesced_metrics_and_is_dropped_when_far_behi
         consumer.enqueue(payload, json.dumps(payload))
 
     push({"kind": "metrics", "deployment": 1, "seq": 0})
-    await asyncio.sleep(0.01)  # the sender takes seq 0 and blocks on the socket
+    # The sender takes seq 0 and blocks on the socket.
+    await wait_for_async(lambda: not consumer._metrics, 5, "the sender taking seq 0")
     for seq in range(1, 500):
         push({"kind": "metrics", "deployment": 1, "seq": seq})
     assert len(consumer._metrics) == 1  # only the newest waits
     gate.set()
-    await asyncio.sleep(0.05)
+    await wait_for_async(lambda: len(sent) == 2 and not consumer._metrics, 5, "both sends done")
     assert [p["seq"] for p in sent] == [0, 499]
     gate.clear()
     push({"kind": "event", "n": -1})
-    await asyncio.sleep(0.01)
+    await wait_for_async(lambda: not consumer._queue, 5, "the sender taking the event and blocking")
     for n in range(consumers.MAX_PENDING + 1):
         push({"kind": "event", "n": n})
-    await asyncio.sleep(0.01)
+    await wait_for_async(lambda: closed, 5, "the slow client closed")
     assert closed == [consumers.CLOSE_TOO_SLOW]
     assert consumer._sender is None
 

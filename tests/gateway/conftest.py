@@ -4,13 +4,9 @@ gateway processes (uvicorn on ``console.asgi``) that read the test database."""
 from __future__ import annotations
 
 import os
-import socket
-import subprocess
 import sys
-import time
 import uuid
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -22,46 +18,37 @@ from controlplane.deployments.choices import Phase, ReplicaState
 from controlplane.keys.services import api_key_create
 from tests.conftest import REPO_ROOT, claim_test_database
 from tests.factories import DeploymentFactory, ReplicaFactory, TenantFactory
+from tests.support.ports import free_port
+from tests.support.processes import Process, http_ok
 
 PYTHON = sys.executable
 RUN_ID = uuid.uuid4().hex[:8]
 
 
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
+class Server(Process):
+    """A server process on 127.0.0.1:``port``, ready once ``ready_path`` answers below 500."""
 
+    def __init__(self, name: str, argv: list[str], port: int, **options: Any) -> None:
+        super().__init__(name, argv, **options)
+        self.port = port
+        self.url = f"http://127.0.0.1:{port}"
 
-def wait_http(url: str, timeout: float, proc: subprocess.Popen[bytes] | None = None) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if proc is not None and proc.poll() is not None:
-            raise RuntimeError(f"{url}: process exited with {proc.returncode}")
+    def serve(self, ready_path: str, timeout: float) -> Server:
+        self.start()
         try:
-            if httpx.get(url, timeout=1).status_code < 500:
-                return
-        except httpx.HTTPError:
-            pass
-        time.sleep(0.1)
-    raise TimeoutError(f"{url} did not answer within {timeout} s")
+            self.wait_ready(lambda: http_ok(self.url + ready_path, below=500), timeout, f"{ready_path} answering")
+        except BaseException:
+            self.stop()
+            raise
+        return self
 
 
-def stop(proc: subprocess.Popen[bytes]) -> None:
-    if proc.poll() is None:
-        proc.terminate()
-        try:
-            proc.wait(10)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
-
-
-@dataclass
-class Server:
-    url: str
-    proc: subprocess.Popen[bytes]
-    port: int
+def metric_value(url: str, name: str) -> float | None:
+    """The value of the sample ``name`` (with its labels, as exposed) at ``url``/metrics."""
+    for line in httpx.get(f"{url}/metrics", timeout=10).text.splitlines():
+        if line.startswith(name + " "):
+            return float(line.split()[-1])
+    return None
 
 
 @pytest.fixture(scope="session")
@@ -78,57 +65,29 @@ def start_stub(**options: Any) -> Server:
     args = [PYTHON, str(REPO_ROOT / "bench" / "stub_upstream.py"), "--port", str(port)]
     for name, value in options.items():
         args += [f"--{name.replace('_', '-')}", str(value)]
-    proc = subprocess.Popen(args, cwd=REPO_ROOT)
-    wait_http(f"http://127.0.0.1:{port}/health", 15, proc)
-    return Server(f"http://127.0.0.1:{port}", proc, port)
+    return Server(f"stub-{port}", args, port).serve("/health", 15)
 
 
 @pytest.fixture(scope="session")
 def stub_upstream() -> Iterator[Server]:
     server = start_stub(tokens=8)
     yield server
-    stop(server.proc)
+    server.stop()
 
 
 @pytest.fixture(scope="session")
 def runtime_server(tiny_model_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
     """The real model runtime serving the tiny model as ``tiny``."""
     port = free_port()
-    log = tmp_path_factory.mktemp("runtime") / "runtime.log"
-    proc = subprocess.Popen(
-        [
-            PYTHON,
-            "-m",
-            "workers.runtime",
-            "--model",
-            str(tiny_model_dir),
-            "--port",
-            str(port),
-            "--host",
-            "127.0.0.1",
-            "--served-model-name",
-            "tiny",
-        ],
-        cwd=REPO_ROOT,
-        stdout=log.open("wb"),
-        stderr=subprocess.STDOUT,
-    )
-    deadline = time.monotonic() + 180
-    while True:
-        if proc.poll() is not None:
-            tail = log.read_text(errors="replace")[-2000:]
-            raise RuntimeError(f"runtime exited with {proc.returncode}:\n{tail}")
-        try:
-            if httpx.get(f"http://127.0.0.1:{port}/health", timeout=1).status_code == 200:
-                break
-        except httpx.HTTPError:
-            pass
-        if time.monotonic() > deadline:
-            stop(proc)
-            raise TimeoutError("runtime did not become ready")
-        time.sleep(0.2)
-    yield Server(f"http://127.0.0.1:{port}", proc, port)
-    stop(proc)
+    argv = [PYTHON, "-m", "workers.runtime", "--model", str(tiny_model_dir), "--port", str(port)]
+    argv += ["--host", "127.0.0.1", "--served-model-name", "tiny"]
+    log_path = tmp_path_factory.mktemp("runtime") / "runtime.log"
+    server = Server("runtime", argv, port, log_path=log_path).start()
+    try:
+        server.wait_ready(lambda: http_ok(server.url + "/health"), 180, "/health answering 200", interval=0.2)
+        yield server
+    finally:
+        server.stop()
 
 
 def start_gateway(
@@ -150,33 +109,26 @@ def start_gateway(
     )
     if redis_url:
         env["REDIS_URL"] = redis_url
-    proc = subprocess.Popen(
-        [
-            PYTHON,
-            "-m",
-            "uvicorn",
-            "console.asgi:application",
-            "--host",
-            "127.0.0.1",
-            "--port",
-            str(port),
-            "--loop",
-            "uvloop",
-            "--http",
-            "httptools",
-            "--lifespan",
-            "on",
-            "--no-access-log",
-            "--log-level",
-            "debug" if log_path else "warning",
-        ],
-        cwd=REPO_ROOT,
-        env=env,
-        stdout=log_path.open("ab") if log_path else None,
-        stderr=subprocess.STDOUT if log_path else None,
-    )
-    wait_http(f"http://127.0.0.1:{port}/metrics", 30, proc)
-    return Server(f"http://127.0.0.1:{port}", proc, port)
+    argv = [
+        PYTHON,
+        "-m",
+        "uvicorn",
+        "console.asgi:application",
+        "--host",
+        "127.0.0.1",
+        "--port",
+        str(port),
+        "--loop",
+        "uvloop",
+        "--http",
+        "httptools",
+        "--lifespan",
+        "on",
+        "--no-access-log",
+        "--log-level",
+        "debug" if log_path else "warning",
+    ]
+    return Server(f"gateway-{port}", argv, port, env=env, log_path=log_path).serve("/metrics", 30)
 
 
 @pytest.fixture(scope="session")
@@ -191,7 +143,7 @@ def gateway(gateway_db_name: str) -> Iterator[Server]:
     """One gateway process for the session, serving on a free port."""
     server = start_gateway(gateway_db_name)
     yield server
-    stop(server.proc)
+    server.stop()
 
 
 @pytest.fixture

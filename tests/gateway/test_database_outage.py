@@ -25,7 +25,9 @@ import httpx
 import pytest
 
 from tests.conftest import REPO_ROOT
-from tests.gateway.conftest import auth, free_port, start_gateway, start_stub, stop
+from tests.gateway.conftest import auth, metric_value, start_gateway, start_stub
+from tests.support.ports import free_port
+from tests.support.waiting import wait_for, wait_for_async
 
 pytestmark = pytest.mark.slow
 
@@ -34,6 +36,7 @@ CLIENTS = 16
 LOAD_SECONDS = 40.0
 OUTAGE_AT = 10.0  # seconds into the load
 OUTAGE_SECONDS = 20.0
+STALE_KEYS = 'hangar_gateway_key_cache_total{result="stale"}'
 BODY = {"model": "m", "messages": [{"role": "user", "content": "hello there"}], "max_tokens": 4}
 
 
@@ -165,14 +168,13 @@ def test_gateway_and_console_through_a_database_outage(cluster: Cluster) -> None
         load: Load = figures["load"]
         with httpx.Client(base_url=server.url, timeout=10) as api:
             # Buffered usage reaches the database once it is back...
-            deadline = time.monotonic() + 20
-            while (metered := usage_of(api, user_token, served_key["id"]))["requests"] - metered[
-                "errors"
-            ] < load.served:
-                assert time.monotonic() < deadline, f"usage not written: {metered} for {load.served} served"
-                time.sleep(0.2)
+            def metered() -> dict[str, int] | None:
+                usage = usage_of(api, user_token, served_key["id"])
+                return usage if usage["requests"] - usage["errors"] >= load.served else None
+
+            wait_for(metered, 20, f"usage written for the {load.served} served", interval=0.2)
         # ...and exactly once: the final flush at shutdown adds nothing twice.
-        stop(server.proc)
+        server.stop()
         row = cluster.psql(
             "SELECT coalesce(sum(requests), 0), coalesce(sum(errors), 0), "
             "coalesce(sum(prompt_tokens + completion_tokens), 0) FROM usage_usagerecord "
@@ -194,8 +196,8 @@ def test_gateway_and_console_through_a_database_outage(cluster: Cluster) -> None
         assert errors <= len(failures)
         assert tokens == load.tokens
     finally:
-        stop(server.proc)
-        stop(stub.proc)
+        server.stop()
+        stub.stop()
 
 
 async def drive(
@@ -217,13 +219,16 @@ async def drive(
             asyncio.create_task(client_loop(client, served_key["token"], t0 + LOAD_SECONDS, t0, load))
             for _ in range(CLIENTS)
         ]
-        await asyncio.sleep(OUTAGE_AT)  # the load's schedule, not a wait for a condition
+        await asyncio.sleep(OUTAGE_AT)  # pacing: the load's schedule, not a wait for a condition
         response = await client.post(f"/api/v1/keys/{revoked_key['id']}/revoke/", headers=auth(user_token))
         assert response.status_code == 200, response.text
         await asyncio.to_thread(cluster.stop)
         down = time.monotonic() - t0
 
-        await asyncio.sleep(5)  # past the 3 s key cache: answers come from last known keys
+        # Past the 3 s key cache, keys cannot be read again: answers come from last known keys.
+        await wait_for_async(
+            lambda: asyncio.to_thread(metric_value, url, STALE_KEYS), 15, "keys answered from last known", interval=0.2
+        )
         revoked = await client.post("/v1/chat/completions", json=BODY, headers=auth(revoked_key["token"]))
         assert revoked.status_code == 401, revoked.text
         assert revoked.json()["error"]["code"] == "api_key_revoked"
@@ -242,7 +247,7 @@ async def drive(
         assert (await client.get("/healthz")).status_code == 200
         assert (await client.get("/readyz")).status_code == 503
 
-        await asyncio.sleep(max(0.0, t0 + down + OUTAGE_SECONDS - time.monotonic()))
+        await asyncio.sleep(max(0.0, t0 + down + OUTAGE_SECONDS - time.monotonic()))  # pacing: the outage's length
         await asyncio.to_thread(cluster.start)
         up = time.monotonic() - t0
         await asyncio.gather(*clients)

@@ -8,6 +8,7 @@ import time
 import uuid
 from dataclasses import replace
 from datetime import UTC, datetime
+from typing import Any
 
 import aiohttp
 import httpx
@@ -20,7 +21,8 @@ from controlplane.gateway.limits import Limiter, LocalLimiter, plan
 from controlplane.gateway.selectors import KeyRecord
 from controlplane.usage.models import UsageRecord
 from tests.factories import TenantFactory
-from tests.gateway.conftest import auth, start_stub, stop
+from tests.gateway.conftest import RUN_ID, auth, metric_value, start_stub
+from tests.support.waiting import wait_for, wait_for_async
 
 pytestmark = pytest.mark.slow
 
@@ -113,7 +115,13 @@ def test_tokens_are_reserved_at_admission_and_settled_afterwards(gateway, make_k
         async def two_at_once() -> list[httpx.Response]:
             async with httpx.AsyncClient(base_url=gateway.url, timeout=30) as client:
                 first = asyncio.ensure_future(client.post("/v1/chat/completions", json=body(500), headers=auth(token)))
-                await asyncio.sleep(0.3)
+                # The first is admitted (its tokens reserved) once the gateway proxies it.
+                await wait_for_async(
+                    lambda: asyncio.to_thread(metric_value, gateway.url, "hangar_gateway_in_flight_requests"),
+                    10,
+                    "the first request in flight",
+                    interval=0.02,
+                )
                 second = await client.post("/v1/chat/completions", json=body(500), headers=auth(token))
                 return [await first, second]
 
@@ -123,17 +131,30 @@ def test_tokens_are_reserved_at_admission_and_settled_afterwards(gateway, make_k
         assert 0 <= int(first.headers["x-ratelimit-remaining-tokens"]) <= 100
         assert second.status_code == 429
         assert second.json()["error"]["type"] == "tokens"
-        # The first used only ~20 tokens; after settlement the same request fits again at once.
-        time.sleep(0.3)
-        third = httpx.post(f"{gateway.url}/v1/chat/completions", json=body(500), headers=auth(token), timeout=30)
-        assert third.status_code == 200, third.text
+        # The first used only ~20 tokens; once settled (batched to Redis within 50 ms) the same
+        # request fits again. A refusal reserves nothing, so asking until it fits changes nothing.
+        wait_for(
+            lambda: httpx.post(
+                f"{gateway.url}/v1/chat/completions", json=body(500), headers=auth(token), timeout=30
+            ).status_code
+            == 200,
+            5,
+            "the settled request fitting again",
+        )
         # A request that could never fit is refused as too large, not queued forever.
         small, small_token = make_key(tenant=key.tenant, tpm_limit=500)
         huge = httpx.post(f"{gateway.url}/v1/chat/completions", json=body(600), headers=auth(small_token))
         assert huge.status_code == 429
         assert "too large" in huge.json()["error"]["message"]
     finally:
-        stop(slow.proc)
+        slow.stop()
+
+
+def budget_used(key: Any) -> int:
+    """The key's monthly budget counter in Redis, as this session's gateways name it."""
+    with redis.Redis.from_url(settings.REDIS_URL) as client:
+        names = list(client.scan_iter(f"hangar:gwtest:{RUN_ID}:k:{key.key_id}:budget:*"))
+        return sum(int(client.get(name) or 0) for name in names)
 
 
 def test_monthly_budget_is_rebuilt_from_usage_and_enforced(gateway, stub_upstream, make_key, serve_model):
@@ -151,7 +172,8 @@ def test_monthly_budget_is_rebuilt_from_usage_and_enforced(gateway, stub_upstrea
     assert refused.status_code == 429
     assert refused.json()["error"]["code"] == "insufficient_quota"
     assert post(40).status_code == 200  # 950 + ~45 fits; settles at ~20 actual tokens
-    time.sleep(0.3)
+    # Settlement replaces the ~45 reserved with the actual count, batched to Redis: wait for it.
+    wait_for(lambda: 950 < budget_used(key) < 990, 10, "the budget settled at the actual tokens")
     assert post(40).status_code == 429  # ~970 + ~45 does not
 
 

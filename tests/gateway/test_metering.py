@@ -11,7 +11,7 @@ from django.db import transaction
 from controlplane.gateway.services import transaction_committed, usage_flush
 from controlplane.usage.models import UsageRecord
 from controlplane.usage.services import UsageDelta, usage_record_batch
-from tests.gateway.conftest import auth, start_gateway, stop
+from tests.gateway.conftest import auth, start_gateway
 
 BODY = {"model": "m", "messages": [{"role": "user", "content": "hi"}], "max_tokens": 4}
 
@@ -69,7 +69,7 @@ def test_usage_is_flushed_on_graceful_shutdown(gateway_db_name, stub_upstream, m
             assert httpx.post(f"{server.url}/v1/chat/completions", json=BODY, headers=auth(token)).status_code == 200
         assert not UsageRecord.objects.filter(api_key=key).exists()
     finally:
-        stop(server.proc)  # SIGTERM: uvicorn runs the lifespan shutdown, which flushes
+        server.stop()  # SIGTERM: uvicorn runs the lifespan shutdown, which flushes
     # (uvicorn re-raises SIGTERM after its graceful shutdown, so the exit code is -15)
     row = UsageRecord.objects.get(api_key=key)
     assert row.requests == 3

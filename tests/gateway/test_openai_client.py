@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import time
-
 import httpx
 import openai
 import pytest
@@ -11,21 +9,12 @@ import pytest
 from controlplane.deployments.models import Deployment
 from controlplane.keys.models import ApiKey
 from controlplane.usage.models import UsageRecord
+from tests.support.waiting import wait_for
 
 pytestmark = pytest.mark.slow
 
 GREEDY = {"temperature": 0, "max_tokens": 6, "extra_body": {"ignore_eos": True}}
 MESSAGES = [{"role": "user", "content": "Tell me a story about a hangar."}]
-
-
-def wait_for(predicate, timeout: float = 15.0):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = predicate()
-        if value:
-            return value
-        time.sleep(0.1)
-    raise AssertionError("condition not met in time")
 
 
 def test_models_chat_completions_and_streams(gateway, runtime_server, make_key, serve_model) -> None:
@@ -87,7 +76,9 @@ def test_models_chat_completions_and_streams(gateway, runtime_server, make_key, 
             list(UsageRecord.objects.filter(api_key=key))
             if sum(r.requests for r in UsageRecord.objects.filter(api_key=key)) == 4
             else None
-        )
+        ),
+        15,
+        "4 requests metered",
     )
     assert {r.model for r in rows} == {"tiny"}
     assert all(r.tenant_id == key.tenant_id for r in rows)
@@ -95,8 +86,8 @@ def test_models_chat_completions_and_streams(gateway, runtime_server, make_key, 
     assert sum(r.completion_tokens for r in rows) == 4 * 6
     assert sum(r.errors for r in rows) == 0
     assert sum(r.latency_ms_sum for r in rows) > 0
-    wait_for(lambda: ApiKey.objects.get(pk=key.pk).last_used_at is not None)
-    wait_for(lambda: Deployment.objects.get(pk=deployment.pk).last_request_at is not None)
+    wait_for(lambda: ApiKey.objects.get(pk=key.pk).last_used_at is not None, 15, "the key's last_used_at")
+    wait_for(lambda: Deployment.objects.get(pk=deployment.pk).last_request_at is not None, 15, "last_request_at")
 
 
 def test_client_disconnect_cancels_the_upstream_generation(gateway, runtime_server, make_key, serve_model) -> None:
@@ -118,4 +109,4 @@ def test_client_disconnect_cancels_the_upstream_generation(gateway, runtime_serv
         assert response.status_code == 200
         for _ in response.iter_bytes():
             break  # one chunk, then hang up long before 1000 tokens
-    wait_for(lambda: cancelled() > before)
+    wait_for(lambda: cancelled() > before, 15, "the upstream generation cancelled (status 499)")

@@ -4,35 +4,35 @@ per-process limiter (said by a metric), no 500, and shared limits resume when Re
 from __future__ import annotations
 
 import subprocess
-import time
 
 import httpx
 import pytest
 
-from tests.gateway.conftest import auth, free_port, start_gateway, stop
+from tests.gateway.conftest import auth, metric_value, start_gateway
+from tests.support.ports import free_port
+from tests.support.processes import Process
+from tests.support.waiting import wait_for
 
 pytestmark = pytest.mark.slow
 
 BODY = {"model": "m", "messages": [{"role": "user", "content": "hi"}], "max_tokens": 4}
 
 
-def start_redis(port: int) -> subprocess.Popen[bytes]:
-    proc = subprocess.Popen(
-        ["redis-server", "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"],
-        stdout=subprocess.DEVNULL,
-    )
-    deadline = time.monotonic() + 10
-    while subprocess.run(["redis-cli", "-p", str(port), "ping"], capture_output=True).stdout.strip() != b"PONG":
-        assert time.monotonic() < deadline, "redis-server did not start"
-        time.sleep(0.05)
-    return proc
+def start_redis(port: int) -> Process:
+    argv = ["redis-server", "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"]
+    redis_server = Process(f"redis-{port}", argv).start()
+    redis_server.wait_ready(lambda: redis_answers(port), 10, "PONG", interval=0.05)
+    return redis_server
+
+
+def redis_answers(port: int) -> bool:
+    return subprocess.run(["redis-cli", "-p", str(port), "ping"], capture_output=True).stdout.strip() == b"PONG"
 
 
 def fallback_gauge(url: str) -> float:
-    for line in httpx.get(f"{url}/metrics").text.splitlines():
-        if line.startswith("hangar_gateway_redis_fallback "):
-            return float(line.split()[1])
-    raise AssertionError("no fallback gauge")
+    value = metric_value(url, "hangar_gateway_redis_fallback")
+    assert value is not None, "no fallback gauge"
+    return value
 
 
 def burst(url: str, token: str, n: int) -> list[int]:
@@ -54,7 +54,6 @@ def test_gateway_survives_redis_outage(gateway_db_name, stub_upstream, make_key,
         assert fallback_gauge(server.url) == 0
 
         redis_proc.kill()
-        redis_proc.wait()
         codes = burst(server.url, token, 30)
         assert 500 not in codes and set(codes) <= {200, 429}, codes
         assert fallback_gauge(server.url) == 1
@@ -66,16 +65,12 @@ def test_gateway_survives_redis_outage(gateway_db_name, stub_upstream, make_key,
         assert httpx.get(f"{server.url}/v1/models", headers=auth(fresh_token)).status_code == 200
 
         redis_proc = start_redis(port)
-        deadline = time.monotonic() + 15
-        while fallback_gauge(server.url) != 0:
-            assert time.monotonic() < deadline, "the gateway did not notice Redis came back"
-            time.sleep(0.1)
+        wait_for(lambda: fallback_gauge(server.url) == 0, 15, "the gateway noticing Redis came back")
         codes = burst(server.url, fresh_token, 14)
         # Shared limits again, from an empty Redis: a fresh burst of 12 for this key.
         assert 500 not in codes
         assert 11 <= codes.count(200) <= 13, codes
     finally:
-        stop(server.proc)
+        server.stop()
         if redis_proc.poll() is None:
             redis_proc.kill()
-            redis_proc.wait()

@@ -11,7 +11,9 @@ from controlplane.audit.models import AuditLog
 from controlplane.deployments.choices import Phase, ReplicaState
 from controlplane.deployments.models import Deployment
 from tests.factories import ReplicaFactory, TenantFactory
-from tests.gateway.conftest import auth, free_port, start_stub, stop
+from tests.gateway.conftest import auth, metric_value, start_stub
+from tests.support.ports import free_port
+from tests.support.waiting import wait_for
 
 BODY = {"model": "m", "messages": [{"role": "user", "content": "hi"}], "max_tokens": 4}
 
@@ -42,8 +44,8 @@ def test_dead_replica_is_skipped_and_load_is_spread(gateway, make_key, serve_mod
         served_by = [a.json()["model"] for a in answers]
         assert served_by.count("one") >= 6 and served_by.count("two") >= 6
     finally:
-        stop(one.proc)
-        stop(two.proc)
+        one.stop()
+        two.stop()
 
 
 def test_only_dead_replicas_is_503_with_retry_after(gateway, make_key, serve_model):
@@ -74,15 +76,16 @@ def test_request_waits_while_a_replica_starts(gateway, stub_upstream, make_key, 
     key, token = make_key()
     deployment = serve_model(key.tenant, "m", phase=Phase.DEPLOYING, replicas=1)
 
-    def replica_becomes_ready() -> None:
-        time.sleep(1.5)
-        ReplicaFactory(deployment=deployment, endpoint=stub_upstream.url, state=ReplicaState.READY)
-
-    thread = threading.Thread(target=replica_becomes_ready)
+    served = metric_value(gateway.url, 'hangar_gateway_cold_starts_total{outcome="served"}') or 0.0
+    result: list[httpx.Response] = []
+    thread = threading.Thread(target=lambda: result.append(post(gateway, token)))
     thread.start()
-    response = post(gateway, token)
-    thread.join()
-    assert response.status_code == 200, response.text
+    # The gateway holds the request (in flight, no replica yet); then the replica comes up.
+    wait_for(lambda: metric_value(gateway.url, "hangar_gateway_in_flight_requests") == 1, 15, "the request held")
+    ReplicaFactory(deployment=deployment, endpoint=stub_upstream.url, state=ReplicaState.READY)
+    thread.join(30)
+    assert result and result[0].status_code == 200, result and result[0].text
+    assert metric_value(gateway.url, 'hangar_gateway_cold_starts_total{outcome="served"}') == served + 1
 
 
 def test_deployment_scaled_to_zero_is_woken_and_the_request_held(gateway, stub_upstream, make_key, serve_model):
@@ -94,10 +97,7 @@ def test_deployment_scaled_to_zero_is_woken_and_the_request_held(gateway, stub_u
     thread = threading.Thread(target=lambda: result.append(post(gateway, token)))
     thread.start()
     # Play the reconciler: wait for the gateway's scale request, then bring a replica up.
-    deadline = time.monotonic() + 15
-    while Deployment.objects.get(pk=deployment.pk).replicas == 0:
-        assert time.monotonic() < deadline, "the gateway did not ask for a replica"
-        time.sleep(0.1)
+    wait_for(lambda: Deployment.objects.get(pk=deployment.pk).replicas != 0, 15, "the gateway asking for a replica")
     scaled = Deployment.objects.get(pk=deployment.pk)
     assert scaled.replicas == 1
     assert scaled.last_request_at is not None

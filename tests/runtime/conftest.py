@@ -8,32 +8,21 @@ from __future__ import annotations
 
 import os
 import re
-import signal
-import socket
-import subprocess
 import sys
-import time
-from collections.abc import Callable, Iterator
-from dataclasses import dataclass, field
+from collections.abc import Iterator
 from pathlib import Path
 
 import httpx
 import pytest
 
+from tests.support.ports import free_port
+from tests.support.processes import REPO_ROOT, Process
 from workers.runtime.tinymodel import build_tiny_model
 
-REPO_ROOT = Path(__file__).resolve().parents[2]
 STARTUP_TIMEOUT_S = 90.0
 POLL_INTERVAL_S = 0.05
 
 _METRIC_LINE = re.compile(r"^(?P<name>[a-zA-Z_:][a-zA-Z0-9_:]*)(?P<labels>\{[^}]*\})? (?P<value>\S+)$")
-
-
-def free_port() -> int:
-    """A port that was free a moment ago (the server binds it right after)."""
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def parse_metrics(text: str) -> dict[str, float]:
@@ -46,24 +35,17 @@ def parse_metrics(text: str) -> dict[str, float]:
     return values
 
 
-def poll(predicate: Callable[[], bool], timeout: float, what: str) -> None:
-    """Call ``predicate`` until it is true; fail the test after ``timeout`` seconds."""
-    deadline = time.monotonic() + timeout
-    while not predicate():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout}s waiting for {what}")
-        time.sleep(POLL_INTERVAL_S)
+class RuntimeServer(Process):
+    """A ``python -m workers.runtime`` subprocess on the tests' process harness."""
 
-
-@dataclass
-class RuntimeServer:
-    """A ``python -m workers.runtime`` subprocess."""
-
-    proc: subprocess.Popen[bytes]
-    port: int
-    log_path: Path
-    model_name: str
-    health_codes: list[int] = field(default_factory=list)
+    def __init__(self, model_dir: Path, log_dir: Path, *args: str, name: str = "tiny") -> None:
+        self.port = free_port()
+        self.model_name = name
+        self.health_codes: list[int] = []
+        cmd = [sys.executable, "-m", "workers.runtime", "--model", str(model_dir), "--port", str(self.port)]
+        cmd += ["--served-model-name", name, *args]
+        env = {**os.environ, "PYTHONPATH": str(REPO_ROOT), "PYTHONUNBUFFERED": "1"}
+        super().__init__(f"runtime-{self.port}", cmd, log_path=log_dir / f"runtime-{self.port}.log", env=env)
 
     @property
     def base_url(self) -> str:
@@ -72,9 +54,6 @@ class RuntimeServer:
     @property
     def api_url(self) -> str:
         return self.base_url + "/v1"
-
-    def log(self) -> str:
-        return self.log_path.read_text(errors="replace")
 
     def stages(self) -> list[str]:
         return re.findall(r"^hangar-runtime: stage=(\S+)", self.log(), flags=re.M)
@@ -88,38 +67,24 @@ class RuntimeServer:
     def metrics(self) -> dict[str, float]:
         return parse_metrics(httpx.get(self.base_url + "/metrics", timeout=5.0).text)
 
-    def wait_ready(self, timeout: float = STARTUP_TIMEOUT_S) -> None:
+    def wait_ready(self, timeout: float = STARTUP_TIMEOUT_S) -> None:  # type: ignore[override]
         def ready() -> bool:
-            if self.proc.poll() is not None:
-                raise AssertionError(f"server exited with {self.proc.returncode}:\n{self.log()}")
             code = self.health()
             if code is not None:
                 self.health_codes.append(code)
             return code == 200
 
-        poll(ready, timeout, "/health to answer 200")
+        super().wait_ready(ready, timeout, "/health to answer 200", interval=POLL_INTERVAL_S)
 
-    def stop(self) -> int:
-        if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-            try:
-                self.proc.wait(timeout=30)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
-        return self.proc.returncode
+    def stop(self, grace: float = 30.0) -> int:
+        return super().stop(grace)
 
 
 def start_server(model_dir: Path, log_dir: Path, *args: str, name: str = "tiny") -> RuntimeServer:
     """Start a runtime subprocess (not waiting for readiness)."""
-    port = free_port()
-    log_path = log_dir / f"runtime-{port}.log"
-    env = {**os.environ, "PYTHONPATH": str(REPO_ROOT), "PYTHONUNBUFFERED": "1"}
-    cmd = [sys.executable, "-m", "workers.runtime", "--model", str(model_dir), "--port", str(port)]
-    cmd += ["--served-model-name", name, *args]
-    with log_path.open("wb") as log_file:
-        proc = subprocess.Popen(cmd, stdout=log_file, stderr=subprocess.STDOUT, env=env, cwd=REPO_ROOT)
-    return RuntimeServer(proc=proc, port=port, log_path=log_path, model_name=name)
+    server = RuntimeServer(model_dir, log_dir, *args, name=name)
+    server.start()
+    return server
 
 
 @pytest.fixture(scope="session")

@@ -12,7 +12,8 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from tests.runtime.conftest import RuntimeServer, poll
+from tests.runtime.conftest import RuntimeServer
+from tests.support.waiting import wait_for
 
 MESSAGES: list[Any] = [
     {"role": "system", "content": "You are a helpful assistant."},
@@ -290,7 +291,7 @@ def test_streaming_client_disconnect_frees_its_slot(runtime_server: RuntimeServe
         assert next(line for line in lines if line.startswith("data: "))
         assert runtime_server.metrics()["hangar_runtime_requests_in_flight"] == 1
     # Leaving the block closed the connection mid-stream.
-    poll(lambda: _idle(runtime_server), 20, "in-flight and batch size back to 0")
+    wait_for(lambda: _idle(runtime_server), 20, "in-flight and batch size back to 0")
     after = runtime_server.metrics()
     assert after['hangar_runtime_requests_total{status="499"}'] == before + 1
     generated = after["hangar_runtime_completion_tokens_total"] - start["hangar_runtime_completion_tokens_total"]
@@ -301,7 +302,7 @@ def test_non_streaming_client_disconnect_frees_its_slot(runtime_server: RuntimeS
     body = {"model": "tiny", "prompt": "Another long story", "max_tokens": 2000, "ignore_eos": True}
     with pytest.raises(httpx.ReadTimeout):
         httpx.post(runtime_server.api_url + "/completions", json=body, timeout=httpx.Timeout(5.0, read=0.5))
-    poll(lambda: _idle(runtime_server), 20, "in-flight and batch size back to 0")
+    wait_for(lambda: _idle(runtime_server), 20, "in-flight and batch size back to 0")
 
 
 JSON_VALUES = st.recursive(

@@ -149,7 +149,7 @@ def test_a_real_runtime_with_a_token_file(runtime_model_dir: Path, tmp_path: Pat
         assert httpx.get(server.base_url + "/metrics", headers=good, timeout=5).status_code == 200
         assert "auth=bearer" in server.log()
         assert TOKEN not in server.log()
-        assert TOKEN.encode() not in Path(f"/proc/{server.proc.pid}/environ").read_bytes()
+        assert TOKEN.encode() not in Path(f"/proc/{server.pid}/environ").read_bytes()
     finally:
         server.stop()
 

@@ -12,7 +12,8 @@ from pathlib import Path
 import httpx
 import pytest
 
-from tests.runtime.conftest import RuntimeServer, poll, start_server
+from tests.runtime.conftest import RuntimeServer, start_server
+from tests.support.waiting import wait_for
 
 
 def test_health_is_503_until_loaded_then_stages_are_logged(runtime_model_dir: Path, tmp_path: Path) -> None:
@@ -53,7 +54,7 @@ def test_queue_full_is_503_with_retry_after_and_sigterm_drains(runtime_model_dir
     assert first_event["running"].wait(30)
     queued = threading.Thread(target=stream, args=("queued",))
     queued.start()
-    poll(lambda: server.metrics()["hangar_runtime_queue_depth"] == 1, 20, "the second request to queue")
+    wait_for(lambda: server.metrics()["hangar_runtime_queue_depth"] == 1, 20, "the second request to queue")
 
     # One running, one waiting: the third is refused with 503 and Retry-After.
     resp = httpx.post(server.api_url + "/completions", json={**body, "stream": False})
@@ -61,15 +62,15 @@ def test_queue_full_is_503_with_retry_after_and_sigterm_drains(runtime_model_dir
     assert resp.headers["retry-after"]
     assert resp.json()["error"]["code"] == "queue_full"
 
-    server.proc.send_signal(signal.SIGTERM)
-    poll(lambda: server.health() == 503, 10, "health to turn 503 while draining")
+    server.signal(signal.SIGTERM, group=False)
+    wait_for(lambda: server.health() == 503, 10, "health to turn 503 while draining")
     assert httpx.get(server.base_url + "/health").json() == {"status": "draining"}
     refused = httpx.post(server.api_url + "/completions", json={"model": "tiny", "prompt": "late", "max_tokens": 2})
     assert refused.status_code == 503 and refused.json()["error"]["code"] == "draining"
 
     running.join(60)
     queued.join(60)
-    assert server.proc.wait(timeout=30) == 0
+    assert server.wait(timeout=30) == 0
     for name in ("running", "queued"):
         events = results[name]
         assert events[-1] == "[DONE]", name
@@ -87,9 +88,9 @@ def test_pickle_only_model_is_refused(runtime_model_dir: Path, tmp_path: Path) -
     (unsafe / "pytorch_model.bin").write_bytes(b"not really a pickle")
     server = start_server(unsafe, tmp_path)
     try:
-        code = server.proc.wait(timeout=60)
+        code = server.wait(timeout=60)
     except subprocess.TimeoutExpired:
-        server.proc.kill()
+        server.kill()
         pytest.fail("server did not exit")
     assert code == 1
     assert "failed" in server.stages()
@@ -116,9 +117,9 @@ def test_sigterm_while_loading_exits_cleanly_without_becoming_ready(runtime_mode
     server = start_server(runtime_model_dir, tmp_path)
     try:
         # HTTP answers within a fraction of a second; loading torch and the model takes longer.
-        poll(lambda: server.health() == 503, 60, "the HTTP server to answer while loading")
-        server.proc.send_signal(signal.SIGTERM)
-        assert server.proc.wait(timeout=60) == 0
+        wait_for(lambda: server.health() == 503, 60, "the HTTP server to answer while loading")
+        server.signal(signal.SIGTERM, group=False)
+        assert server.wait(timeout=60) == 0
     finally:
         server.stop()
     stages = server.stages()

@@ -30,8 +30,9 @@ from controlplane.deployments.models import Deployment, MetricSample, Replica
 from controlplane.deployments.replica_auth import replica_token
 from controlplane.keys.services import api_key_create
 from tests.factories import DeploymentFactory, ModelFactory, ReplicaFactory, TargetFactory, TenantFactory
-from tests.gateway.conftest import Server, start_gateway, stop
-from tests.workers.processes import REPO_ROOT, wait_for
+from tests.gateway.conftest import Server, start_gateway
+from tests.support.processes import REPO_ROOT
+from tests.support.waiting import wait_for
 from workers import metrics, reconciler
 from workers.drivers import instance_name, local_driver
 from workers.drivers.base import LABEL_DEPLOYMENT, LABEL_INSTANCE
@@ -200,7 +201,7 @@ def test_the_gateway_serves_a_sealed_replica_end_to_end(
         )
         assert direct.status_code == 401
     finally:
-        stop(gateway.proc)
+        gateway.stop()
         delete(deployment)
 
 
@@ -266,7 +267,7 @@ def upstream() -> Iterator[RecordingUpstream]:
 def gateway(transactional_db: Any, tmp_path: Path) -> Iterator[Server]:
     server = start_gateway(str(connection.settings_dict["NAME"]), log_path=tmp_path / "gateway.log")
     yield server
-    stop(server.proc)
+    server.stop()
 
 
 def test_the_gateway_presents_the_replica_token_and_keeps_the_clients_credentials(

@@ -8,7 +8,6 @@ container carries ``hangar.instance=test_<db>`` and is removed at the start and 
 
 from __future__ import annotations
 
-import socket
 import threading
 import time
 from collections.abc import Iterator
@@ -23,6 +22,8 @@ from controlplane.deployments import services
 from controlplane.deployments.choices import ConditionType, Phase
 from controlplane.deployments.models import Deployment, DeploymentEvent, Replica, Target
 from tests.factories import ModelFactory, TargetFactory, TenantFactory
+from tests.support.ports import listening_socket
+from tests.support.waiting import wait_for
 from tests.workers.docker_support import (
     DOCKER_URL,
     docker_or_fail,
@@ -30,7 +31,6 @@ from tests.workers.docker_support import (
     readable_by_containers,
     remove_test_containers,
 )
-from tests.workers.processes import wait_for
 from workers import reconciler
 from workers.drivers import instance_name
 from workers.drivers.base import LABEL_DEPLOYMENT, LABEL_INSTANCE
@@ -95,7 +95,7 @@ def reconcile_until(deployment: Deployment, predicate: Any, timeout: float = REA
         reconciler.reconcile(deployment.pk, owner="test-inline")
         return bool(predicate())
 
-    wait_for(step, timeout=timeout, interval=0.5)
+    wait_for(step, timeout=timeout, interval=0.5, message="reconciled to the predicate")
 
 
 # ----------------------------------------------------------------------------- with workers
@@ -109,7 +109,7 @@ def test_worker_killed_mid_deploy_leaves_exactly_the_desired_containers(
     # Mid-deploy: containers exist, nothing is ready yet.
     wait_for(lambda: containers(docker_client, deployment), timeout=60, interval=0.05, message="first container")
     assert fresh(deployment).phase != Phase.RUNNING
-    worker.kill9()
+    worker.kill()
 
     start_worker()
     wait_for(lambda: running(deployment), timeout=READY_TIMEOUT, message="Running after the restart")
@@ -255,9 +255,7 @@ def test_image_missing_fails_with_how_to_build_it(docker_env: Path, transactiona
 
 
 def test_port_clash_fails_and_leaves_no_container(docker_client: Any, docker_env: Path, transactional_db: Any) -> None:
-    with socket.socket() as busy:
-        busy.bind(("127.0.0.1", 0))
-        busy.listen()
+    with listening_socket() as busy:
         port = busy.getsockname()[1]
         deployment = deploy(docker_env, host_port=port)
         reconciler.reconcile(deployment.pk, owner="t")

@@ -8,7 +8,6 @@ worker builds it, and the reconciler drives it. What the tests see is what the A
 from __future__ import annotations
 
 import threading
-import time
 from collections.abc import Callable, Iterator
 from typing import Any
 
@@ -24,6 +23,7 @@ from controlplane.deployments.choices import Phase
 from controlplane.deployments.models import Deployment, DeploymentEvent, Replica, Target
 from controlplane.gateway.selectors import gateway_routes
 from tests.factories import DeploymentFactory, TargetFactory, TenantFactory
+from tests.support.waiting import wait_for
 from tests.workers.kube_apiserver import ApiError, ApiServer, invalid
 from workers import reconciler
 from workers.drivers import driver_for, instance_name
@@ -78,14 +78,6 @@ def raise_(error: ApiError) -> Callable[[], None]:
         raise error
 
     return hook
-
-
-def wait_for(condition: Callable[[], bool], what: str, timeout: float = 10.0) -> None:
-    deadline = time.monotonic() + timeout
-    while not condition():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out waiting for {what}")
-        time.sleep(0.02)
 
 
 def test_deploy_scale_roll_and_teardown(apiserver: ApiServer) -> None:
@@ -278,7 +270,7 @@ def test_the_pod_watch_restarts_from_a_fresh_list_after_410_and_loses_no_change(
     thread = threading.Thread(target=state.run, args=(driver, nudged.append, stop), kwargs={"timeout_s": 30})
     thread.start()
     try:
-        wait_for(lambda: len(apiserver.watch_requests()) == 1, "the first watch")
+        wait_for(lambda: len(apiserver.watch_requests()) == 1, 10, "the first watch", interval=0.02)
         assert state.lists == 1 and not nudged  # the first list nudges nothing: the resync covers it
         first_rv = apiserver.watch_requests()[0]["resourceVersion"]
         assert apiserver.watch_requests()[0]["allowWatchBookmarks"] in ("true", "True")
@@ -286,12 +278,17 @@ def test_the_pod_watch_restarts_from_a_fresh_list_after_410_and_loses_no_change(
         # Bookmarks move the watch's version on while nothing of ours changes.
         other = deploy(apiserver, target=deployment.target, replicas=1)
         run(other)
-        wait_for(lambda: int(state.resource_version) > apiserver.rv - 1, "a bookmark or event past the other writes")
+        wait_for(
+            lambda: int(state.resource_version) > apiserver.rv - 1,
+            10,
+            "a bookmark or event past the other writes",
+            interval=0.02,
+        )
         assert other.pk in nudged and deployment.pk not in nudged
         # A watch the server ends resumes from there, without a list.
         resume_at = state.resource_version
         apiserver.drop_watches()
-        wait_for(lambda: len(apiserver.watch_requests()) == 2, "the resumed watch")
+        wait_for(lambda: len(apiserver.watch_requests()) == 2, 10, "the resumed watch", interval=0.02)
         assert apiserver.watch_requests()[1]["resourceVersion"] == resume_at != first_rv
         assert state.lists == 1
 
@@ -299,9 +296,9 @@ def test_the_pod_watch_restarts_from_a_fresh_list_after_410_and_loses_no_change(
         # never streamed, the watch gets 410 Gone, lists afresh and still nudges the deployment.
         nudged.clear()
         apiserver.expire(change=lambda: apiserver.crash_loop(name_of(deployment)))
-        wait_for(lambda: state.lists == 2, "the fresh list")
-        wait_for(lambda: deployment.pk in nudged, "the nudge of the changed deployment")
-        wait_for(lambda: len(apiserver.watch_requests()) == 3, "the watch after the list")
+        wait_for(lambda: state.lists == 2, 10, "the fresh list", interval=0.02)
+        wait_for(lambda: deployment.pk in nudged, 10, "the nudge of the changed deployment", interval=0.02)
+        wait_for(lambda: len(apiserver.watch_requests()) == 3, 10, "the watch after the list", interval=0.02)
         assert int(apiserver.watch_requests()[2]["resourceVersion"]) >= apiserver.compacted
     finally:
         stop.set()
@@ -319,11 +316,11 @@ def test_the_worker_watches_the_pods_of_kubernetes_targets(apiserver: ApiServer)
     nudged: list[int] = []
     stop = watch.start(nudged.append)
     try:
-        wait_for(lambda: len(apiserver.watch_requests()) >= 1, "the worker's pod watch")
+        wait_for(lambda: len(apiserver.watch_requests()) >= 1, 10, "the worker's pod watch", interval=0.02)
         [query] = apiserver.watch_requests()
         assert query["labelSelector"] == f"hangar.instance={instance_name()}"
         apiserver.crash_loop(name_of(deployment))
-        wait_for(lambda: deployment.pk in nudged, "a nudge for the crashing pod's deployment")
+        wait_for(lambda: deployment.pk in nudged, 10, "a nudge for the crashing pod's deployment", interval=0.02)
     finally:
         stop.set()
         apiserver.drop_watches()

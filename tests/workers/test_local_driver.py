@@ -5,8 +5,6 @@ from __future__ import annotations
 import json
 import os
 import signal
-import socket
-import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -14,20 +12,12 @@ from typing import Any
 import httpx
 import pytest
 
+from tests.support.ports import listening_socket
+from tests.support.waiting import wait_for
 from workers.drivers.base import BackendState, PermanentDriverError, ReplicaSpec, health_ok
 from workers.drivers.local import LocalDriver
 
 FAKE = "tests.workers.fake_runtime"
-
-
-def wait_for(predicate: Any, timeout: float = 20.0, interval: float = 0.05) -> Any:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = predicate()
-        if value:
-            return value
-        time.sleep(interval)
-    raise AssertionError(f"condition not met within {timeout} s")
 
 
 @pytest.fixture
@@ -64,14 +54,17 @@ def spec(model: Path, *, name: str = "chat-g1-0", slot: int = 0, deployment_id: 
 def test_create_list_health_logs_remove(driver: LocalDriver, model_dir: Path) -> None:
     created = driver.create(spec(model_dir))
     assert created.endpoint.startswith("http://127.0.0.1:")
-    wait_for(lambda: health_ok(created.endpoint))
+    wait_for(lambda: health_ok(created.endpoint), 20, "replica healthy", interval=0.05)
 
     [listed] = driver.list(7)
     assert listed.name == "chat-g1-0" and listed.generation == 1 and listed.state == BackendState.RUNNING
     assert listed.labels["hangar.deployment"] == "7"
     assert driver.list(8) == []
     assert "stage=ready" in wait_for(
-        lambda: driver.logs(created.backend_id) if "ready" in driver.logs(created.backend_id) else ""
+        lambda: driver.logs(created.backend_id) if "ready" in driver.logs(created.backend_id) else "",
+        20,
+        "stage=ready in the replica's log",
+        interval=0.05,
     )
     assert driver.stage(created.backend_id).step == "ready"
 
@@ -85,7 +78,7 @@ def test_a_killed_replica_is_listed_as_exited(driver: LocalDriver, model_dir: Pa
     created = driver.create(spec(model_dir))
     state = driver._read_state(driver._state_path(created.backend_id))
     os.kill(state["pid"], signal.SIGKILL)
-    wait_for(lambda: driver.list(7)[0].state == BackendState.EXITED)
+    wait_for(lambda: driver.list(7)[0].state == BackendState.EXITED, 20, "replica listed as exited", interval=0.05)
 
 
 def test_a_recycled_pid_is_not_mistaken_for_the_replica(driver: LocalDriver, model_dir: Path) -> None:
@@ -109,9 +102,7 @@ def test_missing_model_path_is_permanent(driver: LocalDriver, tmp_path: Path) ->
 
 
 def test_port_clash_is_permanent(driver: LocalDriver, model_dir: Path) -> None:
-    with socket.socket() as busy:
-        busy.bind(("127.0.0.1", 0))
-        busy.listen()
+    with listening_socket() as busy:
         port = busy.getsockname()[1]
         with pytest.raises(PermanentDriverError) as info:
             driver.create(spec(model_dir, host_port=port))
@@ -160,7 +151,7 @@ def test_a_replica_inherits_no_secrets_and_reads_its_token_from_a_private_file(
     monkeypatch.setenv("HANGAR_RUNTIME_FAKE_READY_DELAY", "0.05")
     token = "the-deployments-replica-token"
     created = driver.create(spec(model_dir, token=token))
-    wait_for(lambda: health_ok(created.endpoint))
+    wait_for(lambda: health_ok(created.endpoint), 20, "replica healthy", interval=0.05)
     state = driver._read_state(driver._state_path(created.backend_id))
 
     raw = Path(f"/proc/{state['pid']}/environ").read_bytes()

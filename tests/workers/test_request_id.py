@@ -17,7 +17,8 @@ from controlplane.deployments.models import Deployment
 from controlplane.tenancy.choices import Role
 from tests.api.factories import make_token
 from tests.factories import ModelFactory, TargetFactory, TenantFactory
-from tests.workers.processes import Worker, wait_for
+from tests.support.waiting import wait_for
+from tests.workers.processes import Worker
 
 FAKE = "tests.workers.fake_runtime"
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(180)]

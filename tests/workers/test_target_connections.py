@@ -24,6 +24,8 @@ from kubernetes.config import incluster_config
 from controlplane.core.crypto import encrypt_json
 from controlplane.deployments.models import Deployment, Target
 from tests.factories import DeploymentFactory, TargetFactory, TenantFactory
+from tests.support.ports import listening_socket
+from tests.support.waiting import wait_for
 from tests.workers.docker_support import (
     DOCKER_URL,
     docker_or_fail,
@@ -32,7 +34,6 @@ from tests.workers.docker_support import (
     remove_test_containers,
 )
 from tests.workers.fake_apis import FakeAPI, FakeSSH, Pair, docker_router, issue, make_ca, server_context, ssh_key_pair
-from tests.workers.processes import wait_for
 from workers import reconciler
 from workers.drivers import driver_for, instance_name
 from workers.drivers.base import ReplicaSpec
@@ -182,9 +183,7 @@ def test_tls_material_lives_in_a_private_directory_removed_on_close(
 
 @pytest.mark.django_db
 def test_unusable_tls_material_is_misconfigured_before_any_connection(pki: dict[str, Pair]) -> None:
-    with socket.socket() as listener:
-        listener.bind(("127.0.0.1", 0))
-        listener.listen()
+    with listening_socket() as listener:
         listener.settimeout(0.2)
         creds = {"tls_ca": pki["ca"].cert_pem, "tls_cert": pki["client"].cert_pem, "tls_key": "not a key"}
         target = TargetFactory(
