@@ -14,9 +14,8 @@ from controlplane.core import secrets
 from controlplane.tenancy.choices import Role
 from controlplane.tenancy.models import AccessToken
 from controlplane.tenancy.services import TOKEN_PREFIX
-from tests.api.factories import make_token
 from tests.api.mixins import EndpointTests, rows
-from tests.factories import MembershipFactory, UserFactory
+from tests.factories import AccessTokenFactory, MembershipFactory, UserFactory
 
 pytestmark = pytest.mark.django_db
 
@@ -54,7 +53,8 @@ def test_no_implicit_identity_even_from_localhost(path: str) -> None:
 
 def test_bearer_token_authenticates(tenant: Any, make_member: Any) -> None:
     user = make_member(Role.VIEWER, tenant)
-    token, secret = make_token(user)
+    token = AccessTokenFactory(user=user)
+    secret = token.secret
     response = bearer(secret).get("/api/v1/tenants/")
     assert response.status_code == 200
     assert [t["slug"] for t in rows(response)] == [tenant.slug]
@@ -63,7 +63,8 @@ def test_bearer_token_authenticates(tenant: Any, make_member: Any) -> None:
 
 
 def test_last_used_is_written_at_most_every_few_minutes(tenant: Any, make_member: Any) -> None:
-    token, secret = make_token(make_member(Role.VIEWER, tenant))
+    token = AccessTokenFactory(user=make_member(Role.VIEWER, tenant))
+    secret = token.secret
     client = bearer(secret)
     client.get("/api/v1/tenants/")
     first = AccessToken.objects.get(pk=token.pk).last_used_at
@@ -82,12 +83,12 @@ def test_last_used_is_written_at_most_every_few_minutes(tenant: Any, make_member
     ],
 )
 def test_malformed_tokens_are_401(mangle: Any, tenant: Any, make_member: Any) -> None:
-    _, secret = make_token(make_member(Role.VIEWER, tenant))
+    secret = AccessTokenFactory(user=make_member(Role.VIEWER, tenant)).secret
     assert bearer(mangle(secret)).get("/api/v1/tenants/").status_code == 401
 
 
 def test_wrong_secret_with_valid_checksum_is_401(tenant: Any, make_member: Any) -> None:
-    token, _ = make_token(make_member(Role.VIEWER, tenant))
+    token = AccessTokenFactory(user=make_member(Role.VIEWER, tenant))
     body = f"{TOKEN_PREFIX}_{token.key_id}_{'a' * secrets.SECRET_LEN}"
     forged = body + secrets._checksum(body)
     assert secrets.parse(forged, TOKEN_PREFIX) is not None
@@ -96,7 +97,8 @@ def test_wrong_secret_with_valid_checksum_is_401(tenant: Any, make_member: Any) 
 
 def test_revoked_token_is_refused(tenant: Any, make_member: Any, client_for: Any) -> None:
     user = make_member(Role.VIEWER, tenant)
-    token, secret = make_token(user)
+    token = AccessTokenFactory(user=user)
+    secret = token.secret
     assert bearer(secret).get("/api/v1/tenants/").status_code == 200
     assert client_for(user).post(f"/api/v1/tokens/{token.pk}/revoke/").status_code == 200
     response = bearer(secret).get("/api/v1/tenants/")
@@ -105,7 +107,9 @@ def test_revoked_token_is_refused(tenant: Any, make_member: Any, client_for: Any
 
 
 def test_expired_token_is_refused(tenant: Any, make_member: Any) -> None:
-    _, secret = make_token(make_member(Role.VIEWER, tenant), expires_at=timezone.now() + timedelta(hours=1))
+    secret = AccessTokenFactory(
+        user=make_member(Role.VIEWER, tenant), expires_at=timezone.now() + timedelta(hours=1)
+    ).secret
     assert bearer(secret).get("/api/v1/tenants/").status_code == 200
     with time_machine.travel(timezone.now() + timedelta(hours=2)):
         response = bearer(secret).get("/api/v1/tenants/")
@@ -115,7 +119,7 @@ def test_expired_token_is_refused(tenant: Any, make_member: Any) -> None:
 
 def test_inactive_user_token_is_refused(tenant: Any, make_member: Any) -> None:
     user = make_member(Role.VIEWER, tenant)
-    _, secret = make_token(user)
+    secret = AccessTokenFactory(user=user).secret
     user.is_active = False
     user.save()
     assert bearer(secret).get("/api/v1/tenants/").status_code == 401
@@ -135,7 +139,7 @@ def test_token_created_through_the_api_works_once_shown(tenant: Any, make_member
 
 
 def test_a_token_cannot_mint_tokens(tenant: Any, make_member: Any) -> None:
-    _, secret = make_token(make_member(Role.OWNER, tenant))
+    secret = AccessTokenFactory(user=make_member(Role.OWNER, tenant)).secret
     response = bearer(secret).post("/api/v1/tokens/", {"name": "child"}, format="json")
     assert response.status_code == 403
 
@@ -157,10 +161,10 @@ class TestTokens(EndpointTests):
     detail_actions = {"revoke": ("post", {}, 200)}
 
     def make(self, tenant: Any) -> Any:
-        return make_token(MembershipFactory(tenant=tenant).user)[0]
+        return AccessTokenFactory(user=MembershipFactory(tenant=tenant).user)
 
     def make_for(self, tenant: Any, user: Any) -> Any:
-        return make_token(user)[0]
+        return AccessTokenFactory(user=user)
 
     def create_data(self, tenant: Any) -> dict[str, Any]:
         return {"name": "ci"}
@@ -170,7 +174,7 @@ class TestTokens(EndpointTests):
 
     def test_other_users_tokens_are_404(self, tenant: Any, make_member: Any, client_for: Any) -> None:
         mine = make_member(Role.OWNER, tenant)
-        theirs, _ = make_token(UserFactory())
+        theirs = AccessTokenFactory(user=UserFactory())
         client = client_for(mine)
         assert client.get(f"/api/v1/tokens/{theirs.pk}/").status_code == 404
         assert client.post(f"/api/v1/tokens/{theirs.pk}/revoke/").status_code == 404
@@ -178,7 +182,7 @@ class TestTokens(EndpointTests):
 
 
 def test_bearer_writes_need_no_csrf(tenant: Any, make_member: Any) -> None:
-    _, secret = make_token(make_member(Role.OPERATOR, tenant))
+    secret = AccessTokenFactory(user=make_member(Role.OPERATOR, tenant)).secret
     response = bearer(secret).post("/api/v1/keys/", {"name": "from-ci"}, format="json")
     assert response.status_code == 201, response.content
     assert response.json()["created_by"] is not None

@@ -7,9 +7,9 @@ from typing import Any
 import pytest
 
 from controlplane.tenancy.choices import Role
-from tests.api.factories import make_tenant_model_dir, tenant_folder
 from tests.api.mixins import EndpointTests
 from tests.factories import DeploymentFactory, ModelFactory
+from tests.support.model_dirs import make_tenant_model_dir, tenant_folder
 
 
 class TestModels(EndpointTests):

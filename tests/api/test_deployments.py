@@ -11,17 +11,18 @@ from controlplane.audit.models import AuditLog
 from controlplane.core.exceptions import DomainError
 from controlplane.core.tasks import CHECK_TARGET, RECONCILE_DEPLOYMENT
 from controlplane.deployments.api import views as deployment_views
-from controlplane.deployments.models import Deployment, Target, TargetGrant
+from controlplane.deployments.models import Deployment, Target
 from controlplane.tenancy.choices import Role
-from tests.api.factories import make_event
 from tests.api.mixins import EndpointTests, PlatformEndpointTests, rows
 from tests.factories import (
+    DeploymentEventFactory,
     DeploymentFactory,
     MembershipFactory,
     ModelFactory,
     PlatformAdminFactory,
     ReplicaFactory,
     TargetFactory,
+    TargetGrantFactory,
     TenantFactory,
 )
 
@@ -91,7 +92,7 @@ class TestTargets(EndpointTests):
         user = make_member(Role.VIEWER, a)
         MembershipFactory(user=user, tenant=b, role=Role.OWNER)
         shared = TargetFactory(tenant=a)
-        TargetGrant.objects.create(target=shared, tenant=b)
+        TargetGrantFactory(target=shared, tenant=b)
         only_b = TargetFactory(tenant=b)
         TargetFactory(tenant=TenantFactory())  # granted to someone else
         client = client_for(user)
@@ -334,12 +335,12 @@ class TestEvents(EndpointTests):
     endpoint = "events"
 
     def make(self, tenant: Any) -> Any:
-        return make_event(tenant)
+        return DeploymentEventFactory(tenant=tenant)
 
     def make_many(self, tenant: Any, count: int, user: Any) -> None:
         deployment = DeploymentFactory(tenant=tenant)
         for _ in range(count):
-            make_event(tenant, deployment)
+            DeploymentEventFactory(tenant=tenant, deployment=deployment)
 
     def filters_reaching(self, obj: Any) -> list[dict[str, Any]]:
         return [{"deployment": obj.deployment_id}, {"type": obj.type}, {"reason": obj.reason}]
@@ -348,9 +349,9 @@ class TestEvents(EndpointTests):
 @pytest.mark.django_db
 def test_events_filter_and_order(tenant: Any, make_member: Any, client_for: Any) -> None:
     deployment = DeploymentFactory(tenant=tenant)
-    make_event(tenant, deployment, reason="A")
-    make_event(tenant, deployment, reason="B", type="Warning")
-    make_event(tenant, reason="C")
+    DeploymentEventFactory(tenant=tenant, deployment=deployment, reason="A")
+    DeploymentEventFactory(tenant=tenant, deployment=deployment, reason="B", type="Warning")
+    DeploymentEventFactory(tenant=tenant, reason="C")
     client = client_for(make_member(Role.VIEWER, tenant))
     listed = rows(client.get("/api/v1/events/", {"deployment": deployment.pk}))
     assert [e["reason"] for e in listed] == ["B", "A"]  # newest first

@@ -16,8 +16,8 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from controlplane.tenancy.choices import Role
-from tests.api.factories import make_api_key, make_tenant_model_dir
 from tests.factories import (
+    ApiKeyFactory,
     DeploymentFactory,
     MembershipFactory,
     ModelFactory,
@@ -25,6 +25,7 @@ from tests.factories import (
     TargetFactory,
     UserFactory,
 )
+from tests.support.model_dirs import make_tenant_model_dir
 
 pytestmark = pytest.mark.django_db
 
@@ -101,7 +102,7 @@ def world(tenant: Any, make_member: Any, client_for: Any) -> dict[str, Any]:
         "model": ModelFactory(tenant=tenant),
         "target": TargetFactory(tenant=tenant),
         "member": MembershipFactory(tenant=tenant, role=Role.VIEWER),
-        "key": make_api_key(tenant),
+        "key": ApiKeyFactory(tenant=tenant),
         "model_dir": str(make_tenant_model_dir(tenant)),
         "user": UserFactory(),
     }

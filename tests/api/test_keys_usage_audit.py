@@ -12,8 +12,8 @@ from controlplane.core import secrets
 from controlplane.keys.choices import KEY_PREFIX
 from controlplane.keys.models import ApiKey
 from controlplane.tenancy.choices import Role
-from tests.api.factories import make_api_key, make_audit, make_usage
 from tests.api.mixins import EndpointTests, rows
+from tests.factories import ApiKeyFactory, AuditLogFactory, UsageRecordFactory
 
 
 class TestApiKeys(EndpointTests):
@@ -22,7 +22,7 @@ class TestApiKeys(EndpointTests):
     max_detail_queries = 4  # + created_by
 
     def make(self, tenant: Any) -> Any:
-        return make_api_key(tenant)
+        return ApiKeyFactory(tenant=tenant)
 
     def create_data(self, tenant: Any) -> dict[str, Any]:
         return {"tenant": tenant.slug, "name": "ci", "rpm_limit": 60, "scopes": ["inference"]}
@@ -46,7 +46,7 @@ class TestApiKeyRules:
             assert "key" not in body and parsed.secret not in str(body)
 
     def test_revoke(self, tenant: Any, make_member: Any, client_for: Any) -> None:
-        key = make_api_key(tenant)
+        key = ApiKeyFactory(tenant=tenant)
         client = client_for(make_member(Role.OPERATOR, tenant))
         body = client.post(f"/api/v1/keys/{key.pk}/revoke/").json()
         assert body["revoked_at"] is not None and body["active"] is False
@@ -67,12 +67,12 @@ class TestUsage(EndpointTests):
     list_actions = {"totals": 200}
 
     def make(self, tenant: Any) -> Any:
-        return make_usage(tenant, make_api_key(tenant))
+        return UsageRecordFactory(tenant=tenant, api_key=ApiKeyFactory(tenant=tenant))
 
     def make_many(self, tenant: Any, count: int, user: Any) -> None:
-        key = make_api_key(tenant)
+        key = ApiKeyFactory(tenant=tenant)
         for _ in range(count):
-            make_usage(tenant, key)
+            UsageRecordFactory(tenant=tenant, api_key=key)
 
     def filters_reaching(self, obj: Any) -> list[dict[str, Any]]:
         since = (obj.minute - timedelta(minutes=1)).isoformat()
@@ -81,10 +81,10 @@ class TestUsage(EndpointTests):
 
 @pytest.mark.django_db
 def test_usage_totals_per_key(tenant: Any, make_member: Any, client_for: Any) -> None:
-    first, second = make_api_key(tenant, "first"), make_api_key(tenant, "second")
+    first, second = ApiKeyFactory(tenant=tenant, name="first"), ApiKeyFactory(tenant=tenant, name="second")
     for _ in range(3):
-        make_usage(tenant, first)
-    make_usage(tenant, second)
+        UsageRecordFactory(tenant=tenant, api_key=first)
+    UsageRecordFactory(tenant=tenant, api_key=second)
     client = client_for(make_member(Role.VIEWER, tenant))
     totals = rows(client.get("/api/v1/usage/totals/"))
     assert [(t["api_key_name"], t["requests"], t["prompt_tokens"], t["minutes"]) for t in totals] == [
@@ -103,7 +103,7 @@ class TestAudit(EndpointTests):
     endpoint = "audit"
 
     def make(self, tenant: Any) -> Any:
-        return make_audit(tenant)
+        return AuditLogFactory(tenant=tenant)
 
     def filters_reaching(self, obj: Any) -> list[dict[str, Any]]:
         return [{"tenant": obj.tenant.slug}, {"action": obj.action}, {"object_type": obj.object_type}]

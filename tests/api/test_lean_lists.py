@@ -8,18 +8,18 @@ from typing import Any
 import pytest
 from django.utils import timezone
 
-from controlplane.audit.models import AuditLog
-from controlplane.deployments.models import DeploymentEvent
 from controlplane.keys.models import ApiKey
 from controlplane.tenancy.api.base import ScopedViewSet
 from controlplane.tenancy.choices import Role
-from controlplane.usage.models import UsageRecord
 from tests.factories import (
+    AuditLogFactory,
+    DeploymentEventFactory,
     DeploymentFactory,
     MembershipFactory,
     PlatformAdminFactory,
     ReplicaFactory,
     TenantFactory,
+    UsageRecordFactory,
     UserFactory,
 )
 
@@ -37,7 +37,7 @@ def rows() -> dict[str, Any]:
     deployment = DeploymentFactory(tenant=tenant, phase="Running", reconciled_at=timezone.now())
     ReplicaFactory(deployment=deployment, started_at=timezone.now())  # ready_at stays null
     ReplicaFactory(deployment=deployment)
-    DeploymentEvent.objects.create(tenant=tenant, deployment=deployment, reason="Scaled", message="to 2")
+    DeploymentEventFactory(tenant=tenant, deployment=deployment, reason="Scaled", message="to 2")
     key = ApiKey.objects.create(
         tenant=tenant, name="k", key_id="k1", digest="0" * 64, display_prefix="hgr_k1", scopes=["inference"]
     )
@@ -45,10 +45,10 @@ def rows() -> dict[str, Any]:
         tenant=tenant, name="k2", key_id="k2", digest="0" * 64, display_prefix="hgr_k2", created_by=owner,
         expires_at=timezone.now() + timezone.timedelta(days=1),
     )  # fmt: skip
-    UsageRecord.objects.create(tenant=tenant, api_key=key, model="m", minute=timezone.now(), requests=1)
-    UsageRecord.objects.create(tenant=tenant, api_key=None, model="m", minute=timezone.now(), latency_ms_sum=1.5)
-    AuditLog.objects.create(tenant=tenant, actor=None, actor_repr="system:worker", action="a", object_type="t")
-    AuditLog.objects.create(
+    UsageRecordFactory(tenant=tenant, api_key=key, model="m", minute=timezone.now(), requests=1)
+    UsageRecordFactory(tenant=tenant, api_key=None, model="m", minute=timezone.now(), latency_ms_sum=1.5)
+    AuditLogFactory(tenant=tenant, actor=None, actor_repr="system:worker", action="a", object_type="t")
+    AuditLogFactory(
         tenant=tenant, actor=owner, actor_repr=owner.username, action="b", object_type="t", source_ip="10.0.0.1"
     )
     return {"owner": owner, "admin": PlatformAdminFactory()}

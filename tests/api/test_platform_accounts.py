@@ -16,15 +16,20 @@ from rest_framework.test import APIClient
 
 from controlplane.audit.models import AuditLog
 from controlplane.core.context import SYSTEM
-from controlplane.keys.services import api_key_create
 from controlplane.tenancy import services
 from controlplane.tenancy.access import access_for, is_platform_admin
 from controlplane.tenancy.choices import Role
 from controlplane.tenancy.models import Membership, Tenant
-from tests.api.factories import make_token
 from tests.api.mixins import PlatformEndpointTests
 from tests.api.test_fuzz import FUZZ, bodies, send
-from tests.factories import MembershipFactory, PlatformAdminFactory, TenantFactory, UserFactory
+from tests.factories import (
+    AccessTokenFactory,
+    ApiKeyFactory,
+    MembershipFactory,
+    PlatformAdminFactory,
+    TenantFactory,
+    UserFactory,
+)
 from tests.support.waiting import wait_for_async
 
 pytestmark = pytest.mark.django_db
@@ -36,7 +41,7 @@ PASSWORD = "pw-for-tests-1"
 
 def bearer(user: Any) -> APIClient:
     """A client presenting a real personal access token of ``user`` (no forced authentication)."""
-    _, secret = make_token(user)
+    secret = AccessTokenFactory(user=user).secret
     client = APIClient()
     client.credentials(HTTP_AUTHORIZATION=f"Bearer {secret}")
     return client
@@ -251,8 +256,8 @@ def _gateway_scenario(token: str, other_token: str, tenant: Tenant) -> list[Any]
 def test_deactivated_tenant_keys_are_refused_by_the_gateway() -> None:
     tenant = TenantFactory()
     other_tenant = TenantFactory()
-    _, token = api_key_create(actor=SYSTEM, tenant=tenant, data={"name": "k"})
-    _, other_token = api_key_create(actor=SYSTEM, tenant=other_tenant, data={"name": "k"})
+    token = ApiKeyFactory(tenant=tenant, name="k").secret
+    other_token = ApiKeyFactory(tenant=other_tenant, name="k").secret
     assert _gateway_scenario(token, other_token, tenant) == [200, 401, 200, 401, "invalid_api_key", 200]
 
 

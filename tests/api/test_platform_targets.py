@@ -17,8 +17,14 @@ from controlplane.audit.models import AuditLog
 from controlplane.core.crypto import decrypt_json
 from controlplane.deployments.models import Target, TargetGrant
 from controlplane.deployments.selectors import target_credentials
-from tests.api.factories import make_token
-from tests.factories import DeploymentFactory, PlatformAdminFactory, TargetFactory, TenantFactory
+from tests.factories import (
+    AccessTokenFactory,
+    DeploymentFactory,
+    PlatformAdminFactory,
+    TargetFactory,
+    TargetGrantFactory,
+    TenantFactory,
+)
 from tests.support.credentials import SECRET, docker_tls, kubeconfig, other_private_key, ssh_private_key
 
 pytestmark = pytest.mark.django_db
@@ -30,7 +36,7 @@ SOCKET = "unix:///var/run/docker.sock"
 
 @pytest.fixture
 def api() -> APIClient:
-    _, secret = make_token(PlatformAdminFactory())
+    secret = AccessTokenFactory(user=PlatformAdminFactory()).secret
     client = APIClient()
     client.credentials(HTTP_AUTHORIZATION=f"Bearer {secret}")
     return client
@@ -360,7 +366,7 @@ def test_grant_input_errors(api: APIClient) -> None:
 def test_revoke_is_refused_while_the_tenant_has_deployments_there(api: APIClient) -> None:
     deployment = DeploymentFactory()
     grant = TargetGrant.objects.get(target=deployment.target, tenant=deployment.tenant)
-    other = TargetGrant.objects.create(target=deployment.target, tenant=TenantFactory())
+    other = TargetGrantFactory(target=deployment.target, tenant=TenantFactory())
     response = api.delete(f"{GRANTS}{grant.pk}/")
     assert response.status_code == 409
     assert deployment.tenant.slug in response.json()["detail"]

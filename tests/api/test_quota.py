@@ -25,9 +25,9 @@ from controlplane.deployments.models import Deployment
 from controlplane.deployments.quota import RESOURCES, tenant_quota_usage
 from controlplane.tenancy.choices import Role
 from controlplane.tenancy.models import Tenant
-from tests.api.factories import make_token
 from tests.api.mixins import PlatformEndpointTests
 from tests.factories import (
+    AccessTokenFactory,
     DeploymentFactory,
     MembershipFactory,
     ModelFactory,
@@ -44,7 +44,7 @@ GPU_MB = 16384
 
 def bearer(user: Any) -> APIClient:
     """A client presenting a real personal access token of ``user``."""
-    _, secret = make_token(user)
+    secret = AccessTokenFactory(user=user).secret
     client = APIClient()
     client.credentials(HTTP_AUTHORIZATION=f"Bearer {secret}")
     return client

@@ -15,9 +15,16 @@ from controlplane.deployments.choices import DesiredState
 from controlplane.deployments.models import Deployment, MetricSample, Target
 from controlplane.keys.models import ApiKey
 from controlplane.tenancy.models import Membership
-from controlplane.usage.models import UsageRecord
 from tests.dashboard.conftest import ROLES
-from tests.factories import DeploymentFactory, ModelFactory, TargetFactory, TenantFactory, UserFactory
+from tests.factories import (
+    DeploymentFactory,
+    MembershipFactory,
+    ModelFactory,
+    TargetFactory,
+    TenantFactory,
+    UsageRecordFactory,
+    UserFactory,
+)
 
 pytestmark = pytest.mark.django_db
 
@@ -85,7 +92,7 @@ def test_objects_of_other_tenants_are_not_found(login: Any, team: dict[str, Any]
 def test_tenant_switcher_only_offers_own_tenants(login: Any, team: dict[str, Any]) -> None:
     second = TenantFactory()
     stranger = TenantFactory()
-    Membership.objects.create(user=team["viewer"], tenant=second, role="operator")
+    MembershipFactory(user=team["viewer"], tenant=second, role="operator")
     client = login(team["viewer"])
     page = client.get("/")
     assert second.slug.encode() in page.content
@@ -427,7 +434,7 @@ def test_usage_table_chart_and_csv(login: Any, team: dict[str, Any]) -> None:
     )
     now = timezone.now().replace(second=0, microsecond=0)
     for minutes, tokens in [(0, 10), (1, 20), (60 * 24, 5)]:
-        UsageRecord.objects.create(
+        UsageRecordFactory(
             tenant=team["tenant"],
             api_key=key,
             model="chat",
@@ -436,7 +443,7 @@ def test_usage_table_chart_and_csv(login: Any, team: dict[str, Any]) -> None:
             prompt_tokens=tokens,
             completion_tokens=tokens,
         )
-    UsageRecord.objects.create(tenant=TenantFactory(), model="chat", minute=now, requests=99, prompt_tokens=999)
+    UsageRecordFactory(model="chat", minute=now, requests=99, prompt_tokens=999, completion_tokens=0)
     client = login(team["viewer"])
     page = client.get(reverse("dashboard:usage"))
     assert page.status_code == 200

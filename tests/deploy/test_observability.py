@@ -32,10 +32,9 @@ from controlplane.core.tasks import RECONCILE_DEPLOYMENT
 from controlplane.deployments import services
 from controlplane.deployments.choices import Phase, ReplicaState
 from controlplane.deployments.models import Deployment
-from controlplane.keys.services import api_key_create
 from controlplane.tenancy.choices import Role
 from tests.conftest import REPO_ROOT
-from tests.factories import DeploymentFactory, ModelFactory, ReplicaFactory, TargetFactory, TenantFactory
+from tests.factories import ApiKeyFactory, DeploymentFactory, ModelFactory, ReplicaFactory, TargetFactory, TenantFactory
 from tests.gateway.conftest import Server, start_stub
 from tests.support.ports import free_port
 from tests.support.waiting import wait_for
@@ -230,7 +229,7 @@ def test_every_metric_of_the_dashboard_and_alerts_is_exposed(
     # Gateway: one answer from a replica, one from a replica that is gone (503, connect error).
     tenant = TenantFactory()
     user = make_member(Role.OPERATOR, tenant)
-    _, token = api_key_create(actor=SYSTEM, tenant=tenant, data={"name": "obs"})
+    token = ApiKeyFactory(tenant=tenant, name="obs").secret
     endpoints = {"served": stub.url, "gone": f"http://127.0.0.1:{free_port()}"}
     for name, endpoint in endpoints.items():
         deployment = DeploymentFactory(tenant=tenant, served_model_name=name, phase=Phase.RUNNING)

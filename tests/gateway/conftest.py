@@ -13,11 +13,9 @@ from typing import Any
 import httpx
 import pytest
 
-from controlplane.core.context import SYSTEM
 from controlplane.deployments.choices import Phase, ReplicaState
-from controlplane.keys.services import api_key_create
 from tests.conftest import REPO_ROOT, claim_test_database
-from tests.factories import DeploymentFactory, ReplicaFactory, TenantFactory
+from tests.factories import ApiKeyFactory, DeploymentFactory, ReplicaFactory, TenantFactory
 from tests.support.ports import free_port
 from tests.support.processes import Process, http_ok
 
@@ -149,9 +147,9 @@ def gateway(gateway_db_name: str) -> Iterator[Server]:
 @pytest.fixture
 def make_key(transactional_db: Any) -> Callable[..., tuple[Any, str]]:
     def make(tenant: Any = None, **data: Any) -> tuple[Any, str]:
-        tenant = tenant or TenantFactory()
         data.setdefault("name", "test key")
-        return api_key_create(actor=SYSTEM, tenant=tenant, data=data)
+        key = ApiKeyFactory(tenant=tenant or TenantFactory(), **data)
+        return key, key.secret
 
     return make
 

@@ -22,22 +22,19 @@ def main(replica_url: str) -> None:
 
     call_command("migrate", verbosity=0)
 
-    from controlplane.core.context import SYSTEM
     from controlplane.deployments.choices import Phase, ReplicaState
-    from controlplane.keys.services import api_key_create
     from controlplane.tenancy.choices import Role
-    from controlplane.tenancy.services import access_token_create
-    from tests.factories import DeploymentFactory, MembershipFactory, ReplicaFactory
+    from tests.factories import AccessTokenFactory, ApiKeyFactory, DeploymentFactory, MembershipFactory, ReplicaFactory
 
     owner = MembershipFactory(role=Role.OWNER)
     tenant = owner.tenant
-    _, user_token = access_token_create(actor=SYSTEM, user=owner.user, name="outage test")
+    user_token = AccessTokenFactory(user=owner.user, name="outage test").secret
     deployment = DeploymentFactory(tenant=tenant, served_model_name="m", phase=Phase.RUNNING)
     ReplicaFactory(deployment=deployment, endpoint=replica_url, state=ReplicaState.READY)
     keys = {}
     for name in ("served", "revoked", "unseen"):
-        key, token = api_key_create(actor=SYSTEM, tenant=tenant, data={"name": name})
-        keys[name] = {"id": key.pk, "token": token}
+        key = ApiKeyFactory(tenant=tenant, name=name)
+        keys[name] = {"id": key.pk, "token": key.secret}
     print(json.dumps({"user_token": user_token, "tenant": tenant.slug, "keys": keys}))
 
 

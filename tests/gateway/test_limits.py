@@ -19,8 +19,7 @@ from django.conf import settings
 from controlplane.gateway.conf import load
 from controlplane.gateway.limits import Limiter, LocalLimiter, plan
 from controlplane.gateway.selectors import KeyRecord
-from controlplane.usage.models import UsageRecord
-from tests.factories import TenantFactory
+from tests.factories import TenantFactory, UsageRecordFactory
 from tests.gateway.conftest import RUN_ID, auth, metric_value, start_stub
 from tests.support.waiting import wait_for, wait_for_async
 
@@ -161,7 +160,7 @@ def test_monthly_budget_is_rebuilt_from_usage_and_enforced(gateway, stub_upstrea
     key, token = make_key(monthly_token_budget=1000)
     serve_model(key.tenant, "m", stub_upstream.url)
     now = datetime.now(UTC).replace(second=0, microsecond=0)
-    UsageRecord.objects.create(
+    UsageRecordFactory(
         tenant=key.tenant, api_key=key, model="m", minute=now, requests=9, prompt_tokens=900, completion_tokens=50
     )
 

@@ -21,7 +21,7 @@ from controlplane.core.context import SYSTEM
 from controlplane.deployments import services
 from controlplane.deployments.choices import ConditionType, Phase
 from controlplane.deployments.models import Deployment, DeploymentEvent, Replica, Target
-from tests.factories import ModelFactory, TargetFactory, TenantFactory
+from tests.factories import AccessTokenFactory, ModelFactory, TargetFactory, TenantFactory
 from tests.support.ports import listening_socket
 from tests.support.waiting import wait_for
 from tests.workers.docker_support import (
@@ -350,7 +350,6 @@ def test_rest_api_lifecycle_on_docker(
     """Through the REST API with a bearer token: deploy 2 replicas, scale to 3 and back, roll, delete."""
     from rest_framework.test import APIClient
 
-    from controlplane.tenancy.services import access_token_create
     from workers.drivers.base import LABEL_GENERATION
 
     start_worker()
@@ -358,7 +357,7 @@ def test_rest_api_lifecycle_on_docker(
     admin = make_member("admin", tenant)
     # Targets are the platform's: one is granted to the tenant, which deploys onto it.
     granted = TargetFactory(tenant=tenant, name="docker", kind="docker", docker_url=DOCKER_URL)
-    _, token = access_token_create(actor=SYSTEM, user=admin, name="ci")
+    token = AccessTokenFactory(user=admin, name="ci").secret
     api = APIClient()
     api.credentials(HTTP_AUTHORIZATION=f"Bearer {token}")
 

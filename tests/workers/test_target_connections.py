@@ -23,7 +23,7 @@ from kubernetes.config import incluster_config
 
 from controlplane.core.crypto import encrypt_json
 from controlplane.deployments.models import Deployment, Target
-from tests.factories import DeploymentFactory, TargetFactory, TenantFactory
+from tests.factories import DeploymentFactory, TargetFactory, TargetGrantFactory, TenantFactory
 from tests.support.ports import listening_socket
 from tests.support.waiting import wait_for
 from tests.workers.docker_support import (
@@ -333,14 +333,12 @@ def test_in_cluster_outside_a_cluster_is_misconfigured(monkeypatch: Any) -> None
 
 @pytest.mark.django_db
 def test_namespace_comes_from_the_tenants_grant(worker_kubeconfig: str, model_root: Path) -> None:
-    from controlplane.deployments.models import TargetGrant
-
     seen: list[str] = []
     with FakeAPI(k8s_router(seen)) as api:
         target = kube_target(kubeconfig(f"http://127.0.0.1:{api.port}"), kube_namespace="platform-ns")
         own_namespace, shared = TenantFactory(), TenantFactory()
-        TargetGrant.objects.create(target=target, tenant=own_namespace, namespace="team-a")
-        TargetGrant.objects.create(target=target, tenant=shared)
+        TargetGrantFactory(target=target, tenant=own_namespace, namespace="team-a")
+        TargetGrantFactory(target=target, tenant=shared)
         assert driver_for(target, tenant_id=own_namespace.pk).namespace == "team-a"
         assert driver_for(target, tenant_id=shared.pk).namespace == "platform-ns"
         assert driver_for(target).namespace == "platform-ns"
@@ -460,7 +458,6 @@ def test_the_die_watcher_connects_the_way_the_driver_does(
 
 @pytest.mark.django_db
 def test_orphans_are_collected_in_every_granted_namespace(worker_kubeconfig: str) -> None:
-    from controlplane.deployments.models import TargetGrant
     from workers.tasks import collect_orphans
 
     orphan = {
@@ -480,8 +477,8 @@ def test_orphans_are_collected_in_every_granted_namespace(worker_kubeconfig: str
 
     with FakeAPI(with_orphan) as api:
         target = kube_target(kubeconfig(f"http://127.0.0.1:{api.port}"), kube_namespace="platform-ns")
-        TargetGrant.objects.create(target=target, tenant=TenantFactory(), namespace="team-a")
-        TargetGrant.objects.create(target=target, tenant=TenantFactory())  # the target's namespace
+        TargetGrantFactory(target=target, tenant=TenantFactory(), namespace="team-a")
+        TargetGrantFactory(target=target, tenant=TenantFactory())  # the target's namespace
         assert collect_orphans() >= 1
     assert {"platform-ns", "team-a"} <= set(seen)
     deleted = [s.path for s in api.seen if s.method == "DELETE"]
