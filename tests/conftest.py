@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import copy
 import os
+import uuid
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -89,6 +91,19 @@ def make_member(db: Any) -> Callable[..., Any]:
         return user
 
     return make
+
+
+@pytest.fixture
+def private_redis_namespace(settings: Any) -> None:
+    """Groups and cache keys of this test only: other suites and dev servers share the Redis,
+    and their deployment and replica ids (hence group and cache key names) repeat ours."""
+    tag = uuid.uuid4().hex[:12]
+    layers = copy.deepcopy(settings.CHANNEL_LAYERS)
+    layers["default"]["CONFIG"]["prefix"] = f"asgi-test-{tag}"
+    settings.CHANNEL_LAYERS = layers
+    caches = copy.deepcopy(settings.CACHES)
+    caches["default"]["KEY_PREFIX"] = f"hangar-test-{tag}"
+    settings.CACHES = caches
 
 
 @pytest.fixture

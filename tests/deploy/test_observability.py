@@ -34,8 +34,8 @@ from controlplane.deployments.choices import Phase, ReplicaState
 from controlplane.deployments.models import Deployment
 from controlplane.tenancy.choices import Role
 from tests.conftest import REPO_ROOT
+from tests.controlplane.gateway.conftest import Server, start_stub
 from tests.factories import ApiKeyFactory, DeploymentFactory, ModelFactory, ReplicaFactory, TargetFactory, TenantFactory
-from tests.gateway.conftest import Server, start_stub
 from tests.support.ports import free_port
 from tests.support.waiting import wait_for
 from tests.workers import processes

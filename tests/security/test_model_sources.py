@@ -17,8 +17,8 @@ from rest_framework.test import APIClient
 
 from controlplane.deployments.choices import Phase
 from controlplane.tenancy.choices import Role
-from tests.api.test_settings import GOOD_PRODUCTION, load_settings
 from tests.conftest import REPO_ROOT
+from tests.console.test_settings import GOOD_PRODUCTION, load_settings
 from tests.factories import AccessTokenFactory, TargetFactory, TenantFactory
 from tests.support.model_dirs import make_model_dir
 from tests.workers.fakes import FakeDriver

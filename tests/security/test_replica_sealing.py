@@ -28,8 +28,8 @@ from controlplane.deployments import services
 from controlplane.deployments.choices import Phase, ReplicaState
 from controlplane.deployments.models import Deployment, MetricSample, Replica
 from controlplane.deployments.replica_auth import replica_token
+from tests.controlplane.gateway.conftest import Server, start_gateway
 from tests.factories import ApiKeyFactory, DeploymentFactory, ModelFactory, ReplicaFactory, TargetFactory, TenantFactory
-from tests.gateway.conftest import Server, start_gateway
 from tests.support.processes import REPO_ROOT
 from tests.support.waiting import wait_for
 from workers import metrics, reconciler
