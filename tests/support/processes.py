@@ -36,6 +36,10 @@ _serial = itertools.count()
 RUNNING: list[Process] = []  # started and not yet stopped, oldest first
 
 
+class ProcessExited(AssertionError):
+    """A process a test needed running has exited (the message ends with its log tail)."""
+
+
 class Process:
     """One subprocess: ``start()``, ``wait_ready()``, ``log()``/``tail()``, ``stop()``/``kill()``.
 
@@ -89,13 +93,15 @@ class Process:
 
         try:
             return wait_for(ready, timeout, f"{self.name}: {message}", interval)
-        except AssertionError as exc:
+        except ProcessExited:
+            raise
+        except AssertionError as exc:  # the deadline passed: say what the process logged meanwhile
             raise AssertionError(f"{exc}\n{self.report()}") from None
 
     def check_alive(self) -> None:
         """Fail with the log tail if the process has exited."""
         if self.poll() is not None:
-            raise AssertionError(f"{self.name} exited with {self.returncode}\n{self.report()}")
+            raise ProcessExited(f"{self.name} exited with {self.returncode}\n{self.report()}")
 
     def signal(self, sig: int, *, group: bool = True) -> None:
         """Send ``sig`` to the process group (or to the main process only)."""
