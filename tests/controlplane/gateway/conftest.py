@@ -54,7 +54,9 @@ def django_db_modify_db_settings(django_db_modify_db_settings_parallel_suffix: A
     """A test database of its own, so gateway runs do not collide with other suites' runs."""
     from django.conf import settings
 
-    settings.DATABASES["default"].setdefault("TEST", {})["NAME"] = "test_hangar_gateway"
+    # Named after the configured database, so that two checkouts (hangar_a, hangar_b) never share it.
+    database = settings.DATABASES["default"]
+    database.setdefault("TEST", {})["NAME"] = f"test_{database['NAME']}_gateway"
     claim_test_database()
 
 
