@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import copy
 import os
+import uuid
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -11,9 +13,25 @@ import pytest
 from rest_framework.test import APIClient
 
 from tests.factories import MembershipFactory, TenantFactory, UserFactory
+from tests.support.processes import RUNNING, running_reports
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 _test_database_guards: list[Any] = []  # connections holding a test database's lock until exit
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]) -> Iterator[None]:
+    """A failed test's report ends with the log tails of the processes it had running."""
+    outcome = yield
+    report = outcome.get_result()
+    if report.failed and (tails := running_reports()):
+        report.sections.append(("processes still running (log tails)", tails))
+
+
+def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
+    """Processes a failed test left running (its teardown never came) are stopped here."""
+    for process in reversed(RUNNING[:]):
+        process.stop()
 
 
 @pytest.fixture(scope="session")
@@ -73,6 +91,19 @@ def make_member(db: Any) -> Callable[..., Any]:
         return user
 
     return make
+
+
+@pytest.fixture
+def private_redis_namespace(settings: Any) -> None:
+    """Groups and cache keys of this test only: other suites and dev servers share the Redis,
+    and their deployment and replica ids (hence group and cache key names) repeat ours."""
+    tag = uuid.uuid4().hex[:12]
+    layers = copy.deepcopy(settings.CHANNEL_LAYERS)
+    layers["default"]["CONFIG"]["prefix"] = f"asgi-test-{tag}"
+    settings.CHANNEL_LAYERS = layers
+    caches = copy.deepcopy(settings.CACHES)
+    caches["default"]["KEY_PREFIX"] = f"hangar-test-{tag}"
+    settings.CACHES = caches
 
 
 @pytest.fixture

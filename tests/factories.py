@@ -1,18 +1,31 @@
-"""factory-boy factories for the domain models (shared by every test package)."""
+"""factory-boy factories for the domain models: the suite's one way to make rows.
+
+Rows whose secret the product shows only once (API keys, personal access tokens) are made
+through their service, as the product makes them; the secret is then on ``.secret``.
+"""
 
 from __future__ import annotations
 
+import itertools
+from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
 import factory
 from django.conf import settings
 from django.contrib.auth import get_user_model
+from django.utils import timezone
 
+from controlplane.audit.models import AuditLog
 from controlplane.catalog.models import Model
-from controlplane.deployments.models import Deployment, Replica, Target, TargetGrant
+from controlplane.core.context import SYSTEM
+from controlplane.deployments.models import Deployment, DeploymentEvent, Replica, Target, TargetGrant
+from controlplane.keys.models import ApiKey
+from controlplane.keys.services import api_key_create
 from controlplane.tenancy.choices import Role
-from controlplane.tenancy.models import Membership, Tenant
+from controlplane.tenancy.models import AccessToken, Membership, Tenant
+from controlplane.tenancy.services import access_token_create
+from controlplane.usage.models import UsageRecord
 
 
 class UserFactory(factory.django.DjangoModelFactory):
@@ -77,6 +90,14 @@ class TargetFactory(factory.django.DjangoModelFactory):
         return super()._build(model_class, *args, **kwargs)  # an unsaved target grants nothing
 
 
+class TargetGrantFactory(factory.django.DjangoModelFactory):
+    class Meta:
+        model = TargetGrant
+
+    target = factory.SubFactory(TargetFactory)
+    tenant = factory.SubFactory(TenantFactory)
+
+
 class DeploymentFactory(factory.django.DjangoModelFactory):
     class Meta:
         model = Deployment
@@ -114,3 +135,77 @@ class PlatformAdminFactory(UserFactory):
             obj.user_permissions.add(
                 Permission.objects.get(content_type__app_label="tenancy", codename="administer_platform")
             )
+
+
+class DeploymentEventFactory(factory.django.DjangoModelFactory):
+    class Meta:
+        model = DeploymentEvent
+
+    tenant = factory.SubFactory(TenantFactory)
+    deployment = factory.SubFactory(DeploymentFactory, tenant=factory.SelfAttribute("..tenant"))
+    reason = "Tested"
+    type = "Normal"
+    message = "m"
+
+
+class AuditLogFactory(factory.django.DjangoModelFactory):
+    class Meta:
+        model = AuditLog
+
+    tenant = factory.SubFactory(TenantFactory)
+    actor_repr = "someone"
+    action = "thing.happen"
+    object_type = "thing"
+
+
+_minutes_ago = itertools.count(1)
+
+
+class UsageRecordFactory(factory.django.DjangoModelFactory):
+    """One minute of usage; each record a minute earlier than the last (minutes are unique per key)."""
+
+    class Meta:
+        model = UsageRecord
+
+    tenant = factory.SubFactory(TenantFactory)
+    api_key = None
+    model = "tiny"
+    minute = factory.LazyFunction(
+        lambda: timezone.now().replace(second=0, microsecond=0) - timedelta(minutes=next(_minutes_ago))
+    )
+    requests = 2
+    prompt_tokens = 10
+    completion_tokens = 5
+
+
+class ApiKeyFactory(factory.django.DjangoModelFactory):
+    """An API key made by ``api_key_create`` (any of its fields as keywords); the token is ``.secret``."""
+
+    class Meta:
+        model = ApiKey
+
+    tenant = factory.SubFactory(TenantFactory)
+    name = "key"
+
+    @classmethod
+    def _create(cls, model_class: type[ApiKey], *args: Any, tenant: Tenant, **data: Any) -> ApiKey:
+        key, secret = api_key_create(actor=SYSTEM, tenant=tenant, data=data)
+        key.secret = secret  # type: ignore[attr-defined]
+        return key
+
+
+class AccessTokenFactory(factory.django.DjangoModelFactory):
+    """A personal access token made by ``access_token_create``; the bearer secret is ``.secret``."""
+
+    class Meta:
+        model = AccessToken
+
+    user = factory.SubFactory(UserFactory)
+    name = "ci"
+    expires_at = None
+
+    @classmethod
+    def _create(cls, model_class: type[AccessToken], *args: Any, **kwargs: Any) -> AccessToken:
+        token, secret = access_token_create(actor=SYSTEM, **kwargs)
+        token.secret = secret  # type: ignore[attr-defined]
+        return token

@@ -1,7 +1,7 @@
 """The README's configuration table, written from what the settings modules declare.
 
 ``manage.py settings_table`` rewrites the part of README.md between the two markers below;
-``--check`` (and ``tests/settings/test_settings_table.py``) fails when the README differs.
+``--check`` (and ``tests/console/settings/test_declarations.py``) fails when the README differs.
 """
 
 from __future__ import annotations

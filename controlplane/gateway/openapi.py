@@ -6,7 +6,7 @@ It describes what the gateway itself accepts and answers: the fields it validate
 ``stop``, ...) pass through to the model runtime, which answers its own 400s in the same shape;
 the request schemas leave them open (``additionalProperties``).
 
-``tests/api/test_schemathesis.py`` runs schemathesis against this document and the live gateway.
+``tests/controlplane/core/test_schemathesis.py`` runs schemathesis against this document and the live gateway.
 """
 
 from __future__ import annotations

@@ -11,7 +11,6 @@ from __future__ import annotations
 import json
 import os
 import signal
-import subprocess
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -22,7 +21,7 @@ import redis
 from django.conf import settings
 
 from console.beat import LEASE_KEY
-from tests.conftest import REPO_ROOT
+from tests.support.processes import REPO_ROOT, Process
 from tests.support.waiting import wait_for
 
 CELERY = REPO_ROOT / ".venv" / "bin" / "celery"
@@ -30,9 +29,8 @@ LEASE_S = 2
 QUEUE = "celery"  # the default queue: where beat sends scrape_metrics every HANGAR_METRICS_INTERVAL
 
 
-class Beat:
+class Beat(Process):
     def __init__(self, name: str, tmp_path: Path) -> None:
-        self.log_path = tmp_path / f"{name}.log"
         env = {
             **os.environ,
             "DJANGO_SETTINGS_MODULE": "console.settings.test",
@@ -41,26 +39,13 @@ class Beat:
             "HANGAR_METRICS_INTERVAL": "0.2",
             "PYTHONUNBUFFERED": "1",
         }
-        with self.log_path.open("wb") as log:
-            self.proc = subprocess.Popen(
-                [
-                    *(str(CELERY), "-A", "console", "beat", "--loglevel", "INFO"),
-                    *("--scheduler", "console.beat:LeaderScheduler", "--schedule", str(tmp_path / f"{name}.schedule")),
-                ],
-                cwd=REPO_ROOT,
-                env=env,
-                stdout=log,
-                stderr=subprocess.STDOUT,
-            )
-        self.origin = f"gen{self.proc.pid}@"
-
-    def log(self) -> str:
-        return self.log_path.read_text(errors="replace")
-
-    def stop(self, sig: int) -> None:
-        if self.proc.poll() is None:
-            self.proc.send_signal(sig)
-        self.proc.wait(timeout=30)
+        argv = [
+            *(str(CELERY), "-A", "console", "beat", "--loglevel", "INFO"),
+            *("--scheduler", "console.beat:LeaderScheduler", "--schedule", str(tmp_path / f"{name}.schedule")),
+        ]
+        super().__init__(name, argv, log_path=tmp_path / f"{name}.log", env=env)
+        self.start()
+        self.origin = f"gen{self.pid}@"
 
 
 @pytest.fixture
@@ -82,12 +67,12 @@ def beats(tmp_path: Path) -> Iterator[Any]:
 
     yield start
     for beat in started:
-        beat.stop(signal.SIGKILL)
+        beat.kill()
 
 
 def sent_by(broker: redis.Redis, beat: Beat) -> int:
-    if beat.proc.poll() is not None and beat.proc.returncode != -signal.SIGKILL:
-        raise AssertionError(f"beat exited with {beat.proc.returncode}:\n{beat.log()[-3000:]}")
+    if beat.poll() is not None and beat.returncode != -signal.SIGKILL:
+        beat.check_alive()  # fails with the beat's log tail
     messages = (json.loads(raw) for raw in broker.lrange(QUEUE, 0, -1))
     return sum(1 for m in messages if m["headers"]["origin"].startswith(beat.origin))
 
@@ -104,7 +89,7 @@ def test_only_the_lease_holder_sends_and_the_standby_takes_over(broker: redis.Re
     wait_for(lambda: sent_by(broker, first) >= baseline + 15, timeout=30, message="first beat still sending")
     assert sent_by(broker, second) == 0
 
-    first.stop(signal.SIGKILL)  # no release: the standby must wait for the lease to expire
+    first.kill()  # no release: the standby must wait for the lease to expire
     killed_at = time.monotonic()
     sent_by_first = sent_by(broker, first)
     wait_for(lambda: sent_by(broker, second) >= 3, timeout=LEASE_S + 30, message="second beat taking over")
@@ -113,8 +98,8 @@ def test_only_the_lease_holder_sends_and_the_standby_takes_over(broker: redis.Re
     assert takeover_s >= LEASE_S * 0.5, f"took over after {takeover_s:.1f} s, before the lease could expire"
 
     # A graceful stop releases the lease at once.
-    second.stop(signal.SIGTERM)
-    assert second.proc.returncode == 0, second.log()[-2000:]
+    second.signal(signal.SIGTERM, group=False)
+    assert second.wait(timeout=30) == 0, second.tail()
     assert "lease hangar:beat-leader released" in second.log()
     assert broker.get(LEASE_KEY) is None
 

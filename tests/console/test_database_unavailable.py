@@ -1,6 +1,6 @@
 """The REST API and dashboard with the database unreachable (its port closed): 503 with
 ``Retry-After``, JSON under ``/api/``, a small page elsewhere, never Django's 500 or debug page.
-The slow end-to-end version is ``tests/gateway/test_database_outage.py``."""
+The slow end-to-end version is ``tests/controlplane/gateway/test_database_outage.py``."""
 
 from __future__ import annotations
 

@@ -15,12 +15,9 @@ Figures (requests, writes, statuses, duration) are written to ``artifacts/consol
 
 from __future__ import annotations
 
-import contextlib
 import json
 import os
 import random
-import signal
-import subprocess
 import sys
 import threading
 import time
@@ -34,7 +31,7 @@ import pytest
 
 from tests.conftest import REPO_ROOT
 from tests.support.ports import free_port
-from tests.support.waiting import wait_for
+from tests.support.processes import Process
 
 # The timeout is a safety net for a loaded machine; on an idle one the test takes about 70 s.
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(300)]
@@ -62,38 +59,23 @@ class Quickstart:
         self.url = f"http://127.0.0.1:{self.port}"
         self.output = data_dir / "quickstart.out"
         self.env = quickstart_env(data_dir, model_dir, self.port)
-        self.proc: subprocess.Popen[bytes] | None = None
+        self.process = Process(
+            "quickstart", [sys.executable, "manage.py", "quickstart"], log_path=self.output, env=self.env
+        )
 
     def start(self) -> Quickstart:
-        with self.output.open("ab") as out:
-            self.proc = subprocess.Popen(
-                [sys.executable, "manage.py", "quickstart"],
-                cwd=REPO_ROOT,
-                env=self.env,
-                stdout=out,
-                stderr=subprocess.STDOUT,
-                start_new_session=True,
-            )
-        wait_for(self._running, timeout=120, message="quickstart printing 'Hangar is running'")
+        self.process.start()
+        self.process.wait_ready(
+            lambda: "Hangar is running" in self.output.read_text(errors="replace"),
+            timeout=120,
+            message="printing 'Hangar is running'",
+        )
         return self
-
-    def _running(self) -> bool:
-        assert self.proc is not None
-        if self.proc.poll() is not None:
-            raise AssertionError(f"quickstart exited with {self.proc.returncode}:\n{self.output.read_text()[-3000:]}")
-        return "Hangar is running" in self.output.read_text(errors="replace")
 
     def stop(self) -> None:
         """SIGTERM, as Ctrl-C would: the quickstart stops web, worker, beat, Redis and its replicas."""
-        if self.proc is None or self.proc.poll() is not None:
-            return
-        self.proc.send_signal(signal.SIGTERM)
-        try:
-            self.proc.wait(timeout=60)
-        except subprocess.TimeoutExpired:
-            with contextlib.suppress(ProcessLookupError):
-                os.killpg(self.proc.pid, signal.SIGKILL)
-            self.proc.wait(timeout=30)
+        if self.process.proc is not None:
+            self.process.stop(grace=60)
 
     def logs(self) -> dict[str, str]:
         files = [self.output, *sorted((self.data_dir / "logs").glob("*.log"))]

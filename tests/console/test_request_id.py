@@ -10,8 +10,7 @@ from rest_framework.test import APIClient
 
 from controlplane.core import request_id
 from controlplane.tenancy.choices import Role
-from tests.api.factories import make_token
-from tests.factories import DeploymentFactory
+from tests.factories import AccessTokenFactory, DeploymentFactory
 
 pytestmark = pytest.mark.django_db
 
@@ -47,7 +46,7 @@ def test_refusals_before_the_view_carry_it_too() -> None:
 def test_a_write_sends_its_request_id_with_the_task(
     tenant: Any, make_member: Any, sent_headers: list[dict[str, Any]], django_capture_on_commit_callbacks: Any
 ) -> None:
-    _, token = make_token(make_member(Role.OPERATOR, tenant))
+    token = AccessTokenFactory(user=make_member(Role.OPERATOR, tenant)).secret
     client = APIClient()
     client.credentials(HTTP_AUTHORIZATION=f"Bearer {token}")
     deployment = DeploymentFactory(tenant=tenant, replicas=1, max_replicas=3)

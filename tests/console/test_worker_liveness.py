@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import REPO_ROOT
+from tests.support.processes import REPO_ROOT, Process
 from tests.support.waiting import wait_for
 
 ENTRYPOINT = REPO_ROOT / "deploy" / "console" / "entrypoint.sh"
@@ -21,9 +21,9 @@ CELERY = REPO_ROOT / ".venv" / "bin" / "celery"
 MAX_AGE_S = 2
 
 
-def probe(heartbeat: Path, worker: subprocess.Popen[bytes] | None = None) -> bool:
-    if worker is not None and worker.poll() is not None:
-        raise AssertionError(f"worker exited with {worker.returncode}: see worker.log")
+def probe(heartbeat: Path, worker: Process | None = None) -> bool:
+    if worker is not None:
+        worker.check_alive()  # fails with the worker's log tail
     env = {"PATH": os.environ["PATH"], "HANGAR_WORKER_HEARTBEAT_FILE": str(heartbeat)}
     result = subprocess.run(
         ["bash", str(ENTRYPOINT), "worker-alive", str(MAX_AGE_S)], env=env, capture_output=True, timeout=10
@@ -32,7 +32,7 @@ def probe(heartbeat: Path, worker: subprocess.Popen[bytes] | None = None) -> boo
 
 
 @pytest.fixture
-def worker(tmp_path: Path) -> Iterator[tuple[subprocess.Popen[bytes], Path]]:
+def worker(tmp_path: Path) -> Iterator[tuple[Process, Path]]:
     heartbeat = tmp_path / "worker-alive"
     env = {
         **os.environ,
@@ -40,30 +40,21 @@ def worker(tmp_path: Path) -> Iterator[tuple[subprocess.Popen[bytes], Path]]:
         "HANGAR_WORKER_HEARTBEAT_FILE": str(heartbeat),
         "HANGAR_WORKER_HEARTBEAT_SECONDS": "0.2",
     }
-    with (tmp_path / "worker.log").open("wb") as log:
-        proc = subprocess.Popen(
-            # A queue of its own: this worker must not take tasks other tests left on the broker.
-            [
-                *(str(CELERY), "-A", "console", "worker", "-Q", f"liveness-{os.getpid()}", "-c", "1"),
-                *("--without-gossip", "--without-mingle", "--without-heartbeat", "-n", f"liveness-{os.getpid()}@%h"),
-            ],
-            cwd=REPO_ROOT,
-            env=env,
-            stdout=log,
-            stderr=subprocess.STDOUT,
-            start_new_session=True,
-        )
+    argv = [
+        # A queue of its own: this worker must not take tasks other tests left on the broker.
+        *(str(CELERY), "-A", "console", "worker", "-Q", f"liveness-{os.getpid()}", "-c", "1"),
+        *("--without-gossip", "--without-mingle", "--without-heartbeat", "-n", f"liveness-{os.getpid()}@%h"),
+    ]
+    proc = Process("worker", argv, log_path=tmp_path / "worker.log", env=env).start()
     try:
         yield proc, heartbeat
     finally:
         if proc.poll() is None:
-            os.killpg(proc.pid, signal.SIGCONT)
-            os.killpg(proc.pid, signal.SIGKILL)
-            proc.wait(timeout=30)
+            proc.kill()  # SIGCONT first: it may still be frozen
 
 
 @pytest.mark.slow
-def test_worker_alive_follows_the_event_loop(worker: tuple[subprocess.Popen[bytes], Path]) -> None:
+def test_worker_alive_follows_the_event_loop(worker: tuple[Process, Path]) -> None:
     proc, heartbeat = worker
     assert not probe(heartbeat), "no heartbeat before the worker started"
     wait_for(lambda: probe(heartbeat, proc), timeout=90, message="worker heartbeat file")
@@ -73,7 +64,7 @@ def test_worker_alive_follows_the_event_loop(worker: tuple[subprocess.Popen[byte
     os.kill(proc.pid, signal.SIGCONT)
     wait_for(lambda: probe(heartbeat), timeout=10, message="probe passing after the loop resumed")
 
-    proc.send_signal(signal.SIGTERM)
+    proc.signal(signal.SIGTERM, group=False)
     proc.wait(timeout=60)
     assert not heartbeat.exists()
     assert not probe(heartbeat)

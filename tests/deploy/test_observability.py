@@ -32,14 +32,14 @@ from controlplane.core.tasks import RECONCILE_DEPLOYMENT
 from controlplane.deployments import services
 from controlplane.deployments.choices import Phase, ReplicaState
 from controlplane.deployments.models import Deployment
-from controlplane.keys.services import api_key_create
 from controlplane.tenancy.choices import Role
 from tests.conftest import REPO_ROOT
-from tests.factories import DeploymentFactory, ModelFactory, ReplicaFactory, TargetFactory, TenantFactory
-from tests.gateway.conftest import Server, free_port, start_stub, stop, wait_http
+from tests.controlplane.gateway.conftest import Server, start_stub
+from tests.factories import ApiKeyFactory, DeploymentFactory, ModelFactory, ReplicaFactory, TargetFactory, TenantFactory
+from tests.support.ports import free_port
+from tests.support.waiting import wait_for
 from tests.workers import processes
 from tests.workers.conftest import start_worker, test_broker  # noqa: F401  (fixtures)
-from tests.workers.processes import wait_for
 
 OBSERVABILITY = REPO_ROOT / "deploy" / "observability"
 FAKE = "tests.workers.fake_runtime"
@@ -162,27 +162,19 @@ def web(transactional_db: Any, test_broker: str, tmp_path: Path) -> Iterator[tup
         "HANGAR_LOG_LEVEL": "INFO",
     }
     env.pop("PROMETHEUS_MULTIPROC_DIR", None)
-    with log.open("wb") as out:
-        proc = subprocess.Popen(
-            [sys.executable, "-m", "uvicorn", "console.asgi:application", "--host", "127.0.0.1", "--port", str(port)],
-            cwd=REPO_ROOT,
-            env=env,
-            stdout=out,
-            stderr=subprocess.STDOUT,
-        )
-    server = Server(f"http://127.0.0.1:{port}", proc, port)
+    argv = [sys.executable, "-m", "uvicorn", "console.asgi:application", "--host", "127.0.0.1", "--port", str(port)]
+    server = Server("web", argv, port, env=env, log_path=log).serve("/metrics", 60)
     try:
-        wait_http(f"{server.url}/metrics", 60, proc)
         yield server, log
     finally:
-        stop(proc)
+        server.stop()
 
 
 @pytest.fixture
 def stub() -> Iterator[Server]:
     server = start_stub(tokens=4)
     yield server
-    stop(server.proc)
+    server.stop()
 
 
 def scrape(url: str) -> dict[str, str]:
@@ -237,7 +229,7 @@ def test_every_metric_of_the_dashboard_and_alerts_is_exposed(
     # Gateway: one answer from a replica, one from a replica that is gone (503, connect error).
     tenant = TenantFactory()
     user = make_member(Role.OPERATOR, tenant)
-    _, token = api_key_create(actor=SYSTEM, tenant=tenant, data={"name": "obs"})
+    token = ApiKeyFactory(tenant=tenant, name="obs").secret
     endpoints = {"served": stub.url, "gone": f"http://127.0.0.1:{free_port()}"}
     for name, endpoint in endpoints.items():
         deployment = DeploymentFactory(tenant=tenant, served_model_name=name, phase=Phase.RUNNING)

@@ -19,8 +19,6 @@ import json
 import os
 import secrets
 import shutil
-import signal
-import socket
 import subprocess
 import time
 from collections.abc import Iterator
@@ -28,6 +26,9 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+
+from tests.support.ports import free_ports
+from tests.support.processes import Process
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 SMOKE = REPO_ROOT / "deploy" / "dev" / "compose-smoke.sh"
@@ -51,17 +52,6 @@ def _compose_cli() -> list[str] | None:
         return [docker, "compose"]
     compose = shutil.which("docker-compose")
     return [compose] if compose else None
-
-
-def _free_ports(count: int) -> list[int]:
-    sockets = [socket.socket() for _ in range(count)]
-    try:
-        for sock in sockets:
-            sock.bind(("127.0.0.1", 0))
-        return [sock.getsockname()[1] for sock in sockets]
-    finally:
-        for sock in sockets:
-            sock.close()
 
 
 def _leftovers(project: str) -> dict[str, list[str]]:
@@ -114,7 +104,7 @@ def stack_env() -> Iterator[dict[str, str]]:
             pytrace=False,
         )
     project = f"hangar-smoke-{secrets.token_hex(4)}"
-    web, pg, redis = _free_ports(3)
+    web, pg, redis = free_ports(3)
     # Only what the stack needs: the session's own settings (DATABASE_URL, HANGAR_* of the test
     # settings) must not leak into the compose file's interpolation.
     env = {name: os.environ[name] for name in ("PATH", "HOME", "LANG", "DOCKER_HOST") if name in os.environ}
@@ -139,26 +129,15 @@ def stack_env() -> Iterator[dict[str, str]]:
 
 def _run_smoke(env: dict[str, str]) -> tuple[int, str, str]:
     """Run the smoke in its own process group; on timeout, SIGTERM lets it tear the stack down."""
-    proc = subprocess.Popen(
-        [str(SMOKE)],
-        cwd=REPO_ROOT,
-        env=env,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-        start_new_session=True,
-    )
+    smoke = Process("compose-smoke", [str(SMOKE)], env=env)
+    smoke.out_path = smoke.log_path.with_suffix(".out")
+    smoke.start()
     try:
-        out, err = proc.communicate(timeout=SMOKE_TIMEOUT_S)
+        code = smoke.wait(timeout=SMOKE_TIMEOUT_S)
     except subprocess.TimeoutExpired:
-        os.killpg(proc.pid, signal.SIGTERM)
-        try:
-            out, err = proc.communicate(timeout=TERM_GRACE_S)
-        except subprocess.TimeoutExpired:
-            os.killpg(proc.pid, signal.SIGKILL)
-            out, err = proc.communicate()
-        pytest.fail(f"compose smoke did not finish within {SMOKE_TIMEOUT_S} s:\n{err[-8000:]}")
-    return proc.returncode, out, err
+        smoke.stop(grace=TERM_GRACE_S)
+        pytest.fail(f"compose smoke did not finish within {SMOKE_TIMEOUT_S} s:\n{smoke.tail(8000)}")
+    return code, smoke.out_path.read_text(errors="replace"), smoke.log()
 
 
 def test_compose_stack_serves_the_tiny_model_through_the_gateway(stack_env: dict[str, str]) -> None:

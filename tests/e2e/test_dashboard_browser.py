@@ -18,7 +18,6 @@ import json
 import os
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -27,13 +26,15 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import httpx
 import pytest
 from django.db import connection
 
-from controlplane.deployments.models import Deployment, Replica
+from controlplane.deployments.models import Deployment, Replica, Target
 from controlplane.tenancy.choices import Role
 from tests.factories import MembershipFactory, PlatformAdminFactory, TenantFactory, UserFactory
+from tests.support.ports import free_port
+from tests.support.processes import Process, http_ok
+from tests.support.waiting import wait_for
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 CHROMIUM = Path("/usr/bin/chromium")
@@ -61,62 +62,34 @@ pytestmark = [
 ]
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-def wait_for(predicate: Callable[[], Any], timeout: float, message: str, interval: float = 0.2) -> Any:
-    deadline = time.monotonic() + timeout
-    last = None
-    while time.monotonic() < deadline:
-        last = predicate()
-        if last:
-            return last
-        time.sleep(interval)
-    raise AssertionError(f"{message}: not within {timeout} s (last {last!r})")
-
-
 class Processes:
-    """The product's processes, each in its own session so teardown takes their children too."""
+    """The product's processes on the tests' harness (each in its own session)."""
 
     def __init__(self, logs: Path, env: dict[str, str]) -> None:
         self.logs = logs
         self.env = env
-        self.procs: dict[str, subprocess.Popen[bytes]] = {}
+        self.procs: dict[str, Process] = {}
 
     def start(self, name: str, argv: list[str]) -> None:
-        log = (self.logs / f"{name}.log").open("ab")
-        self.procs[name] = subprocess.Popen(
-            argv, cwd=REPO_ROOT, env=self.env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True
-        )
+        self.procs[name] = Process(name, argv, log_path=self.logs / f"{name}.log", env=self.env).start()
 
     def log(self, name: str) -> str:
-        path = self.logs / f"{name}.log"
-        return path.read_text(errors="replace") if path.exists() else ""
+        return self.procs[name].log() if name in self.procs else ""
 
     def tails(self, chars: int = 6000) -> str:
         """The end of every process's log, the web process (dashboard and gateway) first."""
         names = sorted(self.procs, key=lambda name: name != "web")
-        return "".join(f"\n--- {name}.log (last {chars} chars) ---\n{self.log(name)[-chars:]}" for name in names)
+        return "".join(f"\n{self.procs[name].report(chars)}" for name in names)
 
     def check_alive(self) -> None:
-        for name, proc in self.procs.items():
-            if proc.poll() is not None:
-                raise AssertionError(f"{name} exited with {proc.returncode}:\n{self.log(name)[-3000:]}")
+        for proc in self.procs.values():
+            proc.check_alive()
 
     def stop(self) -> None:
         for proc in self.procs.values():
-            with contextlib.suppress(ProcessLookupError):
-                os.killpg(proc.pid, signal.SIGTERM)
+            proc.signal(signal.SIGTERM)
         for proc in self.procs.values():
-            try:
-                proc.wait(timeout=20)
-            except subprocess.TimeoutExpired:
-                with contextlib.suppress(ProcessLookupError):
-                    os.killpg(proc.pid, signal.SIGKILL)
-                proc.wait(timeout=10)
+            proc.stop(grace=20)
 
 
 def ensure_frontend_built() -> None:
@@ -189,24 +162,17 @@ def product(transactional_db: Any, tmp_path: Path) -> Iterator[dict[str, Any]]:
                 sys.executable, "-c",
                 "import time, django; django.setup()\n"
                 "from workers.metrics import scrape_with_lock\n"
-                "while True:\n    scrape_with_lock(); time.sleep(1)\n",
+                "while True:\n    scrape_with_lock(); time.sleep(1)  # pacing: the scrape interval\n",
             ],
         )  # fmt: skip
     base = f"http://127.0.0.1:{port}"
     try:
-        wait_for(lambda: _answers(base + "/login/"), 60, "uvicorn answering")
-        wait_for(lambda: "ready." in procs.log("worker"), 90, "celery worker ready")
+        procs.procs["web"].wait_ready(lambda: http_ok(base + "/login/"), 60, "uvicorn answering", interval=0.2)
+        procs.procs["worker"].wait_ready(lambda: "ready." in procs.log("worker"), 90, "celery worker ready")
         yield {"base": base, "procs": procs, "data_dir": data_dir, "scraper": scraper}
     finally:
         procs.stop()
         _remove_local_replicas(data_dir)
-
-
-def _answers(url: str) -> bool:
-    try:
-        return httpx.get(url, timeout=2).status_code == 200
-    except httpx.HTTPError:
-        return False
 
 
 def _remove_local_replicas(data_dir: Path) -> None:
@@ -394,7 +360,11 @@ def _add_and_grant_target(j: Journey) -> None:
     apage.select_option("#target-grant #id_tenant", "acme")
     apage.click("#target-grant button[type=submit]")
     expect(apage.locator('#grants [data-grant="acme"]')).to_be_visible()
-    apage.wait_for_timeout(1500)  # let check_target run, for the screenshot
+    wait_for(  # check_target has run: the screenshot shows its result
+        lambda: Target.objects.filter(name="this-machine", health_checked_at__isnull=False).exists(),
+        30,
+        "the new target checked",
+    )
     apage.reload()
     j.shot(apage, "05-platform-target-detail")
     admin_context.close()

@@ -24,6 +24,8 @@ from typing import Any
 import httpx
 import pytest
 
+from tests.support.waiting import wait_for
+
 REPO_ROOT = Path(__file__).resolve().parents[2]
 BUILD = REPO_ROOT / "deploy" / "images" / "build"
 IMAGE = "hangar-runtime:latest"
@@ -155,7 +157,7 @@ def runtime_container(docker_client: Any, runtime_image: str, model_dir: Path) -
         container.reload()
         host_port = int(container.ports[CONTAINER_PORT][0]["HostPort"])
         base_url = f"http://127.0.0.1:{host_port}"
-        _wait_healthy(container, base_url)
+        _await_healthy(container, base_url)
         healthy_s = time.monotonic() - started
         _record(container_time_to_healthy_s=round(healthy_s, 2))
         yield {"container": container, "base_url": base_url}
@@ -168,24 +170,27 @@ def runtime_container(docker_client: Any, runtime_image: str, model_dir: Path) -
         container.remove(force=True)
 
 
-def _wait_healthy(container: Any, base_url: str) -> None:
-    deadline = time.monotonic() + HEALTH_TIMEOUT_S
-    last_error = "no answer yet"
+def _await_healthy(container: Any, base_url: str) -> None:
+    last = ["no answer yet"]
+
+    def healthy(client: httpx.Client) -> bool:
+        container.reload()
+        if container.status in {"exited", "dead"}:
+            logs = container.logs(tail=100).decode(errors="replace")
+            pytest.fail(f"runtime container exited before becoming healthy:\n{logs}")
+        try:
+            status = client.get(f"{base_url}/health").status_code
+        except httpx.HTTPError as exc:
+            last[0] = repr(exc)
+            return False
+        last[0] = f"HTTP {status}"
+        return status == 200
+
     with httpx.Client(timeout=2.0) as client:
-        while time.monotonic() < deadline:
-            container.reload()
-            if container.status in {"exited", "dead"}:
-                logs = container.logs(tail=100).decode(errors="replace")
-                pytest.fail(f"runtime container exited before becoming healthy:\n{logs}")
-            try:
-                response = client.get(f"{base_url}/health")
-                if response.status_code == 200:
-                    return
-                last_error = f"HTTP {response.status_code}"
-            except httpx.HTTPError as exc:
-                last_error = repr(exc)
-            time.sleep(0.25)
-    pytest.fail(f"/health not 200 within {HEALTH_TIMEOUT_S} s (last: {last_error})")
+        try:
+            wait_for(lambda: healthy(client), HEALTH_TIMEOUT_S, "/health answering 200", interval=0.25)
+        except AssertionError as exc:
+            pytest.fail(f"{exc} (last: {last[0]})")
 
 
 def test_image_metadata(docker_client: Any, runtime_image: str) -> None:

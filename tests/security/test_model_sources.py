@@ -17,10 +17,10 @@ from rest_framework.test import APIClient
 
 from controlplane.deployments.choices import Phase
 from controlplane.tenancy.choices import Role
-from tests.api.factories import make_model_dir, make_token
-from tests.api.test_settings import GOOD_PRODUCTION, load_settings
 from tests.conftest import REPO_ROOT
-from tests.factories import TargetFactory, TenantFactory
+from tests.console.test_settings import GOOD_PRODUCTION, load_settings
+from tests.factories import AccessTokenFactory, TargetFactory, TenantFactory
+from tests.support.model_dirs import make_model_dir
 from tests.workers.fakes import FakeDriver
 from workers import reconciler
 
@@ -39,7 +39,7 @@ def me(make_member: Any) -> dict[str, Any]:
     """A tenant whose owner is the attacker, with an API client holding the owner's token."""
     tenant = TenantFactory(slug="mallory")
     owner = make_member(Role.OWNER, tenant)
-    _, secret = make_token(owner)
+    secret = AccessTokenFactory(user=owner).secret
     client = APIClient()
     client.credentials(HTTP_AUTHORIZATION=f"Bearer {secret}")
     return {"tenant": tenant, "owner": owner, "client": client}
@@ -199,7 +199,7 @@ def test_trust_flags_are_for_platform_admins_only(root: Path, me: dict[str, Any]
     admin.user_permissions.add(
         Permission.objects.get(content_type__app_label="tenancy", codename="administer_platform")
     )
-    _, secret = make_token(admin)
+    secret = AccessTokenFactory(user=admin).secret
     platform = APIClient()
     platform.credentials(HTTP_AUTHORIZATION=f"Bearer {secret}")
     allowed = register(platform, source, name="risky", trust_remote_code=True)

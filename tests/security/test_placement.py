@@ -9,8 +9,7 @@ from typing import Any
 import pytest
 from rest_framework.test import APIClient
 
-from tests.api.factories import make_token
-from tests.factories import DeploymentFactory, ModelFactory, TargetFactory
+from tests.factories import AccessTokenFactory, DeploymentFactory, ModelFactory, TargetFactory
 from workers.reconciler import replica_spec
 
 pytestmark = pytest.mark.django_db
@@ -19,7 +18,7 @@ pytestmark = pytest.mark.django_db
 @pytest.fixture
 def owner(make_member: Any) -> tuple[Any, APIClient]:
     user = make_member("owner")
-    _, token = make_token(user)
+    token = AccessTokenFactory(user=user).secret
     client = APIClient()
     client.credentials(HTTP_AUTHORIZATION=f"Bearer {token}")
     return user, client

@@ -28,10 +28,10 @@ from controlplane.deployments import services
 from controlplane.deployments.choices import Phase, ReplicaState
 from controlplane.deployments.models import Deployment, MetricSample, Replica
 from controlplane.deployments.replica_auth import replica_token
-from controlplane.keys.services import api_key_create
-from tests.factories import DeploymentFactory, ModelFactory, ReplicaFactory, TargetFactory, TenantFactory
-from tests.gateway.conftest import Server, start_gateway, stop
-from tests.workers.processes import REPO_ROOT, wait_for
+from tests.controlplane.gateway.conftest import Server, start_gateway
+from tests.factories import ApiKeyFactory, DeploymentFactory, ModelFactory, ReplicaFactory, TargetFactory, TenantFactory
+from tests.support.processes import REPO_ROOT
+from tests.support.waiting import wait_for
 from workers import metrics, reconciler
 from workers.drivers import instance_name, local_driver
 from workers.drivers.base import LABEL_DEPLOYMENT, LABEL_INSTANCE
@@ -185,7 +185,7 @@ def test_the_gateway_serves_a_sealed_replica_end_to_end(
 ) -> None:
     deployment = deploy(tiny_model_dir, name="tiny")
     replica = reconcile_until_running(deployment)
-    _, api_key = api_key_create(actor=SYSTEM, tenant=deployment.tenant, data={"name": "client"})
+    api_key = ApiKeyFactory(tenant=deployment.tenant, name="client").secret
     gateway = start_gateway(str(connection.settings_dict["NAME"]), log_path=tmp_path / "gateway.log")
     try:
         chat = {"model": deployment.served_model_name, **CHAT}
@@ -200,7 +200,7 @@ def test_the_gateway_serves_a_sealed_replica_end_to_end(
         )
         assert direct.status_code == 401
     finally:
-        stop(gateway.proc)
+        gateway.stop()
         delete(deployment)
 
 
@@ -266,7 +266,7 @@ def upstream() -> Iterator[RecordingUpstream]:
 def gateway(transactional_db: Any, tmp_path: Path) -> Iterator[Server]:
     server = start_gateway(str(connection.settings_dict["NAME"]), log_path=tmp_path / "gateway.log")
     yield server
-    stop(server.proc)
+    server.stop()
 
 
 def test_the_gateway_presents_the_replica_token_and_keeps_the_clients_credentials(
@@ -275,7 +275,7 @@ def test_the_gateway_presents_the_replica_token_and_keeps_the_clients_credential
     tenant = TenantFactory()
     deployment = DeploymentFactory(tenant=tenant, served_model_name="rec", phase=Phase.RUNNING)
     ReplicaFactory(deployment=deployment, endpoint=upstream.url, state=ReplicaState.READY)
-    _, api_key = api_key_create(actor=SYSTEM, tenant=tenant, data={"name": "client"})
+    api_key = ApiKeyFactory(tenant=tenant, name="client").secret
     client_headers = {
         "Authorization": f"Bearer {api_key}",
         "Cookie": "sessionid=the-clients-session; csrftoken=abc",

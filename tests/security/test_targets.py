@@ -16,8 +16,7 @@ from controlplane.audit.models import AuditLog
 from controlplane.deployments.models import Deployment, Target, TargetGrant
 from controlplane.tenancy.choices import Role
 from controlplane.tenancy.models import Tenant
-from tests.api.factories import make_token
-from tests.factories import ModelFactory, PlatformAdminFactory, TargetFactory, TenantFactory
+from tests.factories import AccessTokenFactory, ModelFactory, PlatformAdminFactory, TargetFactory, TenantFactory
 from tests.support.credentials import SECRET, docker_tls, kubeconfig, ssh_private_key
 
 pytestmark = pytest.mark.django_db
@@ -33,7 +32,7 @@ HOSTILE_URLS = [
 
 
 def bearer(user: Any) -> APIClient:
-    _, secret = make_token(user)
+    secret = AccessTokenFactory(user=user).secret
     assert secret.startswith("hgp_")
     client = APIClient()
     client.credentials(HTTP_AUTHORIZATION=f"Bearer {secret}")

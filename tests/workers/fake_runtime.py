@@ -68,7 +68,7 @@ def main() -> int:
     stage("loading_model", model=args.model)
 
     def announce() -> None:
-        time.sleep(max(0.0, ready_at - time.monotonic()))
+        time.sleep(max(0.0, ready_at - time.monotonic()))  # pacing: the simulated model load
         stage("ready", port=args.port)
 
     threading.Thread(target=announce, daemon=True).start()

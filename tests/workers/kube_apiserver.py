@@ -727,7 +727,7 @@ class ApiServer:
         last_bookmark = time.monotonic()
         while True:
             with self.cond:
-                woken = self._wait(epoch, deadline, position, last_bookmark if bookmarks else None)
+                woken = self._next_batch(epoch, deadline, position, last_bookmark if bookmarks else None)
                 if woken is None:
                     return
                 expired, pending, due = woken
@@ -752,7 +752,7 @@ class ApiServer:
         ]
         return initial, self.rv
 
-    def _wait(
+    def _next_batch(
         self, epoch: int, deadline: float, position: int, last_bookmark: float | None
     ) -> tuple[dict[str, Any] | None, list[Change], bool] | None:
         """Under the lock: (410 error, changes since ``position``, bookmark due) once there is

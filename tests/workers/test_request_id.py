@@ -15,9 +15,9 @@ from controlplane.core.tasks import RECONCILE_DEPLOYMENT
 from controlplane.deployments import services
 from controlplane.deployments.models import Deployment
 from controlplane.tenancy.choices import Role
-from tests.api.factories import make_token
-from tests.factories import ModelFactory, TargetFactory, TenantFactory
-from tests.workers.processes import Worker, wait_for
+from tests.factories import AccessTokenFactory, ModelFactory, TargetFactory, TenantFactory
+from tests.support.waiting import wait_for
+from tests.workers.processes import Worker
 
 FAKE = "tests.workers.fake_runtime"
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(180)]
@@ -55,7 +55,7 @@ def test_a_rest_write_and_the_task_it_enqueued_log_the_same_request_id(
     deployment = services.deployment_create(
         actor=SYSTEM, tenant=tenant, model=model, target=target, data={"name": "rid", "replicas": 1, "max_replicas": 2}
     )
-    _, token = make_token(make_member(Role.OPERATOR, tenant))
+    token = AccessTokenFactory(user=make_member(Role.OPERATOR, tenant)).secret
     client = APIClient()
     client.credentials(HTTP_AUTHORIZATION=f"Bearer {token}")
 

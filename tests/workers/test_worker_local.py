@@ -16,7 +16,7 @@ from controlplane.deployments.models import Deployment, DeploymentEvent, Replica
 from controlplane.deployments.replica_auth import replica_token
 from controlplane.tenancy.access import Access
 from tests.factories import ModelFactory, TargetFactory, TenantFactory
-from tests.workers.processes import wait_for
+from tests.support.waiting import wait_for
 from workers.drivers import local_driver
 from workers.drivers.base import health_ok
 from workers.logs import replica_logs
@@ -57,7 +57,7 @@ def test_replicas_survive_a_worker_killed_with_sigkill(start_worker: Any, fake_m
     before = {r.backend_id: r.endpoint for r in Replica.objects.filter(deployment=deployment)}
     assert len(before) == 2
 
-    worker.kill9()
+    worker.kill()
     assert all(health_ok(endpoint) for endpoint in before.values()), "replicas died with their worker"
 
     restarted = timezone.now()
