@@ -6,20 +6,20 @@ from __future__ import annotations
 
 import json
 import re
-from pathlib import Path
 from typing import Any
 
 import pytest
 from django.urls import reverse
 
 from controlplane.deployments.choices import ProgressStep
+from tests.conftest import REPO_ROOT
 from tests.factories import DeploymentFactory
 from tests.workers.fakes import FakeDriver, permanent
 from workers import reconciler
 
 pytestmark = pytest.mark.django_db
 RUNTIME_STARTUP_STAGES = ["starting", "loading_model", "loaded", "warming_up", "ready", "failed"]
-DASHBOARD_JS = Path(__file__).resolve().parents[2] / "frontend" / "src" / "dashboard.js"
+DASHBOARD_JS = REPO_ROOT / "frontend" / "src" / "dashboard.js"
 
 
 def test_every_stage_maps_onto_a_step() -> None:
