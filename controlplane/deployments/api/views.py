@@ -88,6 +88,7 @@ class DeploymentViewSet(ScopedViewSet):
     it and reports ``observed_generation``, ``phase`` and conditions."""
 
     serializer_class = DeploymentSerializer
+    list_from_values = True  # 50 columns a row: building 500 model instances was a third of the page
     filter_fields: ClassVar[dict[str, serializers.Field]] = {
         "tenant": serializers.SlugField(max_length=50),
         "phase": serializers.ChoiceField(choices=Phase.choices),

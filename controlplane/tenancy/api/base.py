@@ -25,6 +25,19 @@ from controlplane.tenancy.choices import Perm
 from controlplane.tenancy.models import Tenant
 
 
+class _Row:
+    """A page row read with ``.values()``: its columns and annotations as attributes."""
+
+    def __init__(self, values: dict[str, Any]) -> None:
+        self.__dict__ = values
+
+
+def column_values(queryset: QuerySet[Any]) -> QuerySet[Any]:
+    """``queryset`` as dicts of every concrete column (by attribute name) and annotation."""
+    names = [field.attname for field in queryset.model._meta.concrete_fields]
+    return queryset.values(*names, *queryset.query.annotations)
+
+
 def get_access(request: Any) -> Access:
     """The caller's roles, loaded once per request and cached on the underlying HttpRequest."""
     raw = getattr(request, "_request", request)
@@ -60,6 +73,10 @@ class ScopedViewSet(viewsets.GenericViewSet):
     # How a list page's rows are serialized (same output as ``serializer.data``, cheaper);
     # ``None`` uses ``serializer.data`` (bench/list_pages.py compares the two).
     list_rows: ClassVar[Any] = staticmethod(lean_rows)
+    # Lean lists of wide rows may skip building model instances: the page is read with
+    # ``.values()`` (every column and annotation) into plain attribute holders. Only for
+    # serializers that read columns and annotations, never model methods or relations.
+    list_from_values: ClassVar[bool] = False
 
     @property
     def access(self) -> Access:
@@ -113,9 +130,12 @@ class ScopedViewSet(viewsets.GenericViewSet):
 
     def list(self, request: Request, *args: Any, **kwargs: Any) -> Response:
         queryset = self.filter_queryset(self.get_queryset())
-        page = self.paginate_queryset(queryset)
-        serializer = self.get_serializer(page if page is not None else queryset, many=True)
         rows = self.list_rows
+        from_values = self.list_from_values and rows is not None
+        page = self.paginate_queryset(column_values(queryset) if from_values else queryset)
+        if from_values and page is not None:
+            page = [_Row(values) for values in page]
+        serializer = self.get_serializer(page if page is not None else queryset, many=True)
         data = serializer.data if rows is None else ReturnList(rows(serializer), serializer=serializer)
         if page is not None:
             return self.get_paginated_response(data)
