@@ -147,6 +147,8 @@ CACHES = {
         "BACKEND": "django.core.cache.backends.redis.RedisCache",
         "LOCATION": REDIS_URL,
         "KEY_PREFIX": "hangar",
+        # JSON, never pickle: write access to Redis must not be code execution in every process.
+        "OPTIONS": {"serializer": "controlplane.core.cache.JSONSerializer"},
     }
 }
 
