@@ -8,7 +8,7 @@ whether a change replaces the replicas (``template=True``: the services bump
 ``python -m workers.runtime``, a ``container`` setting the drivers apply, or neither: the control
 plane acts on it). ``SPEC`` lists the declared fields in order; the API serializer, the dashboard
 form, the validation, the services' field sets and the reconciler's ``ReplicaSpec`` are built
-from it, and ``tests/controlplane/test_spec.py`` fails if one of them drifts.
+from it, and ``tests/controlplane/deployments/test_spec.py`` fails if one of them drifts.
 
 Adding a field: one call in ``DeploymentSpec``, then ``manage.py makemigrations deployments``.
 A field that becomes a runtime flag or a container setting is also an attribute of
