@@ -32,6 +32,7 @@ from tests.controlplane.gateway.conftest import Server, start_gateway
 from tests.factories import ApiKeyFactory, DeploymentFactory, ModelFactory, ReplicaFactory, TargetFactory, TenantFactory
 from tests.support.processes import REPO_ROOT
 from tests.support.waiting import wait_for
+from tests.workers.docker_support import DOCKER_URL, docker_or_fail
 from workers import metrics, reconciler
 from workers.drivers import instance_name, local_driver
 from workers.drivers.base import LABEL_DEPLOYMENT, LABEL_INSTANCE
@@ -39,7 +40,6 @@ from workers.drivers.local import LocalDriver
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(600)]
 
-DOCKER_URL = "unix:///var/run/docker.sock"
 CHAT = {"messages": [{"role": "user", "content": "hi"}], "max_tokens": 2, "temperature": 0}
 
 
@@ -309,19 +309,7 @@ def test_the_gateway_presents_the_replica_token_and_keeps_the_clients_credential
 
 @pytest.fixture(scope="module")
 def docker_client() -> Iterator[Any]:
-    if os.environ.get("HANGAR_SKIP_DOCKER") == "1":
-        pytest.skip("HANGAR_SKIP_DOCKER=1")
-    import docker
-
-    try:
-        client = docker.DockerClient(base_url=DOCKER_URL, version="auto")
-        client.ping()
-    except Exception as exc:
-        pytest.fail(
-            f"Docker daemon not reachable ({exc}). Run `deploy/dev/services.sh start`, "
-            "or set HANGAR_SKIP_DOCKER=1 to skip the Docker tests.",
-            pytrace=False,
-        )
+    client = docker_or_fail()
     # Built (or refreshed from the layer cache in seconds) so that the image has this runtime.
     proc = subprocess.run(
         [str(REPO_ROOT / "deploy" / "images" / "build")], cwd=REPO_ROOT, capture_output=True, text=True

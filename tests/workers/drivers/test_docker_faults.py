@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import threading
 import time
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -26,10 +25,8 @@ from tests.support.ports import listening_socket
 from tests.support.waiting import wait_for
 from tests.workers.docker_support import (
     DOCKER_URL,
-    docker_or_fail,
     ensure_runtime_image,
     readable_by_containers,
-    remove_test_containers,
 )
 from workers import reconciler
 from workers.drivers import instance_name
@@ -38,15 +35,6 @@ from workers.drivers.base import LABEL_DEPLOYMENT, LABEL_INSTANCE
 pytestmark = [pytest.mark.docker, pytest.mark.slow, pytest.mark.timeout(400)]
 
 READY_TIMEOUT = 150
-
-
-@pytest.fixture(scope="module")
-def docker_client() -> Iterator[Any]:
-    client = docker_or_fail()
-    remove_test_containers(client)
-    yield client
-    remove_test_containers(client)
-    client.close()
 
 
 @pytest.fixture(scope="module")

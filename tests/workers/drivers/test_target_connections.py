@@ -11,7 +11,6 @@ import socket
 import ssl
 import stat
 import tempfile
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -28,10 +27,8 @@ from tests.support.ports import listening_socket
 from tests.support.waiting import wait_for
 from tests.workers.docker_support import (
     DOCKER_URL,
-    docker_or_fail,
     ensure_runtime_image,
     readable_by_containers,
-    remove_test_containers,
 )
 from tests.workers.fake_apis import FakeAPI, FakeSSH, Pair, docker_router, issue, make_ca, server_context, ssh_key_pair
 from workers import reconciler
@@ -40,15 +37,6 @@ from workers.drivers.base import ReplicaSpec
 from workers.tasks import check_target
 
 # ----------------------------------------------------------------------------- Docker: publish host
-
-
-@pytest.fixture(scope="module")
-def docker_client() -> Iterator[Any]:
-    client = docker_or_fail()
-    remove_test_containers(client)
-    yield client
-    remove_test_containers(client)
-    client.close()
 
 
 def replica_spec(model_dir: Path, deployment_id: int) -> ReplicaSpec:
