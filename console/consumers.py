@@ -2,8 +2,16 @@
 
 Security: the session authenticates (``AuthMiddlewareStack``), ``AllowedHostsOriginValidator``
 refuses foreign origins, and a consumer joins only groups the server derives from the user's
-memberships and the object's tenant; the URL never names a group. Logging out closes every
-socket of that session (``user_logged_out`` → the session's group → close).
+memberships and the object's tenant; the URL never names a group.
+
+Sockets follow access: each socket is also in its session's and its user's control groups
+(``controlplane.core.realtime``). A session that ends (logout, deleted) closes its sockets; when
+the services announce that a user's access changed (membership removed or changed, user
+deactivated, password reset, tenant switched off), every web process re-checks that user's
+sockets against a freshly loaded session and memberships: a socket whose session no longer
+authenticates is closed with 4401, one whose tenant is no longer visible with 4403, and one whose
+role changed stays, re-scoped to the new role, and is told so (``{"kind": "access", ...}``, on
+which the dashboard reloads its controls).
 
 Fan-out: Channels gives every consumer a channel-layer channel of its own, and its Redis layer
 wakes every waiting consumer of the process in turn for each message; with a thousand sockets
@@ -28,24 +36,31 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import hashlib
 import json
 import logging
 import weakref
 from collections import deque
+from dataclasses import dataclass
+from importlib import import_module
 from typing import Any
 
-from asgiref.sync import async_to_sync
+from channels.auth import get_user
 from channels.db import database_sync_to_async
 from channels.generic.websocket import AsyncWebsocketConsumer
 from channels.layers import get_channel_layer
 from channels.sessions import InstanceSessionWrapper
-from django.contrib.auth.signals import user_logged_out
-from django.dispatch import receiver
+from django.conf import settings
 from prometheus_client import Counter, Gauge
 
 from controlplane.core.exceptions import DomainError, PermissionDenied
-from controlplane.core.realtime import deployment_group, tenant_group
+from controlplane.core.realtime import (
+    ACCESS_CHANGED,
+    SESSION_CLOSE,
+    deployment_group,
+    session_group,
+    tenant_group,
+    user_group,
+)
 from controlplane.deployments.selectors import deployment_get
 from controlplane.tenancy.access import access_for
 from controlplane.tenancy.choices import Perm
@@ -63,26 +78,19 @@ CLOSE_UNAUTHENTICATED = 4401
 CLOSE_FORBIDDEN = 4403
 CLOSE_NOT_FOUND = 4404
 CLOSE_TOO_SLOW = 4408
+CLOSE_RETRY = 1011  # a server-side failure: the client reconnects (and is checked again)
 SESSION_TENANT = "hangar_tenant_id"  # same key as console.dashboard.base
 # channels_redis forgets group members after a day; the hub re-adds its channels well before.
 GROUP_REFRESH_SECONDS = 3600.0
 
 
-def session_group(session_key: str) -> str:
-    """Group of one login session's sockets (hashed: the session key is a credential)."""
-    return "session." + hashlib.sha256(session_key.encode()).hexdigest()[:32]
+@dataclass(frozen=True)
+class Grant:
+    """What one socket may receive: the data groups of one tenant, seen with one role."""
 
-
-@receiver(user_logged_out)
-def close_sockets_on_logout(sender: Any, request: Any, user: Any, **kwargs: Any) -> None:
-    session_key = getattr(getattr(request, "session", None), "session_key", None)
-    layer = get_channel_layer()
-    if not session_key or layer is None:
-        return
-    try:
-        async_to_sync(layer.group_send)(session_group(session_key), {"type": "session.close"})
-    except Exception:  # Redis down: the socket stays until it drops; the session is gone anyway
-        logger.warning("could not close the websockets of a logged-out session")
+    tenant_id: int
+    role: str
+    groups: list[str]
 
 
 class GroupHub:
@@ -146,9 +154,13 @@ class GroupHub:
 
     def deliver(self, group: str, message: dict[str, Any]) -> None:
         members = list(self.members.get(group, ()))
-        if message.get("type") == "session.close":
+        if message.get("type") == SESSION_CLOSE:
             for consumer in members:
                 consumer.stop_soon(CLOSE_UNAUTHENTICATED)
+            return
+        if message.get("type") == ACCESS_CHANGED:
+            for consumer in members:
+                consumer.recheck_soon()
             return
         payload = message.get("payload")
         if message.get("type") != "push" or not isinstance(payload, dict):
@@ -166,7 +178,8 @@ class GroupHub:
 
 
 class LiveConsumer(AsyncWebsocketConsumer):
-    """Base: authenticate, join server-chosen groups through the hub, send through a bounded queue."""
+    """Base: authenticate, join server-chosen groups through the hub, send through a bounded queue,
+    re-check access whenever the user's access changes."""
 
     # No channel-layer channel per socket: the hub subscribes once per group for the process.
     channel_layer_alias = "hangar-no-per-socket-channel"
@@ -178,28 +191,52 @@ class LiveConsumer(AsyncWebsocketConsumer):
         self._wakeup = asyncio.Event()
         self._sender: asyncio.Task[None] | None = None
         self._closing = False
+        self.grant: Grant | None = None
+        self._rechecking = False
+        self._recheck_requested = False
         user = self.scope.get("user")
         session = self.scope.get("session")
         if user is None or not user.is_authenticated or session is None or not session.session_key:
             await self.close(code=CLOSE_UNAUTHENTICATED)
             return
+        self.user_id = user.pk
+        self.session_key: str = session.session_key
+        # The control groups first: a change committed while access is read below still reaches
+        # this socket (as a re-check once it is accepted), instead of falling between the two.
+        await self._join([session_group(self.session_key), user_group(user.pk)])
         try:
-            groups = await self.groups_for(user)
+            grant = await self.grant_for(user)
         except DomainError as exc:
+            await self._leave_all()
             await self.close(code=CLOSE_NOT_FOUND if exc.status == 404 else CLOSE_FORBIDDEN)
+            return
+        if self._closing:  # the session ended while access was read
+            await self._leave_all()
             return
         await self.accept()
         self._send_raw = _unwrapped_send(self.base_send)
         WS_CLIENTS.inc()
         self._counted = True
         self._sender = asyncio.create_task(self._send_loop())
+        await self._join(grant.groups)
+        self.grant = grant
+        if self._recheck_requested:
+            self.recheck_soon()
+
+    async def grant_for(self, user: Any) -> Grant:
+        raise NotImplementedError
+
+    async def _join(self, groups: list[str]) -> None:
         hub = GroupHub.current()
-        for group in [*groups, session_group(session.session_key)]:
+        for group in groups:
             await hub.join(group, self)
             self.joined.append(group)
 
-    async def groups_for(self, user: Any) -> list[str]:
-        raise NotImplementedError
+    async def _leave_all(self) -> None:
+        hub = GroupHub.current()
+        for group in getattr(self, "joined", []):
+            await hub.leave(group, self)
+        self.joined = []
 
     async def disconnect(self, code: int) -> None:
         if getattr(self, "_counted", False):
@@ -208,13 +245,52 @@ class LiveConsumer(AsyncWebsocketConsumer):
         if getattr(self, "_sender", None) is not None:
             self._sender.cancel()  # type: ignore[union-attr]
             self._sender = None
-        hub = GroupHub.current()
-        for group in getattr(self, "joined", []):
-            await hub.leave(group, self)
-        self.joined = []
+        self._closing = True
+        await self._leave_all()
 
     async def receive(self, text_data: str | None = None, bytes_data: bytes | None = None) -> None:
         """Clients only listen; anything they send is ignored."""
+
+    # ----------------------------------------------------------------- access re-checks
+
+    def recheck_soon(self) -> None:
+        """Called by the hub on ``access.changed``: re-check once, or once more after the running check."""
+        if getattr(self, "_closing", True):
+            return
+        self._recheck_requested = True
+        if self.grant is None or self._rechecking:
+            return  # still connecting, or a check is running: that one looks again when done
+        self._rechecking = True
+        asyncio.get_running_loop().create_task(self._recheck())
+
+    async def _recheck(self) -> None:
+        try:
+            while self._recheck_requested and not self._closing:
+                self._recheck_requested = False
+                await self._check_access()
+        except Exception:
+            # The database is unreachable, say: close with a code the client retries, so the
+            # access is decided again on connect rather than assumed.
+            logger.warning("could not re-check a websocket's access; closing it", exc_info=True)
+            self.stop_soon(CLOSE_RETRY)
+        finally:
+            self._rechecking = False
+
+    async def _check_access(self) -> None:
+        user = await get_user({"session": _fresh_session(self.session_key)})
+        if not getattr(user, "is_authenticated", False) or user.pk != self.user_id:
+            self.stop_soon(CLOSE_UNAUTHENTICATED)  # session ended, password reset, user deactivated
+            return
+        grant = self.grant
+        assert grant is not None
+        role = await database_sync_to_async(_visible_role)(user, grant.tenant_id)
+        if role is None:
+            self.stop_soon(CLOSE_FORBIDDEN)  # removed from the tenant, or the tenant switched off
+            return
+        if role != grant.role:
+            self.grant = Grant(tenant_id=grant.tenant_id, role=role, groups=grant.groups)
+            message = {"kind": "access", "tenant": grant.tenant_id, "role": role}
+            self.enqueue(message, json.dumps(message, separators=(",", ":")))
 
     # ----------------------------------------------------------------- called by the hub
 
@@ -268,31 +344,45 @@ def _unwrapped_send(send: Any) -> Any:
     return send
 
 
+def _fresh_session(session_key: str) -> Any:
+    """The session as stored now (the scope's copy was read once, at connect)."""
+    return import_module(settings.SESSION_ENGINE).SessionStore(session_key)
+
+
+def _visible_role(user: Any, tenant_id: int) -> str | None:
+    """The user's role in the tenant, if it still lets them watch its deployments."""
+    access = access_for(user)
+    return access.role(tenant_id) if access.can(tenant_id, Perm.DEPLOYMENT_VIEW) else None
+
+
 class DeploymentConsumer(LiveConsumer):
     """``ws/deployments/<id>/``: one deployment, if the user may view it (its own tenant decides)."""
 
-    async def groups_for(self, user: Any) -> list[str]:
+    async def grant_for(self, user: Any) -> Grant:
         deployment_id = int(self.scope["url_route"]["kwargs"]["deployment_id"])
-        return await database_sync_to_async(self._groups)(user, deployment_id)
+        return await database_sync_to_async(self._grant)(user, deployment_id)
 
     @staticmethod
-    def _groups(user: Any, deployment_id: int) -> list[str]:
-        deployment = deployment_get(access=access_for(user), pk=deployment_id)
-        return [deployment_group(deployment.pk)]
+    def _grant(user: Any, deployment_id: int) -> Grant:
+        access = access_for(user)
+        deployment = deployment_get(access=access, pk=deployment_id)
+        role = access.role(deployment.tenant_id)
+        assert role is not None  # deployment_get found it in one of the user's tenants
+        return Grant(tenant_id=deployment.tenant_id, role=role, groups=[deployment_group(deployment.pk)])
 
 
 class TenantConsumer(LiveConsumer):
     """``ws/tenant/``: the session's current tenant (only ever one the user belongs to)."""
 
-    async def groups_for(self, user: Any) -> list[str]:
+    async def grant_for(self, user: Any) -> Grant:
         chosen = await database_sync_to_async(self.scope["session"].get)(SESSION_TENANT)
-        return await database_sync_to_async(self._groups)(user, chosen)
+        return await database_sync_to_async(self._grant)(user, chosen)
 
     @staticmethod
-    def _groups(user: Any, chosen: Any) -> list[str]:
+    def _grant(user: Any, chosen: Any) -> Grant:
         access = access_for(user)
         tenant_ids = access.tenant_ids(Perm.DEPLOYMENT_VIEW)
         if not tenant_ids:
             raise PermissionDenied("Not a member of any tenant.")
         tenant_id = chosen if chosen in tenant_ids else sorted(tenant_ids)[0]
-        return [tenant_group(tenant_id)]
+        return Grant(tenant_id=tenant_id, role=str(access.role(tenant_id)), groups=[tenant_group(tenant_id)])

@@ -16,13 +16,15 @@ from django.contrib.auth.validators import UnicodeUsernameValidator
 from django.core.exceptions import ValidationError as DjangoValidationError
 from django.core.validators import validate_email
 from django.db import IntegrityError, transaction
+from django.db.models import Q
 from django.utils import timezone
 from django.utils.text import slugify
 
 from controlplane.audit.services import audit_record
 from controlplane.core import secrets
 from controlplane.core.context import Actor
-from controlplane.core.exceptions import Conflict, PermissionDenied, ValidationFailed
+from controlplane.core.exceptions import Conflict, NotFound, PermissionDenied, ValidationFailed
+from controlplane.core.realtime import access_changed_on_commit
 from controlplane.tenancy.access import PLATFORM_PERMISSION, Access
 from controlplane.tenancy.choices import ROLE_RANK, Role
 from controlplane.tenancy.models import QUOTA_FIELDS, AccessToken, Membership, Tenant
@@ -135,21 +137,49 @@ def tenant_delete(*, actor: Actor, tenant: Tenant) -> None:
     if Deployment.objects.filter(tenant=tenant).exists():
         raise Conflict("Delete the tenant's deployments first.")
     audit_record(actor=actor, action="tenant.delete", obj=tenant, tenant_id=None)
+    access_changed_on_commit(tenant.memberships.values_list("user_id", flat=True))
     tenant.delete()
 
 
-def _check_role_change(access: Access, tenant_id: int, role: str) -> None:
+def _check_role_change(actor_role: str | None, role: str) -> None:
     # Only owners may create or remove owners; nobody grants a role above their own.
-    mine = access.role(tenant_id)
-    if mine is None or ROLE_RANK[Role(role)] > ROLE_RANK[Role(mine)]:
+    if actor_role is None or ROLE_RANK[Role(role)] > ROLE_RANK[Role(actor_role)]:
         raise PermissionDenied("You cannot grant a role above your own.")
+
+
+class _LockedMembers:
+    """A tenant's memberships that a change reads, locked until the transaction ends: every
+    owner (the rows the last-owner rule counts), the acting user's and the changed one.
+
+    Taken in primary-key order so concurrent changes queue instead of deadlocking. A change that
+    waited here sees what the one before it committed (PostgreSQL re-reads a locked row that
+    changed, and drops it if it no longer matches), so two owners demoting each other at the same
+    moment cannot both count the other as the owner who stays.
+    """
+
+    def __init__(self, tenant_id: int, *, actor_user_id: Any, membership_id: int | None = None) -> None:
+        wanted = Q(role=Role.OWNER) | Q(user_id=actor_user_id)
+        if membership_id is not None:
+            wanted |= Q(pk=membership_id)
+        self.rows = list(Membership.objects.select_for_update().filter(wanted, tenant_id=tenant_id).order_by("pk"))
+        self.actor_role = next((row.role for row in self.rows if row.user_id == actor_user_id), None)
+
+    def get(self, membership_id: int) -> Membership:
+        for row in self.rows:
+            if row.pk == membership_id:
+                return row
+        raise NotFound("Not found.")  # removed meanwhile
+
+    def owners_besides(self, membership: Membership) -> int:
+        return sum(1 for row in self.rows if row.role == Role.OWNER and row.pk != membership.pk)
 
 
 @transaction.atomic
 def membership_add(*, actor: Actor, access: Access, tenant: Tenant, username: str, role: str) -> Membership:
     if role not in Role.values:
         raise ValidationFailed("Unknown role.", field_errors={"role": [f"Choose one of {Role.values}."]})
-    _check_role_change(access, tenant.pk, role)
+    locked = _LockedMembers(tenant.pk, actor_user_id=access.user_id)
+    _check_role_change(locked.actor_role, role)
     user_model = get_user_model()
     try:
         user = user_model.objects.get(username=username)
@@ -163,34 +193,43 @@ def membership_add(*, actor: Actor, access: Access, tenant: Tenant, username: st
             "Already a member.", field_errors={"username": ["This user is already a member."]}
         ) from None
     audit_record(actor=actor, action="member.add", obj=membership, changes={"user": username, "role": role})
+    access_changed_on_commit([user.pk])
     return membership
-
-
-def _owners_left(tenant_id: int, excluding: int) -> int:
-    return Membership.objects.filter(tenant_id=tenant_id, role=Role.OWNER).exclude(pk=excluding).count()
 
 
 @transaction.atomic
 def membership_update(*, actor: Actor, access: Access, membership: Membership, role: str) -> Membership:
+    """Change a member's role. The memberships it reads are locked (``_LockedMembers``): the
+    actor's role and the tenant's owners are those of the moment of the change, not of the
+    request's start, so a tenant always keeps an owner."""
     if role not in Role.values:
         raise ValidationFailed("Unknown role.", field_errors={"role": [f"Choose one of {Role.values}."]})
-    _check_role_change(access, membership.tenant_id, role)
-    _check_role_change(access, membership.tenant_id, membership.role)
-    if membership.role == Role.OWNER and role != Role.OWNER and _owners_left(membership.tenant_id, membership.pk) == 0:
+    locked = _LockedMembers(membership.tenant_id, actor_user_id=access.user_id, membership_id=membership.pk)
+    membership = locked.get(membership.pk)
+    _check_role_change(locked.actor_role, role)
+    _check_role_change(locked.actor_role, membership.role)
+    if membership.role == Role.OWNER and role != Role.OWNER and locked.owners_besides(membership) == 0:
         raise Conflict("A tenant must keep at least one owner.")
     old = membership.role
+    if old == role:
+        return membership
     membership.role = role
     membership.save(update_fields=["role", "updated_at"])
     audit_record(actor=actor, action="member.update", obj=membership, changes={"role": [old, role]})
+    access_changed_on_commit([membership.user_id])
     return membership
 
 
 @transaction.atomic
 def membership_remove(*, actor: Actor, access: Access, membership: Membership) -> None:
-    _check_role_change(access, membership.tenant_id, membership.role)
-    if membership.role == Role.OWNER and _owners_left(membership.tenant_id, membership.pk) == 0:
+    """Remove a member (locked as ``membership_update`` locks); their open websockets close."""
+    locked = _LockedMembers(membership.tenant_id, actor_user_id=access.user_id, membership_id=membership.pk)
+    membership = locked.get(membership.pk)
+    _check_role_change(locked.actor_role, membership.role)
+    if membership.role == Role.OWNER and locked.owners_besides(membership) == 0:
         raise Conflict("A tenant must keep at least one owner.")
     audit_record(actor=actor, action="member.remove", obj=membership)
+    access_changed_on_commit([membership.user_id])
     membership.delete()
 
 
@@ -299,6 +338,7 @@ def _set_tenant_active(*, actor: Actor, tenant: Tenant, value: bool) -> Tenant:
         if not value:
             tenant_id = tenant.pk
             transaction.on_commit(lambda: _announce_tenant_keys_revoked(tenant_id))
+            access_changed_on_commit(tenant.memberships.values_list("user_id", flat=True))
     return tenant
 
 
@@ -375,12 +415,14 @@ def _refuse_superuser(actor: Actor, user: Any) -> None:
 
 @transaction.atomic
 def user_deactivate(*, actor: Actor, user: Any) -> Any:
-    """Lock a user out: sessions and personal access tokens stop working on their next request."""
+    """Lock a user out: sessions and personal access tokens stop working on their next request,
+    and their open websockets close."""
     _refuse_self(actor, user, "deactivate")
     _refuse_superuser(actor, user)
     if get_user_model().objects.filter(pk=user.pk, is_active=True).update(is_active=False):
         user.refresh_from_db()
         audit_record(actor=actor, action="user.deactivate", obj=user, changes={"is_active": [True, False]})
+        access_changed_on_commit([user.pk])
     return user
 
 
@@ -401,6 +443,7 @@ def user_reset_password(*, actor: Actor, user: Any) -> str:
     user.set_password(password)
     user.save(update_fields=["password"])
     audit_record(actor=actor, action="user.reset_password", obj=user)
+    access_changed_on_commit([user.pk])  # their sessions no longer authenticate: close the sockets
     return password
 
 

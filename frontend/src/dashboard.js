@@ -206,7 +206,8 @@
     const handler = root.dataset.deployment ? deploymentPage(root) : overviewPage(root);
     const indicator = $("[data-ws-state]");
     const socket = new HangarSocket(root.dataset.ws, {
-      onMessage: handler,
+      // The server re-scoped this socket to a new role: render the page's controls for it.
+      onMessage: (msg) => (msg.kind === "access" ? window.location.reload() : handler(msg)),
       onState: (state) => {
         if (indicator) {
           indicator.dataset.wsState = state;
