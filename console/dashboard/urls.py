@@ -3,7 +3,6 @@
 from django.contrib.auth import views as auth_views
 from django.urls import path
 
-import console.consumers  # noqa: F401  (connects the logout signal that closes the user's sockets)
 from console.dashboard.views import access, catalog, deployments, home, platform, platform_targets, playground
 
 app_name = "dashboard"
