@@ -72,9 +72,10 @@ def reconcile_deployment(self: Any, deployment_id: int, follow_up: bool = False,
 
 
 @shared_task(name=CHECK_TARGET, ignore_result=True)
-def check_target(target_id: int) -> None:
+def check_target(target_id: int, requested_by: str = "") -> None:
     """Refresh ``Target.health``: status, a short fixed reason, version, capacity (never raises
-    on backend errors, never stores what the backend said)."""
+    on backend errors, never stores what the backend said). Audited when ``requested_by`` (who
+    asked) is set or the status changed."""
     target = Target.objects.filter(pk=int(target_id)).first()
     if target is None:
         return
@@ -91,7 +92,7 @@ def check_target(target_id: int) -> None:
             driver.close()
     if not health.get("gpus") and target.gpu_inventory:
         health["gpus_declared"] = len(target.gpu_inventory)
-    target_health_write(target_id=target.pk, health=health)
+    target_health_write(target_id=target.pk, health=health, requested_by=str(requested_by))
     if health.get("reachable"):
         # Deployments waiting out a backend outage need not wait for their next backoff step.
         for deployment_id in target.deployments.filter(phase=Phase.DEGRADED).values_list("pk", flat=True):

@@ -146,9 +146,10 @@ def target_delete(*, actor: Actor, target: Target) -> None:
 
 @transaction.atomic
 def target_check(*, actor: Actor, target: Target) -> None:
-    """Ask a worker to refresh the target's health (reachability, version, GPUs)."""
+    """Ask a worker to refresh the target's health (reachability, version, GPUs). The request is
+    audited here, its outcome by the worker (``target.checked``, naming who asked)."""
     audit_record(actor=actor, action="target.check", obj=target)
-    enqueue_on_commit(CHECK_TARGET, target.pk)
+    enqueue_on_commit(CHECK_TARGET, target.pk, actor.label)
 
 
 @transaction.atomic

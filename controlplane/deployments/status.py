@@ -16,6 +16,8 @@ from django.db import transaction
 from django.db.models import Q
 from django.utils import timezone
 
+from controlplane.audit.services import audit_record
+from controlplane.core.context import Actor
 from controlplane.core.realtime import deployment_group, publish_on_commit, tenant_group
 from controlplane.deployments.choices import ConditionType, DesiredState, EventType, Phase, ReplicaState
 from controlplane.deployments.events import event_emit
@@ -310,6 +312,22 @@ def deployment_delete_row(*, deployment: Deployment, owner: str) -> bool:
     return bool(deleted)
 
 
-def target_health_write(*, target_id: int, health: dict[str, Any]) -> None:
-    """Record what ``check_target`` saw (reachability, version, GPUs)."""
-    Target.objects.filter(pk=target_id).update(health=health, health_checked_at=timezone.now())
+WORKER = Actor(user=None, via="worker")
+
+
+def target_health_write(*, target_id: int, health: dict[str, Any], requested_by: str = "") -> None:
+    """Record what ``check_target`` saw (reachability, version, GPUs), and audit it as
+    ``target.checked`` when someone asked for the check (``requested_by``, the label of whoever
+    did) or the status changed; the periodic checks of an unchanged target add no rows."""
+    with transaction.atomic():
+        target = Target.objects.select_for_update().filter(pk=target_id).first()
+        if target is None:
+            return
+        before = (target.health or {}).get("status")
+        Target.objects.filter(pk=target_id).update(health=health, health_checked_at=timezone.now())
+        after = health.get("status")
+        if requested_by or before != after:
+            changes: dict[str, Any] = {"status": [before, after], "reason": health.get("reason", "")}
+            if requested_by:
+                changes["requested_by"] = requested_by[:150]
+            audit_record(actor=WORKER, action="target.checked", obj=target, changes=changes)

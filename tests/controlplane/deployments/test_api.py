@@ -266,10 +266,11 @@ class TestDeploymentRules:
         self, tenant: Any, client_for: Any, sent_tasks: Any, django_capture_on_commit_callbacks: Any
     ) -> None:
         target = TargetFactory(tenant=tenant)
+        admin = PlatformAdminFactory()
         with django_capture_on_commit_callbacks(execute=True):
-            response = client_for(PlatformAdminFactory()).post(f"/api/v1/platform/targets/{target.pk}/check/")
+            response = client_for(admin).post(f"/api/v1/platform/targets/{target.pk}/check/")
         assert response.status_code == 202
-        assert sent_tasks == [(CHECK_TARGET, [target.pk])]
+        assert sent_tasks == [(CHECK_TARGET, [target.pk, admin.username])]
         assert AuditLog.objects.filter(action="target.check", object_id=str(target.pk)).count() == 1
 
 
