@@ -19,8 +19,11 @@ from typing import Any
 
 import pytest
 import redis
+from django.contrib.sessions.models import Session
+from django.core.management import call_command
 from django.db import connection
 from django.test import Client
+from django.utils import timezone
 from rest_framework.test import APIClient
 from websockets.exceptions import ConnectionClosed, InvalidStatus
 from websockets.sync.client import ClientConnection
@@ -214,9 +217,11 @@ def test_revoked_sessions_close_their_sockets(
     servers: list[str], opened: contextlib.ExitStack, team: dict[str, Any]
 ) -> None:
     """Logging out in one browser closes that session's sockets (on both servers) and no other;
-    a password reset ends every other session, and their sockets close too."""
+    an expired session removed by ``clearsessions`` closes its sockets; a password reset ends
+    every other session, and their sockets close too."""
     laptop, laptop_cookie = session_cookie(team["member"])
     _, phone_cookie = session_cookie(team["member"])
+    tablet, tablet_cookie = session_cookie(team["member"])
     deployment_path = f"/ws/deployments/{team['deployment'].pk}/"
     group = deployment_group(team["deployment"].pk)
     laptop_sockets = [(open_socket(opened, base, deployment_path, laptop_cookie), group) for base in servers]
@@ -228,6 +233,12 @@ def test_revoked_sessions_close_their_sockets(
     assert codes == [CLOSE_UNAUTHENTICATED, CLOSE_UNAUTHENTICATED], codes
     for ws, _ in phone_sockets:
         assert still_receives(ws, group)
+
+    tablet_sockets = [(open_socket(opened, servers[0], deployment_path, tablet_cookie), group)]
+    make_live(tablet_sockets[0][0], group)
+    Session.objects.filter(session_key=tablet.session.session_key).update(expire_date=timezone.now())
+    codes, _ = timed(lambda: call_command("clearsessions"), tablet_sockets)
+    assert codes == [CLOSE_UNAUTHENTICATED], codes
 
     admin = api_as(PlatformAdminFactory())
     codes, _ = timed(
