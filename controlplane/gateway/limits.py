@@ -279,7 +279,8 @@ def _rate_headers(buckets: list[Bucket], debts_ms: list[float]) -> list[tuple[by
     the bucket is full again."""
     best: dict[str, tuple[int, int, float]] = {}
     for bucket, debt in zip(buckets, debts_ms, strict=False):
-        remaining = max(0, math.floor((bucket.capacity * bucket.interval_ms - debt) / bucket.interval_ms))
+        # + 1e-6: debts come back from Redis rounded to the microsecond
+        remaining = max(0, math.floor((bucket.capacity * bucket.interval_ms - debt) / bucket.interval_ms + 1e-6))
         current = best.get(bucket.kind)
         if current is None or remaining < current[1]:
             best[bucket.kind] = (bucket.window_cap, remaining, max(0.0, debt))

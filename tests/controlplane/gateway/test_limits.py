@@ -75,31 +75,32 @@ def test_rpm_limit_is_accurate_under_concurrency_without_edge_bursts(gateway, st
 def test_throttled_answers_carry_openai_error_retry_after_and_ratelimit_headers(
     gateway, stub_upstream, make_key, serve_model
 ):
-    key, token = make_key(rpm_limit=60, burst_percent=10)  # explicit burst: 6 more in any 60 s window
+    # An explicit burst: 3 more in any 60 s window (30 % of 10). The bucket holds burst + 2 = 5,
+    # then refills one every 60.1 / 9 s: at most 13 in any 60 s.
+    key, token = make_key(rpm_limit=10, burst_percent=30)
     serve_model(key.tenant, "m", stub_upstream.url)
-    answers = [httpx.post(f"{gateway.url}/v1/chat/completions", json=body(), headers=auth(token)) for _ in range(9)]
-    # The bucket holds burst + 2 = 8, then refills at one per 60/59 s: at most 66 in any 60 s.
-    assert [a.status_code for a in answers[:8]] == [200] * 8
-    assert answers[0].headers["x-ratelimit-limit"] == "66"
-    assert answers[0].headers["x-ratelimit-remaining"] == "7"
-    assert int(answers[7].headers["x-ratelimit-remaining"]) == 0
-    throttled = answers[8]
+    answers = [httpx.post(f"{gateway.url}/v1/chat/completions", json=body(), headers=auth(token)) for _ in range(6)]
+    assert [a.status_code for a in answers[:5]] == [200] * 5
+    assert answers[0].headers["x-ratelimit-limit"] == "13"
+    assert answers[0].headers["x-ratelimit-remaining"] == "4"
+    assert int(answers[4].headers["x-ratelimit-remaining"]) == 0
+    throttled = answers[5]
     assert throttled.status_code == 429
     assert throttled.json()["error"]["code"] == "rate_limit_exceeded"
     assert throttled.json()["error"]["type"] == "requests"
     assert int(throttled.headers["retry-after"]) >= 1
-    assert "limit 60 (+6 burst)" in throttled.json()["error"]["message"]
+    assert "limit 10 (+3 burst)" in throttled.json()["error"]["message"]
     for name in ("x-ratelimit-limit", "x-ratelimit-remaining", "x-ratelimit-reset"):
         assert name in throttled.headers
     # Without a burst allowance the header says the plain limit, and the 61st request in a
     # minute is never admitted (the 60 s windows are checked in test_rate_limit_minutes).
-    _, plain = make_key(tenant=key.tenant, rpm_limit=60)
+    _, plain = make_key(tenant=key.tenant, rpm_limit=10)
     first = httpx.post(f"{gateway.url}/v1/chat/completions", json=body(), headers=auth(plain))
-    assert first.headers["x-ratelimit-limit"] == "60" and first.headers["x-ratelimit-remaining"] == "1"
+    assert first.headers["x-ratelimit-limit"] == "10" and first.headers["x-ratelimit-remaining"] == "1"
 
 
 def test_tenant_limit_is_shared_by_its_keys(gateway, stub_upstream, make_key, serve_model):
-    tenant = TenantFactory(rpm_limit=60)
+    tenant = TenantFactory(rpm_limit=6)  # no burst: 2 back to back, then one every 60.1 / 5 s
     serve_model(tenant, "m", stub_upstream.url)
     _, one = make_key(tenant=tenant)
     _, two = make_key(tenant=tenant)
@@ -107,7 +108,7 @@ def test_tenant_limit_is_shared_by_its_keys(gateway, stub_upstream, make_key, se
         httpx.post(f"{gateway.url}/v1/chat/completions", json=body(), headers=auth(token)).status_code
         for token in (one, two) * 4
     ]
-    assert codes.count(200) == 2 and codes[2:] == [429] * 6  # no burst allowance: 2 back to back
+    assert codes.count(200) == 2 and codes[2:] == [429] * 6
     refused = httpx.post(f"{gateway.url}/v1/chat/completions", json=body(), headers=auth(two))
     assert "tenant" in refused.json()["error"]["message"]
 
