@@ -39,12 +39,6 @@ HANGAR_KEY_PEPPER = env.str(
     help="pepper of API key and access token digests, kept apart from the secret key so either can rotate; "
     "production requires a random value of at least 32 characters",
 )
-HANGAR_KEY_LEGACY_CHECKSUMS = env.bool(
-    "HANGAR_KEY_LEGACY_CHECKSUMS",
-    True,
-    help="also accept API keys and access tokens issued before keyed checksums (CRC32), during the transition; "
-    "turn off once every old key is re-issued (each costs a database lookup when forged)",
-)
 HANGAR_METRICS_TOKEN = env.str(
     "HANGAR_METRICS_TOKEN",
     "",

@@ -143,6 +143,9 @@ def test_the_scrape_example_loads_the_alert_rules() -> None:
     assert config["rule_files"] == ["alerts.yaml"]
     jobs = {job["job_name"]: job for job in config["scrape_configs"]}
     assert {"hangar-web", "hangar-worker"} <= set(jobs)
+    # The web processes' /metrics answers only to the scrape token (HANGAR_METRICS_TOKEN).
+    assert jobs["hangar-web"]["authorization"]["type"] == "Bearer"
+    assert jobs["hangar-web"]["authorization"]["credentials_file"]
 
 
 # --------------------------------------------------------------------------- real processes
