@@ -121,7 +121,12 @@ class ApiKeyForm(forms.Form):
     tpm_limit = forms.IntegerField(min_value=0, initial=0, label="Tokens per minute", help_text="0 = tenant limit")
     monthly_token_budget = forms.IntegerField(min_value=0, initial=0, help_text="0 = no budget of its own")
     burst_percent = forms.IntegerField(
-        min_value=0, max_value=100, initial=0, label="Burst allowance (%)", help_text="0 = at most the limit per minute"
+        min_value=0,
+        max_value=100,
+        initial=0,
+        required=False,
+        label="Burst allowance (%)",
+        help_text="0 = at most the limit in any minute",
     )
     expires_at = forms.DateTimeField(
         required=False, widget=forms.DateTimeInput(attrs={"type": "datetime-local"}), help_text="UTC; empty = never"
@@ -290,7 +295,12 @@ class PlatformTenantForm(forms.Form):
     tpm_limit = forms.IntegerField(min_value=0, initial=0, label="Tokens per minute", help_text="0 = unlimited")
     monthly_token_budget = forms.IntegerField(min_value=0, initial=0, help_text="0 = no budget")
     burst_percent = forms.IntegerField(
-        min_value=0, max_value=100, initial=0, label="Burst allowance (%)", help_text="0 = at most the limit per minute"
+        min_value=0,
+        max_value=100,
+        initial=0,
+        required=False,
+        label="Burst allowance (%)",
+        help_text="0 = at most the limit in any minute",
     )
 
 
@@ -300,7 +310,12 @@ class TenantSettingsForm(forms.Form):
     tpm_limit = forms.IntegerField(min_value=0, label="Tokens per minute", help_text="0 = unlimited")
     monthly_token_budget = forms.IntegerField(min_value=0, help_text="0 = no budget")
     burst_percent = forms.IntegerField(
-        min_value=0, max_value=100, initial=0, label="Burst allowance (%)", help_text="0 = at most the limit per minute"
+        min_value=0,
+        max_value=100,
+        initial=0,
+        required=False,
+        label="Burst allowance (%)",
+        help_text="0 = at most the limit in any minute",
     )
 
 

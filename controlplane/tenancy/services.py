@@ -119,7 +119,7 @@ def tenant_quota_set(*, actor: Actor, tenant: Tenant, data: dict[str, Any]) -> T
 @transaction.atomic
 def tenant_update(*, actor: Actor, tenant: Tenant, data: dict[str, Any]) -> Tenant:
     allowed = {"name", "rpm_limit", "tpm_limit", "monthly_token_budget", "burst_percent"}
-    changes = {k: v for k, v in data.items() if k in allowed and getattr(tenant, k) != v}
+    changes = {k: v for k, v in data.items() if k in allowed and v is not None and getattr(tenant, k) != v}
     for key, value in changes.items():
         setattr(tenant, key, value)
     if changes:
