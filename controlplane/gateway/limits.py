@@ -11,8 +11,8 @@ requests and refills one every ``(60 + g) / (M - C + 1)`` s: GCRA's bound for a 
 ``g`` (100 ms) keeps the bound true on any clock that reads the admissions a little apart from
 Redis's. ``C`` is two (not one) when ``B = 0`` so that a request arriving a few milliseconds
 after its turn does not push every later turn back (a tolerance of one interval: no drift), at
-the price of a sustained rate of ``L - 1`` per minute (599.0 for 600: 1,796 in 3 minutes). Token limits (TPM) refill at exactly ``L`` per minute and hold
-``max(1, B)`` tokens: a request is admitted once the tokens before it have drained, so a
+the price of a sustained rate of ``(L - 1) * 60 / 60.1`` per minute (598 for 600: about 1,795 in
+3 minutes). Token limits (TPM) refill at exactly ``L`` per minute and hold ``max(1, B)`` tokens: a request is admitted once the tokens before it have drained, so a
 window holds at most ``L + B`` tokens plus the one request being admitted.
 
 Tokens are reserved at admission (prompt estimate + max_tokens) and settled with the actual
