@@ -40,6 +40,9 @@ def free_port() -> int:
         return int(sock.getsockname()[1])
 
 
+METRICS_TOKEN = "bench-scrape-token-" + os.urandom(16).hex()  # /metrics answers only to it
+
+
 def wait_http(url: str, timeout: float, ok: set[int] | None = None) -> None:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
@@ -146,6 +149,7 @@ def start_gateway(bench_url: str, workers: int) -> tuple[subprocess.Popen[bytes]
         "DATABASE_URL": bench_url,
         "DJANGO_SETTINGS_MODULE": "console.settings.test",
         "HANGAR_LOG_LEVEL": "WARNING",
+        "HANGAR_METRICS_TOKEN": METRICS_TOKEN,
     }
     proc = subprocess.Popen(
         [
@@ -328,7 +332,7 @@ def paired_latency(direct_url: str, gateway_url: str, token: str, body: dict[str
 def histogram_quantiles(metrics_url: str, name: str) -> dict[str, float]:
     """p50/p99 (ms) of a Prometheus histogram scraped from one gateway process."""
     buckets: list[tuple[float, float]] = []
-    for line in httpx.get(metrics_url).text.splitlines():
+    for line in httpx.get(metrics_url, headers={"Authorization": f"Bearer {METRICS_TOKEN}"}).text.splitlines():
         if line.startswith(name + "_bucket{"):
             le = line.split('le="', 1)[1].split('"', 1)[0]
             buckets.append((float("inf") if le == "+Inf" else float(le), float(line.rsplit(" ", 1)[1])))

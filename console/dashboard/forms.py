@@ -120,6 +120,14 @@ class ApiKeyForm(forms.Form):
     rpm_limit = forms.IntegerField(min_value=0, initial=0, label="Requests per minute", help_text="0 = tenant limit")
     tpm_limit = forms.IntegerField(min_value=0, initial=0, label="Tokens per minute", help_text="0 = tenant limit")
     monthly_token_budget = forms.IntegerField(min_value=0, initial=0, help_text="0 = no budget of its own")
+    burst_percent = forms.IntegerField(
+        min_value=0,
+        max_value=100,
+        initial=0,
+        required=False,
+        label="Burst allowance (%)",
+        help_text="0 = at most the limit in any minute",
+    )
     expires_at = forms.DateTimeField(
         required=False, widget=forms.DateTimeInput(attrs={"type": "datetime-local"}), help_text="UTC; empty = never"
     )
@@ -286,6 +294,14 @@ class PlatformTenantForm(forms.Form):
     rpm_limit = forms.IntegerField(min_value=0, initial=0, label="Requests per minute", help_text="0 = unlimited")
     tpm_limit = forms.IntegerField(min_value=0, initial=0, label="Tokens per minute", help_text="0 = unlimited")
     monthly_token_budget = forms.IntegerField(min_value=0, initial=0, help_text="0 = no budget")
+    burst_percent = forms.IntegerField(
+        min_value=0,
+        max_value=100,
+        initial=0,
+        required=False,
+        label="Burst allowance (%)",
+        help_text="0 = at most the limit in any minute",
+    )
 
 
 class TenantSettingsForm(forms.Form):
@@ -293,6 +309,14 @@ class TenantSettingsForm(forms.Form):
     rpm_limit = forms.IntegerField(min_value=0, label="Requests per minute", help_text="0 = unlimited")
     tpm_limit = forms.IntegerField(min_value=0, label="Tokens per minute", help_text="0 = unlimited")
     monthly_token_budget = forms.IntegerField(min_value=0, help_text="0 = no budget")
+    burst_percent = forms.IntegerField(
+        min_value=0,
+        max_value=100,
+        initial=0,
+        required=False,
+        label="Burst allowance (%)",
+        help_text="0 = at most the limit in any minute",
+    )
 
 
 def _quota(label: str, kind: type[forms.IntegerField] = forms.IntegerField) -> forms.Field:

@@ -39,6 +39,12 @@ HANGAR_KEY_PEPPER = env.str(
     help="pepper of API key and access token digests, kept apart from the secret key so either can rotate; "
     "production requires a random value of at least 32 characters",
 )
+HANGAR_METRICS_TOKEN = env.str(
+    "HANGAR_METRICS_TOKEN",
+    "",
+    show="unset",
+    help="bearer token Prometheus must send to `GET /metrics` (at least 32 characters); unset, `/metrics` answers 401",
+)
 
 DEBUG = env.bool("HANGAR_DEBUG", False, help="Django's debug mode (never in production)")
 ALLOWED_HOSTS = env.list(
@@ -451,12 +457,33 @@ HANGAR_GATEWAY_SETTLE_FLUSH_SECONDS = env.float(
     maximum=10.0,
     help="seconds between batches of token settlements sent to Redis",
 )
-HANGAR_GATEWAY_BURST_FRACTION = env.float(
-    "HANGAR_GATEWAY_BURST_FRACTION",
-    0.1,
-    minimum=0.0,
-    maximum=1.0,
-    help="burst a key's rate limit allows, as a fraction of its per-minute limit",
+HANGAR_GATEWAY_REDIS_DOWN_POLICY = env.choice(
+    "HANGAR_GATEWAY_REDIS_DOWN_POLICY",
+    "share",
+    {"share", "fail_closed"},
+    help="rate limits and budgets while Redis is unreachable: `fail_closed` refuses limited requests (503), "
+    "`share` lets each gateway process admit its share (1/`HANGAR_GATEWAY_PROCESSES`) of every limit and budget",
+)
+HANGAR_GATEWAY_PROCESSES = env.int(
+    "HANGAR_GATEWAY_PROCESSES",
+    1,
+    minimum=1,
+    maximum=10_000,
+    help="gateway (web) processes serving in total, all replicas and workers counted; "
+    "the `share` Redis-down policy divides every limit by it",
+)
+HANGAR_GATEWAY_AUTH_FAILURES = env.int(
+    "HANGAR_GATEWAY_AUTH_FAILURES",
+    30,
+    minimum=1,
+    help="failed API key authentications from one client address per window before the gateway answers 429",
+)
+HANGAR_GATEWAY_AUTH_FAILURE_WINDOW = env.int(
+    "HANGAR_GATEWAY_AUTH_FAILURE_WINDOW",
+    60,
+    minimum=1,
+    maximum=86_400,
+    help="seconds of the window in which failed API key authentications per client address are counted",
 )
 HANGAR_GATEWAY_COLD_START_TIMEOUT = env.float(
     "HANGAR_GATEWAY_COLD_START_TIMEOUT",

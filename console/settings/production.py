@@ -1,5 +1,7 @@
 """Production settings: refuse to start on insecure defaults, with a message that says why."""
 
+from urllib.parse import urlsplit
+
 from cryptography.fernet import Fernet
 from django.core.exceptions import ImproperlyConfigured
 
@@ -10,9 +12,11 @@ from console.settings.base import (
     HANGAR_DOCKER_ALLOW_PLAIN_TCP,
     HANGAR_ENCRYPTION_KEYS,
     HANGAR_KEY_PEPPER,
+    HANGAR_METRICS_TOKEN,
     HANGAR_MODEL_ROOTS,
     INSECURE_DEFAULT_PEPPER,
     INSECURE_DEFAULT_SECRET,
+    REDIS_URL,
     SECRET_KEY,
 )
 
@@ -22,6 +26,13 @@ if SECRET_KEY == INSECURE_DEFAULT_SECRET or len(SECRET_KEY) < 32:
     raise ImproperlyConfigured("Set HANGAR_SECRET_KEY to a random value of at least 32 characters for production.")
 if HANGAR_KEY_PEPPER == INSECURE_DEFAULT_PEPPER or len(HANGAR_KEY_PEPPER) < 32:
     raise ImproperlyConfigured("Set HANGAR_KEY_PEPPER to a random value of at least 32 characters for production.")
+if HANGAR_METRICS_TOKEN and len(HANGAR_METRICS_TOKEN) < 32:
+    raise ImproperlyConfigured("HANGAR_METRICS_TOKEN must be a random value of at least 32 characters (or unset).")
+if not urlsplit(REDIS_URL).password:
+    raise ImproperlyConfigured(
+        "REDIS_URL needs the Redis user and password (redis://hangar:<password>@host:6379/0): "
+        "Redis holds the rate limits, the key revocations and the task queue, so production requires an ACL password."
+    )
 if DATABASES["default"]["ENGINE"].endswith("sqlite3"):
     raise ImproperlyConfigured("Production needs PostgreSQL: set DATABASE_URL=postgres://user:pass@host:5432/db.")
 

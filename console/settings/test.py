@@ -11,6 +11,10 @@ DEBUG = False
 PASSWORD_HASHERS = ["django.contrib.auth.hashers.MD5PasswordHasher"]  # fast users in tests only
 HANGAR_RESYNC_INTERVAL = env.float("HANGAR_RESYNC_INTERVAL", 2.0, minimum=0.5)
 ALLOWED_HOSTS = ["*"]
+# Tests read the web processes' /metrics with this token (tests/controlplane/gateway/conftest.py).
+HANGAR_METRICS_TOKEN = env.str("HANGAR_METRICS_TOKEN", "hangar-test-scrape-token-not-a-secret-0123456789")
+# Many suites send bad keys from 127.0.0.1 on purpose; the throttle's own test sets a low limit.
+HANGAR_GATEWAY_AUTH_FAILURES = env.int("HANGAR_GATEWAY_AUTH_FAILURES", 1_000_000, minimum=1)
 # Model sources always have roots to live under (production requires them set explicitly).
 HANGAR_MODEL_ROOTS = HANGAR_MODEL_ROOTS or [str(DATA_DIR / "models")]
 # People read these logs in a terminal: plain lines unless HANGAR_LOG_FORMAT=json.

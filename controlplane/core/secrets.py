@@ -1,13 +1,23 @@
 """Bearer secrets (API keys and personal access tokens): format, checksum and digest.
 
-Format: ``<prefix>_<key id>_<secret><checksum>``. The checksum (CRC32 of everything before it,
-base62, 6 chars) rejects typos and random garbage without touching the database. Only an
-HMAC-SHA256 digest of the secret, keyed with a server-side pepper, is stored; comparisons
-are constant-time.
+Format: ``<prefix>_<key id>_<secret><checksum>``. The checksum is keyed: HMAC-SHA256 of
+everything before it under a key derived from the server-side pepper (``HANGAR_KEY_PEPPER``),
+base62, 6 characters (about 2^35.7 values). Only the server can make one, so typos, garbage and
+forged well-formed tokens are all rejected without touching the database: a forger has one
+chance in ~5.7e10 per attempt, and the gateway throttles failures per address.
+
+Tokens issued before keyed checksums carry a CRC32 checksum, which anyone can compute. ``parse``
+reports them as ``legacy``; callers decide whether they still accept them (the gateway accepts
+one only for a key id flagged ``legacy_checksum`` when the keys were migrated, held in memory,
+so forged CRC32 tokens cost no database lookup either). Re-issuing a key replaces it.
+
+Only an HMAC-SHA256 digest of the secret, keyed with the pepper, is stored; comparisons are
+constant-time. Rotating the pepper invalidates every key and token, checksums included.
 """
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import hmac
 import secrets
@@ -33,6 +43,19 @@ def _base62(number: int, width: int) -> str:
 
 
 def _checksum(body: str) -> str:
+    """The keyed checksum of ``body``: only a holder of the pepper can compute it."""
+    mac = hmac.new(_checksum_key(settings.HANGAR_KEY_PEPPER), body.encode("ascii"), hashlib.sha256).digest()
+    return _base62(int.from_bytes(mac[:8], "big"), CHECKSUM_LEN)
+
+
+@functools.lru_cache(maxsize=4)
+def _checksum_key(pepper: str) -> bytes:
+    # Derived, so that checksums (which every token shows) and digests use different keys.
+    return hmac.new(pepper.encode(), b"hangar token checksum v1", hashlib.sha256).digest()
+
+
+def _legacy_checksum(body: str) -> str:
+    """CRC32, as tokens issued before keyed checksums carry (anyone can compute it)."""
     return _base62(zlib.crc32(body.encode("ascii")), CHECKSUM_LEN)
 
 
@@ -65,6 +88,7 @@ class IssuedSecret:
 class ParsedToken:
     key_id: str
     secret: str
+    legacy: bool = False  # a CRC32 checksum: the token predates keyed checksums
 
 
 def issue(prefix: str) -> IssuedSecret:
@@ -88,6 +112,9 @@ def parse(token: str, prefix: str) -> ParsedToken | None:
     secret = token[len(head) + KEY_ID_LEN + 1 : -CHECKSUM_LEN]
     if not (key_id.isalnum() and secret.isalnum()):
         return None
-    if not hmac.compare_digest(_checksum(token[:-CHECKSUM_LEN]), token[-CHECKSUM_LEN:]):
-        return None
-    return ParsedToken(key_id=key_id, secret=secret)
+    body, checksum = token[:-CHECKSUM_LEN], token[-CHECKSUM_LEN:]
+    if hmac.compare_digest(_checksum(body), checksum):
+        return ParsedToken(key_id=key_id, secret=secret)
+    if hmac.compare_digest(_legacy_checksum(body), checksum):
+        return ParsedToken(key_id=key_id, secret=secret, legacy=True)
+    return None

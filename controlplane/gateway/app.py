@@ -28,10 +28,11 @@ from django.db import DatabaseError
 
 from controlplane.core import request_id
 from controlplane.gateway import metrics, openapi
-from controlplane.gateway.auth import KeyCache, authenticate, revocation_listener
+from controlplane.gateway.auth import KeyCache, revocation_listener
 from controlplane.gateway.conf import GatewayConf, load
 from controlplane.gateway.db import run_db
 from controlplane.gateway.errors import GatewayError, bad_request, model_not_found, unavailable
+from controlplane.gateway.guard import AuthThrottle, require_scrape_token
 from controlplane.gateway.limits import Decision, Limiter
 from controlplane.gateway.metering import Meter
 from controlplane.gateway.requests import CompletionRequest, parse_completion
@@ -199,6 +200,7 @@ class Gateway:
     def __init__(self, conf: GatewayConf | None = None) -> None:
         self.conf = conf or load()
         self.keys = KeyCache(self.conf)
+        self.auth_throttle = AuthThrottle(self.conf)  # 401s per client address (controlplane.gateway.guard)
         self.routes = RouteTable(self.conf)
         self.balancer = Balancer(self.conf)
         self.meter = Meter(self.conf)
@@ -221,6 +223,7 @@ class Gateway:
         redis_url = settings.REDIS_URL
         self.limiter = Limiter(self.conf, redis_url)
         self.keys.connect(redis_url)  # revocation markers, read while the database is down
+        self.auth_throttle.connect(redis_url)
         self.session = aiohttp.ClientSession(
             connector=aiohttp.TCPConnector(limit=0, ttl_dns_cache=300, keepalive_timeout=30),
             timeout=aiohttp.ClientTimeout(
@@ -254,6 +257,7 @@ class Gateway:
         if self.limiter is not None:
             await self.limiter.close()
         await self.keys.close()
+        await self.auth_throttle.close()
         if self.session is not None:
             await self.session.close()
         self._started = False
@@ -328,6 +332,7 @@ class Gateway:
             await exchange.respond(200, openapi.document_bytes())
         elif path == "/metrics":
             _allow(method, path, "GET", "HEAD")
+            require_scrape_token(self.conf, scope["headers"])
             # In a thread: collecting reads the database and Redis (controlplane.deployments.metrics).
             data, content_type = await metrics.render_async()
             await exchange.respond(200, data, content_type.encode())
@@ -337,7 +342,7 @@ class Gateway:
     # ------------------------------------------------------------------ /v1/models
 
     async def models(self, scope: Message, exchange: Exchange, model_id: str | None) -> None:
-        key = await authenticate(self.keys, scope["headers"], Scope.MODELS_READ)
+        key = await self.auth_throttle.authenticate(self.keys, scope, Scope.MODELS_READ)
         routes = await self.routes.get(key.tenant_id)
         visible = [
             r
@@ -359,7 +364,7 @@ class Gateway:
 
     async def completion(self, scope: Message, receive: Receive, exchange: Exchange, *, chat: bool) -> None:
         t0 = time.perf_counter()
-        key = await authenticate(self.keys, scope["headers"], Scope.INFERENCE)
+        key = await self.auth_throttle.authenticate(self.keys, scope, Scope.INFERENCE)
         body = await read_body(scope, receive, self.conf.max_body_bytes)
         request = parse_completion(body, chat=chat)
         routes = await self.routes.get(key.tenant_id)
@@ -394,17 +399,7 @@ class Gateway:
                 error=True,
                 latency_ms=(time.perf_counter() - t0) * 1000,
             )
-            if decision.reason == "budget":
-                kind = code = "insufficient_quota"
-            else:
-                kind, code = ("requests" if decision.reason == "rpm" else "tokens"), "rate_limit_exceeded"
-            raise GatewayError(
-                429,
-                decision.message,
-                type=kind,
-                code=code,
-                headers=[(b"retry-after", str(decision.retry_after).encode())],
-            )
+            raise decision.error()
         self.meter.touch(key.pk, route.deployment_id)
         await self._proxy_guarded(receive, exchange, key, route, request, upstream_body, decision, chat, t0)
 

@@ -1,6 +1,7 @@
 """API key verification for the gateway.
 
-parse -> checksum (rejects typos without a database hit) -> key id lookup in a short cache of
+parse -> keyed checksum (rejects typos and forged tokens without a database hit; a legacy CRC32
+checksum only for a key id flagged at migration, from memory) -> key id lookup in a short cache of
 key records (≤ 60 s; purged in every process on revoke via Redis pub/sub; the last known
 record serves while the database is unreachable) -> constant-time digest compare ->
 revocation, expiry, scope. The presented token never reaches a log line,
@@ -24,7 +25,7 @@ from controlplane.gateway import metrics
 from controlplane.gateway.conf import GatewayConf
 from controlplane.gateway.db import RETRY_SECONDS, DatabaseUnavailable, run_db
 from controlplane.gateway.errors import GatewayError, unauthorized
-from controlplane.gateway.selectors import KeyRecord, gateway_key_get
+from controlplane.gateway.selectors import KeyRecord, gateway_key_get, gateway_legacy_key_ids
 from controlplane.keys.choices import KEY_PREFIX
 from controlplane.keys.services import REVOCATION_CHANNEL, REVOCATION_MARKER_PREFIX
 
@@ -58,6 +59,22 @@ class KeyCache:
         self.known: dict[str, tuple[float, KeyRecord]] = {}
         self.redis: aioredis.Redis | None = None
         self.epoch = 0  # bumped by every purge; a load that raced a purge is not cached
+        # Key ids that may still present a CRC32 checksum; read once (no new ones are ever made).
+        self.legacy_ids: frozenset[str] | None = None
+        self._legacy_lock: asyncio.Lock | None = None
+
+    async def legacy_allowed(self, key_id: str) -> bool:
+        """Whether a token with a CRC32 checksum may name ``key_id`` (no database read once loaded)."""
+        if self.legacy_ids is None:
+            if self._legacy_lock is None:
+                self._legacy_lock = asyncio.Lock()
+            async with self._legacy_lock:
+                if self.legacy_ids is None:
+                    try:
+                        self.legacy_ids = await run_db(gateway_legacy_key_ids)
+                    except (OperationalError, InterfaceError):
+                        return key_id in self.known  # read before: its record decides
+        return key_id in self.legacy_ids
 
     def connect(self, redis_url: str) -> None:
         self.redis = aioredis.Redis.from_url(
@@ -156,6 +173,8 @@ class KeyCache:
         """The key was revoked (or its tenant deactivated): forget it, and remember it refused."""
         self.epoch += 1
         self.entries.pop(key_id, None)
+        if self.legacy_ids is not None and key_id in self.legacy_ids:
+            self.legacy_ids = self.legacy_ids - {key_id}
         known = self.known.get(key_id)
         if known is not None and not known[1].revoked:
             self.known[key_id] = (known[0], dataclasses.replace(known[1], revoked=True))
@@ -188,7 +207,7 @@ async def authenticate(cache: KeyCache, headers: list[tuple[bytes, bytes]], scop
         )
     token = bearer_token(headers)
     parsed = secrets.parse(token, KEY_PREFIX) if token else None
-    if parsed is None:
+    if parsed is None or (parsed.legacy and not await cache.legacy_allowed(parsed.key_id)):
         raise unauthorized(INVALID)
     record = await cache.get(parsed.key_id)
     if record is None or not secrets.digest_matches(parsed.secret, record.digest):

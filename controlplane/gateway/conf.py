@@ -24,7 +24,11 @@ class GatewayConf:
     touch_flush_seconds: float  # Deployment.last_request_at
     key_touch_flush_seconds: float  # ApiKey.last_used_at
     settle_flush_seconds: float  # token settlements sent to Redis in batches
-    burst_fraction: float  # GCRA burst allowance as a fraction of the per-minute limit
+    redis_down_policy: str  # fail_closed | share (controlplane.gateway.limits)
+    gateway_processes: int  # processes that share each limit under the share policy
+    auth_failures: int  # failed authentications per client address per window, then 429
+    auth_failure_window: int  # seconds
+    metrics_token: str  # bearer token of GET /metrics; empty: /metrics refuses everyone
     cold_start_timeout: float
     cold_start_poll: float
     retry_after_seconds: int
@@ -50,7 +54,11 @@ def load() -> GatewayConf:
         touch_flush_seconds=settings.HANGAR_GATEWAY_TOUCH_FLUSH_SECONDS,
         key_touch_flush_seconds=settings.HANGAR_GATEWAY_KEY_TOUCH_FLUSH_SECONDS,
         settle_flush_seconds=settings.HANGAR_GATEWAY_SETTLE_FLUSH_SECONDS,
-        burst_fraction=settings.HANGAR_GATEWAY_BURST_FRACTION,
+        redis_down_policy=settings.HANGAR_GATEWAY_REDIS_DOWN_POLICY,
+        gateway_processes=settings.HANGAR_GATEWAY_PROCESSES,
+        auth_failures=settings.HANGAR_GATEWAY_AUTH_FAILURES,
+        auth_failure_window=settings.HANGAR_GATEWAY_AUTH_FAILURE_WINDOW,
+        metrics_token=settings.HANGAR_METRICS_TOKEN,
         cold_start_timeout=settings.HANGAR_GATEWAY_COLD_START_TIMEOUT,
         cold_start_poll=settings.HANGAR_GATEWAY_COLD_START_POLL,
         retry_after_seconds=settings.HANGAR_GATEWAY_RETRY_AFTER_SECONDS,

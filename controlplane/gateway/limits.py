@@ -1,10 +1,19 @@
 """Rate limits (RPM, TPM) and monthly token budgets, per key and per tenant.
 
 Algorithm: GCRA (generic cell rate algorithm) in one Lua script, so every check-and-charge is
-atomic across all gateway processes and uses one clock (Redis ``TIME``). A limit of ``L`` per
-minute emits one unit every ``60/L`` s and allows a burst of ``ceil(L * burst_fraction)``
-units (10 % by default). Unlike fixed windows there is no edge where two windows' worth pass:
-in any 60 s the admitted amount is at most ``L + burst``.
+atomic across all gateway processes and uses one clock (Redis ``TIME``).
+
+Limits mean what they say: a request limit of ``L`` per minute with an explicit burst allowance
+``B`` (a per-key / per-tenant ``burst_percent`` of ``L``, 0 by default) admits at most ``L + B``
+requests in any 60-second window. With ``M = L + B`` the bucket holds ``C = min(B + 2, M)``
+requests and refills one every ``(60 + g) / (M - C + 1)`` s: GCRA's bound for a window of
+``W`` seconds is ``ceil(W / interval) + C - 1``, which is ``M`` for ``W = 60 + g``. The guard
+``g`` (100 ms) keeps the bound true on any clock that reads the admissions a little apart from
+Redis's. ``C`` is two (not one) when ``B = 0`` so that a request arriving a few milliseconds
+after its turn does not push every later turn back (a tolerance of one interval: no drift), at
+the price of a sustained rate of ``(L - 1) * 60 / 60.1`` per minute (598 for 600: about 1,795 in
+3 minutes). Token limits (TPM) refill at exactly ``L`` per minute and hold ``max(1, B)`` tokens: a request is admitted once the tokens before it have drained, so a
+window holds at most ``L + B`` tokens plus the one request being admitted.
 
 Tokens are reserved at admission (prompt estimate + max_tokens) and settled with the actual
 count afterwards; settlements are sent in batches so the hot path makes one Redis call.
@@ -12,8 +21,12 @@ count afterwards; settlements are sent in batches so the hot path makes one Redi
 Budgets are monthly counters in Redis, rebuilt from ``UsageRecord`` when missing (Redis is a
 cache: losing it loses nothing).
 
-Redis unreachable: the same algorithm runs in process memory (limits then apply per gateway
-process), a gauge and a log line say so, and a probe switches back when Redis answers.
+Redis unreachable: the policy is a setting (``HANGAR_GATEWAY_REDIS_DOWN_POLICY``, see
+``controlplane.gateway.conf``): ``fail_closed`` refuses limited requests with 503 until Redis
+answers; ``share`` (the default) runs the same algorithm in process memory with every limit
+and budget divided by the number of gateway processes (``HANGAR_GATEWAY_PROCESSES``), so all
+processes together still admit at most the configured amount. A gauge and a log line say so,
+and a probe switches back when Redis answers.
 """
 
 from __future__ import annotations
@@ -33,11 +46,17 @@ from redis.exceptions import NoScriptError, RedisError
 from controlplane.gateway import metrics
 from controlplane.gateway.conf import GatewayConf
 from controlplane.gateway.db import run_db
+from controlplane.gateway.errors import GatewayError, unavailable
 from controlplane.gateway.selectors import KeyRecord, gateway_tokens_used
 
 logger = logging.getLogger(__name__)
 
+FAIL_CLOSED = "fail_closed"  # Redis down: refuse limited requests (503)
+SHARE = "share"  # Redis down: each process limits alone to its share of every limit
+REDIS_DOWN_POLICIES = (FAIL_CLOSED, SHARE)
+
 BUDGET_TTL_SECONDS = 40 * 24 * 3600
+WINDOW_GUARD_MS = 100.0  # see the module docstring: L + B admissions span at least 60.1 s
 
 # KEYS: bucket keys then budget keys. ARGV: nb, nbud, (interval_ms, capacity, cost) * nb,
 # (limit, cost) * nbud. Returns {status, denied index, retry ms, debt ms per bucket...}
@@ -128,13 +147,38 @@ class Bucket:
     scope: str  # key | tenant
     limit: int  # per minute
     cost: int
+    burst: int = 0  # extra units allowed in any 60 s window (explicit, per key / tenant)
+
+    @property
+    def window_cap(self) -> int:
+        """The most this bucket admits in any 60-second window."""
+        return self.limit + self.burst
 
     @property
     def interval_ms(self) -> float:
-        return 60000.0 / self.limit
+        if self.kind == "tpm":
+            return 60000.0 / self.limit
+        return (60000.0 + WINDOW_GUARD_MS) / (self.window_cap - self.capacity + 1)
 
-    def capacity(self, burst_fraction: float) -> int:
-        return max(1, math.ceil(self.limit * burst_fraction))
+    @property
+    def capacity(self) -> int:
+        if self.kind == "tpm":
+            return max(1, self.burst)
+        return min(self.burst + 2, self.window_cap)
+
+    def shared(self, processes: int) -> Bucket:
+        """This bucket as one of ``processes`` gateway processes limiting alone (Redis down):
+        its share of the limit and of the burst, at least 1 so that every process can serve."""
+        if processes <= 1:
+            return self
+        return Bucket(
+            self.key, self.kind, self.scope, max(1, self.limit // processes), self.cost, self.burst // processes
+        )
+
+
+def burst_units(limit: int, percent: int) -> int:
+    """The burst allowance in units (requests or tokens) of ``percent`` of ``limit``, rounded down."""
+    return limit * percent // 100
 
 
 @dataclass(slots=True)
@@ -157,12 +201,24 @@ class Reservation:
 @dataclass(slots=True)
 class Decision:
     allowed: bool
-    reason: str = ""  # rpm | tpm | budget | too_large
+    reason: str = ""  # rpm | tpm | budget | too_large | unavailable
     scope: str = ""
     message: str = ""
     retry_after: int = 0
     headers: list[tuple[bytes, bytes]] = field(default_factory=list)
     reservation: Reservation | None = None
+
+    def error(self) -> GatewayError:
+        """The answer to a refused request: 429 (limits, budgets) or 503 (Redis down, fail_closed)."""
+        if self.reason == "unavailable":
+            return unavailable(self.message, self.retry_after, code="limiter_unavailable")
+        if self.reason == "budget":
+            kind = code = "insufficient_quota"
+        else:
+            kind, code = ("requests" if self.reason == "rpm" else "tokens"), "rate_limit_exceeded"
+        return GatewayError(
+            429, self.message, type=kind, code=code, headers=[(b"retry-after", str(self.retry_after).encode())]
+        )
 
 
 ALLOWED_NO_LIMITS = Decision(allowed=True)
@@ -184,14 +240,19 @@ def plan(key: KeyRecord, tokens: int, now: float, prefix: str = "hangar:gw:") ->
     k = f"{prefix}k:{key.key_id}"
     t = f"{prefix}t:{key.tenant_id}"
     buckets: list[Bucket] = []
+    kb, tb = key.burst_percent, key.tenant_burst_percent
     if key.rpm_limit:
-        buckets.append(Bucket(f"{k}:rpm", "rpm", "key", key.rpm_limit, 1))
+        buckets.append(Bucket(f"{k}:rpm", "rpm", "key", key.rpm_limit, 1, burst_units(key.rpm_limit, kb)))
     if key.tenant_rpm_limit:
-        buckets.append(Bucket(f"{t}:rpm", "rpm", "tenant", key.tenant_rpm_limit, 1))
+        buckets.append(
+            Bucket(f"{t}:rpm", "rpm", "tenant", key.tenant_rpm_limit, 1, burst_units(key.tenant_rpm_limit, tb))
+        )
     if key.tpm_limit:
-        buckets.append(Bucket(f"{k}:tpm", "tpm", "key", key.tpm_limit, tokens))
+        buckets.append(Bucket(f"{k}:tpm", "tpm", "key", key.tpm_limit, tokens, burst_units(key.tpm_limit, kb)))
     if key.tenant_tpm_limit:
-        buckets.append(Bucket(f"{t}:tpm", "tpm", "tenant", key.tenant_tpm_limit, tokens))
+        buckets.append(
+            Bucket(f"{t}:tpm", "tpm", "tenant", key.tenant_tpm_limit, tokens, burst_units(key.tenant_tpm_limit, tb))
+        )
     budgets: list[Budget] = []
     if key.monthly_token_budget or key.tenant_monthly_token_budget:
         month, _, _ = _month(now)
@@ -210,15 +271,19 @@ def plan(key: KeyRecord, tokens: int, now: float, prefix: str = "hangar:gw:") ->
     return buckets, budgets
 
 
-def _rate_headers(buckets: list[Bucket], debts_ms: list[float], burst_fraction: float) -> list[tuple[bytes, bytes]]:
-    """``X-RateLimit-*`` for the tightest request bucket, ``X-RateLimit-*-Tokens`` for tokens."""
+def _rate_headers(buckets: list[Bucket], debts_ms: list[float]) -> list[tuple[bytes, bytes]]:
+    """``X-RateLimit-*`` for the tightest request bucket, ``X-RateLimit-*-Tokens`` for tokens.
+
+    ``limit``: the most admitted in any 60 s window (the limit plus its explicit burst);
+    ``remaining``: how many could be sent right now, back to back; ``reset``: seconds until
+    the bucket is full again."""
     best: dict[str, tuple[int, int, float]] = {}
     for bucket, debt in zip(buckets, debts_ms, strict=False):
-        capacity = bucket.capacity(burst_fraction)
-        remaining = max(0, math.floor((capacity * bucket.interval_ms - debt) / bucket.interval_ms))
+        # + 1e-6: debts come back from Redis rounded to the microsecond
+        remaining = max(0, math.floor((bucket.capacity * bucket.interval_ms - debt) / bucket.interval_ms + 1e-6))
         current = best.get(bucket.kind)
         if current is None or remaining < current[1]:
-            best[bucket.kind] = (bucket.limit, remaining, max(0.0, debt))
+            best[bucket.kind] = (bucket.window_cap, remaining, max(0.0, debt))
     headers: list[tuple[bytes, bytes]] = []
     for kind, suffix in (("rpm", b""), ("tpm", b"-tokens")):
         if kind in best:
@@ -245,10 +310,11 @@ def _denial(
     unit = "requests per min (RPM)" if bucket.kind == "rpm" else "tokens per min (TPM)"
     who = "API key" if bucket.scope == "key" else "tenant"
     requested = 1 if bucket.kind == "rpm" else tokens
+    burst = f" (+{bucket.burst} burst)" if bucket.burst else ""
     return (
         bucket.kind,
         bucket.scope,
-        f"Rate limit reached for this {who} on {unit}: limit {bucket.limit}, requested {requested}. "
+        f"Rate limit reached for this {who} on {unit}: limit {bucket.limit}{burst}, requested {requested}. "
         f"Please try again in {retry}s.",
         retry,
     )
@@ -257,16 +323,25 @@ def _denial(
 class LocalLimiter:
     """The same GCRA and budgets in process memory, used while Redis is unreachable."""
 
-    def __init__(self, burst_fraction: float) -> None:
-        self.burst_fraction = burst_fraction
+    def __init__(self, processes: int = 1) -> None:
+        self.processes = processes  # gateway processes that share each limit while Redis is down
         self.tats: dict[str, float] = {}
         self.used: dict[str, int] = {}
+        self.budget_limits: dict[str, int] = {}  # budget key -> this process's ceiling
+
+    def load_budget(self, budget: Budget, used: int) -> None:
+        """Start limiting ``budget`` alone, ``used`` tokens spent so far: this process may spend
+        its share of what is left."""
+        if budget.key not in self.used:
+            self.used[budget.key] = used
+            self.budget_limits[budget.key] = used + max(0, budget.limit - used) // self.processes
 
     def admit(self, buckets: list[Bucket], budgets: list[Budget]) -> tuple[int, float, list[float]] | list[int]:
         now = time.monotonic() * 1000
         missing = [j + 1 for j, b in enumerate(budgets) if b.key not in self.used]
         if missing:
             return missing
+        buckets = [b.shared(self.processes) for b in buckets]
         denied, retry, tats = self._rate_check(buckets, now)
         denied = denied or self._budget_check(budgets, first=len(buckets) + 1)
         if not denied:
@@ -281,7 +356,7 @@ class LocalLimiter:
         for i, bucket in enumerate(buckets, 1):
             tat = max(self.tats.get(bucket.key, now), now)
             tats.append(tat)
-            allow_at = tat - max(0, bucket.capacity(self.burst_fraction) - bucket.cost) * bucket.interval_ms
+            allow_at = tat - max(0, bucket.capacity - bucket.cost) * bucket.interval_ms
             if now < allow_at:
                 denied = denied or i
                 retry = max(retry, allow_at - now)
@@ -290,7 +365,7 @@ class LocalLimiter:
     def _budget_check(self, budgets: list[Budget], *, first: int) -> int:
         """The number (counted from ``first``) of the first budget the cost would exceed, or 0."""
         for j, budget in enumerate(budgets, first):
-            if self.used[budget.key] + budget.cost > budget.limit:
+            if self.used[budget.key] + budget.cost > self.budget_limits.get(budget.key, budget.limit):
                 return j
         return 0
 
@@ -326,7 +401,7 @@ class Limiter:
         )
         self._admit = self.redis.register_script(ADMIT_LUA)
         self._settle = self.redis.register_script(SETTLE_LUA)
-        self.local = LocalLimiter(conf.burst_fraction)
+        self.local = LocalLimiter(conf.gateway_processes)
         self.redis_ok = True
         self._probe: asyncio.Task[None] | None = None
         self._pending_ms: dict[str, float] = {}
@@ -364,16 +439,18 @@ class Limiter:
                 self._enter_fallback(exc)
                 backend = "local"
         if result is None:
-            local = self.local.admit(buckets, budgets)
-            if isinstance(local, list):
-                for j in local:
-                    missing = budgets[j - 1]
-                    self.local.used.setdefault(missing.key, await self._used_from_db(missing, now))
-                local = self.local.admit(buckets, budgets)
-            assert not isinstance(local, list)
-            result = local
+            if self.conf.redis_down_policy == FAIL_CLOSED:
+                metrics.count_decision("unavailable", backend)
+                return Decision(
+                    allowed=False,
+                    reason="unavailable",
+                    message="The gateway cannot check this key's rate limits right now; try again shortly.",
+                    retry_after=max(1, math.ceil(self.conf.redis_probe_seconds)),
+                )
+            result = await self._admit_local(buckets, budgets, now)
+            buckets = [b.shared(self.local.processes) for b in buckets]  # the headers tell the share
         denied, retry_ms, debts = result
-        headers = _rate_headers(buckets, debts, self.conf.burst_fraction)
+        headers = _rate_headers(buckets, debts)
         if denied:
             denied_bucket = buckets[denied - 1] if denied <= len(buckets) else None
             denied_budget = budgets[denied - len(buckets) - 1] if denied > len(buckets) else None
@@ -391,11 +468,23 @@ class Limiter:
             ),
         )
 
+    async def _admit_local(
+        self, buckets: list[Bucket], budgets: list[Budget], now: float
+    ) -> tuple[int, float, list[float]]:
+        local = self.local.admit(buckets, budgets)
+        if isinstance(local, list):
+            for j in local:
+                missing = budgets[j - 1]
+                self.local.load_budget(missing, await self._used_from_db(missing, now))
+            local = self.local.admit(buckets, budgets)
+        assert not isinstance(local, list)
+        return local
+
     async def _admit_redis(self, buckets: list[Bucket], budgets: list[Budget]) -> tuple[int, float, list[float]]:
         keys = [b.key for b in buckets] + [b.key for b in budgets]
         args: list[float | int | str] = [len(buckets), len(budgets)]
         for b in buckets:
-            args += [f"{b.interval_ms:.6f}", b.capacity(self.conf.burst_fraction), b.cost]
+            args += [f"{b.interval_ms:.6f}", b.capacity, b.cost]
         for bud in budgets:
             args += [bud.limit, bud.cost]
         for _ in range(2):
@@ -518,8 +607,11 @@ class Limiter:
             self.redis_ok = False
             metrics.REDIS_FALLBACK.set(1)
             logger.warning(
-                "Redis is unreachable (%s); rate limits and budgets fall back to this process's own limiter",
+                "Redis is unreachable (%s); %s",
                 type(exc).__name__,
+                "requests with rate limits or budgets are refused (fail_closed)"
+                if self.conf.redis_down_policy == FAIL_CLOSED
+                else f"this process limits alone to 1/{self.conf.gateway_processes} of every limit and budget",
             )
         if self._probe is None or self._probe.done():
             self._probe = asyncio.get_running_loop().create_task(self._probe_until_back())
@@ -532,6 +624,7 @@ class Limiter:
             except (RedisError, OSError):
                 continue
             self.redis_ok = True
+            self.local = LocalLimiter(self.conf.gateway_processes)  # the next outage starts afresh
             self._pending_ms.clear()
             self._pending_tokens.clear()
             metrics.REDIS_FALLBACK.set(0)

@@ -37,7 +37,7 @@ UPSTREAM_LATENCY = Histogram(
 LIMITER_DECISIONS = Counter(
     "hangar_gateway_limiter_decisions_total",
     "Rate limiter and budget decisions.",
-    ["decision", "backend"],  # decision: allowed | rpm | tpm | budget | too_large; backend: redis | local
+    ["decision", "backend"],  # decision: allowed | rpm | tpm | budget | too_large | unavailable; backend: redis | local
 )
 REDIS_FALLBACK = Gauge(
     "hangar_gateway_redis_fallback", "1 while Redis is unreachable and limits use the per-process limiter."

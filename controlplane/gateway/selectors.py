@@ -27,11 +27,13 @@ class KeyRecord:
     rpm_limit: int
     tpm_limit: int
     monthly_token_budget: int
+    burst_percent: int  # explicit burst allowance of the key's RPM/TPM limits, % of the limit
     expires_at: float | None  # epoch seconds
     revoked: bool
     tenant_rpm_limit: int
     tenant_tpm_limit: int
     tenant_monthly_token_budget: int
+    tenant_burst_percent: int
 
 
 @dataclass(frozen=True, slots=True)
@@ -76,11 +78,13 @@ def gateway_key_get(*, key_id: str) -> KeyRecord | None:
             "rpm_limit",
             "tpm_limit",
             "monthly_token_budget",
+            "burst_percent",
             "expires_at",
             "revoked_at",
             "tenant__rpm_limit",
             "tenant__tpm_limit",
             "tenant__monthly_token_budget",
+            "tenant__burst_percent",
         )
         .first()
     )
@@ -98,12 +102,20 @@ def gateway_key_get(*, key_id: str) -> KeyRecord | None:
         rpm_limit=row["rpm_limit"],
         tpm_limit=row["tpm_limit"],
         monthly_token_budget=row["monthly_token_budget"],
+        burst_percent=row["burst_percent"],
         expires_at=_epoch(row["expires_at"]),
         revoked=row["revoked_at"] is not None,
         tenant_rpm_limit=row["tenant__rpm_limit"],
         tenant_tpm_limit=row["tenant__tpm_limit"],
         tenant_monthly_token_budget=row["tenant__monthly_token_budget"],
+        tenant_burst_percent=row["tenant__burst_percent"],
     )
+
+
+def gateway_legacy_key_ids() -> frozenset[str]:
+    """Key ids of the live keys issued before keyed checksums (``ApiKey.legacy_checksum``)."""
+    rows = ApiKey.objects.filter(legacy_checksum=True, revoked_at__isnull=True).values_list("key_id", flat=True)
+    return frozenset(rows)
 
 
 def _valid_endpoint(endpoint: str) -> bool:

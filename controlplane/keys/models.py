@@ -19,6 +19,11 @@ class ApiKey(TenantOwned):
     rpm_limit = models.PositiveIntegerField(default=0)  # 0 = only the tenant's limit applies
     tpm_limit = models.PositiveIntegerField(default=0)
     monthly_token_budget = models.PositiveBigIntegerField(default=0)
+    # Explicit burst allowance: in any 60 s window at most limit + limit * burst_percent / 100.
+    burst_percent = models.PositiveSmallIntegerField(default=0)
+    # Issued before keyed checksums (its token ends in a CRC32 checksum): the gateway still
+    # accepts it (controlplane.core.secrets); re-issue the key to drop the flag.
+    legacy_checksum = models.BooleanField(default=False, editable=False)
     expires_at = models.DateTimeField(null=True, blank=True)
     revoked_at = models.DateTimeField(null=True, blank=True)
     last_used_at = models.DateTimeField(null=True, blank=True)

@@ -31,6 +31,7 @@ REVOCATION_CHANNEL = "hangar:keys:revoked"
 REVOCATION_MARKER_PREFIX = "hangar:keys:revoked:"
 REVOCATION_MARKER_SECONDS = 7 * 24 * 3600
 MAX_ALLOWED_MODELS = 100
+MAX_BURST_PERCENT = 100
 
 
 class _Invalid(ValueError):
@@ -68,6 +69,12 @@ def _limit(ceiling: int) -> Callable[[Any], int]:
     return clean
 
 
+def _percent(value: Any) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value <= MAX_BURST_PERCENT:
+        raise _Invalid(f"Must be a whole number from 0 to {MAX_BURST_PERCENT} (percent of the limit; 0 = no burst).")
+    return int(value)
+
+
 def _clean_expires_at(value: Any) -> datetime:
     if not isinstance(value, datetime):
         raise _Invalid("Must be a date-time.")
@@ -85,6 +92,7 @@ _FIELDS: dict[str, tuple[Any, Callable[[Any], Any]]] = {
     "rpm_limit": (0, _limit(2**31 - 1)),
     "tpm_limit": (0, _limit(2**31 - 1)),
     "monthly_token_budget": (0, _limit(10**15)),
+    "burst_percent": (0, _percent),
     "expires_at": (None, _clean_expires_at),
 }
 

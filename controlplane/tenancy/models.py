@@ -29,6 +29,8 @@ class Tenant(TimeStamped):
     rpm_limit = models.PositiveIntegerField(default=0)
     tpm_limit = models.PositiveIntegerField(default=0)
     monthly_token_budget = models.PositiveBigIntegerField(default=0)
+    # Explicit burst allowance of the tenant-wide limits, % of the limit (0 = none).
+    burst_percent = models.PositiveSmallIntegerField(default=0)
     # Quotas, set by platform admins (null = unlimited, 0 = none), per replica summed over every
     # deployment that is not deleted; autoscaled deployments count at max_replicas.
     quota_gpus = models.PositiveIntegerField(null=True, blank=True)

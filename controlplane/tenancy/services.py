@@ -120,8 +120,8 @@ def tenant_quota_set(*, actor: Actor, tenant: Tenant, data: dict[str, Any]) -> T
 
 @transaction.atomic
 def tenant_update(*, actor: Actor, tenant: Tenant, data: dict[str, Any]) -> Tenant:
-    allowed = {"name", "rpm_limit", "tpm_limit", "monthly_token_budget"}
-    changes = {k: v for k, v in data.items() if k in allowed and getattr(tenant, k) != v}
+    allowed = {"name", "rpm_limit", "tpm_limit", "monthly_token_budget", "burst_percent"}
+    changes = {k: v for k, v in data.items() if k in allowed and v is not None and getattr(tenant, k) != v}
     for key, value in changes.items():
         setattr(tenant, key, value)
     if changes:
@@ -285,7 +285,8 @@ def platform_tenant_create(
     *, actor: Actor, name: str, slug: str = "", owner_username: str = "", data: dict[str, Any] | None = None
 ) -> Tenant:
     """Create a tenant for someone else: no member unless ``owner_username`` names its first owner.
-    ``data`` may carry the gateway limits (``rpm_limit``, ``tpm_limit``, ``monthly_token_budget``)."""
+    ``data`` may carry the gateway limits (``rpm_limit``, ``tpm_limit``, ``monthly_token_budget``,
+    ``burst_percent``)."""
     name = name.strip()
     if not name:
         raise ValidationFailed("A tenant needs a name.", field_errors={"name": ["This field may not be blank."]})

@@ -52,9 +52,10 @@ fi
 compose+=(-p "$PROJECT" -f "$ROOT/deploy/compose.yaml")
 
 secret() { python3 -c 'import secrets, sys; print(secrets.token_urlsafe(int(sys.argv[1])))' "$1"; }
-export POSTGRES_PASSWORD HANGAR_SECRET_KEY HANGAR_KEY_PEPPER HANGAR_ENCRYPTION_KEYS
+export POSTGRES_PASSWORD REDIS_PASSWORD HANGAR_SECRET_KEY HANGAR_KEY_PEPPER HANGAR_ENCRYPTION_KEYS
 HANGAR_ENCRYPTION_KEYS=$(python3 -c 'import base64, os; print(base64.urlsafe_b64encode(os.urandom(32)).decode())')
 POSTGRES_PASSWORD=$(secret 24)
+REDIS_PASSWORD=$(secret 24)
 HANGAR_SECRET_KEY=$(secret 48)
 HANGAR_KEY_PEPPER=$(secret 48)
 export DOCKER_GID

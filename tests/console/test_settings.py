@@ -105,7 +105,7 @@ GOOD_PRODUCTION = {
     "HANGAR_SECRET_KEY": "k" * 50,
     "HANGAR_KEY_PEPPER": "p" * 40,
     "DATABASE_URL": "postgres://hangar:hangar@127.0.0.1:54329/hangar",
-    "REDIS_URL": "redis://127.0.0.1:63790/0",
+    "REDIS_URL": "redis://hangar:r3d1s-password-0123456789@127.0.0.1:63790/0",
     "HANGAR_MODEL_ROOTS": "/srv/models",
     "HANGAR_ENCRYPTION_KEYS": "T0pS3cr3tKeyT0pS3cr3tKeyT0pS3cr3tKeyT0pS3cQ=",
 }
@@ -141,6 +141,8 @@ def test_production_loads_with_real_secrets() -> None:
         ({"HANGAR_DEBUG": "sometimes"}, "HANGAR_DEBUG='sometimes' is not a boolean"),
         ({"HANGAR_MAX_BODY_BYTES": "1MB"}, "HANGAR_MAX_BODY_BYTES='1MB' is not an integer"),
         ({"REDIS_URL": "localhost:6379"}, "REDIS_URL='localhost:6379' must start with redis://"),
+        ({"REDIS_URL": "redis://127.0.0.1:63790/0"}, "REDIS_URL needs the Redis user and password"),
+        ({"HANGAR_METRICS_TOKEN": "short"}, "HANGAR_METRICS_TOKEN must be a random value of at least 32"),
     ],
 )
 def test_production_refuses_insecure_or_malformed_settings(override: dict[str, str], message: str) -> None:

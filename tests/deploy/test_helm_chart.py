@@ -74,6 +74,7 @@ def secret_for(values_name: str) -> dict[str, str]:
         secret["POSTGRES_PASSWORD"] = "p" * 24
     if values.get("redis", {}).get("enabled"):
         del secret["REDIS_URL"]
+        secret["REDIS_PASSWORD"] = "r" * 24
     return secret
 
 
@@ -266,7 +267,14 @@ def test_bundled_databases_are_off_by_default_and_reachable_only_by_the_control_
         assert rule["from"][0]["podSelector"]["matchLabels"]["app.kubernetes.io/instance"] == RELEASE
     env = environment("bundled", "web")
     assert env["DATABASE_URL"] == f"postgres://hangar:{'p' * 24}@hangar-postgresql:5432/hangar"
-    assert env["REDIS_URL"] == "redis://hangar-redis:6379/0"
+    assert env["REDIS_URL"] == f"redis://hangar:{'r' * 24}@hangar-redis:6379/0"
+    # The bundled Redis gets the same password from the Secret, and runs the image's
+    # entrypoint, which refuses to start without one (tests/deploy/test_redis_acl.py).
+    redis = container(objects("bundled", "StatefulSet")["hangar-redis"])
+    assert "args" not in redis and "command" not in redis
+    (password,) = redis["env"]
+    assert password["name"] == "REDIS_PASSWORD"
+    assert password["valueFrom"]["secretKeyRef"] == {"name": "hangar-secrets", "key": "REDIS_PASSWORD"}
 
 
 @pytest.mark.parametrize("values_name", VALUE_SETS)

@@ -34,7 +34,7 @@ from controlplane.deployments.choices import Phase, ReplicaState
 from controlplane.deployments.models import Deployment
 from controlplane.tenancy.choices import Role
 from tests.conftest import REPO_ROOT
-from tests.controlplane.gateway.conftest import Server, start_stub
+from tests.controlplane.gateway.conftest import Server, scrape_headers, start_stub
 from tests.factories import ApiKeyFactory, DeploymentFactory, ModelFactory, ReplicaFactory, TargetFactory, TenantFactory
 from tests.support.ports import free_port
 from tests.support.waiting import wait_for
@@ -143,6 +143,9 @@ def test_the_scrape_example_loads_the_alert_rules() -> None:
     assert config["rule_files"] == ["alerts.yaml"]
     jobs = {job["job_name"]: job for job in config["scrape_configs"]}
     assert {"hangar-web", "hangar-worker"} <= set(jobs)
+    # The web processes' /metrics answers only to the scrape token (HANGAR_METRICS_TOKEN).
+    assert jobs["hangar-web"]["authorization"]["type"] == "Bearer"
+    assert jobs["hangar-web"]["authorization"]["credentials_file"]
 
 
 # --------------------------------------------------------------------------- real processes
@@ -178,13 +181,13 @@ def stub() -> Iterator[Server]:
 
 
 def scrape(url: str) -> dict[str, str]:
-    response = httpx.get(url, timeout=10)
+    response = httpx.get(url, headers=scrape_headers(), timeout=10)
     assert response.status_code == 200, response.text
     return sample_names(response.text)
 
 
 def sample_value(url: str, name: str, **labels: str) -> float | None:
-    for family in text_string_to_metric_families(httpx.get(url, timeout=10).text):
+    for family in text_string_to_metric_families(httpx.get(url, headers=scrape_headers(), timeout=10).text):
         for sample in family.samples:
             if sample.name == name and all(sample.labels.get(k) == v for k, v in labels.items()):
                 return float(sample.value)
@@ -286,7 +289,9 @@ def test_every_metric_of_the_dashboard_and_alerts_is_exposed(
     assert sample_value(web_metrics, "hangar_celery_queue_depth", queue="celery") is not None
     assert sample_value(web_metrics, "hangar_state_collector_up", source="database") == 1.0
     assert sample_value(web_metrics, "hangar_deployment_desired_replicas", deployment_id=str(local.pk)) == 1.0
-    assert tenant.slug not in httpx.get(web_metrics).text  # ids only: /metrics names no tenant
+    assert (
+        tenant.slug not in httpx.get(web_metrics, headers=scrape_headers()).text
+    )  # ids only: /metrics names no tenant
     assert sample_value(web_metrics, "hangar_gateway_tokens_total", model="served", kind="completion") == 4.0
     assert (sample_value(web_metrics, "hangar_websocket_messages_total") or 0) >= 1
 

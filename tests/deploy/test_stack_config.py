@@ -25,6 +25,7 @@ KUBE = DEPLOY / "kubernetes"
 # What an operator exports before `compose up` (the file refuses to start without them).
 OPERATOR_ENV = {
     "POSTGRES_PASSWORD": "p" * 24,
+    "REDIS_PASSWORD": "r" * 24,
     "HANGAR_SECRET_KEY": "s" * 48,
     "HANGAR_KEY_PEPPER": "k" * 48,
     "HANGAR_ENCRYPTION_KEYS": "T0pS3cr3tKeyT0pS3cr3tKeyT0pS3cr3tKeyT0pS3cQ=",
@@ -36,7 +37,7 @@ KUBE_SECRET = {
     "HANGAR_KEY_PEPPER": "k" * 48,
     "HANGAR_ENCRYPTION_KEYS": "T0pS3cr3tKeyT0pS3cr3tKeyT0pS3cr3tKeyT0pS3cQ=",
     "DATABASE_URL": "postgres://hangar:PASSWORD@postgres.example:5432/hangar",
-    "REDIS_URL": "redis://redis.example:6379/0",
+    "REDIS_URL": "redis://hangar:PASSWORD@redis.example:6379/0",
 }
 LOAD_SETTINGS = (
     "import django; django.setup(); from controlplane.core.crypto import decrypt_json, encrypt_json; "
@@ -126,3 +127,28 @@ def test_kustomization_lists_every_manifest() -> None:
     listed = set(yaml.safe_load((KUBE / "kustomization.yaml").read_text())["resources"])
     shipped = {p.name for p in KUBE.glob("*.yaml")} - {"kustomization.yaml"}
     assert listed == shipped
+
+
+def test_compose_redis_requires_a_password_and_the_control_plane_sends_it() -> None:
+    services = compose_services()
+    without = {k: v for k, v in OPERATOR_ENV.items() if k != "REDIS_PASSWORD"}
+    # The redis service refuses to start without REDIS_PASSWORD (its entrypoint, too:
+    # tests/deploy/test_redis_acl.py), and so does every control-plane process.
+    redis_env = services["redis"]["environment"]
+    assert interpolate(str(redis_env["REDIS_PASSWORD"]), OPERATOR_ENV) == OPERATOR_ENV["REDIS_PASSWORD"]
+    for service in ("redis", "migrate", "web", "worker", "beat"):
+        spec = services[service]
+        with pytest.raises(AssertionError, match="REDIS_PASSWORD unset"):
+            for value in spec.get("environment", {}).values():
+                interpolate(str(value), without)
+    url = interpolate(str(services["web"]["environment"]["REDIS_URL"]), OPERATOR_ENV)
+    assert url.startswith(f"redis://hangar:{OPERATOR_ENV['REDIS_PASSWORD']}@127.0.0.1:")
+    assert "command" not in services["redis"]  # the image's entrypoint, with its ACL
+
+
+@pytest.mark.parametrize("url", ["redis://127.0.0.1:6379/0", "redis://hangar@127.0.0.1:6379/0"])
+def test_production_refuses_a_redis_url_without_password(url: str) -> None:
+    configmap = next(doc for _, doc in kube_documents() if doc["kind"] == "ConfigMap")
+    result = settings_load({**configmap["data"], **KUBE_SECRET, "REDIS_URL": url})
+    assert result.returncode != 0
+    assert "REDIS_URL needs the Redis user and password" in result.stderr

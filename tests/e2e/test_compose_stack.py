@@ -119,6 +119,7 @@ def stack_env() -> Iterator[dict[str, str]]:
     # Always, even when the smoke cleaned up after itself: a no-op then.
     cleanup_env = env | {
         "POSTGRES_PASSWORD": "x",
+        "REDIS_PASSWORD": "x",
         "HANGAR_SECRET_KEY": "x",
         "HANGAR_KEY_PEPPER": "x",
         "HANGAR_ENCRYPTION_KEYS": "x",

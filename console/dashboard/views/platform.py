@@ -62,7 +62,7 @@ def tenant_index(request: PlatformRequest) -> HttpResponse:
                 name=data["name"],
                 slug=data["slug"],
                 owner_username=data["owner"],
-                data={k: data[k] for k in ("rpm_limit", "tpm_limit", "monthly_token_budget")},
+                data={k: data[k] for k in ("rpm_limit", "tpm_limit", "monthly_token_budget", "burst_percent")},
             )
         except DomainError as exc:
             apply_domain_error(form, exc)
@@ -95,7 +95,9 @@ def _tenant_page(
     quota_form: TenantQuotaForm | None = None,
     status: int = 200,
 ) -> HttpResponse:
-    settings_initial = {k: getattr(tenant, k) for k in ("name", "rpm_limit", "tpm_limit", "monthly_token_budget")}
+    settings_initial = {
+        k: getattr(tenant, k) for k in ("name", "rpm_limit", "tpm_limit", "monthly_token_budget", "burst_percent")
+    }
     quota_initial = {resource: getattr(tenant, field) for resource, field in QUOTA_FIELDS.items()}
     context = {
         "t": tenant,

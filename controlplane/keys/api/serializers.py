@@ -10,7 +10,7 @@ from rest_framework import serializers
 from controlplane.core.api import InputSerializer, TenantChoiceMixin, TenantSlugField
 from controlplane.keys.choices import DEFAULT_SCOPES, Scope
 from controlplane.keys.models import ApiKey
-from controlplane.keys.services import MAX_ALLOWED_MODELS
+from controlplane.keys.services import MAX_ALLOWED_MODELS, MAX_BURST_PERCENT
 
 MAX_RATE = 2_147_483_647  # PositiveIntegerField
 MAX_BUDGET = 10**12
@@ -25,6 +25,7 @@ KEY_FIELDS: tuple[str, ...] = (
     "rpm_limit",
     "tpm_limit",
     "monthly_token_budget",
+    "burst_percent",
     "expires_at",
     "revoked_at",
     "last_used_at",
@@ -84,4 +85,11 @@ class ApiKeyCreateInput(TenantChoiceMixin, InputSerializer):
     rpm_limit = serializers.IntegerField(min_value=0, max_value=MAX_RATE, required=False)
     tpm_limit = serializers.IntegerField(min_value=0, max_value=MAX_RATE, required=False)
     monthly_token_budget = serializers.IntegerField(min_value=0, max_value=MAX_BUDGET, required=False)
+    burst_percent = serializers.IntegerField(
+        min_value=0,
+        max_value=MAX_BURST_PERCENT,
+        required=False,
+        help_text="Explicit burst allowance, % of the RPM/TPM limits: in any 60 s window at most "
+        "limit + limit * burst_percent / 100. Default 0: at most the limit.",
+    )
     expires_at = serializers.DateTimeField(required=False, allow_null=True)

@@ -18,7 +18,7 @@ from rest_framework.response import Response
 from controlplane.core.api import InputSerializer
 from controlplane.tenancy import selectors, services
 from controlplane.tenancy.api.base import PlatformViewSet
-from controlplane.tenancy.api.serializers import MAX_BUDGET, MAX_LIMIT
+from controlplane.tenancy.api.serializers import MAX_BUDGET, MAX_BURST_PERCENT, MAX_LIMIT
 from controlplane.tenancy.choices import Role
 from controlplane.tenancy.models import Tenant
 
@@ -31,6 +31,7 @@ PLATFORM_TENANT_FIELDS = (
     "rpm_limit",
     "tpm_limit",
     "monthly_token_budget",
+    "burst_percent",
     "created_at",
     "updated_at",
 )
@@ -49,6 +50,12 @@ class PlatformTenantLimitsInput(InputSerializer):
     rpm_limit = serializers.IntegerField(min_value=0, max_value=MAX_LIMIT, required=False)
     tpm_limit = serializers.IntegerField(min_value=0, max_value=MAX_LIMIT, required=False)
     monthly_token_budget = serializers.IntegerField(min_value=0, max_value=MAX_BUDGET, required=False)
+    burst_percent = serializers.IntegerField(
+        min_value=0,
+        max_value=MAX_BURST_PERCENT,
+        required=False,
+        help_text="Explicit burst allowance of the tenant-wide RPM/TPM limits, % of the limit (default 0).",
+    )
 
 
 class PlatformTenantCreateInput(PlatformTenantLimitsInput):
@@ -63,7 +70,7 @@ class PlatformTenantCreateInput(PlatformTenantLimitsInput):
 
 class PlatformTenantUpdateInput(PlatformTenantLimitsInput):
     read_only_names = frozenset(
-        set(PLATFORM_TENANT_FIELDS) - {"name", "rpm_limit", "tpm_limit", "monthly_token_budget"}
+        set(PLATFORM_TENANT_FIELDS) - {"name", "rpm_limit", "tpm_limit", "monthly_token_budget", "burst_percent"}
     )
     name = serializers.CharField(max_length=100, required=False)
 
@@ -149,7 +156,7 @@ class PlatformTenantViewSet(PlatformViewSet):
     @extend_schema(summary="Create a tenant, optionally with its first owner", request=PlatformTenantCreateInput)
     def create(self, request: Request) -> Response:
         data = self.validated(PlatformTenantCreateInput)
-        limits = {k: data[k] for k in ("rpm_limit", "tpm_limit", "monthly_token_budget") if k in data}
+        limits = {k: data[k] for k in ("rpm_limit", "tpm_limit", "monthly_token_budget", "burst_percent") if k in data}
         tenant = services.platform_tenant_create(
             actor=self.actor,
             name=data["name"],

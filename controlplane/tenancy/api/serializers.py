@@ -12,6 +12,7 @@ from controlplane.tenancy.access import Access
 from controlplane.tenancy.choices import Role
 from controlplane.tenancy.models import AccessToken, Membership, Tenant
 
+MAX_BURST_PERCENT = 100  # as controlplane.keys.services
 MAX_LIMIT = 2_147_483_647  # PositiveIntegerField
 MAX_BUDGET = 9_223_372_036_854_775_807  # PositiveBigIntegerField
 
@@ -22,6 +23,7 @@ TENANT_FIELDS = (
     "rpm_limit",
     "tpm_limit",
     "monthly_token_budget",
+    "burst_percent",
     "role",
     "quota",
     "created_at",
@@ -49,6 +51,12 @@ class TenantLimitsInput(InputSerializer):
     rpm_limit = serializers.IntegerField(min_value=0, max_value=MAX_LIMIT, required=False)
     tpm_limit = serializers.IntegerField(min_value=0, max_value=MAX_LIMIT, required=False)
     monthly_token_budget = serializers.IntegerField(min_value=0, max_value=MAX_BUDGET, required=False)
+    burst_percent = serializers.IntegerField(
+        min_value=0,
+        max_value=MAX_BURST_PERCENT,
+        required=False,
+        help_text="Explicit burst allowance of the tenant-wide RPM/TPM limits, % of the limit (default 0).",
+    )
 
 
 class TenantUpdateInput(TenantLimitsInput):

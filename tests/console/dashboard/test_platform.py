@@ -308,7 +308,12 @@ def test_tenant_settings_and_deactivation(as_admin: Client, team: dict[str, Any]
     }
     assert as_admin.post(url, form).status_code == 302
     tenant.refresh_from_db()
-    assert tenant.name == "Renamed" and tenant.rpm_limit == 60
+    assert tenant.name == "Renamed" and tenant.rpm_limit == 60 and tenant.burst_percent == 0
+    assert as_admin.post(url, {**form, "settings-burst_percent": 101}).status_code == 400
+    assert as_admin.post(url, {**form, "settings-burst_percent": 10}).status_code == 302
+    tenant.refresh_from_db()
+    assert tenant.burst_percent == 10
+    assert b'name="settings-burst_percent" value="10"' in as_admin.get(url).content
 
     member = Client()
     member.force_login(team["owner"])

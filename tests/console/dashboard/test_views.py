@@ -377,6 +377,7 @@ def test_api_key_secret_is_shown_once(login: Any, team: dict[str, Any]) -> None:
             "rpm_limit": 60,
             "tpm_limit": 0,
             "monthly_token_budget": 0,
+            "burst_percent": 25,
             "allowed_models": [team["deployment"].served_model_name],
         },
     )
@@ -386,8 +387,10 @@ def test_api_key_secret_is_shown_once(login: Any, team: dict[str, Any]) -> None:
     assert secret.startswith("hgr_") and secret.encode() in created.content
     key = ApiKey.objects.get(name="ci")
     assert key.rpm_limit == 60 and key.allowed_models == [team["deployment"].served_model_name]
+    assert key.burst_percent == 25  # the explicit burst allowance, shown in the list
     listing = client.get(reverse("dashboard:keys")).content
     assert secret.encode() not in listing and key.display_prefix.encode() in listing
+    assert b"60 rpm +25% burst" in listing
     assert client.post(reverse("dashboard:key-revoke", args=[key.pk])).status_code == 302
     key.refresh_from_db()
     assert key.revoked_at is not None

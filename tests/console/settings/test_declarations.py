@@ -126,7 +126,7 @@ def test_gateway_tunables_come_from_the_environment() -> None:
     [
         ("HANGAR_GATEWAY_COLD_START_TIMEOUT", "soon", "HANGAR_GATEWAY_COLD_START_TIMEOUT='soon' is not a number"),
         ("HANGAR_GATEWAY_KEY_CACHE_SECONDS", "120", "HANGAR_GATEWAY_KEY_CACHE_SECONDS=120.0 is above the maximum 60"),
-        ("HANGAR_GATEWAY_BURST_FRACTION", "-0.5", "HANGAR_GATEWAY_BURST_FRACTION=-0.5 is below the minimum 0"),
+        ("HANGAR_GATEWAY_PROCESSES", "0", "HANGAR_GATEWAY_PROCESSES=0 is below the minimum 1"),
         ("HANGAR_SQLITE_BUSY_TIMEOUT", "0", "HANGAR_SQLITE_BUSY_TIMEOUT=0.0 is below the minimum 1"),
         ("HANGAR_PORT", "80000", "HANGAR_PORT=80000 is above the maximum 65535"),
     ],

@@ -41,9 +41,16 @@ class Server(Process):
         return self
 
 
+def scrape_headers() -> dict[str, str]:
+    """What Prometheus sends to a web process's ``/metrics`` (the test settings' scrape token)."""
+    from django.conf import settings
+
+    return {"Authorization": f"Bearer {settings.HANGAR_METRICS_TOKEN}"}
+
+
 def metric_value(url: str, name: str) -> float | None:
     """The value of the sample ``name`` (with its labels, as exposed) at ``url``/metrics."""
-    for line in httpx.get(f"{url}/metrics", timeout=10).text.splitlines():
+    for line in httpx.get(f"{url}/metrics", headers=scrape_headers(), timeout=10).text.splitlines():
         if line.startswith(name + " "):
             return float(line.split()[-1])
     return None

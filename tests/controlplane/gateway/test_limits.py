@@ -49,8 +49,9 @@ async def hammer(url: str, token: str, clients: int, seconds: float) -> list[tup
 
 
 def test_rpm_limit_is_accurate_under_concurrency_without_edge_bursts(gateway, stub_upstream, make_key, serve_model):
-    rpm = 600  # one request every 0.1 s, burst allowance 10 % = 60
+    rpm = 600  # no burst allowance: two back to back, then one every 60/599 s
     key, token = make_key(rpm_limit=rpm)
+    bucket = plan(key_record(rpm=rpm), 1, time.time())[0][0]
     serve_model(key.tenant, "m", stub_upstream.url)
     # Warm the key and routing caches without spending a request, so that the clock below
     # starts when requests actually reach the limiter.
@@ -60,8 +61,7 @@ def test_rpm_limit_is_accurate_under_concurrency_without_edge_bursts(gateway, st
     assert statuses <= {200, 429}, statuses
     first_sent = min(sent for sent, _, _ in results)
     last_sent = max(sent for sent, _, _ in results)
-    burst = math.ceil(rpm * load().burst_fraction)
-    expected = burst + math.floor((last_sent - first_sent) / (60 / rpm))
+    expected = bucket.capacity + math.floor((last_sent - first_sent) / (bucket.interval_ms / 1000))
     admitted = sorted(done for _, done, s in results if s == 200)
     print(f"rpm accuracy: admitted {len(admitted)} of {len(results)}, expected {expected}")
     assert abs(len(admitted) - expected) <= max(2, 0.02 * expected), (len(admitted), expected, len(results))
@@ -75,24 +75,32 @@ def test_rpm_limit_is_accurate_under_concurrency_without_edge_bursts(gateway, st
 def test_throttled_answers_carry_openai_error_retry_after_and_ratelimit_headers(
     gateway, stub_upstream, make_key, serve_model
 ):
-    key, token = make_key(rpm_limit=60)  # burst 6
+    # An explicit burst: 3 more in any 60 s window (30 % of 10). The bucket holds burst + 2 = 5,
+    # then refills one every 60.1 / 9 s: at most 13 in any 60 s.
+    key, token = make_key(rpm_limit=10, burst_percent=30)
     serve_model(key.tenant, "m", stub_upstream.url)
-    answers = [httpx.post(f"{gateway.url}/v1/chat/completions", json=body(), headers=auth(token)) for _ in range(8)]
-    assert [a.status_code for a in answers[:6]] == [200] * 6
-    assert answers[0].headers["x-ratelimit-limit"] == "60"
-    assert answers[0].headers["x-ratelimit-remaining"] == "5"
-    assert int(answers[5].headers["x-ratelimit-remaining"]) == 0
-    throttled = answers[6]
+    answers = [httpx.post(f"{gateway.url}/v1/chat/completions", json=body(), headers=auth(token)) for _ in range(6)]
+    assert [a.status_code for a in answers[:5]] == [200] * 5
+    assert answers[0].headers["x-ratelimit-limit"] == "13"
+    assert answers[0].headers["x-ratelimit-remaining"] == "4"
+    assert int(answers[4].headers["x-ratelimit-remaining"]) == 0
+    throttled = answers[5]
     assert throttled.status_code == 429
     assert throttled.json()["error"]["code"] == "rate_limit_exceeded"
     assert throttled.json()["error"]["type"] == "requests"
     assert int(throttled.headers["retry-after"]) >= 1
+    assert "limit 10 (+3 burst)" in throttled.json()["error"]["message"]
     for name in ("x-ratelimit-limit", "x-ratelimit-remaining", "x-ratelimit-reset"):
         assert name in throttled.headers
+    # Without a burst allowance the header says the plain limit, and the 61st request in a
+    # minute is never admitted (the 60 s windows are checked in test_rate_limit_minutes).
+    _, plain = make_key(tenant=key.tenant, rpm_limit=10)
+    first = httpx.post(f"{gateway.url}/v1/chat/completions", json=body(), headers=auth(plain))
+    assert first.headers["x-ratelimit-limit"] == "10" and first.headers["x-ratelimit-remaining"] == "1"
 
 
 def test_tenant_limit_is_shared_by_its_keys(gateway, stub_upstream, make_key, serve_model):
-    tenant = TenantFactory(rpm_limit=60)
+    tenant = TenantFactory(rpm_limit=6)  # no burst: 2 back to back, then one every 60.1 / 5 s
     serve_model(tenant, "m", stub_upstream.url)
     _, one = make_key(tenant=tenant)
     _, two = make_key(tenant=tenant)
@@ -100,7 +108,7 @@ def test_tenant_limit_is_shared_by_its_keys(gateway, stub_upstream, make_key, se
         httpx.post(f"{gateway.url}/v1/chat/completions", json=body(), headers=auth(token)).status_code
         for token in (one, two) * 4
     ]
-    assert codes.count(200) == 6 and codes[6:] == [429, 429]
+    assert codes.count(200) == 2 and codes[2:] == [429] * 6
     refused = httpx.post(f"{gateway.url}/v1/chat/completions", json=body(), headers=auth(two))
     assert "tenant" in refused.json()["error"]["message"]
 
@@ -108,7 +116,7 @@ def test_tenant_limit_is_shared_by_its_keys(gateway, stub_upstream, make_key, se
 def test_tokens_are_reserved_at_admission_and_settled_afterwards(gateway, make_key, serve_model):
     slow = start_stub(latency_ms=1500, tokens=8)
     try:
-        key, token = make_key(tpm_limit=6000)  # 100 tokens/s, burst allowance 600 tokens
+        key, token = make_key(tpm_limit=6000)  # 100 tokens/s, no burst allowance
         serve_model(key.tenant, "m", slow.url)
 
         async def two_at_once() -> list[httpx.Response]:
@@ -125,7 +133,7 @@ def test_tokens_are_reserved_at_admission_and_settled_afterwards(gateway, make_k
                 return [await first, second]
 
         first, second = asyncio.run(two_at_once())
-        # The first reserved ~505 tokens while it ran, so the second did not fit in the burst.
+        # The first reserved ~505 tokens while it ran, so the second did not fit.
         assert first.status_code == 200
         assert 0 <= int(first.headers["x-ratelimit-remaining-tokens"]) <= 100
         assert second.status_code == 429
@@ -190,11 +198,13 @@ def key_record(**limits: int) -> KeyRecord:
         rpm_limit=limits.get("rpm", 0),
         tpm_limit=limits.get("tpm", 0),
         monthly_token_budget=0,
+        burst_percent=limits.get("burst_percent", 0),
         expires_at=None,
         revoked=False,
         tenant_rpm_limit=0,
         tenant_tpm_limit=0,
         tenant_monthly_token_budget=0,
+        tenant_burst_percent=0,
     )
 
 
@@ -202,7 +212,7 @@ async def test_tpm_reservation_and_settlement_in_redis() -> None:
     conf = replace(load(), redis_prefix=f"hangar:gwtest:{uuid.uuid4().hex[:8]}:")
     limiter = Limiter(conf, settings.REDIS_URL)
     sync = redis.Redis.from_url(settings.REDIS_URL)
-    key = key_record(tpm=6000)  # 10 ms per token, burst allowance 600 tokens
+    key = key_record(tpm=6000, burst_percent=10)  # 10 ms per token, explicit burst allowance 600 tokens
     bucket = plan(key, 1, time.time(), conf.redis_prefix)[0][0].key
 
     def debt_ms() -> float:
@@ -226,7 +236,9 @@ async def test_tpm_reservation_and_settlement_in_redis() -> None:
 
 
 def test_local_limiter_applies_the_same_gcra() -> None:
-    local = LocalLimiter(burst_fraction=0.1)
     buckets, budgets = plan(key_record(rpm=600), 1, time.time())
-    admitted = sum(1 for _ in range(100) if local.admit(buckets, budgets)[0] == 0)
-    assert admitted == 60  # the burst allowance, then one per 0.1 s
+    local = LocalLimiter()
+    assert sum(1 for _ in range(100) if local.admit(buckets, budgets)[0] == 0) == 2  # no burst: 2 back to back
+    buckets, budgets = plan(key_record(rpm=600, burst_percent=10), 1, time.time())
+    local = LocalLimiter()
+    assert sum(1 for _ in range(100) if local.admit(buckets, budgets)[0] == 0) == 62  # burst 60 + 2

@@ -11,7 +11,7 @@ from django.db import transaction
 from controlplane.gateway.services import transaction_committed, usage_flush
 from controlplane.usage.models import UsageRecord
 from controlplane.usage.services import UsageDelta, usage_record_batch
-from tests.controlplane.gateway.conftest import auth, start_gateway
+from tests.controlplane.gateway.conftest import auth, scrape_headers, start_gateway
 
 BODY = {"model": "m", "messages": [{"role": "user", "content": "hi"}], "max_tokens": 4}
 
@@ -81,7 +81,7 @@ def test_metrics_are_exposed_in_prometheus_text(gateway, stub_upstream, make_key
     serve_model(key.tenant, "m", stub_upstream.url)
     assert httpx.post(f"{gateway.url}/v1/chat/completions", json=BODY, headers=auth(token)).status_code == 200
     httpx.post(f"{gateway.url}/v1/chat/completions", json={**BODY, "model": "nope"}, headers=auth(token))
-    response = httpx.get(f"{gateway.url}/metrics")
+    response = httpx.get(f"{gateway.url}/metrics", headers=scrape_headers())
     assert response.status_code == 200
     assert response.headers["content-type"].startswith("text/plain")
     text = response.text

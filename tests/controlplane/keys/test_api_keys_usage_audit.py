@@ -52,6 +52,17 @@ class TestApiKeyRules:
         assert body["revoked_at"] is not None and body["active"] is False
         assert [k["id"] for k in rows(client.get("/api/v1/keys/", {"active": "false"}))] == [key.pk]
 
+    def test_burst_is_explicit(self, tenant: Any, make_member: Any, client_for: Any) -> None:
+        client = client_for(make_member(Role.OPERATOR, tenant))
+        plain = client.post("/api/v1/keys/", {"name": "plain", "rpm_limit": 600}, format="json").json()
+        assert plain["burst_percent"] == 0  # no hidden burst: at most the limit in any minute
+        bursty = client.post("/api/v1/keys/", {"name": "b", "rpm_limit": 600, "burst_percent": 10}, format="json")
+        assert bursty.status_code == 201 and bursty.json()["burst_percent"] == 10
+        assert client.get(f"/api/v1/keys/{bursty.json()['id']}/").json()["burst_percent"] == 10
+        for bad in (-1, 101, "lots", True):
+            refused = client.post("/api/v1/keys/", {"name": "x", "burst_percent": bad}, format="json")
+            assert refused.status_code == 400 and set(refused.json()["errors"]) == {"burst_percent"}, bad
+
     def test_bad_fields(self, tenant: Any, make_member: Any, client_for: Any) -> None:
         client = client_for(make_member(Role.OPERATOR, tenant))
         past = (timezone.now() - timedelta(days=1)).isoformat()

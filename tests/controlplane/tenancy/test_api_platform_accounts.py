@@ -172,6 +172,10 @@ def test_patch_name_and_limits_only(api: APIClient, tenant: Tenant) -> None:
     response = api.patch(f"{TENANTS}{tenant.pk}/", {"name": "Renamed", "rpm_limit": 60}, format="json")
     assert response.status_code == 200, response.content
     assert response.json()["name"] == "Renamed" and response.json()["rpm_limit"] == 60
+    assert response.json()["burst_percent"] == 0  # no burst unless set explicitly
+    response = api.patch(f"{TENANTS}{tenant.pk}/", {"burst_percent": 20}, format="json")
+    assert response.status_code == 200 and response.json()["burst_percent"] == 20
+    assert api.patch(f"{TENANTS}{tenant.pk}/", {"burst_percent": 101}, format="json").status_code == 400
     for read_only in ({"slug": "other"}, {"is_active": False}):
         response = api.patch(f"{TENANTS}{tenant.pk}/", read_only, format="json")
         assert response.status_code == 400
@@ -415,7 +419,7 @@ def test_unknown_ids_are_404(api: APIClient) -> None:
 
 
 PLATFORM_WRITES = {
-    "tenants": ["name", "slug", "owner", "rpm_limit", "tpm_limit", "monthly_token_budget"],
+    "tenants": ["name", "slug", "owner", "rpm_limit", "tpm_limit", "monthly_token_budget", "burst_percent"],
     "users": ["username", "email", "password"],
 }
 
@@ -438,7 +442,8 @@ def test_platform_tenant_update_and_admin_flag_never_500(api: APIClient, tenant:
 
     @FUZZ
     @given(
-        body=bodies(["name", "rpm_limit", "tpm_limit", "monthly_token_budget"], {}), flag=bodies(["platform_admin"], {})
+        body=bodies(["name", "rpm_limit", "tpm_limit", "monthly_token_budget", "burst_percent"], {}),
+        flag=bodies(["platform_admin"], {}),
     )
     def check(body: Any, flag: Any) -> None:
         send(api, "patch", f"{TENANTS}{tenant.pk}/", body)

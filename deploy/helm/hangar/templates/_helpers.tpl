@@ -46,6 +46,9 @@ HANGAR_MODEL_ROOTS: {{ .Values.models.mountPath | quote }}
 HANGAR_RUNTIME_IMAGE: {{ .Values.config.runtimeImage | quote }}
 HANGAR_INSTANCE: {{ .Values.instance | default .Release.Name | quote }}
 HANGAR_WEB_WORKERS: {{ .Values.web.processes | quote }}
+{{- /* Redis down: each gateway process admits 1/N of every limit (share), N at the most pods. */}}
+HANGAR_GATEWAY_REDIS_DOWN_POLICY: {{ .Values.web.redisDownPolicy | quote }}
+HANGAR_GATEWAY_PROCESSES: {{ mul (ternary .Values.autoscaling.maxReplicas .Values.web.replicas .Values.autoscaling.enabled) .Values.web.processes | quote }}
 HANGAR_FORWARDED_ALLOW_IPS: {{ .Values.web.forwardedAllowIps | quote }}
 HANGAR_WORKER_CONCURRENCY: {{ .Values.worker.concurrency | quote }}
 HANGAR_WORKER_HEARTBEAT_FILE: /tmp/hangar-worker-alive
@@ -63,8 +66,9 @@ HANGAR_BEAT_LEASE_SECONDS: {{ .Values.beat.leaseSeconds | quote }}
   value: {{ printf "postgres://hangar:$(POSTGRES_PASSWORD)@%s-postgresql:5432/hangar" (include "hangar.fullname" .) | quote }}
 {{- end }}
 {{- if .Values.redis.enabled }}
+# Expanded by the kubelet from REDIS_PASSWORD in the Secret (URL-safe): the bundled Redis's ACL user.
 - name: REDIS_URL
-  value: {{ printf "redis://%s-redis:6379/0" (include "hangar.fullname" .) | quote }}
+  value: {{ printf "redis://hangar:$(REDIS_PASSWORD)@%s-redis:6379/0" (include "hangar.fullname" .) | quote }}
 {{- end }}
 {{- end -}}
 
