@@ -246,6 +246,9 @@ class HfResolver:
     def _hub_error(self, exc: Exception) -> SourceError:
         from huggingface_hub import errors
 
+        if type(exc).__name__ == "OfflineModeIsEnabled":
+            return SourceError("This process runs with HF_HUB_OFFLINE set: hf:// sources cannot be read.")
+
         if isinstance(exc, errors.RevisionNotFoundError):
             return SourceError(f"Revision {self.revision!r} does not exist in {self.repo}.", reason="SourceNotFound")
         if isinstance(exc, errors.GatedRepoError):
@@ -266,6 +269,8 @@ class HfResolver:
         except (errors.HfHubHTTPError, errors.HFValidationError) as exc:
             raise self._hub_error(exc) from None
         except (errors.HTTPError, OSError) as exc:
+            if type(exc).__name__ == "OfflineModeIsEnabled":
+                raise self._hub_error(exc) from None
             raise SourceError(f"The hub cannot be reached: {type(exc).__name__}.", reason="SourceUnreachable") from None
         self.commit = str(info.sha or "")
         files = []
