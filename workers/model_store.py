@@ -95,7 +95,7 @@ def _tell(model: Model, target: Target, result: EnsureResult, event: EventFn) ->
     if result.downloaded_bytes:
         event(
             "ModelDownloaded",
-            f"Model {model.name!r}: fetched {len(result.fetched)} files ({result.downloaded_bytes} bytes) "
+            f"Model {model.name!r}: fetched {len(result.fetched)} file(s) ({result.downloaded_bytes} bytes) "
             f"into the cache of {target.name!r}, verified",
             False,
         )

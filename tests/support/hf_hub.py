@@ -60,74 +60,80 @@ class FakeHub:
         return files
 
 
-def _handler(hub: FakeHub) -> type[BaseHTTPRequestHandler]:
-    class Handler(BaseHTTPRequestHandler):
-        def log_message(self, format: str, *args: object) -> None:  # quiet
-            pass
+class _HubServer(ThreadingHTTPServer):
+    hub: FakeHub
 
-        def _send(self, status: int, body: bytes, headers: dict[str, str] | None = None) -> None:
-            self.send_response(status)
-            for key, value in (headers or {}).items():
-                self.send_header(key, value)
-            self.send_header("Content-Length", str(len(body)))
-            self.end_headers()
-            if self.command != "HEAD":
-                self.wfile.write(body)
 
-        def _error(self, status: int, code: str, message: str) -> None:
-            body = json.dumps({"error": message}).encode()
-            self._send(
-                status, body, {"X-Error-Code": code, "X-Error-Message": message, "Content-Type": "application/json"}
-            )
+class _Handler(BaseHTTPRequestHandler):
+    server: _HubServer
 
-        def _authorized(self) -> bool:
-            return not hub.token or self.headers.get("Authorization") == f"Bearer {hub.token}"
+    def log_message(self, format: str, *args: object) -> None:  # quiet
+        pass
 
-        def do_GET(self) -> None:
-            path = urlsplit(self.path).path
-            hub.hits[path] += 1
-            if not self._authorized():
-                self._error(401, "RepoNotFound", "Invalid credentials in Authorization header")
-                return
-            if match := INFO.match(path):
-                self._info(match.group(1), match.group(2))
-            elif match := RESOLVE.match(path):
-                self._resolve(match.group(1), match.group(2), unquote(match.group(3)))
-            else:
-                self._error(404, "EntryNotFound", "Not found")
+    def _send(self, status: int, body: bytes, headers: dict[str, str] | None = None) -> None:
+        self.send_response(status)
+        for key, value in (headers or {}).items():
+            self.send_header(key, value)
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        if self.command != "HEAD":
+            self.wfile.write(body)
 
-        do_HEAD = do_GET
+    def _error(self, status: int, code: str, message: str) -> None:
+        body = json.dumps({"error": message}).encode()
+        self._send(status, body, {"X-Error-Code": code, "X-Error-Message": message, "Content-Type": "application/json"})
 
-        def _info(self, repo: str, rev: str) -> None:
-            if repo != hub.repo:
-                self._error(404, "RepoNotFound", "Repository not found")
-                return
-            commit = hub.revision(rev)
-            if commit is None:
-                self._error(404, "RevisionNotFound", f"Invalid rev id: {unquote(rev)}")
-                return
-            body = {"id": repo, "modelId": repo, "sha": commit, "private": False, "siblings": hub.siblings()}
-            self._send(200, json.dumps(body).encode(), {"Content-Type": "application/json"})
+    def _authorized(self) -> bool:
+        return not self.server.hub.token or self.headers.get("Authorization") == f"Bearer {self.server.hub.token}"
 
-        def _resolve(self, repo: str, rev: str, name: str) -> None:
-            file = (hub.root / name).resolve()
-            commit = hub.revision(rev)
-            if repo != hub.repo or commit is None or not file.is_relative_to(hub.root.resolve()) or not file.is_file():
-                self._error(404, "EntryNotFound", "Entry not found")
-                return
-            data = file.read_bytes()
-            headers = {"X-Repo-Commit": commit, "ETag": f'"{hashlib.sha256(data).hexdigest()}"'}
-            range_header = self.headers.get("Range", "")
-            if match := re.match(r"^bytes=(\d+)-(\d*)$", range_header):
-                start = int(match.group(1))
-                end = int(match.group(2)) if match.group(2) else len(data) - 1
-                chunk = data[start : end + 1]
-                headers["Content-Range"] = f"bytes {start}-{start + len(chunk) - 1}/{len(data)}"
-                self._send(206, chunk, headers)
-                return
-            self._send(200, data, headers)
+    def do_GET(self) -> None:
+        path = urlsplit(self.path).path
+        self.server.hub.hits[path] += 1
+        if not self._authorized():
+            self._error(401, "RepoNotFound", "Invalid credentials in Authorization header")
+            return
+        if match := INFO.match(path):
+            self._info(match.group(1), match.group(2))
+        elif match := RESOLVE.match(path):
+            self._resolve(match.group(1), match.group(2), unquote(match.group(3)))
+        else:
+            self._error(404, "EntryNotFound", "Not found")
 
-    return Handler
+    do_HEAD = do_GET
+
+    def _info(self, repo: str, rev: str) -> None:
+        if repo != self.server.hub.repo:
+            self._error(404, "RepoNotFound", "Repository not found")
+            return
+        commit = self.server.hub.revision(rev)
+        if commit is None:
+            self._error(404, "RevisionNotFound", f"Invalid rev id: {unquote(rev)}")
+            return
+        body = {"id": repo, "modelId": repo, "sha": commit, "private": False, "siblings": self.server.hub.siblings()}
+        self._send(200, json.dumps(body).encode(), {"Content-Type": "application/json"})
+
+    def _resolve(self, repo: str, rev: str, name: str) -> None:
+        file = (self.server.hub.root / name).resolve()
+        commit = self.server.hub.revision(rev)
+        if (
+            repo != self.server.hub.repo
+            or commit is None
+            or not file.is_relative_to(self.server.hub.root.resolve())
+            or not file.is_file()
+        ):
+            self._error(404, "EntryNotFound", "Entry not found")
+            return
+        data = file.read_bytes()
+        headers = {"X-Repo-Commit": commit, "ETag": f'"{hashlib.sha256(data).hexdigest()}"'}
+        range_header = self.headers.get("Range", "")
+        if match := re.match(r"^bytes=(\d+)-(\d*)$", range_header):
+            start = int(match.group(1))
+            end = int(match.group(2)) if match.group(2) else len(data) - 1
+            chunk = data[start : end + 1]
+            headers["Content-Range"] = f"bytes {start}-{start + len(chunk) - 1}/{len(data)}"
+            self._send(206, chunk, headers)
+            return
+        self._send(200, data, headers)
 
 
 @contextmanager
@@ -135,7 +141,8 @@ def fake_hub(root: Path, *, repo: str = "hangar/tiny-llama", token: str = "") ->
     """Serve ``root`` as ``repo`` at branch ``main`` (a fixed commit hash) until the block ends."""
     commit = hashlib.sha1(repo.encode() + b"main").hexdigest()
     hub = FakeHub(repo=repo, root=root, commit=commit, branches={"main": commit}, token=token)
-    server = ThreadingHTTPServer(("127.0.0.1", 0), _handler(hub))
+    server = _HubServer(("127.0.0.1", 0), _Handler)
+    server.hub = hub
     hub.url = f"http://127.0.0.1:{server.server_address[1]}"
     thread = threading.Thread(target=server.serve_forever, name="fake-hub", daemon=True)
     thread.start()
