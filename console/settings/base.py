@@ -224,7 +224,11 @@ SPECTACULAR_SETTINGS = {
     "SWAGGER_UI_DIST": "SIDECAR",
     "SWAGGER_UI_FAVICON_HREF": "SIDECAR",
     "REDOC_DIST": "SIDECAR",
-    "ENUM_NAME_OVERRIDES": {"DTypeEnum": "controlplane.catalog.choices.DType"},
+    "ENUM_NAME_OVERRIDES": {
+        "DTypeEnum": "controlplane.catalog.choices.DType",
+        "CredentialKindEnum": "controlplane.catalog.choices.CredentialKind",
+        "TargetKindEnum": "controlplane.deployments.choices.TargetKind",
+    },
 }
 
 # Celery: JSON only (never pickle), late acks so a killed worker's task is redelivered,
