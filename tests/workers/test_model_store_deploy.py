@@ -21,6 +21,7 @@ from controlplane.core.realtime import deployment_group
 from controlplane.deployments.choices import ProgressStep
 from controlplane.deployments.models import Deployment, DeploymentEvent, ModelCacheEntry
 from tests.factories import DeploymentFactory, TargetFactory, TenantFactory
+from tests.support.hf_hub import fake_hub
 from tests.support.s3_server import S3Server, s3_server
 from workers import reconciler
 from workers.drivers.local import LocalDriver
@@ -133,3 +134,34 @@ def test_a_model_only_in_s3_is_fetched_verified_reused_and_repaired(
     assert "model.safetensors" in repaired.message and repaired.type == "Warning"
     assert len(downloads(deployment)) == 2 and "fetched 1 file(s)" in downloads(deployment)[-1]
     assert weights.read_bytes() == (tiny_model_dir / "model.safetensors").read_bytes()
+
+
+@pytest.mark.django_db(transaction=True)
+def test_a_model_from_the_hub_is_fetched_at_its_pinned_commit(
+    tiny_model_dir: Path, driver: LocalDriver, settings: Any, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import huggingface_hub.constants
+
+    # Building the session's tiny model switched this process to HF_HUB_OFFLINE, as replicas run.
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", False)
+    settings.HANGAR_MODEL_CACHE_DIR = str(tmp_path / "cache")
+    tenant = TenantFactory()
+    with fake_hub(tiny_model_dir) as hub:
+        settings.HANGAR_MODEL_SOURCE_ENDPOINTS = [hub.url]
+        catalog.source_credential_create(
+            actor=SYSTEM, tenant=tenant, name="mirror", kind="hf", endpoint_url=hub.url, secret={}
+        )
+        model = catalog.model_register(
+            actor=SYSTEM, tenant=tenant, name="tiny", source="hf://hangar/tiny-llama", credential="mirror"
+        )
+        # The branch moves after registration: nodes still fetch the commit that was registered.
+        hub.branches["main"] = "f" * 40
+        deployment = DeploymentFactory(tenant=tenant, model=model, target=TargetFactory(tenant=tenant), replicas=1)
+        outcome = reconciler.reconcile(deployment.pk, owner="store-test", driver_factory=lambda *_, **__: driver)
+    assert not outcome.temporary_error, outcome.temporary_error
+    [replica] = driver.list(deployment.pk)
+    cached = Path(settings.HANGAR_MODEL_CACHE_DIR) / "models" / model.content_hash
+    assert (cached / "model.safetensors").read_bytes() == (tiny_model_dir / "model.safetensors").read_bytes()
+    fetched = [p for p in hub.hits if "/resolve/" in p]
+    assert fetched and all(f"/resolve/{hub.commit}/" in p for p in fetched)
+    assert replica.state == "running"
