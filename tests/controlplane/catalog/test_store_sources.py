@@ -126,6 +126,34 @@ class TestS3Source:
             resolver.read("config.json", 0, 2)
         assert info.value.reason == "SourceNotFound"
 
+    def test_path_tricks_and_pickles_in_a_bucket_are_refused(
+        self, s3: S3Server, operator: Any, allow_endpoints: Any, settings: Any
+    ) -> None:
+        allow_endpoints(s3.url)
+        credential(
+            operator, "minio", "s3", s3.url, {"access_key_id": s3.access_key, "secret_access_key": s3.secret_key}
+        )
+        client = s3.client()
+        client.put_object(Bucket="models", Key="tricks/config.json", Body=b"{}")
+        client.put_object(Bucket="models", Key="tricks//etc/cron.d/x", Body=b"* * * * * root id")
+        client.put_object(Bucket="models", Key="pickles/config.json", Body=b"{}")
+        client.put_object(Bucket="models", Key="pickles/pytorch_model.bin", Body=b"\x80\x04")
+        answers = {
+            source: operator.post(
+                "/api/v1/models/", {"name": "m", "source": source, "credential": "minio"}, format="json"
+            )
+            for source in ("s3://models/tricks", "s3://models/pickles")
+        }
+        assert answers["s3://models/tricks"].status_code == 400
+        assert "refused name" in answers["s3://models/tricks"].json()["errors"]["source"][0]
+        assert answers["s3://models/pickles"].status_code == 400
+        assert "pickle weights" in answers["s3://models/pickles"].json()["errors"]["source"][0]
+        settings.HANGAR_MODEL_MAX_BYTES = 3  # the two files hold 4 bytes: refused before any is read
+        too_big = operator.post(
+            "/api/v1/models/", {"name": "m", "source": "s3://models/pickles", "credential": "minio"}, format="json"
+        )
+        assert too_big.status_code == 400 and "the limit is 3 bytes" in too_big.json()["errors"]["source"][0]
+
     def test_an_endpoint_the_platform_does_not_list_is_refused(self, operator: Any, allow_endpoints: Any) -> None:
         allow_endpoints("http://127.0.0.1:1")
         response = operator.post(
