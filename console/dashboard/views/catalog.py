@@ -15,7 +15,6 @@ from controlplane.catalog import services as catalog_services
 from controlplane.catalog.selectors import model_get, model_list, model_memory_estimate
 from controlplane.core.exceptions import DomainError, NotFound
 from controlplane.deployments.model_cache import model_cached_on
-from controlplane.deployments.model_cache import model_cached_on
 from controlplane.deployments.selectors import grant_for, target_get, target_list
 from controlplane.tenancy.choices import Perm
 
