@@ -141,7 +141,7 @@ def main() -> None:
     settings.HANGAR_MODEL_ROOTS = [str(model_root)]
     settings.HANGAR_MODEL_CACHE_DIR = str(work / "cache")
     driver = LocalDriver(state_dir=work / "replicas", instance="bench-store", runtime_module="workers.runtime")
-    target = TargetFactory(tenant=tenant, kind="local")
+    target = TargetFactory(tenant=tenant, kind="local", name=tenant.slug)
     with s3_server(work) as s3:
         settings.HANGAR_MODEL_SOURCE_ENDPOINTS = [s3.url]
         client = s3.client()
