@@ -164,6 +164,25 @@ class TestS3Source:
         assert response.status_code == 400
         assert "endpoint_url" in response.json()["errors"]
 
+    def test_another_tenants_credential_is_neither_seen_nor_usable(
+        self, operator: Any, make_member: Any, client_for: Any, allow_endpoints: Any
+    ) -> None:
+        from tests.factories import TenantFactory
+
+        allow_endpoints("http://127.0.0.1:9")
+        theirs = credential(
+            operator, "minio", "s3", "http://127.0.0.1:9", {"access_key_id": "a", "secret_access_key": "b"}
+        )
+        stranger = client_for(make_member(Role.OWNER, TenantFactory()))
+        assert stranger.get(f"/api/v1/source-credentials/{theirs['id']}/").status_code == 404
+        assert stranger.delete(f"/api/v1/source-credentials/{theirs['id']}/").status_code == 404
+        assert stranger.get("/api/v1/source-credentials/").json()["results"] == []
+        response = stranger.post(
+            "/api/v1/models/", {"name": "m", "source": "s3://models/x", "credential": "minio"}, format="json"
+        )
+        assert response.status_code == 400
+        assert response.json()["errors"]["credential"] == ["No s3 credential named 'minio' in this tenant."]
+
     def test_shapes_that_never_reach_a_resolver(self, operator: Any) -> None:
         for source in [
             "s3://../x",
