@@ -25,7 +25,6 @@ from typing import Protocol
 from django.conf import settings
 from django.utils import timezone
 
-from controlplane.catalog.sources import folders_text, source_allowed
 from controlplane.deployments import status
 from controlplane.deployments.choices import ConditionType, DesiredState, EventType, Phase, ProgressStep, ReplicaState
 from controlplane.deployments.events import event_emit
@@ -33,7 +32,7 @@ from controlplane.deployments.models import Deployment, DeploymentEvent, Replica
 from controlplane.deployments.replica_auth import replica_token
 from controlplane.deployments.spec import replica_values
 from controlplane.deployments.status import ReplicaObservation, StatusUpdate
-from workers import telemetry
+from workers import model_store, telemetry
 from workers.drivers import driver_for, instance_name
 from workers.drivers.base import (
     BackendState,
@@ -76,16 +75,11 @@ class Outcome:
     actions: list[str] = field(default_factory=list)
 
 
-def replica_spec(deployment: Deployment, *, slot: int) -> ReplicaSpec:
-    model_path = deployment.model.source
-    # Checked again at every start: a folder swapped for a symlink since registration must not
-    # hand a replica another tenant's files. The message names no path: it may lead anywhere.
-    if not source_allowed(deployment.tenant.slug, model_path):
-        raise PermanentDriverError(
-            f"Model {deployment.model.name!r}: its source no longer resolves under "
-            f"{folders_text(deployment.tenant.slug)}; replicas are not started from it.",
-            reason="ModelSourceRefused",
-        )
+def replica_spec(deployment: Deployment, *, slot: int, model_path: str | None = None) -> ReplicaSpec:
+    """The replica to start in ``slot``; ``model_path`` is where its node holds the model
+    (``model_store.model_path``, which fetches a remote source; without it only a file source works)."""
+    if model_path is None:
+        model_path = model_store.model_path(deployment, on_progress=lambda *_: None, event=lambda *_: None)
     gen = deployment.template_generation
     values = replica_values(deployment)
     # The target's labels win: a deployment may narrow placement, never leave the target's pool.
@@ -234,9 +228,29 @@ class Actuator:
         self.discard(replica)
         self.event(reason, message, warning)
 
+    def download_progress(self, done: int, total: int, rate: float) -> None:
+        """A model fetch's progress, live on the deployment (and a lease renewal: fetches take time)."""
+        self.renew()
+        mib = 1024 * 1024
+        status.deployment_progress_write(
+            deployment=self.deployment,
+            owner=self.owner,
+            progress={
+                "step": ProgressStep.DOWNLOADING_MODEL,
+                "detail": f"{done / mib:.1f} / {total / mib:.1f} MiB at {rate / mib:.1f} MiB/s",
+                "bytes_done": str(done),
+                "bytes_total": str(total),
+                "rate": f"{rate:.0f}",
+            },
+        )
+
     def create(self, slot: int) -> ObservedReplica:
         self.renew()
-        spec = replica_spec(self.deployment, slot=slot)
+        path = model_store.model_path(
+            self.deployment, on_progress=self.download_progress, event=lambda r, m, w: self.event(r, m, w)
+        )
+        self.renew()
+        spec = replica_spec(self.deployment, slot=slot, model_path=path)
         created = self.driver.create(spec)
         self.actions.append(f"create {spec.name}")
         self.event("ReplicaCreated", f"Started replica {spec.name} (generation {spec.generation})")

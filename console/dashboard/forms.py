@@ -21,7 +21,12 @@ from controlplane.tenancy.choices import Role
 class ModelRegisterForm(forms.Form):
     name = forms.CharField(max_length=100)
     source = forms.CharField(
-        max_length=1000, help_text="Absolute path of the model directory, under <root>/<tenant>/ or <root>/_shared/."
+        max_length=1000,
+        help_text="A directory under <root>/<tenant>/ or <root>/_shared/ (a path or file://), "
+        "s3://<bucket>/<prefix>, or hf://<org>/<name>[@<revision>].",
+    )
+    credential = forms.SlugField(
+        max_length=50, required=False, help_text="Name of a source credential, for s3:// and hf:// sources."
     )
     description = forms.CharField(max_length=500, required=False)
     dtype_options = forms.MultipleChoiceField(

@@ -230,7 +230,11 @@ SPECTACULAR_SETTINGS = {
     "SWAGGER_UI_DIST": "SIDECAR",
     "SWAGGER_UI_FAVICON_HREF": "SIDECAR",
     "REDOC_DIST": "SIDECAR",
-    "ENUM_NAME_OVERRIDES": {"DTypeEnum": "controlplane.catalog.choices.DType"},
+    "ENUM_NAME_OVERRIDES": {
+        "DTypeEnum": "controlplane.catalog.choices.DType",
+        "CredentialKindEnum": "controlplane.catalog.choices.CredentialKind",
+        "TargetKindEnum": "controlplane.deployments.choices.TargetKind",
+    },
 }
 
 # Celery: JSON only (never pickle), late acks so a killed worker's task is redelivered,
@@ -308,6 +312,32 @@ if not HANGAR_MODEL_SHARED_FOLDER.startswith("_") or "/" in HANGAR_MODEL_SHARED_
     raise ImproperlyConfiguredEnv(
         f"HANGAR_MODEL_SHARED_FOLDER={HANGAR_MODEL_SHARED_FOLDER!r} must be one folder name starting with '_'"
     )
+# The model store (issue 14): remote sources, the node cache, size limits.
+HANGAR_MODEL_SOURCE_ENDPOINTS = env.list(
+    "HANGAR_MODEL_SOURCE_ENDPOINTS",
+    [],
+    help="S3 / hub endpoint URLs a tenant's source credential may name (MinIO, Ceph, a hub mirror); "
+    "an empty endpoint (AWS, the public hub) is always allowed",
+)
+HANGAR_MODEL_CACHE_DIR = env.str(
+    "HANGAR_MODEL_CACHE_DIR",
+    str(DATA_DIR / "model-cache"),
+    show="`$HANGAR_DATA_DIR/model-cache`",
+    help="where a worker keeps the models it fetched for local and Docker replicas, by content hash",
+)
+HANGAR_MODEL_CACHE_BYTES = env.int(
+    "HANGAR_MODEL_CACHE_BYTES",
+    50 * 1024**3,
+    minimum=0,
+    help="a node cache holds at most this many bytes (least recently used models evicted); a target's "
+    "`model_cache_bytes` overrides it",
+)
+HANGAR_MODEL_MAX_BYTES = env.int(
+    "HANGAR_MODEL_MAX_BYTES",
+    200 * 1024**3,
+    minimum=0,
+    help="largest model (all files) a tenant may register (0: no limit)",
+)
 HANGAR_DEMO_MODEL_DIR = env.str(
     "HANGAR_DEMO_MODEL_DIR",
     "",

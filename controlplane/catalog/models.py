@@ -4,15 +4,23 @@ from __future__ import annotations
 
 from django.db import models
 
-from controlplane.catalog.choices import ModelFormat
+from controlplane.catalog.choices import CredentialKind, ModelFormat
 from controlplane.core.models import TenantOwned
 
 
 class Model(TenantOwned):
     name = models.CharField(max_length=100)
     description = models.CharField(max_length=500, blank=True, default="")
-    # Local directory (on the worker / Docker host / node) or a registry reference.
+    # A directory's real path under a model root, ``s3://bucket/prefix`` or ``hf://org/name@<commit>``
+    # (a hub revision is pinned to its commit hash at registration).
     source = models.CharField(max_length=1000)
+    credential = models.ForeignKey(
+        "catalog.SourceCredential", null=True, blank=True, on_delete=models.PROTECT, related_name="models"
+    )
+    # Every file with its size and sha256 ([{"name", "size", "sha256"}]); nodes verify their cache
+    # against it. ``content_hash`` (sha256 of the manifest) names the model in every node's cache.
+    manifest = models.JSONField(default=list, blank=True)
+    content_hash = models.CharField(max_length=64, blank=True, default="", db_index=True)
     format = models.CharField(max_length=16, choices=ModelFormat.choices, default=ModelFormat.SAFETENSORS)
     architecture = models.CharField(max_length=100, blank=True, default="")
     parameter_count = models.PositiveBigIntegerField(default=0)
@@ -27,6 +35,30 @@ class Model(TenantOwned):
     class Meta:
         ordering = ["name"]
         constraints = [models.UniqueConstraint(fields=["tenant", "name"], name="model_unique_name_per_tenant")]
+
+    def __str__(self) -> str:
+        return self.name
+
+
+class SourceCredential(TenantOwned):
+    """A tenant's way into an S3 bucket or a hub: endpoint and region in clear, the secret encrypted.
+
+    ``secret`` is ``controlplane.core.crypto`` ciphertext of a JSON object (``access_key_id``,
+    ``secret_access_key``, ``session_token`` for S3; ``token`` for the hub). Write-only in the
+    API, never logged, never in audit changes.
+    """
+
+    name = models.SlugField(max_length=50)
+    kind = models.CharField(max_length=8, choices=CredentialKind.choices)
+    endpoint_url = models.CharField(max_length=500, blank=True, default="")
+    region = models.CharField(max_length=50, blank=True, default="")
+    secret = models.TextField(blank=True, default="")
+
+    class Meta:
+        ordering = ["name"]
+        constraints = [
+            models.UniqueConstraint(fields=["tenant", "name"], name="source_credential_unique_name_per_tenant")
+        ]
 
     def __str__(self) -> str:
         return self.name

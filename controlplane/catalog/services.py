@@ -1,17 +1,23 @@
-"""Registering, updating and removing catalog models."""
+"""Registering, updating and removing catalog models, and the tenants' source credentials."""
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
+from django.conf import settings
 from django.db import transaction
 
 from controlplane.audit.services import audit_record
-from controlplane.catalog.choices import DType, ModelFormat
-from controlplane.catalog.inspect import inspect_model_dir
-from controlplane.catalog.models import Model
+from controlplane.catalog.choices import CredentialKind, DType, ModelFormat
+from controlplane.catalog.models import Model, SourceCredential
 from controlplane.catalog.sources import outside_message, resolve_source
+from controlplane.catalog.store.connect import KIND_OF_SCHEME, endpoint_allowed, normalize_endpoint, remote_resolver
+from controlplane.catalog.store.metadata import ModelInfo, inspect_source
+from controlplane.catalog.store.resolvers import FileResolver, HfResolver, SourceError
+from controlplane.catalog.store.uris import SourceURI, parse_source
 from controlplane.core.context import Actor
+from controlplane.core.crypto import encrypt_json
 from controlplane.core.exceptions import Conflict, PermissionDenied, ValidationFailed
 from controlplane.tenancy.access import Access
 from controlplane.tenancy.models import Tenant
@@ -22,6 +28,10 @@ EDITABLE = {"description", "dtype_options", "allow_unsafe_weights", "trust_remot
 # enforce it with these names.
 TRUST_FIELDS = ("allow_unsafe_weights", "trust_remote_code")
 TRUST_DENIED = "Only platform admins may allow unsafe weights or trust remote code."
+SECRET_FIELDS = {
+    CredentialKind.S3: ("access_key_id", "secret_access_key", "session_token"),
+    CredentialKind.HF: ("token",),
+}
 
 
 def trust_requested(data: dict[str, Any]) -> list[str]:
@@ -47,36 +57,54 @@ def _validate_dtypes(values: Any) -> list[str]:
     return list(dict.fromkeys(values))
 
 
-@transaction.atomic
-def model_register(
-    *,
-    actor: Actor,
-    tenant: Tenant,
-    name: str,
-    source: str,
-    description: str = "",
-    dtype_options: list[str] | None = None,
-    allow_unsafe_weights: bool = False,
-    trust_remote_code: bool = False,
-) -> Model:
-    """Register a model directory; its metadata is read from config and safetensors headers.
+def _source_error(exc: SourceError) -> ValidationFailed:
+    return ValidationFailed(exc.message, field_errors={"source": [exc.message]})
 
-    ``source`` must resolve under ``<root>/<tenant-slug>/`` or the shared folder of a model root
-    (see ``controlplane.catalog.sources``); the resolved real path is what is stored.
-    """
-    if Model.objects.filter(tenant=tenant, name=name).exists():
-        raise ValidationFailed("Name taken.", field_errors={"name": [f"A model named {name!r} exists."]})
-    path = resolve_source(tenant.slug, source)
+
+def _credential_for(tenant: Tenant, name: str, uri: SourceURI) -> SourceCredential | None:
+    if not name:
+        return None
+    if not uri.remote:
+        raise ValidationFailed("No credential for files.", field_errors={"credential": ["file sources take none."]})
+    credential = SourceCredential.objects.filter(tenant=tenant, name=name).first()
+    if credential is None or credential.kind != KIND_OF_SCHEME[uri.scheme]:
+        raise ValidationFailed(
+            "Unknown credential.",
+            field_errors={"credential": [f"No {KIND_OF_SCHEME[uri.scheme]} credential named {name!r} in this tenant."]},
+        )
+    return credential
+
+
+def _inspect_file(tenant: Tenant, source: str, uri: SourceURI) -> tuple[str, ModelInfo]:
+    path = resolve_source(tenant.slug, uri.path)
     # Inside the tenant's own folders, saying what is missing reveals nothing of anyone else's.
     if not path.is_dir():
         raise ValidationFailed(
             "Model directory not found.",
             field_errors={"source": [f"{source} is not a directory readable by the control plane."]},
         )
-    info = inspect_model_dir(path)
+    try:
+        info = inspect_source(FileResolver(path), max_bytes=settings.HANGAR_MODEL_MAX_BYTES)
+    except SourceError as exc:
+        raise _source_error(exc) from None
     # A folder swapped for a symlink while we read it must not lend us another tenant's metadata.
-    if resolve_source(tenant.slug, str(path)) != path:
+    if resolve_source(tenant.slug, str(path)) != Path(path):
         raise ValidationFailed("Outside your model folders.", field_errors={"source": [outside_message(tenant.slug)]})
+    return str(path), info
+
+
+def _inspect_remote(uri: SourceURI, credential: SourceCredential | None) -> tuple[str, ModelInfo]:
+    try:
+        resolver = remote_resolver(uri, credential)
+        info = inspect_source(resolver, max_bytes=settings.HANGAR_MODEL_MAX_BYTES)
+    except SourceError as exc:
+        raise _source_error(exc) from None
+    if isinstance(resolver, HfResolver):
+        return str(uri.pinned(resolver.commit)), info
+    return str(uri), info
+
+
+def _check_weights(info: ModelInfo, allow_unsafe_weights: bool) -> None:
     if info.format == "":
         raise ValidationFailed("No weights.", field_errors={"source": info.problems or ["No weight files found."]})
     if info.format == ModelFormat.PYTORCH and not allow_unsafe_weights:
@@ -89,22 +117,62 @@ def model_register(
                 ]
             },
         )
-    model = Model.objects.create(
-        tenant=tenant,
-        name=name,
-        description=description,
-        source=str(path),
-        format=info.format,
-        architecture=info.architecture,
-        parameter_count=info.parameter_count,
-        size_bytes=info.size_bytes,
-        context_length=info.context_length,
-        tokenizer_info=info.tokenizer_info,
-        dtype_options=_validate_dtypes(dtype_options if dtype_options is not None else list(DType.values)),
-        allow_unsafe_weights=allow_unsafe_weights,
-        trust_remote_code=trust_remote_code,
-    )
-    audit_record(actor=actor, action="model.register", obj=model, changes={"source": str(path)})
+
+
+def model_register(
+    *,
+    actor: Actor,
+    tenant: Tenant,
+    name: str,
+    source: str,
+    credential: str = "",
+    description: str = "",
+    dtype_options: list[str] | None = None,
+    allow_unsafe_weights: bool = False,
+    trust_remote_code: bool = False,
+) -> Model:
+    """Register a model from a source URI; metadata and the manifest are read from the source.
+
+    ``file://`` (or a plain absolute path) must resolve under the tenant's folders of a model
+    root (see ``controlplane.catalog.sources``) and its real path is stored; ``s3://`` and
+    ``hf://`` are read with the tenant's ``credential`` (by name), and a hub revision is stored
+    pinned to its commit hash. Only config, tokenizer files and safetensors headers are read for
+    metadata; files whose sha256 the source does not state are streamed through the hash.
+    The source is read outside any transaction: it may take a while.
+    """
+    if Model.objects.filter(tenant=tenant, name=name).exists():
+        raise ValidationFailed("Name taken.", field_errors={"name": [f"A model named {name!r} exists."]})
+    uri = parse_source(source)
+    cred = _credential_for(tenant, credential, uri)
+    stored, info = _inspect_remote(uri, cred) if uri.remote else _inspect_file(tenant, source, uri)
+    _check_weights(info, allow_unsafe_weights)
+    with transaction.atomic():
+        if Model.objects.filter(tenant=tenant, name=name).exists():
+            raise ValidationFailed("Name taken.", field_errors={"name": [f"A model named {name!r} exists."]})
+        model = Model.objects.create(
+            tenant=tenant,
+            name=name,
+            description=description,
+            source=stored,
+            credential=cred,
+            format=info.format,
+            architecture=info.architecture,
+            parameter_count=info.parameter_count,
+            size_bytes=info.size_bytes,
+            context_length=info.context_length,
+            tokenizer_info=info.tokenizer_info,
+            manifest=info.manifest,
+            content_hash=info.content_hash,
+            dtype_options=_validate_dtypes(dtype_options if dtype_options is not None else list(DType.values)),
+            allow_unsafe_weights=allow_unsafe_weights,
+            trust_remote_code=trust_remote_code,
+        )
+        audit_record(
+            actor=actor,
+            action="model.register",
+            obj=model,
+            changes={"source": stored, "content_hash": info.content_hash, "files": len(info.manifest)},
+        )
     return model
 
 
@@ -131,3 +199,60 @@ def model_delete(*, actor: Actor, model: Model) -> None:
         raise Conflict("This model is used by deployments; delete them first.")
     audit_record(actor=actor, action="model.delete", obj=model)
     model.delete()
+
+
+# ----------------------------------------------------------------------------- credentials
+
+
+@transaction.atomic
+def source_credential_create(
+    *,
+    actor: Actor,
+    tenant: Tenant,
+    name: str,
+    kind: str,
+    endpoint_url: str = "",
+    region: str = "",
+    secret: dict[str, str],
+) -> SourceCredential:
+    """Store a tenant's S3 or hub credential; the secret is encrypted and never shown again."""
+    if SourceCredential.objects.filter(tenant=tenant, name=name).exists():
+        raise ValidationFailed("Name taken.", field_errors={"name": [f"A credential named {name!r} exists."]})
+    if not endpoint_allowed(endpoint_url):
+        raise ValidationFailed(
+            "Endpoint not allowed.",
+            field_errors={"endpoint_url": ["Use an endpoint the platform allows (ask a platform admin)."]},
+        )
+    unknown = set(secret) - set(SECRET_FIELDS[CredentialKind(kind)])
+    if unknown:
+        raise ValidationFailed(
+            "Bad secret.",
+            field_errors={"secret": [f"A {kind} secret holds only {SECRET_FIELDS[CredentialKind(kind)]}."]},
+        )
+    credential = SourceCredential.objects.create(
+        tenant=tenant,
+        name=name,
+        kind=kind,
+        endpoint_url=normalize_endpoint(endpoint_url),
+        region=region,
+        secret=encrypt_json(secret),
+    )
+    audit_record(
+        actor=actor,
+        action="source_credential.create",
+        obj=credential,
+        changes={
+            "kind": kind,
+            "endpoint_url": credential.endpoint_url,
+            "secret_fields": sorted(k for k, v in secret.items() if v),
+        },
+    )
+    return credential
+
+
+@transaction.atomic
+def source_credential_delete(*, actor: Actor, credential: SourceCredential) -> None:
+    if credential.models.exists():
+        raise Conflict("Models are registered with this credential; delete them first.")
+    audit_record(actor=actor, action="source_credential.delete", obj=credential)
+    credential.delete()

@@ -69,6 +69,7 @@ class ProgressStep(models.TextChoices):
     """Steps of ``Deployment.progress`` (written by the reconciler, shown by the detail page),
     in the order a replica goes through them; ``FAILED`` ends any of them."""
 
+    DOWNLOADING_MODEL = "downloading_model", "Downloading model"
     STARTING = "starting", "Starting"
     LOADING_MODEL = "loading_model", "Loading model"
     WARMING_UP = "warming_up", "Warming up"

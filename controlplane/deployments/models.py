@@ -45,6 +45,9 @@ class Target(TimeStamped):
     tolerations = models.JSONField(default=list, blank=True)
     labels = models.JSONField(default=dict, blank=True)
     gpu_inventory = models.JSONField(default=list, blank=True)
+    # The node's model cache keeps at most this many bytes (least recently used go first); 0: the
+    # platform default (HANGAR_MODEL_CACHE_BYTES).
+    model_cache_bytes = models.PositiveBigIntegerField(default=0)
     # Last observed health: {"reachable": bool, "status": str, "reason": str, "version": str, "gpus": int, ...}
     health = models.JSONField(default=dict, blank=True)
     health_checked_at = models.DateTimeField(null=True, blank=True)
@@ -177,3 +180,18 @@ class MetricSample(models.Model):
     class Meta:
         ordering = ["-ts"]
         indexes = [models.Index(fields=["deployment", "-ts"])]
+
+
+class ModelCacheEntry(TimeStamped):
+    """A model verified in a target's node cache (written by the worker that fetched or verified it,
+    removed when the cache evicts it): what the model page shows as "cached on"."""
+
+    target = models.ForeignKey(Target, on_delete=models.CASCADE, related_name="model_cache")
+    model = models.ForeignKey("catalog.Model", on_delete=models.CASCADE, related_name="cache_entries")
+    content_hash = models.CharField(max_length=64)
+    size_bytes = models.PositiveBigIntegerField(default=0)
+    verified_at = models.DateTimeField()
+
+    class Meta:
+        ordering = ["target__name"]
+        constraints = [models.UniqueConstraint(fields=["target", "model"], name="model_cache_entry_unique")]

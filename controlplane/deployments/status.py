@@ -164,6 +164,17 @@ def deployment_status_write(*, deployment: Deployment, owner: str, update: Statu
     return True
 
 
+def deployment_progress_write(*, deployment: Deployment, owner: str, progress: dict[str, str]) -> bool:
+    """Only the progress (a model download's bytes and rate), compare-and-set on the lease; pushed live."""
+    value = progress | {"at": timezone.now().isoformat()}
+    with transaction.atomic():
+        if not Deployment.objects.filter(pk=deployment.pk, reconcile_lease_owner=owner).update(progress=value):
+            return False
+        deployment.progress = value
+        deployment_push(deployment)
+    return True
+
+
 def _status_changes(current: Deployment, update: StatusUpdate) -> dict[str, Any]:
     """The fields of ``current`` that ``update`` changes (empty: nothing to write)."""
     conditions = list(current.conditions)

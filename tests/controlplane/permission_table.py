@@ -32,6 +32,13 @@ API_PERMISSIONS: dict[str, dict[str, Perm | str]] = {
         "delete": Perm.MODEL_CHANGE,
         "set allow_unsafe_weights / trust_remote_code": PLATFORM,
     },
+    # S3 / hub credentials of model sources; the secret is write-only.
+    "source-credentials": {
+        "list": Perm.MODEL_VIEW,
+        "retrieve": Perm.MODEL_VIEW,
+        "create": Perm.MODEL_CHANGE,
+        "delete": Perm.MODEL_CHANGE,
+    },
     # Targets granted to your tenants, read-only: platform admins manage them (platform/targets).
     "targets": {"list": Perm.TARGET_VIEW, "retrieve": Perm.TARGET_VIEW},
     "deployments": {

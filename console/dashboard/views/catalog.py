@@ -14,6 +14,7 @@ from console.dashboard.forms import ModelRegisterForm
 from controlplane.catalog import services as catalog_services
 from controlplane.catalog.selectors import model_get, model_list, model_memory_estimate
 from controlplane.core.exceptions import DomainError, NotFound
+from controlplane.deployments.model_cache import model_cached_on
 from controlplane.deployments.selectors import grant_for, target_get, target_list
 from controlplane.tenancy.choices import Perm
 
@@ -72,8 +73,13 @@ def model_detail(request: TenantRequest, pk: int) -> HttpResponse:
         {"dtype": dtype, "bytes": needed, "fits": [(t, fit_on_target(needed, t.gpu_inventory or [])) for t in targets]}
         for dtype, needed in estimate.items()
     ]
+    granted = {t.pk for t in targets}
+    # Only targets granted to the tenant are named (a grant withdrawn since leaves no trace here).
+    cached_on = [e for e in model_cached_on(model=model) if e.target_id in granted]
     return page(
-        request, "dashboard/model_detail.html", {"model": model, "rows": rows, "targets": targets, "nav": "models"}
+        request,
+        "dashboard/model_detail.html",
+        {"model": model, "rows": rows, "targets": targets, "cached_on": cached_on, "nav": "models"},
     )
 
 

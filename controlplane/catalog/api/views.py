@@ -16,8 +16,10 @@ from controlplane.catalog.api.serializers import (
     ModelDetailSerializer,
     ModelSerializer,
     ModelUpdateInput,
+    SourceCredentialCreateInput,
+    SourceCredentialSerializer,
 )
-from controlplane.catalog.models import Model
+from controlplane.catalog.models import Model, SourceCredential
 from controlplane.tenancy.api.base import ScopedViewSet
 from controlplane.tenancy.choices import Perm
 
@@ -72,4 +74,42 @@ class ModelViewSet(ScopedViewSet):
         model = self.get_object()
         self.access.require(model.tenant_id, Perm.MODEL_CHANGE)
         services.model_delete(actor=self.actor, model=model)
+        return Response(status=status.HTTP_204_NO_CONTENT)
+
+
+@extend_schema_view(
+    list=extend_schema(summary="List source credentials (secrets are never shown)"),
+    retrieve=extend_schema(summary="Show a source credential (without its secret)"),
+)
+@extend_schema(tags=["models"])
+class SourceCredentialViewSet(ScopedViewSet):
+    """A tenant's S3 and hub credentials for model sources: the secret is write-only."""
+
+    serializer_class = SourceCredentialSerializer
+    filter_fields: ClassVar[dict[str, serializers.Field]] = {"tenant": serializers.SlugField(max_length=50)}
+    ordering_fields = ("id", "name", "created_at")
+    list_perm = Perm.MODEL_VIEW
+
+    def select_list(self, filters: dict[str, Any]) -> QuerySet[SourceCredential]:
+        return selectors.source_credential_list(access=self.access, filters=filters)
+
+    def select_one(self, lookup: str) -> SourceCredential:
+        return selectors.source_credential_get(access=self.access, pk=int(lookup))
+
+    @extend_schema(
+        summary="Store a source credential",
+        request=SourceCredentialCreateInput,
+        responses={201: SourceCredentialSerializer},
+    )
+    def create(self, request: Request) -> Response:
+        data = self.validated(SourceCredentialCreateInput)
+        tenant = self.tenant_for_write(data.pop("tenant", None), Perm.MODEL_CHANGE)
+        credential = services.source_credential_create(actor=self.actor, tenant=tenant, **data)
+        return self.output(credential, status.HTTP_201_CREATED)
+
+    @extend_schema(summary="Delete a source credential (no model may use it)")
+    def destroy(self, request: Request, pk: str) -> Response:
+        credential = self.get_object()
+        self.access.require(credential.tenant_id, Perm.MODEL_CHANGE)
+        services.source_credential_delete(actor=self.actor, credential=credential)
         return Response(status=status.HTTP_204_NO_CONTENT)

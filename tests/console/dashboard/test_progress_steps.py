@@ -26,7 +26,10 @@ def test_every_stage_maps_onto_a_step() -> None:
     assert set(reconciler.STEPS) == set(RUNTIME_STARTUP_STAGES)
     for stage in [*RUNTIME_STARTUP_STAGES, None, "draining", "something_new"]:
         assert isinstance(reconciler._step(stage), ProgressStep)
-    assert set(reconciler.STEPS.values()) | {reconciler._step(None)} == set(ProgressStep)
+    # Downloading a model is the worker's step (workers/model_store.py), before any replica runs.
+    assert set(reconciler.STEPS.values()) | {reconciler._step(None), ProgressStep.DOWNLOADING_MODEL} == set(
+        ProgressStep
+    )
 
 
 def test_the_reconciler_writes_only_declared_steps() -> None:
@@ -58,7 +61,7 @@ def test_the_detail_page_renders_the_steps_for_its_script(login: Any, team: dict
     script = re.search(r'<script id="progress-steps" type="application/json">(.*?)</script>', content, re.S)
     assert script, "the page hands the steps to dashboard.js"
     assert json.loads(script.group(1)) == {
-        "order": ["starting", "loading_model", "warming_up", "ready"],
+        "order": ["downloading_model", "starting", "loading_model", "warming_up", "ready"],
         "ready": "ready",
         "failed": "failed",
     }

@@ -213,7 +213,7 @@ def test_register_model_shows_field_errors_then_succeeds(login: Any, team: dict[
     bad = client.post(reverse("dashboard:models"), {"name": "tiny", "source": "relative/path"})
     assert bad.status_code == 400
     assert b'data-field-error="source"' in bad.content
-    assert b"Give an absolute directory path." in bad.content
+    assert b"Give an absolute directory path or a file://, s3:// or hf:// URI." in bad.content
     missing = client.post(reverse("dashboard:models"), {"source": str(tiny_model_dir)})
     assert b'data-field-error="name"' in missing.content
     ok = client.post(

@@ -1,0 +1,1 @@
+"""A node's model cache: models fetched from their sources, by content hash, verified before use."""
