@@ -103,6 +103,8 @@ def replica_spec(deployment: Deployment, *, slot: int) -> ReplicaSpec:
         **values,
         allow_unsafe_weights=deployment.model.allow_unsafe_weights,
         trust_remote_code=deployment.model.trust_remote_code,
+        task=deployment.model.task,
+        pooling=deployment.model.pooling,
         token=replica_token(deployment.pk),
     )
 

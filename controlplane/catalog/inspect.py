@@ -22,6 +22,9 @@ class ModelInfo:
     size_bytes: int = 0
     context_length: int = 0
     tokenizer_info: dict[str, Any] = field(default_factory=dict)
+    task: str = "generate"
+    pooling: str = ""
+    random_weights: bool = False
     problems: list[str] = field(default_factory=list)
 
 
@@ -51,7 +54,41 @@ def inspect_model_dir(path: Path) -> ModelInfo:
     _read_weights(info, files)
     _read_config(info, path)
     _read_tokenizer(info, path)
+    _read_embedding(info, path)
+    _read_builder_marker(info, path)
     return info
+
+
+# sentence-transformers' pooling config -> the runtime's ``--pooling`` (workers.runtime.embeddings).
+_POOLING_MODES = (
+    ("pooling_mode_lasttoken", "last"),
+    ("pooling_mode_cls_token", "cls"),
+    ("pooling_mode_mean_tokens", "mean"),
+)
+
+
+def _read_json(path: Path) -> Any:
+    try:
+        if path.is_file() and path.stat().st_size < 1024 * 1024:
+            return json.loads(path.read_text())
+    except (OSError, ValueError):
+        pass
+    return None
+
+
+def _read_embedding(info: ModelInfo, path: Path) -> None:
+    """A sentence-transformers directory (``1_Pooling/config.json``) is an embedding model."""
+    pooling = _read_json(path / "1_Pooling" / "config.json")
+    if not isinstance(pooling, dict):
+        return
+    info.task = "embed"
+    info.pooling = next((name for key, name in _POOLING_MODES if pooling.get(key) is True), "mean")
+
+
+def _read_builder_marker(info: ModelInfo, path: Path) -> None:
+    """Hangar's tiny-model builder marks its random-weight models (``hangar-tinymodel.json``)."""
+    marker = _read_json(path / "hangar-tinymodel.json")
+    info.random_weights = isinstance(marker, dict) and marker.get("random_weights") is True
 
 
 def _files(path: Path, info: ModelInfo) -> list[Path] | None:

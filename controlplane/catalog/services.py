@@ -7,7 +7,7 @@ from typing import Any
 from django.db import transaction
 
 from controlplane.audit.services import audit_record
-from controlplane.catalog.choices import DType, ModelFormat
+from controlplane.catalog.choices import DType, ModelFormat, ModelTask, Pooling
 from controlplane.catalog.inspect import inspect_model_dir
 from controlplane.catalog.models import Model
 from controlplane.catalog.sources import outside_message, resolve_source
@@ -47,6 +47,19 @@ def _validate_dtypes(values: Any) -> list[str]:
     return list(dict.fromkeys(values))
 
 
+def _task_and_pooling(task: str, pooling: str) -> tuple[str, str]:
+    """An embedding model pools (mean unless said otherwise); a generative one does not."""
+    if task not in ModelTask.values:
+        raise ValidationFailed("Bad task.", field_errors={"task": [f"Use one of {ModelTask.values}."]})
+    if task == ModelTask.GENERATE:
+        if pooling:
+            raise ValidationFailed("Bad pooling.", field_errors={"pooling": ["Only embedding models pool."]})
+        return task, ""
+    if pooling not in Pooling.values:
+        raise ValidationFailed("Bad pooling.", field_errors={"pooling": [f"Use one of {Pooling.values[1:]}."]})
+    return task, pooling or Pooling.MEAN
+
+
 @transaction.atomic
 def model_register(
     *,
@@ -58,8 +71,13 @@ def model_register(
     dtype_options: list[str] | None = None,
     allow_unsafe_weights: bool = False,
     trust_remote_code: bool = False,
+    task: str = "",
+    pooling: str = "",
 ) -> Model:
     """Register a model directory; its metadata is read from config and safetensors headers.
+
+    ``task`` and ``pooling`` default to what the directory declares (see ``inspect``); given,
+    they override it (an embedding model without a sentence-transformers pooling config).
 
     ``source`` must resolve under ``<root>/<tenant-slug>/`` or the shared folder of a model root
     (see ``controlplane.catalog.sources``); the resolved real path is what is stored.
@@ -89,6 +107,7 @@ def model_register(
                 ]
             },
         )
+    task, pooling = _task_and_pooling(task or info.task, pooling or info.pooling)
     model = Model.objects.create(
         tenant=tenant,
         name=name,
@@ -103,6 +122,9 @@ def model_register(
         dtype_options=_validate_dtypes(dtype_options if dtype_options is not None else list(DType.values)),
         allow_unsafe_weights=allow_unsafe_weights,
         trust_remote_code=trust_remote_code,
+        task=task,
+        pooling=pooling,
+        random_weights=info.random_weights,
     )
     audit_record(actor=actor, action="model.register", obj=model, changes={"source": str(path)})
     return model
