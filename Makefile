@@ -10,7 +10,7 @@ PY := $(VENV)/bin/python
 PIP := $(VENV)/bin/pip
 STAMP := $(VENV)/.installed
 
-.PHONY: run test venv frontend lint typecheck test-only services services-stop images lock clean
+.PHONY: run test venv frontend lint typecheck test-only services services-stop images image-cuda lock clean
 
 $(PY):
 	$(PYTHON) -m venv $(VENV)
@@ -42,6 +42,11 @@ services-stop:
 
 images: venv
 	deploy/images/build
+
+# The GPU runtime image: not part of `make test`; needs HANGAR_CUDA_WHEELS (or PyPI), see
+# `deploy/images/build --help`.
+image-cuda:
+	deploy/images/build runtime-cuda
 
 lint: venv
 	$(VENV)/bin/ruff check .

@@ -97,6 +97,8 @@ def replica_spec(deployment: Deployment, *, slot: int, model_path: str | None = 
         **values,
         allow_unsafe_weights=deployment.model.allow_unsafe_weights,
         trust_remote_code=deployment.model.trust_remote_code,
+        task=deployment.model.task,
+        pooling=deployment.model.pooling,
         token=replica_token(deployment.pk),
     )
 

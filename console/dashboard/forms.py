@@ -10,7 +10,7 @@ from typing import Any
 
 from django import forms
 
-from controlplane.catalog.choices import DType
+from controlplane.catalog.choices import DType, ModelTask, Pooling
 from controlplane.deployments.choices import KubeAuth, TargetKind
 from controlplane.deployments.spec import SPEC, Kind, SpecField
 from controlplane.deployments.validation import bounds_message
@@ -36,6 +36,16 @@ class ModelRegisterForm(forms.Form):
         required=False, help_text="Allow pickle weights (.bin/.pt). Platform admins only."
     )
     trust_remote_code = forms.BooleanField(required=False, help_text="Platform admins only.")
+    task = forms.ChoiceField(
+        choices=[("", "read from the directory"), *ModelTask.choices],
+        required=False,
+        help_text="An embedding model serves /v1/embeddings; a sentence-transformers directory is one.",
+    )
+    pooling = forms.ChoiceField(
+        choices=[("", "the directory's, else mean"), *[c for c in Pooling.choices if c[0]]],
+        required=False,
+        help_text="Embedding models only.",
+    )
 
 
 def _number_field(field: SpecField, options: dict[str, Any]) -> forms.Field:

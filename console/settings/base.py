@@ -290,6 +290,12 @@ HANGAR_READY_TIMEOUT = env.float(
 HANGAR_RUNTIME_IMAGE = env.str(
     "HANGAR_RUNTIME_IMAGE", "hangar-runtime:latest", help="image of Docker replicas (`deploy/images/build`)"
 )
+HANGAR_RUNTIME_IMAGE_CUDA = env.str(
+    "HANGAR_RUNTIME_IMAGE_CUDA",
+    "hangar-runtime-cuda:latest",
+    help="image of replicas that ask for a GPU, Docker and Kubernetes (`deploy/images/build runtime-cuda`); "
+    "empty: they run HANGAR_RUNTIME_IMAGE",
+)
 # Production requires the model roots; local and test settings default to DATA_DIR/models.
 HANGAR_MODEL_ROOTS = [
     str(Path(p).resolve())

@@ -23,3 +23,19 @@ DTYPE_BYTES = {DType.FLOAT32: 4, DType.FLOAT16: 2, DType.BFLOAT16: 2}
 class CredentialKind(models.TextChoices):
     S3 = "s3", "S3 (AWS, MinIO, Ceph)"
     HF = "hf", "Hugging Face hub or mirror"
+
+
+class ModelTask(models.TextChoices):
+    """What a model serves: completions (``generate``) or ``/v1/embeddings`` (``embed``)."""
+
+    GENERATE = "generate", "generate (chat, completions)"
+    EMBED = "embed", "embed (embeddings)"
+
+
+class Pooling(models.TextChoices):
+    """How an embedding model turns token states into one vector (``workers.runtime.embeddings``)."""
+
+    NONE = "", "-"
+    MEAN = "mean", "mean of the tokens"
+    LAST = "last", "last token"
+    CLS = "cls", "first token"

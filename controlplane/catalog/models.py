@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from django.db import models
 
-from controlplane.catalog.choices import CredentialKind, ModelFormat
+from controlplane.catalog.choices import CredentialKind, ModelFormat, ModelTask, Pooling
 from controlplane.core.models import TenantOwned
 
 
@@ -28,6 +28,13 @@ class Model(TenantOwned):
     dtype_options = models.JSONField(default=list, blank=True)
     tokenizer_info = models.JSONField(default=dict, blank=True)
     context_length = models.PositiveIntegerField(default=0)
+    # Read from the directory at registration (a sentence-transformers pooling config means
+    # ``embed``), or chosen by whoever registers it; the gateway routes and refuses by it.
+    task = models.CharField(max_length=16, choices=ModelTask.choices, default=ModelTask.GENERATE)
+    pooling = models.CharField(max_length=8, choices=Pooling.choices, default=Pooling.NONE, blank=True)
+    # The builder's marker says so (``workers.runtime.tinymodel``): the dashboard labels such a
+    # model, whose answers are gibberish by design.
+    random_weights = models.BooleanField(default=False)
     # Both need an explicit admin choice; off by default.
     allow_unsafe_weights = models.BooleanField(default=False)
     trust_remote_code = models.BooleanField(default=False)

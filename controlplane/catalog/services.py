@@ -9,7 +9,7 @@ from django.conf import settings
 from django.db import transaction
 
 from controlplane.audit.services import audit_record
-from controlplane.catalog.choices import CredentialKind, DType, ModelFormat
+from controlplane.catalog.choices import CredentialKind, DType, ModelFormat, ModelTask, Pooling
 from controlplane.catalog.models import Model, SourceCredential
 from controlplane.catalog.sources import outside_message, resolve_source
 from controlplane.catalog.store.connect import KIND_OF_SCHEME, endpoint_allowed, normalize_endpoint, remote_resolver
@@ -55,6 +55,19 @@ def _validate_dtypes(values: Any) -> list[str]:
             "Bad dtype options.", field_errors={"dtype_options": [f"Use values from {DType.values}."]}
         )
     return list(dict.fromkeys(values))
+
+
+def _task_and_pooling(task: str, pooling: str) -> tuple[str, str]:
+    """An embedding model pools (mean unless said otherwise); a generative one does not."""
+    if task not in ModelTask.values:
+        raise ValidationFailed("Bad task.", field_errors={"task": [f"Use one of {ModelTask.values}."]})
+    if task == ModelTask.GENERATE:
+        if pooling:
+            raise ValidationFailed("Bad pooling.", field_errors={"pooling": ["Only embedding models pool."]})
+        return task, ""
+    if pooling not in Pooling.values:
+        raise ValidationFailed("Bad pooling.", field_errors={"pooling": [f"Use one of {Pooling.values[1:]}."]})
+    return task, pooling or Pooling.MEAN
 
 
 def _source_error(exc: SourceError) -> ValidationFailed:
@@ -130,6 +143,8 @@ def model_register(
     dtype_options: list[str] | None = None,
     allow_unsafe_weights: bool = False,
     trust_remote_code: bool = False,
+    task: str = "",
+    pooling: str = "",
 ) -> Model:
     """Register a model from a source URI; metadata and the manifest are read from the source.
 
@@ -138,7 +153,8 @@ def model_register(
     ``hf://`` are read with the tenant's ``credential`` (by name), and a hub revision is stored
     pinned to its commit hash. Only config, tokenizer files and safetensors headers are read for
     metadata; files whose sha256 the source does not state are streamed through the hash.
-    The source is read outside any transaction: it may take a while.
+    The source is read outside any transaction: it may take a while. ``task`` and ``pooling``
+    default to what the source declares (a sentence-transformers pooling config means embed).
     """
     if Model.objects.filter(tenant=tenant, name=name).exists():
         raise ValidationFailed("Name taken.", field_errors={"name": [f"A model named {name!r} exists."]})
@@ -146,6 +162,7 @@ def model_register(
     cred = _credential_for(tenant, credential, uri)
     stored, info = _inspect_remote(uri, cred) if uri.remote else _inspect_file(tenant, source, uri)
     _check_weights(info, allow_unsafe_weights)
+    task, pooling = _task_and_pooling(task or info.task, pooling or info.pooling)
     with transaction.atomic():
         if Model.objects.filter(tenant=tenant, name=name).exists():
             raise ValidationFailed("Name taken.", field_errors={"name": [f"A model named {name!r} exists."]})
@@ -166,6 +183,9 @@ def model_register(
             dtype_options=_validate_dtypes(dtype_options if dtype_options is not None else list(DType.values)),
             allow_unsafe_weights=allow_unsafe_weights,
             trust_remote_code=trust_remote_code,
+            task=task,
+            pooling=pooling,
+            random_weights=info.random_weights,
         )
         audit_record(
             actor=actor,

@@ -1,7 +1,8 @@
 """The OpenAI-compatible gateway as a raw ASGI application.
 
-``POST /v1/chat/completions``, ``POST /v1/completions``, ``GET /v1/models[/<id>]`` and the
-console's ``GET /metrics``. ``console.asgi`` sends these paths here before Django, so no
+``POST /v1/chat/completions``, ``POST /v1/completions``, ``POST /v1/embeddings`` (models whose
+task is ``embed``; see ``embeddings``), ``GET /v1/models[/<id>]`` and the console's
+``GET /metrics``. ``console.asgi`` sends these paths here before Django, so no
 Django middleware, session or CSRF code runs on the serving path.
 
 Per request: key -> body (≤ 1 MiB) -> validation -> route (cached) -> limits (one Redis call)
@@ -31,6 +32,8 @@ from controlplane.gateway import metrics, openapi
 from controlplane.gateway.auth import KeyCache, revocation_listener
 from controlplane.gateway.conf import GatewayConf, load
 from controlplane.gateway.db import run_db
+from controlplane.gateway.embeddings import PATH as EMBEDDINGS_PATH
+from controlplane.gateway.embeddings import check_task, parse_embeddings
 from controlplane.gateway.errors import GatewayError, bad_request, model_not_found, unavailable
 from controlplane.gateway.guard import AuthThrottle, require_scrape_token
 from controlplane.gateway.limits import Decision, Limiter
@@ -324,6 +327,9 @@ class Gateway:
         if path in (CHAT_PATH, COMPLETIONS_PATH):
             _allow(method, path, "POST")
             await self.completion(scope, receive, exchange, chat=path == CHAT_PATH)
+        elif path == EMBEDDINGS_PATH:
+            _allow(method, path, "POST")
+            await self.embeddings(scope, receive, exchange)
         elif path == "/v1/models" or path.startswith("/v1/models/"):
             _allow(method, path, "GET")
             await self.models(scope, exchange, path[len("/v1/models/") :] if path != "/v1/models" else None)
@@ -372,6 +378,7 @@ class Gateway:
         if route is None or (key.allowed_models and request.model not in key.allowed_models):
             raise model_not_found(request.model)
         exchange.model = route.served_model_name
+        check_task(route, embeddings=False)
         if request.max_tokens is not None and request.max_tokens > route.max_tokens_cap:
             raise bad_request(
                 f"'max_tokens' is {request.max_tokens}, above this model's limit of {route.max_tokens_cap}.",
@@ -386,6 +393,29 @@ class Gateway:
                 payload["stream_options"] = {**(payload.get("stream_options") or {}), "include_usage": True}
             upstream_body = json.dumps(payload).encode()
         reserved = request.prompt_estimate + (request.max_tokens or route.max_tokens_cap)
+        decision = await self._admit(key, route, reserved, exchange, t0)
+        self.meter.touch(key.pk, route.deployment_id)
+        path = CHAT_PATH if chat else COMPLETIONS_PATH
+        await self._proxy_guarded(receive, exchange, key, route, request, upstream_body, decision, path, t0)
+
+    async def embeddings(self, scope: Message, receive: Receive, exchange: Exchange) -> None:
+        """``POST /v1/embeddings``: the completion path with the prompt as the whole reservation."""
+        t0 = time.perf_counter()
+        key = await self.auth_throttle.authenticate(self.keys, scope, Scope.EMBEDDINGS)
+        body = await read_body(scope, receive, self.conf.max_body_bytes)
+        request = parse_embeddings(body)
+        routes = await self.routes.get(key.tenant_id)
+        route = routes.get(request.model)
+        if route is None or (key.allowed_models and request.model not in key.allowed_models):
+            raise model_not_found(request.model)
+        exchange.model = route.served_model_name
+        check_task(route, embeddings=True)
+        decision = await self._admit(key, route, request.prompt_estimate, exchange, t0)
+        self.meter.touch(key.pk, route.deployment_id)
+        await self._proxy_guarded(receive, exchange, key, route, request, body, decision, EMBEDDINGS_PATH, t0)
+
+    async def _admit(self, key: KeyRecord, route: Route, reserved: int, exchange: Exchange, t0: float) -> Decision:
+        """Reserve ``reserved`` tokens under the key's limits; a refusal is metered and raised as a 429."""
         assert self.limiter is not None
         decision = await self.limiter.admit(key, reserved)
         exchange.extra_headers = decision.headers
@@ -400,8 +430,7 @@ class Gateway:
                 latency_ms=(time.perf_counter() - t0) * 1000,
             )
             raise decision.error()
-        self.meter.touch(key.pk, route.deployment_id)
-        await self._proxy_guarded(receive, exchange, key, route, request, upstream_body, decision, chat, t0)
+        return decision
 
     async def _proxy_guarded(
         self,
@@ -412,7 +441,7 @@ class Gateway:
         request: CompletionRequest,
         upstream_body: bytes,
         decision: Decision,
-        chat: bool,
+        path: str,
         t0: float,
     ) -> None:
         """Proxy while watching for the client's disconnect, which cancels the upstream call."""
@@ -439,7 +468,7 @@ class Gateway:
         error = True
         self._in_flight += 1
         try:
-            error = await self._proxy(exchange, route, request, upstream_body, chat, usage, t0, state)
+            error = await self._proxy(exchange, route, request, upstream_body, path, usage, t0, state)
         except asyncio.CancelledError:
             if not state["gone"]:
                 raise
@@ -515,14 +544,13 @@ class Gateway:
         route: Route,
         request: CompletionRequest,
         upstream_body: bytes,
-        chat: bool,
+        path: str,
         usage: list[int],
         t0: float,
         state: dict[str, bool],
     ) -> bool:
         """Send to a replica and relay the answer. Returns whether it counts as an error."""
         assert self.session is not None
-        path = CHAT_PATH if chat else COMPLETIONS_PATH
         tried: set[int] = set()
         while True:
             route, replica = await self._replica(route, tried)

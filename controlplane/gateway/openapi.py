@@ -15,6 +15,7 @@ import json
 from functools import cache
 from typing import Any
 
+from controlplane.gateway.embeddings import MAX_INPUTS
 from controlplane.gateway.requests import MAX_MESSAGES, MAX_MODEL_NAME
 
 JSON = "application/json"
@@ -141,6 +142,27 @@ SCHEMAS: dict[str, Any] = {
         },
         **_STREAM_OPTIONS_NEED_STREAM,
     },
+    "EmbeddingRequest": {
+        "type": "object",
+        "required": ["model", "input"],
+        "description": "For models whose task is `embed`; `encoding_format` and `dimensions` are checked by the model.",
+        "properties": {
+            "model": _MODEL,
+            "input": {
+                "anyOf": [
+                    {"type": "string", "minLength": 1},
+                    {
+                        "type": "array",
+                        "minItems": 1,
+                        "maxItems": MAX_INPUTS,
+                        "items": {"type": "string", "minLength": 1},
+                    },
+                    _TOKEN_IDS,
+                    {"type": "array", "minItems": 1, "maxItems": MAX_INPUTS, "items": _TOKEN_IDS},
+                ]
+            },
+        },
+    },
     "Completion": {
         "type": "object",
         "description": "The model runtime's answer, relayed as it is (OpenAI's completion objects).",
@@ -169,6 +191,24 @@ def _completion_operation(summary: str, request: str) -> dict[str, Any]:
     }
 
 
+def _embedding_operation() -> dict[str, Any]:
+    return {
+        "summary": "Create embeddings",
+        "operationId": "createEmbedding",
+        "requestBody": {
+            "required": True,
+            "content": {JSON: {"schema": {"$ref": "#/components/schemas/EmbeddingRequest"}}},
+        },
+        "responses": {
+            "200": {
+                "description": "The vectors (OpenAI's embedding list), relayed as the model runtime answered.",
+                "content": {JSON: {"schema": {"$ref": "#/components/schemas/Completion"}}},
+            },
+            **ERRORS,
+        },
+    }
+
+
 def _read_errors() -> dict[str, Any]:
     return {code: ERRORS[code] for code in ("401", "403", "500", "503")}
 
@@ -188,6 +228,7 @@ def document() -> dict[str, Any]:
                 "post": _completion_operation("Create a chat completion", "ChatCompletionRequest")
             },
             "/v1/completions": {"post": _completion_operation("Create a completion", "CompletionRequest")},
+            "/v1/embeddings": {"post": _embedding_operation()},
             "/v1/models": {
                 "get": {
                     "summary": "List the models this key may use",

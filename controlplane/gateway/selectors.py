@@ -57,6 +57,7 @@ class Route:
     created: int
     ready: tuple[ReplicaTarget, ...]
     replica_auth: str = ""  # "Bearer <the deployment's replica token>", what its replicas require
+    task: str = "generate"  # the model's task: "embed" models answer /v1/embeddings only
 
 
 def _epoch(value: datetime | None) -> float | None:
@@ -144,6 +145,7 @@ def gateway_routes(*, tenant_id: int) -> dict[str, Route]:
             "autoscale",
             "max_tokens_cap",
             "created_at",
+            "model__task",
         )
     )
     ready: dict[int, list[ReplicaTarget]] = {}
@@ -171,6 +173,7 @@ def gateway_routes(*, tenant_id: int) -> dict[str, Route]:
             created=int(d["created_at"].timestamp()),
             ready=tuple(ready.get(d["pk"], ())),
             replica_auth="Bearer " + replica_token(d["pk"]),
+            task=d["model__task"],
         )
         for d in deployments
     }

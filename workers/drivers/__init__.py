@@ -15,6 +15,7 @@ from controlplane.deployments.choices import TargetKind
 from controlplane.deployments.models import Target
 from workers.drivers.base import Driver, PermanentDriverError
 from workers.drivers.health import Reason
+from workers.drivers.images import configured_images
 
 __all__ = ["driver_for", "instance_name", "local_driver", "target_credentials"]
 
@@ -55,6 +56,7 @@ def driver_for(target: Target, *, tenant_id: int | None = None) -> Driver:
         return DockerDriver.for_target(
             target,
             image=settings.HANGAR_RUNTIME_IMAGE,
+            cuda_image=configured_images().cuda,
             instance=instance_name(),
             credentials=target_credentials(target),
         )
@@ -62,6 +64,10 @@ def driver_for(target: Target, *, tenant_id: int | None = None) -> Driver:
         from workers.drivers.kubernetes import KubernetesDriver
 
         return KubernetesDriver.for_target(
-            target, image=settings.HANGAR_RUNTIME_IMAGE, instance=instance_name(), tenant_id=tenant_id
+            target,
+            image=settings.HANGAR_RUNTIME_IMAGE,
+            cuda_image=configured_images().cuda,
+            instance=instance_name(),
+            tenant_id=tenant_id,
         )
     raise PermanentDriverError(f"Unknown target kind {target.kind!r}.")

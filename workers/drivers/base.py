@@ -96,6 +96,8 @@ class ReplicaSpec:
     tolerations: list[dict[str, Any]] = field(default_factory=list)
     allow_unsafe_weights: bool = False
     trust_remote_code: bool = False
+    task: str = "generate"  # the catalog model's task: "embed" serves /v1/embeddings
+    pooling: str = ""  # embedding models: mean, last or cls
     # The bearer credential the replica requires (``controlplane.deployments.replica_auth``),
     # set by the reconciler; each driver hands it over its own way, never in the command line.
     token: str = field(default="", repr=False)
@@ -117,6 +119,10 @@ class ReplicaSpec:
             args.append("--allow-unsafe-weights")
         if self.trust_remote_code:
             args.append("--trust-remote-code")
+        if self.task != "generate":
+            args += ["--task", self.task]
+            if self.pooling:
+                args += ["--pooling", self.pooling]
         return args
 
 

@@ -49,6 +49,7 @@ from workers.drivers.docker_connection import (
     valid_host,
 )
 from workers.drivers.health import Reason, causes, classify_network, number, report, version_text
+from workers.drivers.images import RuntimeImages
 from workers.runtime.auth import TOKEN_ENV
 
 CONTAINER_PORT = "8000/tcp"
@@ -118,12 +119,14 @@ class DockerDriver(Driver):
         credentials: dict[str, str] | None = None,
         publish_host: str = "127.0.0.1",
         name: str = "",
+        cuda_image: str = "",
     ) -> None:
         """Refuses (``PermanentDriverError``, no network call) what ``DockerConnection`` refuses
         and a ``publish_host`` that is not an IP address or a DNS name."""
         self.connection = DockerConnection.checked(url, credentials)
         self.url = self.connection.url
         self.image = image
+        self.images = RuntimeImages(cpu=image, cuda=cuda_image)  # GPU replicas run the CUDA image
         self.instance = instance
         self.where = f"the Docker host of target {name!r}" if name else "the Docker host"
         self._client: docker.DockerClient | None = None
@@ -133,10 +136,13 @@ class DockerDriver(Driver):
             raise refuse(Reason.BAD_PUBLISH_HOST)
 
     @classmethod
-    def for_target(cls, target: Target, *, image: str, instance: str, credentials: dict[str, str]) -> DockerDriver:
+    def for_target(
+        cls, target: Target, *, image: str, instance: str, credentials: dict[str, str], cuda_image: str = ""
+    ) -> DockerDriver:
         return cls(
             url=target.docker_url,
             image=image,
+            cuda_image=cuda_image,
             instance=instance,
             credentials=credentials,
             publish_host=target.publish_host,
@@ -258,11 +264,12 @@ class DockerDriver(Driver):
         return f"hangar-{self.instance}-{spec.deployment_id}-{spec.name}"[:250]
 
     def create(self, spec: ReplicaSpec) -> ObservedReplica:
+        image = self.images.for_replica(spec)
         try:
-            self._call(self.client.images.get, self.image)
+            self._call(self.client.images.get, image)
         except docker.errors.NotFound:
             raise PermanentDriverError(
-                f"Runtime image {self.image} is not on {self.where}; {BUILD_HINT}.",
+                f"Runtime image {image} is not on {self.where}; {BUILD_HINT}.",
                 reason="ImageMissing",
             ) from None
         device_requests = []
@@ -276,7 +283,7 @@ class DockerDriver(Driver):
         try:
             container = self._call(
                 self.client.containers.create,
-                self.image,
+                image,
                 command=spec.runtime_args(model=MODEL_MOUNT, host="0.0.0.0", port=8000),
                 name=name,
                 labels=spec.labels | {LABEL_INSTANCE: self.instance},

@@ -54,6 +54,7 @@ from workers.drivers.base import (
     TemporaryDriverError,
 )
 from workers.drivers.health import Reason, classify_network, number, report, version_text
+from workers.drivers.images import RuntimeImages
 from workers.runtime.auth import TOKEN_ENV
 
 PORT = 8000
@@ -334,6 +335,7 @@ class KubernetesDriver(Driver):
         namespace: str,
         image: str,
         instance: str,
+        cuda_image: str = "",
         volume: dict[str, Any] | None = None,
         version_api: Any = None,
         endpoints: str = KubeEndpoints.POD_IP,
@@ -342,13 +344,16 @@ class KubernetesDriver(Driver):
         self.core = core
         self.namespace = namespace or "default"
         self.image = image
+        self.images = RuntimeImages(cpu=image, cuda=cuda_image)  # GPU replicas run the CUDA image
         self.instance = instance
         self.volume = volume or {}
         self.version_api = version_api
         self.endpoints = endpoints
 
     @classmethod
-    def for_target(cls, target: Target, *, image: str, instance: str, tenant_id: int | None = None) -> KubernetesDriver:
+    def for_target(
+        cls, target: Target, *, image: str, instance: str, tenant_id: int | None = None, cuda_image: str = ""
+    ) -> KubernetesDriver:
         """The driver for ``target`` with its ``kube_auth``, in ``tenant_id``'s namespace."""
         from workers.drivers import target_credentials
 
@@ -364,6 +369,7 @@ class KubernetesDriver(Driver):
             core=k8s.CoreV1Api(api_client),
             namespace=target_namespace(target, tenant_id),
             image=image,
+            cuda_image=cuda_image,
             instance=instance,
             volume=target.model_volume,
             version_api=k8s.VersionApi(api_client),
@@ -452,7 +458,9 @@ class KubernetesDriver(Driver):
                 replace=self.core.replace_namespaced_secret,
                 same=lambda current: (current.data or {}) == secret.data,
             )
-        body = build_deployment(spec, replicas=replicas, namespace=self.namespace, image=self.image, volume=self.volume)
+        body = build_deployment(
+            spec, replicas=replicas, namespace=self.namespace, image=self.images.for_replica(spec), volume=self.volume
+        )
 
         def same(current: Any) -> bool:
             annotations = (current.metadata.annotations or {}) if current.metadata else {}

@@ -12,6 +12,7 @@ import sys
 from pathlib import Path
 
 from workers.runtime.auth import TOKEN_ENV, TokenError, load_token
+from workers.runtime.embeddings import POOLINGS, TASKS
 from workers.runtime.loader import DTYPES, QUANTIZATIONS, LoadOptions
 
 
@@ -31,6 +32,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--served-model-name", help="name clients use in 'model' (default: directory name)")
     p.add_argument("--dtype", choices=DTYPES, default="float32")
     p.add_argument("--quantization", choices=QUANTIZATIONS, default="none")
+    p.add_argument("--task", choices=TASKS, default="generate", help="generate (completions) or embed (/v1/embeddings)")
+    p.add_argument(
+        "--pooling",
+        choices=POOLINGS,
+        help="embedding pooling (default: the model directory's 1_Pooling/config.json, else mean)",
+    )
     p.add_argument("--max-batch-size", type=_positive, default=32)
     p.add_argument("--max-model-len", type=_positive, help="context limit (default: the model's)")
     p.add_argument("--max-queue", type=_positive, default=256, help="waiting requests before 503")
@@ -78,7 +85,9 @@ def main(argv: list[str] | None = None) -> int:
         drain_timeout=args.drain_timeout,
         threads=args.threads,
         token=token,
+        pooling=args.pooling,
         load=LoadOptions(
+            task=args.task,
             dtype=args.dtype,
             quantization=args.quantization,
             device=args.device,

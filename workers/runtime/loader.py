@@ -33,6 +33,7 @@ class LoadOptions:
     device: str = "cpu"
     allow_unsafe_weights: bool = False
     trust_remote_code: bool = False
+    task: str = "generate"  # "embed": the bare model (AutoModel), for workers.runtime.embeddings
 
 
 @dataclass(slots=True)
@@ -77,7 +78,7 @@ def load_model(model_dir: Path, options: LoadOptions) -> LoadedModel:
     os.environ["HF_HUB_OFFLINE"] = "1"
     os.environ.setdefault("TRANSFORMERS_NO_ADVISORY_WARNINGS", "1")
     import torch
-    from transformers import AutoModelForCausalLM, AutoTokenizer
+    from transformers import AutoModel, AutoModelForCausalLM, AutoTokenizer
     from transformers.utils import logging as hf_logging
 
     hf_logging.disable_progress_bar()
@@ -95,7 +96,8 @@ def load_model(model_dir: Path, options: LoadOptions) -> LoadedModel:
         tokenizer = AutoTokenizer.from_pretrained(
             str(model_dir), local_files_only=True, trust_remote_code=options.trust_remote_code
         )
-        model: Any = AutoModelForCausalLM.from_pretrained(
+        model_class = AutoModel if options.task == "embed" else AutoModelForCausalLM
+        model: Any = model_class.from_pretrained(
             str(model_dir),
             dtype=getattr(torch, options.dtype),
             local_files_only=True,
@@ -111,7 +113,7 @@ def load_model(model_dir: Path, options: LoadOptions) -> LoadedModel:
         model = quantize_int8(model)
 
     eos: list[int] = []
-    gen_eos = getattr(model.generation_config, "eos_token_id", None)
+    gen_eos = getattr(getattr(model, "generation_config", None), "eos_token_id", None)
     for value in (gen_eos if isinstance(gen_eos, list) else [gen_eos]) + [tokenizer.eos_token_id]:
         if isinstance(value, int) and value not in eos:
             eos.append(value)

@@ -1,7 +1,8 @@
 """The runtime process: lifecycle, model thread, graceful drain, and the ASGI app.
 
 Endpoints (handlers in ``api``): ``POST /v1/chat/completions``, ``POST /v1/completions`` (both
-with SSE streaming), ``GET /v1/models``, ``GET /health``, ``GET /metrics``. With a token
+with SSE streaming), ``GET /v1/models``, ``GET /health``, ``GET /metrics``; a replica started
+with ``--task embed`` serves ``POST /v1/embeddings`` instead of the completions (``embeddings``). With a token
 configured, all but ``/health`` require ``Authorization: Bearer <token>`` (see ``auth``).
 
 Threads: the asyncio event loop serves HTTP; one model thread loads the model, warms it up and
@@ -46,6 +47,7 @@ from starlette.routing import Route
 
 from workers.runtime.api import api_endpoint, chat_completions, completions, dispatch, health, list_models, metrics
 from workers.runtime.auth import BearerAuth
+from workers.runtime.embeddings import embedding_engine, embeddings, refuse_task
 from workers.runtime.loader import LoadedModel, LoadOptions, ModelLoadError, load_model
 from workers.runtime.metrics import RuntimeMetrics
 from workers.runtime.protocol import RETRY_AFTER_SECONDS, ApiError, CommonParams, now
@@ -104,6 +106,7 @@ class ServerConfig:
     drain_timeout: float = 120.0
     threads: int | None = None
     load: LoadOptions = field(default_factory=LoadOptions)
+    pooling: str | None = None  # embedding models: None = what the model directory declares
     token: str | None = field(default=None, repr=False)  # None: open to anyone (hand-run only)
 
 
@@ -196,6 +199,9 @@ class Runtime:
 
         def deliver(outputs: list[tuple[Any, Any]]) -> None:
             self._call_in_loop(dispatch, outputs)
+
+        if self.config.load.task == "embed":
+            return embedding_engine(self.config, loaded, self.metrics, deliver)
 
         return Engine(
             loaded.model,
@@ -351,10 +357,13 @@ def create_app(runtime: Runtime) -> Starlette:
         finally:
             await runtime.shutdown()
 
+    generate = runtime.config.load.task == "generate"
+    refuse = refuse_task(runtime.config.load.task)
     app = Starlette(
         routes=[
-            Route("/v1/chat/completions", api_endpoint(chat_completions), methods=["POST"]),
-            Route("/v1/completions", api_endpoint(completions), methods=["POST"]),
+            Route("/v1/chat/completions", api_endpoint(chat_completions if generate else refuse), methods=["POST"]),
+            Route("/v1/completions", api_endpoint(completions if generate else refuse), methods=["POST"]),
+            Route("/v1/embeddings", api_endpoint(refuse if generate else embeddings), methods=["POST"]),
             Route("/v1/models", list_models, methods=["GET"]),
             Route("/health", health, methods=["GET"]),
             Route("/metrics", metrics, methods=["GET"]),

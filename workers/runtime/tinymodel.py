@@ -6,9 +6,18 @@ model: a byte-level BPE tokenizer trained with ``tokenizers`` on the English tex
 a ChatML-style chat template, all written with ``save_pretrained`` as safetensors so that the
 ordinary ``AutoModelForCausalLM`` / ``AutoTokenizer`` loading path is exercised.
 
+The same builder makes a tiny *embedding* model (``--task embed``): the same tokenizer and
+layers without the language-model head (``LlamaModel``), with a sentence-transformers style
+``1_Pooling/config.json`` (mean pooling) and ``is_matryoshka`` in its config, so the runtime's
+``/v1/embeddings`` (``workers.runtime.embeddings``) and its ``dimensions`` are exercised.
+
+Both models have random weights: they answer in plausible tokens of the training text but
+not in sentences. The marker file says so (``"random_weights": true``), the catalog reads it
+and the dashboard labels such models, so that nobody takes the gibberish for a fault.
+
 Usage::
 
-    python -m workers.runtime.tinymodel OUTDIR [--seed 0]
+    python -m workers.runtime.tinymodel OUTDIR [--seed 0] [--task generate|embed]
 
 Building is idempotent: if OUTDIR already holds a complete model built by the same builder
 version with the same seed, nothing is done. The build writes into a temporary sibling
@@ -25,9 +34,10 @@ import shutil
 import sys
 import tempfile
 from pathlib import Path
+from typing import Any
 
 # Bump when anything below changes the produced files, so stale builds are replaced.
-BUILD_VERSION = 1
+BUILD_VERSION = 2
 MARKER_FILE = "hangar-tinymodel.json"
 DATA_DIR = Path(__file__).resolve().parent / "data"
 
@@ -47,20 +57,23 @@ CHAT_TEMPLATE = (
 
 VOCAB_SIZE = 2048
 MAX_POSITIONS = 2048
+HIDDEN_SIZE = 256
+TASKS = ("generate", "embed")
+POOLING_DIR = "1_Pooling"  # sentence-transformers' layout: where embedding models keep their pooling
 
 
-def _marker(seed: int) -> dict[str, int]:
-    return {"builder_version": BUILD_VERSION, "seed": seed}
+def _marker(seed: int, task: str = "generate") -> dict[str, object]:
+    return {"builder_version": BUILD_VERSION, "seed": seed, "task": task, "random_weights": True}
 
 
-def is_complete(outdir: Path, seed: int) -> bool:
-    """Return True if ``outdir`` holds a finished tiny model built with ``seed``."""
+def is_complete(outdir: Path, seed: int, task: str = "generate") -> bool:
+    """Return True if ``outdir`` holds a finished tiny model built with ``seed`` for ``task``."""
     marker = outdir / MARKER_FILE
     try:
         data = json.loads(marker.read_text())
     except (OSError, ValueError):
         return False
-    return data == _marker(seed) and (outdir / "model.safetensors").is_file()
+    return data == _marker(seed, task) and (outdir / "model.safetensors").is_file()
 
 
 def _training_text() -> list[str]:
@@ -98,9 +111,9 @@ def _build_tokenizer(outdir: Path) -> None:
     fast.save_pretrained(str(outdir))
 
 
-def _build_model(outdir: Path, seed: int) -> None:
+def _build_model(outdir: Path, seed: int, task: str = "generate") -> None:
     import torch
-    from transformers import AutoTokenizer, GenerationConfig, LlamaConfig, LlamaForCausalLM
+    from transformers import AutoTokenizer, GenerationConfig, LlamaConfig, LlamaForCausalLM, LlamaModel
     from transformers.utils import logging as hf_logging
 
     hf_logging.disable_progress_bar()
@@ -111,7 +124,7 @@ def _build_model(outdir: Path, seed: int) -> None:
     eos_ids = [token_ids[IM_END], token_ids[ENDOFTEXT]]
     config = LlamaConfig(
         vocab_size=vocab,
-        hidden_size=256,
+        hidden_size=HIDDEN_SIZE,
         intermediate_size=688,
         num_hidden_layers=4,
         num_attention_heads=8,
@@ -127,6 +140,9 @@ def _build_model(outdir: Path, seed: int) -> None:
         pad_token_id=tokenizer.pad_token_id,
     )
     torch.manual_seed(seed)
+    if task == "embed":
+        _save_embedding_model(LlamaModel(config), outdir)
+        return
     model = LlamaForCausalLM(config)  # float32 by default
     model.generation_config = GenerationConfig(
         bos_token_id=eos_ids[1],
@@ -137,14 +153,42 @@ def _build_model(outdir: Path, seed: int) -> None:
     model.save_pretrained(str(outdir), safe_serialization=True)
 
 
-def build_tiny_model(outdir: Path, seed: int = 0) -> Path:
+def _save_embedding_model(model: Any, outdir: Path) -> None:
+    # Any output width up to the hidden size may be asked for (``dimensions``), as with
+    # Matryoshka-trained models; the runtime reads this flag (vLLM's name for it).
+    model.config.is_matryoshka = True
+    model.save_pretrained(str(outdir), safe_serialization=True)
+    pooling = outdir / POOLING_DIR
+    pooling.mkdir()
+    (pooling / "config.json").write_text(
+        json.dumps({"word_embedding_dimension": HIDDEN_SIZE, "pooling_mode_mean_tokens": True}, indent=2)
+    )
+    modules = [
+        {"idx": 0, "name": "0", "path": "", "type": "sentence_transformers.models.Transformer"},
+        {"idx": 1, "name": "1", "path": POOLING_DIR, "type": "sentence_transformers.models.Pooling"},
+        {"idx": 2, "name": "2", "path": "2_Normalize", "type": "sentence_transformers.models.Normalize"},
+    ]
+    (outdir / "modules.json").write_text(json.dumps(modules, indent=2))
+
+
+def build_tiny_embedding_model(outdir: Path, seed: int = 0) -> Path:
+    """Build the tiny embedding model into ``outdir`` (idempotent) and return its path."""
+    return build_tiny_model(outdir, seed, task="embed")
+
+
+def build_tiny_model(outdir: Path, seed: int = 0, task: str = "generate") -> Path:
     """Build the tiny model into ``outdir`` (idempotent) and return its path.
+
+    ``task`` is ``generate`` (a causal LM with a chat template) or ``embed`` (see the module
+    docstring).
 
     Raises ``FileExistsError`` if ``outdir`` exists, is not empty and was not made by this
     builder: we never delete a directory we did not create.
     """
+    if task not in TASKS:
+        raise ValueError(f"task must be one of {TASKS}, got {task!r}")
     outdir = Path(outdir).resolve()
-    if is_complete(outdir, seed):
+    if is_complete(outdir, seed, task):
         return outdir
     if outdir.exists() and any(outdir.iterdir()) and not (outdir / MARKER_FILE).exists():
         raise FileExistsError(f"{outdir} exists and is not a Hangar tiny model; refusing to overwrite")
@@ -153,21 +197,21 @@ def build_tiny_model(outdir: Path, seed: int = 0) -> Path:
     tmp = Path(tempfile.mkdtemp(prefix=f".{outdir.name}.build-", dir=outdir.parent))
     try:
         _build_tokenizer(tmp)
-        _build_model(tmp, seed)
+        _build_model(tmp, seed, task)
         # mkdtemp creates 0700; replicas may run as another user over a read-only mount.
         tmp.chmod(0o755)
-        for f in tmp.iterdir():
-            f.chmod(0o644)
+        for f in tmp.rglob("*"):
+            f.chmod(0o755 if f.is_dir() else 0o644)
         # The marker is written last: its presence means every other file is complete.
-        (tmp / MARKER_FILE).write_text(json.dumps(_marker(seed)))
+        (tmp / MARKER_FILE).write_text(json.dumps(_marker(seed, task)))
         if outdir.exists():
-            if is_complete(outdir, seed):  # another builder finished first
+            if is_complete(outdir, seed, task):  # another builder finished first
                 return outdir
             shutil.rmtree(outdir)  # an older or different-seed build of ours
         try:
             tmp.rename(outdir)
         except OSError:
-            if not is_complete(outdir, seed):
+            if not is_complete(outdir, seed, task):
                 raise
     finally:
         if tmp.exists():
@@ -180,8 +224,9 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m workers.runtime.tinymodel", description=__doc__.split("\n")[0])
     parser.add_argument("outdir", type=Path)
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--task", choices=TASKS, default="generate", help="a generative or an embedding model")
     args = parser.parse_args(argv)
-    path = build_tiny_model(args.outdir, seed=args.seed)
+    path = build_tiny_model(args.outdir, seed=args.seed, task=args.task)
     print(path)
     return 0
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from rest_framework import serializers
 
-from controlplane.catalog.choices import CredentialKind, DType
+from controlplane.catalog.choices import CredentialKind, DType, ModelTask, Pooling
 from controlplane.catalog.models import Model, SourceCredential
 from controlplane.catalog.naming import SERVED_NAME
 from controlplane.catalog.selectors import model_memory_estimate
@@ -21,6 +21,9 @@ MODEL_FIELDS: tuple[str, ...] = (
     "parameter_count",
     "size_bytes",
     "context_length",
+    "task",
+    "pooling",
+    "random_weights",
     "dtype_options",
     "tokenizer_info",
     "content_hash",
@@ -91,6 +94,16 @@ class ModelCreateInput(TenantChoiceMixin, ModelEditableInput):
         SERVED_NAME,
         max_length=100,
         error_messages={"invalid": "Use 1-100 letters, digits and . _ : / -, starting with a letter or digit."},
+    )
+    task = serializers.ChoiceField(
+        choices=ModelTask.choices,
+        required=False,
+        help_text="generate or embed; default: read from the directory (a sentence-transformers pooling config means embed).",
+    )
+    pooling = serializers.ChoiceField(
+        choices=[c for c in Pooling.choices if c[0]],
+        required=False,
+        help_text="Embedding models: mean, last or cls; default: the directory's pooling config, else mean.",
     )
     source = serializers.CharField(  # type: ignore[assignment]  # a field, not Field.source
         max_length=1000,

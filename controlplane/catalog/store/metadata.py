@@ -35,6 +35,9 @@ class ModelInfo:
     context_length: int = 0
     weight_dtypes: list[str] = field(default_factory=list)
     tokenizer_info: dict[str, Any] = field(default_factory=dict)
+    task: str = "generate"
+    pooling: str = ""
+    random_weights: bool = False
     problems: list[str] = field(default_factory=list)
     manifest: list[dict[str, Any]] = field(default_factory=list)
     content_hash: str = ""
@@ -148,6 +151,38 @@ def build_manifest(
     return manifest
 
 
+# sentence-transformers' pooling config -> the runtime's ``--pooling`` (workers.runtime.embeddings).
+_POOLING_MODES = (
+    ("pooling_mode_lasttoken", "last"),
+    ("pooling_mode_cls_token", "cls"),
+    ("pooling_mode_mean_tokens", "mean"),
+)
+
+
+def _json_file(resolver: Resolver, by_name: dict[str, RemoteFile], name: str) -> Any:
+    """A small JSON file of the source, or None when absent, too large or not JSON."""
+    file = by_name.get(name)
+    try:
+        return _small_json(resolver, file) if file is not None else None
+    except ValueError:
+        return None
+
+
+def _read_embedding(info: ModelInfo, resolver: Resolver, by_name: dict[str, RemoteFile]) -> None:
+    """A sentence-transformers directory (``1_Pooling/config.json``) is an embedding model."""
+    pooling = _json_file(resolver, by_name, "1_Pooling/config.json")
+    if not isinstance(pooling, dict):
+        return
+    info.task = "embed"
+    info.pooling = next((name for key, name in _POOLING_MODES if pooling.get(key) is True), "mean")
+
+
+def _read_builder_marker(info: ModelInfo, resolver: Resolver, by_name: dict[str, RemoteFile]) -> None:
+    """Hangar's tiny-model builder marks its random-weight models (``hangar-tinymodel.json``)."""
+    marker = _json_file(resolver, by_name, "hangar-tinymodel.json")
+    info.random_weights = isinstance(marker, dict) and marker.get("random_weights") is True
+
+
 def inspect_source(resolver: Resolver, *, max_bytes: int = 0, with_manifest: bool = True) -> ModelInfo:
     """Metadata and manifest of a source; a ``SourceError`` when it cannot be listed or read.
 
@@ -164,6 +199,8 @@ def inspect_source(resolver: Resolver, *, max_bytes: int = 0, with_manifest: boo
     _read_weights(info, resolver, files)
     _read_config(info, resolver, by_name)
     _read_tokenizer(info, resolver, by_name)
+    _read_embedding(info, resolver, by_name)
+    _read_builder_marker(info, resolver, by_name)
     if with_manifest and info.format:
         info.manifest = build_manifest(resolver, files)
         info.content_hash = manifest_hash(info.manifest)

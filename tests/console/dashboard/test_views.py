@@ -224,8 +224,23 @@ def test_register_model_shows_field_errors_then_succeeds(login: Any, team: dict[
     detail = client.get(ok["Location"])
     assert b"float32" in detail.content and b'id="memory-estimate"' in detail.content
     assert model.parameter_count > 0
+    # The tiny model is the demo's random-weight model: its page says so, so gibberish is expected.
+    assert model.random_weights and model.task == "generate"
+    assert b"data-random-weights" in detail.content and b"not a fault" in detail.content
     dup = client.post(reverse("dashboard:models"), {"name": "tiny", "source": str(tiny_model_dir)})
     assert b"exists" in dup.content and dup.status_code == 400
+
+
+def test_register_an_embedding_model_from_the_dashboard(login: Any, team: dict[str, Any], tiny_model_dir: Any) -> None:
+    client = login(team["operator"])
+    data = {"name": "emb", "source": str(tiny_model_dir), "task": "embed", "pooling": "last"}
+    assert client.post(reverse("dashboard:models"), data).status_code == 302
+    model = Model.objects.get(tenant=team["tenant"], name="emb")
+    assert (model.task, model.pooling) == ("embed", "last")
+    listing = client.get(reverse("dashboard:models")).content
+    assert b"data-embedding-model" in listing
+    bad = client.post(reverse("dashboard:models"), {"name": "g", "source": str(tiny_model_dir), "pooling": "last"})
+    assert bad.status_code == 400 and b'data-field-error="pooling"' in bad.content
 
 
 def test_model_detail_says_which_targets_fit(login: Any, team: dict[str, Any]) -> None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from typing import Any
 
 import pytest
@@ -90,3 +91,56 @@ def test_trust_permission_matches_the_documented_table() -> None:
     from tests.controlplane.permission_table import API_PERMISSIONS, PLATFORM
 
     assert API_PERMISSIONS["models"]["set allow_unsafe_weights / trust_remote_code"] == PLATFORM
+
+
+@pytest.mark.django_db
+class TestModelTask:
+    """Embedding models: read from a sentence-transformers directory, or said at registration."""
+
+    def register(self, client: Any, tenant: Any, path: Any, **extra: Any) -> Any:
+        return client.post("/api/v1/models/", {"name": "m", "source": str(path), **extra}, format="json")
+
+    def test_a_pooling_config_makes_an_embedding_model(self, tenant: Any, make_member: Any, client_for: Any) -> None:
+        path = make_tenant_model_dir(tenant)
+        (path / "1_Pooling").mkdir()
+        (path / "1_Pooling" / "config.json").write_text(json.dumps({"pooling_mode_lasttoken": True}))
+        (path / "hangar-tinymodel.json").write_text(json.dumps({"random_weights": True}))
+        response = self.register(client_for(make_member(Role.OPERATOR, tenant)), tenant, path)
+        assert response.status_code == 201, response.content
+        body = response.json()
+        assert (body["task"], body["pooling"], body["random_weights"]) == ("embed", "last", True)
+
+    def test_a_plain_directory_generates_unless_told(self, tenant: Any, make_member: Any, client_for: Any) -> None:
+        client = client_for(make_member(Role.OPERATOR, tenant))
+        body = self.register(client, tenant, make_tenant_model_dir(tenant)).json()
+        assert (body["task"], body["pooling"], body["random_weights"]) == ("generate", "", False)
+        told = self.register(client, tenant, make_tenant_model_dir(tenant, "e"), name="e", task="embed").json()
+        assert (told["task"], told["pooling"]) == ("embed", "mean")
+
+    def test_only_embedding_models_pool(self, tenant: Any, make_member: Any, client_for: Any) -> None:
+        client = client_for(make_member(Role.OPERATOR, tenant))
+        response = self.register(client, tenant, make_tenant_model_dir(tenant), task="generate", pooling="last")
+        assert response.status_code == 400
+        assert "pooling" in response.json()["errors"]
+        response = self.register(client, tenant, make_tenant_model_dir(tenant), task="embed", pooling="max")
+        assert response.status_code == 400 and "pooling" in response.json()["errors"]
+
+    def test_the_task_is_fixed_after_registration(self, tenant: Any, make_member: Any, client_for: Any) -> None:
+        model = ModelFactory(tenant=tenant)
+        response = client_for(make_member(Role.OPERATOR, tenant)).patch(
+            f"/api/v1/models/{model.pk}/", {"task": "embed"}, format="json"
+        )
+        assert response.status_code == 400
+        assert response.json()["errors"] == {"task": ["This field is read-only."]}
+
+    def test_embedding_replicas_are_started_with_their_task_and_pooling(self, tenant: Any) -> None:
+        from workers.reconciler import replica_spec
+
+        make_tenant_model_dir(tenant, "emb")
+        model = ModelFactory(tenant=tenant, name="emb", task="embed", pooling="last")
+        args = replica_spec(DeploymentFactory(tenant=tenant, model=model), slot=0).runtime_args(
+            model="/model", host="h", port=1
+        )
+        assert args[-4:] == ["--task", "embed", "--pooling", "last"]
+        plain = replica_spec(DeploymentFactory(tenant=tenant), slot=0).runtime_args(model="/model", host="h", port=1)
+        assert "--task" not in plain and "--pooling" not in plain

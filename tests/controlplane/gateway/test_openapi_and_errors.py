@@ -21,7 +21,13 @@ def test_openapi_document_is_served(gateway: Any) -> None:
     assert response.headers["content-type"] == "application/json"
     document = response.json()
     assert document["openapi"].startswith("3.1")
-    assert set(document["paths"]) == {"/v1/chat/completions", "/v1/completions", "/v1/models", "/v1/models/{model}"}
+    assert set(document["paths"]) == {
+        "/v1/chat/completions",
+        "/v1/completions",
+        "/v1/embeddings",
+        "/v1/models",
+        "/v1/models/{model}",
+    }
     chat = document["paths"]["/v1/chat/completions"]["post"]
     assert {"200", "400", "401", "403", "404", "413", "429", "503"} <= set(chat["responses"])
 
@@ -34,6 +40,8 @@ def test_unknown_urls_and_wrong_methods_are_json(gateway: Any) -> None:
     assert response.status_code == 405
     assert response.headers["allow"] == "POST"
     assert response.json()["error"]["code"] == "method_not_allowed"
+    response = httpx.get(f"{gateway.url}/v1/embeddings")
+    assert response.status_code == 405 and response.headers["allow"] == "POST"
     response = httpx.delete(f"{gateway.url}/v1/models")
     assert response.status_code == 405 and response.headers["allow"] == "GET"
 

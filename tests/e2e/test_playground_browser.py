@@ -1,0 +1,265 @@
+"""The playground in a real Chromium: the random-weights label, and the JSON-schema / tools panel.
+
+The web process (``uvicorn console.asgi``: dashboard and gateway) runs against the test
+database, with a Running deployment of the tiny model whose replica is a real runtime process.
+The test checks that the demo model is labelled as random weights where a new user meets it
+(model page, playground), that plain chat still streams through the real gateway, and that the
+panel builds correct requests: ``response_format`` (``json_schema``), ``tools``, ``tool_choice``,
+``parallel_tool_calls``, a whole answer, and the tool result sent back as a ``tool`` message on
+the next turn. The requests are the browser's own, read by Playwright; the answers to the two
+structured requests are fulfilled by Playwright with OpenAI-shaped bodies, because this
+branch's runtime does not generate tool calls yet, so that the rendering of a tool call and of
+a JSON answer is what is checked.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from django.db import connection
+
+from controlplane.deployments.choices import Phase, ReplicaState
+from controlplane.tenancy.choices import Role
+from tests.controlplane.gateway.conftest import Server
+from tests.e2e.test_dashboard_browser import CHROMIUM, CHROMIUM_ARGS, PASSWORD, REPO_ROOT, ensure_frontend_built
+from tests.factories import (
+    ApiKeyFactory,
+    DeploymentFactory,
+    MembershipFactory,
+    ModelFactory,
+    ReplicaFactory,
+    TenantFactory,
+    UserFactory,
+)
+from tests.support.ports import free_port
+from tests.support.processes import http_ok
+
+pytestmark = [
+    pytest.mark.browser,
+    pytest.mark.slow,
+    pytest.mark.timeout(600),
+    pytest.mark.skipif(not CHROMIUM.exists(), reason="no /usr/bin/chromium"),
+]
+
+SCHEMA = {
+    "type": "object",
+    "properties": {"city": {"type": "string", "maxLength": 20}, "temperature": {"type": "integer"}},
+    "required": ["city", "temperature"],
+    "additionalProperties": False,
+}
+TOOLS = [
+    {
+        "type": "function",
+        "function": {
+            "name": "get_weather",
+            "description": "Weather in a city",
+            "parameters": {"type": "object", "properties": {"city": {"type": "string"}}, "required": ["city"]},
+        },
+    }
+]
+
+
+def chat_answer(message: dict[str, Any], finish_reason: str) -> dict[str, Any]:
+    """An answer in the shape the gateway relays from the runtime (OpenAI's chat.completion)."""
+    return {
+        "id": "chatcmpl-test",
+        "object": "chat.completion",
+        "created": 1,
+        "model": "tiny-chat",
+        "choices": [{"index": 0, "message": {"role": "assistant", **message}, "finish_reason": finish_reason}],
+        "usage": {"prompt_tokens": 10, "completion_tokens": 5, "total_tokens": 15},
+    }
+
+
+@pytest.fixture
+def web(transactional_db: Any, tmp_path: Path, tiny_model_dir: Path) -> Iterator[dict[str, Any]]:
+    """The web process on the test database and a runtime serving the tiny model as ``tiny-chat``."""
+    ensure_frontend_built()
+    s = connection.settings_dict
+    env = {
+        **os.environ,
+        "DJANGO_SETTINGS_MODULE": "console.settings.test",
+        "DATABASE_URL": f"postgres://{s['USER']}:{s['PASSWORD']}@{s['HOST']}:{s['PORT']}/{s['NAME']}",
+        "HANGAR_DATA_DIR": str(tmp_path / "data"),
+        "PYTHONUNBUFFERED": "1",
+    }
+    subprocess.run(
+        [sys.executable, "manage.py", "collectstatic", "--noinput", "-v0"], cwd=REPO_ROOT, env=env, check=True
+    )
+    runtime_port, web_port = free_port(), free_port()
+    runtime = Server(
+        "runtime",
+        [
+            *[sys.executable, "-m", "workers.runtime", "--model", str(tiny_model_dir), "--port", str(runtime_port)],
+            *["--served-model-name", "tiny-chat"],
+        ],
+        runtime_port,
+        log_path=tmp_path / "runtime.log",
+    ).serve("/health", 180)
+    argv = [str(REPO_ROOT / ".venv" / "bin" / "uvicorn"), "console.asgi:application", "--port", str(web_port)]
+    server = Server("web", argv, web_port, env=env, log_path=tmp_path / "web.log")
+    try:
+        server.start()
+        server.wait_ready(lambda: http_ok(server.url + "/login/"), 60, "uvicorn answering", interval=0.2)
+        runtime.wait_ready(lambda: http_ok(runtime.url + "/health"), 180, "/health answering 200", interval=0.2)
+        yield {"base": server.url, "runtime": runtime.url}
+    finally:
+        server.stop()
+        runtime.stop()
+
+
+def fulfil_with(page: Any, answer: dict[str, Any]) -> None:
+    """Answer the page's next chat requests with ``answer`` (the request itself is the browser's)."""
+    page.unroute("**/v1/chat/completions")
+    page.route(
+        "**/v1/chat/completions",
+        lambda route: route.fulfill(status=200, content_type="application/json", body=json.dumps(answer)),
+    )
+
+
+def log_in(page: Any, base: str) -> None:
+    page.goto(base + "/login/")
+    page.fill("#id_username", "olivia")
+    page.fill("#id_password", PASSWORD)
+    page.click("button[type=submit]")
+    page.wait_for_url(base + "/")
+
+
+def check_labels(page: Any, base: str, model_pk: int) -> None:
+    """The demo model says what it is where a new user meets it."""
+    from playwright.sync_api import expect
+
+    page.goto(base + f"/models/{model_pk}/")
+    expect(page.locator("h1 [data-random-weights]")).to_have_text("random weights")
+    expect(page.locator("[data-random-weights-note]")).to_contain_text("not a fault")
+    page.goto(base + "/playground/")
+    page.select_option("#pg-model", "tiny-chat")
+    expect(page.get_by_test_id("model-note")).to_contain_text("random weights")
+    expect(page.get_by_test_id("model-note")).to_contain_text("gibberish by design, not a fault")
+    page.select_option("#pg-model", "emb")
+    expect(page.get_by_test_id("model-note")).to_contain_text("embedding model")
+
+
+def check_plain_chat_streams(page: Any, base: str, secret: str) -> None:
+    """Without the panel, chat streams through the real gateway and runtime, as before."""
+    from playwright.sync_api import expect
+
+    page.goto(base + "/playground/")
+    page.select_option("#pg-model", "tiny-chat")
+    page.fill("#pg-key", secret)
+    page.fill("#pg-max", "8")
+    page.fill("#pg-prompt", "Tell me about the harbor.")
+    with page.expect_request("**/v1/chat/completions") as plain:
+        page.click("#chat-send")
+    expect(page.locator("#chat-status")).to_contain_text("chunks in", timeout=60_000)
+    first = plain.value.post_data_json
+    assert first["stream"] is True
+    assert not {"response_format", "tools", "tool_choice"} & set(first)
+
+
+CALL = {"id": "call_1", "type": "function", "function": {"name": "get_weather", "arguments": '{"city":"Oslo"}'}}
+
+
+def check_schema_and_named_tool(page: Any, base: str, secret: str) -> None:
+    """A JSON schema and a named tool go out in one request; the tool call is rendered."""
+    from playwright.sync_api import expect
+
+    page.goto(base + "/playground/")  # a fresh conversation
+    page.select_option("#pg-model", "tiny-chat")
+    page.fill("#pg-key", secret)
+    page.click("#pg-structured summary")
+    page.select_option("#pg-format", "json_schema")
+    page.fill("#pg-schema-name", "weather")
+    page.fill("#pg-schema", json.dumps(SCHEMA))
+    page.fill("#pg-tools", json.dumps(TOOLS))
+    page.select_option("#pg-tool-choice", "function")
+    page.fill("#pg-tool-name", "get_weather")
+    fulfil_with(page, chat_answer({"content": None, "tool_calls": [CALL]}, "tool_calls"))
+    page.fill("#pg-prompt", "Weather in Oslo?")
+    with page.expect_request("**/v1/chat/completions") as structured:
+        page.click("#chat-send")
+    sent = structured.value
+    body = sent.post_data_json
+    assert sent.headers["authorization"] == f"Bearer {secret}"
+    assert body["model"] == "tiny-chat" and body["stream"] is False
+    assert body["response_format"] == {
+        "type": "json_schema",
+        "json_schema": {"name": "weather", "schema": SCHEMA, "strict": True},
+    }
+    assert body["tools"] == TOOLS
+    assert body["tool_choice"] == {"type": "function", "function": {"name": "get_weather"}}
+    assert body["parallel_tool_calls"] is True
+    assert body["messages"] == [{"role": "user", "content": "Weather in Oslo?"}]
+    rendered = page.locator('#chat-log .tool-call[data-tool-call="get_weather"]')
+    expect(rendered).to_contain_text("calls get_weather")
+    expect(rendered.locator("pre")).to_have_text('{\n  "city": "Oslo"\n}')
+    expect(page.locator("#chat-status")).to_contain_text("tool_calls")
+
+
+def check_tool_result_and_json_answer(page: Any) -> None:
+    """The next message is the tool's result; a JSON answer is shown formatted."""
+    from playwright.sync_api import expect
+
+    content = json.dumps({"city": "Oslo", "temperature": 12})
+    fulfil_with(page, chat_answer({"content": content}, "stop"))
+    page.fill("#pg-prompt", "12 degrees and rain")
+    with page.expect_request("**/v1/chat/completions") as follow_up:
+        page.click("#chat-send")
+    messages = follow_up.value.post_data_json["messages"]
+    assert messages[1] == {"role": "assistant", "content": None, "tool_calls": [CALL]}
+    assert messages[2] == {"role": "tool", "tool_call_id": "call_1", "content": "12 degrees and rain"}
+    shown = page.locator('#chat-log pre.json[data-json="valid"]').last
+    expect(shown).to_have_text(json.dumps({"city": "Oslo", "temperature": 12}, indent=2))
+
+
+def check_bad_schema_is_not_sent(page: Any) -> None:
+    from playwright.sync_api import expect
+
+    sent: list[str] = []
+    page.on("request", lambda request: sent.append(request.url) if "/v1/" in request.url else None)
+    page.fill("#pg-schema", "{not json")
+    page.fill("#pg-prompt", "again")
+    page.click("#chat-send")
+    expect(page.locator("#chat-status")).to_contain_text("the JSON schema is not valid JSON")
+    assert sent == []
+
+
+def test_playground_labels_random_weights_and_sends_schema_and_tools(
+    web: dict[str, Any], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from playwright.sync_api import expect, sync_playwright
+
+    tenant = TenantFactory(name="Acme", slug="acme")
+    MembershipFactory(user=UserFactory(username="olivia"), tenant=tenant, role=Role.OWNER)
+    demo = ModelFactory(tenant=tenant, name="tiny", random_weights=True)
+    deployment = DeploymentFactory(tenant=tenant, model=demo, served_model_name="tiny-chat", phase=Phase.RUNNING)
+    ReplicaFactory(deployment=deployment, endpoint=web["runtime"], state=ReplicaState.READY)
+    embedder = ModelFactory(tenant=tenant, name="embedder", task="embed", pooling="mean")
+    DeploymentFactory(tenant=tenant, model=embedder, served_model_name="emb", phase=Phase.RUNNING)
+    secret = ApiKeyFactory(tenant=tenant).secret
+    monkeypatch.setenv("DJANGO_ALLOW_ASYNC_UNSAFE", "true")
+    base = web["base"]
+
+    with sync_playwright() as pw:
+        browser = pw.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_ARGS)
+        try:
+            page = browser.new_context(viewport={"width": 1280, "height": 900}).new_page()
+            expect.set_options(timeout=15_000)
+            log_in(page, base)
+            check_labels(page, base, demo.pk)
+            check_plain_chat_streams(page, base, secret)
+            check_schema_and_named_tool(page, base, secret)
+            check_tool_result_and_json_answer(page)
+            check_bad_schema_is_not_sent(page)
+            shots = REPO_ROOT / "artifacts" / "screenshots"
+            shots.mkdir(parents=True, exist_ok=True)
+            page.screenshot(path=str(shots / "19-playground-tools.png"), full_page=True)
+        finally:
+            browser.close()
