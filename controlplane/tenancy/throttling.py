@@ -72,16 +72,18 @@ class WindowRateThrottle(SimpleRateThrottle):
         return True
 
     def _seconds_until_allowed(self, previous: int, current: int, overlap: float, duration: float) -> float:
-        """When the estimate ``previous * (overlap - t/d) + current`` first drops below the limit."""
+        """How long until the estimate ``previous * (overlap - t/d) + current`` drops below the limit."""
         limit = self.num_requests
         until_window_end = duration * overlap
         if current < limit:  # the previous window's weight fades at previous/d per second
-            return float(min(until_window_end, duration * (previous * overlap + current - limit + 1) / previous))
+            return float(min(until_window_end, duration * (previous * overlap + current - limit) / previous))
         # Full on its own: wait for the next window, where this one's count fades in turn.
-        return float(until_window_end + duration * (1.0 - (limit - 1) / current))
+        return float(until_window_end + duration * (1.0 - limit / current))
 
     def wait(self) -> float | None:
-        return float(max(1, math.ceil(getattr(self, "_wait", self.duration))))
+        # Whole seconds, rounded past the moment the estimate drops: a client that waits exactly
+        # ``Retry-After`` is let in.
+        return float(math.floor(getattr(self, "_wait", self.duration)) + 1)
 
 
 class UserRateThrottle(WindowRateThrottle):
