@@ -35,12 +35,8 @@ class WindowRateThrottle(SimpleRateThrottle):
 
     cache = cache
     cache_format = "throttle:%(scope)s:%(ident)s"
-    rate_setting = ""  # the setting holding this throttle's rate, read on every request
     num_requests: int
     duration: int
-
-    def get_rate(self) -> str | None:
-        return str(getattr(settings, self.rate_setting)) or None
 
     def allow_request(self, request: Request, view: Any) -> bool:
         if self.rate is None:
@@ -90,7 +86,9 @@ class UserRateThrottle(WindowRateThrottle):
     """Every request of a user, whether by session or by any of their tokens."""
 
     scope = "user"
-    rate_setting = "HANGAR_API_RATE_USER"
+
+    def get_rate(self) -> str | None:
+        return str(settings.HANGAR_API_RATE_USER)  # read per request: tests and reloads change it
 
     def get_cache_key(self, request: Request, view: Any) -> str | None:
         user = getattr(request, "user", None)
@@ -103,7 +101,9 @@ class TokenRateThrottle(WindowRateThrottle):
     """Every request made with one personal access token."""
 
     scope = "token"
-    rate_setting = "HANGAR_API_RATE_TOKEN"
+
+    def get_rate(self) -> str | None:
+        return str(settings.HANGAR_API_RATE_TOKEN)
 
     def get_cache_key(self, request: Request, view: Any) -> str | None:
         token = getattr(request, "auth", None)
