@@ -5,7 +5,17 @@ from django.urls import path
 
 import console.consumers  # noqa: F401  (connects the logout signal that closes the user's sockets)
 from console.dashboard import logins
-from console.dashboard.views import access, account, catalog, deployments, home, platform, platform_targets, playground
+from console.dashboard.views import (
+    access,
+    account,
+    catalog,
+    deployments,
+    home,
+    platform,
+    platform_audit,
+    platform_targets,
+    playground,
+)
 
 app_name = "dashboard"
 urlpatterns = [
@@ -67,6 +77,7 @@ urlpatterns = [
         "platform/tenants/<int:pk>/activate/", platform.tenant_active, {"active": True}, name="platform-tenant-activate"
     ),
     path("platform/users/", platform.user_index, name="platform-users"),
+    path("platform/audit/", platform_audit.audit, name="platform-audit"),
     *[
         path(
             f"platform/users/<int:pk>/{action}/",

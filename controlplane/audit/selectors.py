@@ -41,3 +41,19 @@ def audit_list(*, access: Access, filters: dict[str, Any] | None = None) -> Quer
     if filters.get("until"):
         qs = qs.filter(created_at__lt=filters["until"])
     return qs
+
+
+def platform_audit_list(*, access: Access, filters: dict[str, Any] | None = None) -> QuerySet[AuditLog]:
+    """The rows of no tenant, for platform admins: platform changes (targets, tenants, users),
+    logins and failed logins, personal access tokens."""
+    access.require_platform_admin()
+    qs = AuditLog.objects.filter(tenant__isnull=True)
+    filters = filters or {}
+    for field in ("action", "object_type", "object_id", "actor_repr"):
+        if filters.get(field):
+            qs = qs.filter(**{field: filters[field]})
+    if filters.get("since"):
+        qs = qs.filter(created_at__gte=filters["since"])
+    if filters.get("until"):
+        qs = qs.filter(created_at__lt=filters["until"])
+    return qs

@@ -138,3 +138,13 @@ def test_a_platform_admin_turns_on_totp_and_then_needs_codes() -> None:
 
 def test_the_security_page_is_for_platform_admins(team: dict[str, Any], login: Any) -> None:
     assert login(team["owner"]).get("/account/security/").status_code == 404
+
+
+def test_platform_admins_read_logins_on_the_platform_audit_page(team: dict[str, Any], login: Any) -> None:
+    fail(Client(), team["viewer"].username)
+    fail(Client(), "nobody-here")
+    page = login(PlatformAdminFactory()).get("/platform/audit/", {"action": "login.failed"})
+    assert page.status_code == 200
+    text = page.content.decode()
+    assert "nobody-here" in text and team["viewer"].username in text
+    assert login(team["owner"]).get("/platform/audit/").status_code == 404
