@@ -202,6 +202,8 @@ class AccessTokenFactory(factory.django.DjangoModelFactory):
 
     user = factory.SubFactory(UserFactory)
     name = "ci"
+    # Tokens of tests that are not about scopes may do whatever their user may.
+    scopes = factory.LazyFunction(lambda: ["read", "write", "admin"])
     expires_at = None
 
     @classmethod

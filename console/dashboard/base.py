@@ -128,6 +128,28 @@ def platform_view(view: Callable[..., HttpResponse]) -> Callable[..., HttpRespon
     return wrapper
 
 
+def account_view(view: Callable[..., HttpResponse]) -> Callable[..., HttpResponse]:
+    """Require a signed-in user (any role, any tenant or none): pages about the user's own
+    account, such as their access tokens. Sets ``request.access`` and ``request.tenant`` (or None)."""
+
+    @functools.wraps(view)
+    def wrapper(request: HttpRequest, *args: Any, **kwargs: Any) -> HttpResponse:
+        if not request.user.is_authenticated:
+            return redirect_to_login(request.get_full_path())
+        access = access_for(request.user)
+        tenant_id = current_tenant_id(request, access)
+        request.access = access  # type: ignore[attr-defined]
+        request.tenant = Tenant.objects.get(pk=tenant_id) if tenant_id is not None else None  # type: ignore[attr-defined]
+        try:
+            return view(request, *args, **kwargs)
+        except NotFound as exc:
+            raise Http404(exc.message) from None
+        except PermissionDenied as exc:
+            return render(request, "dashboard/denied.html", {"message": exc.message}, status=403)
+
+    return wrapper
+
+
 def require(request: TenantRequest, perm: Perm) -> None:
     """Enforce an action's permission on POST (buttons are hidden too, but never trusted)."""
     request.access.require(request.tenant.pk, perm)
@@ -164,6 +186,22 @@ def platform_page(
         "tenants": sorted(request.access.slugs.items(), key=lambda item: item[1]),
         "platform_admin": True,
         "nav": "platform",
+    }
+    return render(request, template, base | (context or {}), status=status)
+
+
+def account_page(
+    request: PlatformRequest, template: str, context: dict[str, Any] | None = None, status: int = 200
+) -> HttpResponse:
+    """A page of ``account_view``: the navigation of the current tenant, if the user has one."""
+    tenant = request.tenant
+    base = {
+        "tenant": tenant,
+        "role": request.access.role(tenant.pk) if tenant is not None else None,
+        "can": Can(request.access, tenant.pk) if tenant is not None else None,
+        "tenants": sorted(request.access.slugs.items(), key=lambda item: item[1]),
+        "platform_admin": request.access.is_platform_admin,
+        "account_page": True,
     }
     return render(request, template, base | (context or {}), status=status)
 

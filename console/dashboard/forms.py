@@ -15,7 +15,7 @@ from controlplane.deployments.choices import KubeAuth, TargetKind
 from controlplane.deployments.spec import SPEC, Kind, SpecField
 from controlplane.deployments.validation import bounds_message
 from controlplane.keys.choices import DEFAULT_SCOPES, Scope
-from controlplane.tenancy.choices import Role
+from controlplane.tenancy.choices import Role, TokenScope
 
 
 class ModelRegisterForm(forms.Form):
@@ -358,4 +358,33 @@ class UserCreateForm(forms.Form):
         strip=False,
         widget=forms.PasswordInput(render_value=False),
         help_text="Leave blank to generate one; it is shown once.",
+    )
+
+
+class AccessTokenForm(forms.Form):
+    name = forms.CharField(max_length=100)
+    scopes = forms.ChoiceField(
+        choices=TokenScope.choices,
+        initial=TokenScope.READ,
+        widget=forms.RadioSelect,
+        help_text="Each scope includes the ones above it; never more than your roles allow.",
+    )
+    expires_in_days = forms.IntegerField(
+        min_value=1,
+        label="Expires in (days)",
+        help_text="Empty: the default lifetime.",
+        required=False,
+    )
+
+
+class AccessTokenRevokeForm(forms.Form):
+    revoke_keys = forms.BooleanField(required=False, label="Also revoke the API keys this token created")
+
+
+class OtpCodeForm(forms.Form):
+    otp_token = forms.CharField(
+        label="Code from your authenticator app",
+        min_length=6,
+        max_length=8,
+        widget=forms.TextInput(attrs={"autocomplete": "one-time-code", "inputmode": "numeric"}),
     )

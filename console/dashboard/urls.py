@@ -3,11 +3,22 @@
 from django.contrib.auth import views as auth_views
 from django.urls import path
 
-from console.dashboard.views import access, catalog, deployments, home, platform, platform_targets, playground
+from console.dashboard import logins
+from console.dashboard.views import (
+    access,
+    account,
+    catalog,
+    deployments,
+    home,
+    platform,
+    platform_audit,
+    platform_targets,
+    playground,
+)
 
 app_name = "dashboard"
 urlpatterns = [
-    path("login/", auth_views.LoginView.as_view(template_name="dashboard/login.html"), name="login"),
+    path("login/", logins.HangarLoginView.as_view(), name="login"),
     path("logout/", auth_views.LogoutView.as_view(), name="logout"),
     path("", home.overview, name="overview"),
     path("tenant/", home.switch_tenant, name="switch-tenant"),
@@ -35,6 +46,9 @@ urlpatterns = [
     path("members/<int:pk>/role/", access.member_role, name="member-role"),
     path("members/<int:pk>/remove/", access.member_remove, name="member-remove"),
     path("audit/", access.audit, name="audit"),
+    path("tokens/", account.token_index, name="tokens"),
+    path("tokens/<int:pk>/revoke/", account.token_revoke, name="token-revoke"),
+    path("account/security/", account.security, name="security"),
     path("playground/", playground.playground, name="playground"),
     path("playground/key/", playground.playground_key, name="playground-key"),
     # Platform section: platform admins only (404 for everyone else)
@@ -62,6 +76,7 @@ urlpatterns = [
         "platform/tenants/<int:pk>/activate/", platform.tenant_active, {"active": True}, name="platform-tenant-activate"
     ),
     path("platform/users/", platform.user_index, name="platform-users"),
+    path("platform/audit/", platform_audit.audit, name="platform-audit"),
     *[
         path(
             f"platform/users/<int:pk>/{action}/",

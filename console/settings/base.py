@@ -65,6 +65,10 @@ INSTALLED_APPS = [
     "drf_spectacular",
     "drf_spectacular_sidecar",  # Swagger UI assets served locally: the console works offline
     "channels",
+    "axes",
+    "django_otp",
+    "django_otp.plugins.otp_totp",
+    "csp",
     "controlplane.core",
     "controlplane.tenancy",
     "controlplane.catalog",
@@ -87,9 +91,16 @@ MIDDLEWARE = [
     "django.middleware.common.CommonMiddleware",
     "django.middleware.csrf.CsrfViewMiddleware",
     "django.contrib.auth.middleware.AuthenticationMiddleware",
+    "django_otp.middleware.OTPMiddleware",
     "django.contrib.messages.middleware.MessageMiddleware",
     "django.middleware.clickjacking.XFrameOptionsMiddleware",
+    "csp.middleware.CSPMiddleware",
+    # Last, as django-axes requires: it turns a locked-out login into the lockout page.
+    "axes.middleware.AxesMiddleware",
 ]
+
+# django-axes first: a locked-out user name or address is refused before its password is checked.
+AUTHENTICATION_BACKENDS = ["axes.backends.AxesStandaloneBackend", "django.contrib.auth.backends.ModelBackend"]
 
 ROOT_URLCONF = "console.urls"
 ASGI_APPLICATION = "console.asgi.application"
@@ -184,6 +195,9 @@ LOGOUT_REDIRECT_URL = "/login/"
 SESSION_COOKIE_HTTPONLY = True
 SESSION_COOKIE_SAMESITE = "Lax"
 
+# Login throttling, API throttles, access tokens, HTTPS and Content-Security-Policy.
+from console.settings.security import *  # noqa: E402, F403
+
 LANGUAGE_CODE = "en-us"
 TIME_ZONE = "UTC"
 USE_I18N = False
@@ -208,7 +222,10 @@ REST_FRAMEWORK = {
         "controlplane.tenancy.authentication.AccessTokenAuthentication",
         "rest_framework.authentication.SessionAuthentication",
     ],
-    "DEFAULT_PERMISSION_CLASSES": ["rest_framework.permissions.IsAuthenticated"],
+    "DEFAULT_PERMISSION_CLASSES": [
+        "rest_framework.permissions.IsAuthenticated",
+        "controlplane.tenancy.api.permissions.TokenScopePermission",
+    ],
     "DEFAULT_PAGINATION_CLASS": "controlplane.core.api.Pagination",
     "DEFAULT_FILTER_BACKENDS": [
         "controlplane.core.api.QueryFilterBackend",
@@ -219,6 +236,11 @@ REST_FRAMEWORK = {
     "DEFAULT_RENDERER_CLASSES": ["rest_framework.renderers.JSONRenderer"],
     "DEFAULT_PARSER_CLASSES": ["rest_framework.parsers.JSONParser"],
     "UNAUTHENTICATED_USER": None,
+    # Rates: HANGAR_API_RATE_USER and HANGAR_API_RATE_TOKEN (console/settings/security.py).
+    "DEFAULT_THROTTLE_CLASSES": [
+        "controlplane.tenancy.throttling.UserRateThrottle",
+        "controlplane.tenancy.throttling.TokenRateThrottle",
+    ],
 }
 
 SPECTACULAR_SETTINGS = {

@@ -19,6 +19,14 @@ from console.settings.base import (
     REDIS_URL,
     SECRET_KEY,
 )
+from console.settings.security import (
+    HANGAR_HSTS_INCLUDE_SUBDOMAINS,
+    HANGAR_HSTS_PRELOAD,
+    HANGAR_HSTS_SECONDS,
+    HANGAR_PROXY_SSL_HEADER,
+    HANGAR_SSL_REDIRECT,
+    proxy_ssl_header,
+)
 
 if DEBUG:
     raise ImproperlyConfigured("HANGAR_DEBUG must be off in production (unset it or set HANGAR_DEBUG=false).")
@@ -57,3 +65,11 @@ if HANGAR_DOCKER_ALLOW_PLAIN_TCP:
 SESSION_COOKIE_SECURE = True
 CSRF_COOKIE_SECURE = True
 SECURE_CONTENT_TYPE_NOSNIFF = True
+
+# HTTPS: redirect, HSTS, and the proxy's header that says a request came in over TLS.
+SECURE_SSL_REDIRECT = HANGAR_SSL_REDIRECT
+SECURE_REDIRECT_EXEMPT = [r"^healthz$", r"^readyz$"]  # the orchestrator probes over plain HTTP
+SECURE_HSTS_SECONDS = HANGAR_HSTS_SECONDS
+SECURE_HSTS_INCLUDE_SUBDOMAINS = HANGAR_HSTS_INCLUDE_SUBDOMAINS
+SECURE_HSTS_PRELOAD = HANGAR_HSTS_PRELOAD
+SECURE_PROXY_SSL_HEADER = proxy_ssl_header(HANGAR_PROXY_SSL_HEADER)

@@ -20,3 +20,6 @@ HANGAR_MODEL_ROOTS = HANGAR_MODEL_ROOTS or [str(DATA_DIR / "models")]
 # People read these logs in a terminal: plain lines unless HANGAR_LOG_FORMAT=json.
 HANGAR_LOG_FORMAT = env.choice("HANGAR_LOG_FORMAT", "plain", FORMATS)
 LOGGING = logging_config(HANGAR_LOG_FORMAT, LOG_LEVEL)
+# The suite makes thousands of API calls as a handful of users; the throttle tests set their own rates.
+HANGAR_API_RATE_USER = env.str("HANGAR_API_RATE_USER", "100000/min")
+HANGAR_API_RATE_TOKEN = env.str("HANGAR_API_RATE_TOKEN", "100000/min")

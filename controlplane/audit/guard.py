@@ -1,7 +1,8 @@
 """Let a deletion detach the audit rows that point at what it deletes, and nothing else.
 
 The audit table's PostgreSQL trigger (migration ``0002_tenancy_append_only``) refuses every
-UPDATE and DELETE, except an UPDATE that only nulls ``tenant_id`` / ``actor_id`` inside a
+UPDATE and DELETE, except an UPDATE that only nulls ``tenant_id`` / ``actor_id`` /
+``subject_user_id`` (``0004_subject_user_detach``) inside a
 transaction that set ``hangar.audit_detach``. Deleting a tenant or a user is that transaction:
 these receivers run in Django's deletion, inside its transaction, before the ``SET_NULL``
 updates, whichever path deletes (a service, the shell, a cascade).

@@ -12,6 +12,11 @@ class AuditLog(models.Model):
         settings.AUTH_USER_MODEL, on_delete=models.SET_NULL, null=True, blank=True, related_name="+"
     )
     actor_repr = models.CharField(max_length=150)
+    # The user whose account the row is about (a login, a failed login, a personal access token):
+    # such rows belong to no tenant, and the user's tenants' auditors see them (``audit_list``).
+    subject_user = models.ForeignKey(
+        settings.AUTH_USER_MODEL, on_delete=models.SET_NULL, null=True, blank=True, related_name="+"
+    )
     action = models.CharField(max_length=64, db_index=True)
     object_type = models.CharField(max_length=64)
     object_id = models.CharField(max_length=64, blank=True, default="")
@@ -22,7 +27,10 @@ class AuditLog(models.Model):
 
     class Meta:
         ordering = ["-created_at", "-id"]
-        indexes = [models.Index(fields=["tenant", "-created_at"])]
+        indexes = [
+            models.Index(fields=["tenant", "-created_at"]),
+            models.Index(fields=["subject_user", "-created_at"], name="audit_subject_created"),
+        ]
 
     def __str__(self) -> str:
         return f"{self.actor_repr} {self.action} {self.object_type}:{self.object_id}"

@@ -20,7 +20,10 @@ def audit_record(
     object_id: str = "",
     object_repr: str = "",
     changes: dict[str, Any] | None = None,
+    subject_user_id: Any = None,
 ) -> AuditLog:
+    """Write one audit row. ``subject_user_id`` names the user an account event is about (a
+    login, a token): with no tenant, the row is shown to that user's tenants' auditors."""
     if obj is not None:
         object_type = object_type or obj._meta.model_name or ""
         object_id = object_id or str(obj.pk)
@@ -37,4 +40,5 @@ def audit_record(
         object_repr=object_repr[:200],
         changes=changes or {},
         source_ip=actor.source_ip,
+        subject_user_id=subject_user_id,
     )

@@ -9,6 +9,7 @@ from __future__ import annotations
 import datetime
 import json
 import logging
+import math
 from collections.abc import Mapping
 from typing import Any, ClassVar
 
@@ -319,11 +320,24 @@ def exception_handler(exc: Exception, context: dict[str, Any]) -> Response | Non
     if isinstance(exc, DataError):
         logger.warning("data error answered with 400: %s", exc)
         return Response({"detail": "A value is out of range for the database.", "code": "invalid"}, status=400)
+    if isinstance(exc, exceptions.Throttled):
+        return _throttled(exc)
     if isinstance(exc, exceptions.ValidationError):
         detail = exc.detail if isinstance(exc.detail, dict) else {"non_field_errors": exc.detail}
         return Response({"detail": "Invalid input.", "code": "invalid", "errors": detail, **detail}, status=400)
     response = drf_exception_handler(exc, context)
     return response
+
+
+def _throttled(exc: exceptions.Throttled) -> Response:
+    """429 with ``Retry-After`` (whole seconds, at least 1) and the same number in the body."""
+    wait = max(1, math.ceil(getattr(exc, "wait", None) or 1))
+    body = {
+        "detail": f"Too many requests; retry in {wait} s.",
+        "code": "throttled",
+        "retry_after": wait,
+    }
+    return Response(body, status=status.HTTP_429_TOO_MANY_REQUESTS, headers={"Retry-After": str(wait)})
 
 
 # ----------------------------------------------------------------------------- ASGI

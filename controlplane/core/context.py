@@ -14,6 +14,8 @@ class Actor:
     user: AbstractBaseUser | AnonymousUser | None
     source_ip: str | None = None
     via: str = "api"  # api | dashboard | system | gateway
+    # The personal access token the request authenticated with, if any (keys record it).
+    token_id: int | None = None
 
     @property
     def label(self) -> str:

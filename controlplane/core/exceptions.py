@@ -41,3 +41,16 @@ class PermissionDenied(DomainError):
 class Conflict(DomainError):
     status = 409
     code = "conflict"
+
+
+class InsufficientScope(PermissionDenied):
+    """A personal access token without the scope an operation needs (whatever the user's role)."""
+
+    code = "insufficient_scope"
+
+    def __init__(self, message: str, *, needed: str) -> None:
+        super().__init__(message)
+        self.needed = needed
+
+    def extra(self) -> dict[str, Any]:
+        return {"needed_scope": self.needed}

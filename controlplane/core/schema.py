@@ -59,11 +59,20 @@ def _error(description: str, serializer: type[serializers.Serializer] = ErrorSer
 ERRORS: dict[int, tuple[str, type[serializers.Serializer]]] = {
     400: ("Invalid input: a malformed body, a bad field, filter or paging value.", ValidationErrorSerializer),
     401: ("No valid credentials (`Authorization: Bearer hgp_...` or a session).", ErrorSerializer),
-    403: ("Authenticated, but none of your roles allows this.", ErrorSerializer),
+    403: (
+        "Authenticated, but none of your roles allows this, or the access token lacks the scope "
+        "(`x-token-scope`) the operation needs (`insufficient_scope`).",
+        ErrorSerializer,
+    ),
     404: ("No such object visible to you (or not a platform admin, for `/platform/`).", ErrorSerializer),
     409: ("Conflicts with the current state (a name taken, a change made at the same time).", ErrorSerializer),
     413: ("The request body is larger than `HANGAR_MAX_BODY_BYTES`.", ErrorSerializer),
     415: ("The request body is not `application/json`.", ErrorSerializer),
+    429: (
+        "Too many requests from this user or token (`HANGAR_API_RATE_USER`, `HANGAR_API_RATE_TOKEN`); "
+        "retry after `Retry-After` seconds (also `retry_after` in the body).",
+        ErrorSerializer,
+    ),
     500: ("An unexpected failure; the body repeats the request id of the server's log lines.", ErrorSerializer),
     503: ("The database is unreachable; retry after `Retry-After` seconds.", ErrorSerializer),
 }
@@ -71,7 +80,7 @@ ERRORS: dict[int, tuple[str, type[serializers.Serializer]]] = {
 
 def error_statuses(*, method: str, has_path_params: bool, has_query_params: bool, has_body: bool) -> list[int]:
     """The error statuses an operation can answer, from its shape."""
-    codes = {401, 403, 500, 503}
+    codes = {401, 403, 429, 500, 503}
     if has_query_params or has_body:
         codes.add(400)
     if has_path_params:
@@ -84,7 +93,15 @@ def error_statuses(*, method: str, has_path_params: bool, has_query_params: bool
 
 
 class ApiSchema(AutoSchema):
-    """drf-spectacular's schema, plus the error answers and closed request bodies."""
+    """drf-spectacular's schema, plus the error answers, closed request bodies, and the scope a
+    personal access token needs for each operation (``x-token-scope``)."""
+
+    def get_operation(self, *args: Any, **kwargs: Any) -> dict[str, Any] | None:
+        operation: dict[str, Any] | None = super().get_operation(*args, **kwargs)
+        decide = getattr(self.view, "required_token_scope", None)  # every ScopedViewSet has it
+        if operation is not None and decide is not None:
+            operation["x-token-scope"] = str(decide(self.view.request))
+        return operation
 
     def _get_response_bodies(self, direction: Any = "response") -> dict[str, Any]:
         responses: dict[str, Any] = super()._get_response_bodies(direction)

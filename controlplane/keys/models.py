@@ -30,6 +30,11 @@ class ApiKey(TenantOwned):
     created_by = models.ForeignKey(
         settings.AUTH_USER_MODEL, on_delete=models.SET_NULL, null=True, blank=True, related_name="+"
     )
+    # The personal access token that created the key, if one did: revoking that token can
+    # revoke the keys it made (``access_token_revoke(revoke_keys=True)``).
+    created_by_token = models.ForeignKey(
+        "tenancy.AccessToken", on_delete=models.SET_NULL, null=True, blank=True, related_name="api_keys"
+    )
 
     class Meta:
         ordering = ["-created_at"]

@@ -124,6 +124,7 @@ def api_key_create(*, actor: Actor, tenant: Tenant, data: dict[str, Any]) -> tup
         digest=secrets.digest(issued.secret),
         display_prefix=issued.display_prefix,
         created_by_id=actor.user_id,
+        created_by_token_id=actor.token_id,
         **clean,
     )
     audit_record(

@@ -10,8 +10,9 @@ from rest_framework import authentication, exceptions
 from rest_framework.request import Request
 
 from controlplane.core import secrets
+from controlplane.core.context import client_ip
 from controlplane.tenancy.models import AccessToken
-from controlplane.tenancy.services import TOKEN_PREFIX
+from controlplane.tenancy.services import TOKEN_PREFIX, access_token_touch
 
 # last_used_at is written at most this often per token, not on every request.
 LAST_USED_GRANULARITY = timedelta(minutes=5)
@@ -44,8 +45,10 @@ class AccessTokenAuthentication(authentication.BaseAuthentication):
             raise exceptions.AuthenticationFailed("This access token has expired.")
         if not token.user.is_active:
             raise exceptions.AuthenticationFailed("User inactive.")
-        if token.last_used_at is None or now - token.last_used_at > LAST_USED_GRANULARITY:
-            AccessToken.objects.filter(pk=token.pk).update(last_used_at=now)
+        source_ip = client_ip(request.META)
+        stale = token.last_used_at is None or now - token.last_used_at > LAST_USED_GRANULARITY
+        if stale or token.last_used_ip != source_ip:
+            access_token_touch(token=token, at=now, source_ip=source_ip)
         return token.user, token
 
     def authenticate_header(self, request: Request) -> str:

@@ -53,3 +53,24 @@ ROLE_PERMISSIONS: dict[str, frozenset[Perm]] = {
 }
 
 ROLE_RANK = {Role.VIEWER: 0, Role.OPERATOR: 1, Role.ADMIN: 2, Role.OWNER: 3}
+
+
+class TokenScope(models.TextChoices):
+    """What a personal access token may do, on top of (never beyond) its user's roles.
+
+    Each scope includes the ones below it: ``admin`` > ``write`` > ``read``.
+    """
+
+    READ = "read", "Read: list and show"
+    WRITE = "write", "Write: create, change, delete, act"
+    ADMIN = "admin", "Admin: members, API keys, tenants, and the platform"
+
+
+TOKEN_SCOPE_RANK = {TokenScope.READ: 0, TokenScope.WRITE: 1, TokenScope.ADMIN: 2}
+DEFAULT_TOKEN_SCOPES = [TokenScope.READ.value]
+
+
+def token_scope_allows(scopes: list[str], needed: str) -> bool:
+    """Whether a token holding ``scopes`` may do what needs ``needed``."""
+    held = max((TOKEN_SCOPE_RANK[TokenScope(s)] for s in scopes if s in TokenScope.values), default=-1)
+    return held >= TOKEN_SCOPE_RANK[TokenScope(needed)]

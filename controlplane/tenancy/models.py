@@ -6,7 +6,7 @@ from django.conf import settings
 from django.db import models
 
 from controlplane.core.models import TimeStamped
-from controlplane.tenancy.choices import Role
+from controlplane.tenancy.choices import Role, token_scope_allows
 
 # Quota resource -> the Tenant field holding its limit (null = unlimited, 0 = none); the keys are
 # those of settings.HANGAR_QUOTA_DEFAULTS, in the order shown to people.
@@ -69,12 +69,18 @@ class AccessToken(TimeStamped):
     key_id = models.CharField(max_length=16, unique=True)
     digest = models.CharField(max_length=64)
     display_prefix = models.CharField(max_length=40)
+    # TokenScope values; each includes the lower ones (``choices.token_scope_allows``).
+    scopes = models.JSONField(default=list)
     expires_at = models.DateTimeField(null=True, blank=True)
     revoked_at = models.DateTimeField(null=True, blank=True)
     last_used_at = models.DateTimeField(null=True, blank=True)
+    last_used_ip = models.GenericIPAddressField(null=True, blank=True)
 
     class Meta:
         ordering = ["-created_at"]
 
     def __str__(self) -> str:
         return self.display_prefix
+
+    def allows(self, scope: str) -> bool:
+        return token_scope_allows(self.scopes, scope)

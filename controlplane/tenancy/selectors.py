@@ -46,6 +46,13 @@ def access_token_list(*, user_id: Any) -> QuerySet[AccessToken]:
     return AccessToken.objects.filter(user_id=user_id)
 
 
+def access_token_list_with_keys(*, user_id: Any) -> QuerySet[AccessToken]:
+    """The user's tokens with ``active_keys``: how many API keys each created are still active."""
+    return access_token_list(user_id=user_id).annotate(
+        active_keys=Count("api_keys", filter=Q(api_keys__revoked_at__isnull=True))
+    )
+
+
 def access_token_get(*, user_id: Any, pk: int) -> AccessToken:
     try:
         return access_token_list(user_id=user_id).get(pk=pk)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import math
 import re
 import secrets as py_secrets
-from datetime import datetime
+from datetime import datetime, timedelta
 from typing import Any
 
 from django.conf import settings
@@ -19,6 +19,7 @@ from django.db import IntegrityError, transaction
 from django.db.models import Q
 from django.utils import timezone
 from django.utils.text import slugify
+from django_otp.plugins.otp_totp.models import TOTPDevice
 
 from controlplane.audit.services import audit_record
 from controlplane.core import secrets
@@ -26,7 +27,7 @@ from controlplane.core.context import Actor
 from controlplane.core.exceptions import Conflict, NotFound, PermissionDenied, ValidationFailed
 from controlplane.core.realtime import access_changed_on_commit
 from controlplane.tenancy.access import PLATFORM_PERMISSION, Access
-from controlplane.tenancy.choices import ROLE_RANK, Role
+from controlplane.tenancy.choices import DEFAULT_TOKEN_SCOPES, ROLE_RANK, Role, TokenScope
 from controlplane.tenancy.models import QUOTA_FIELDS, AccessToken, Membership, Tenant
 
 TOKEN_PREFIX = "hgp"
@@ -233,13 +234,49 @@ def membership_remove(*, actor: Actor, access: Access, membership: Membership) -
     membership.delete()
 
 
+def _clean_token_scopes(scopes: list[str] | None) -> list[str]:
+    if scopes is None:
+        return list(DEFAULT_TOKEN_SCOPES)
+    if not isinstance(scopes, list) or not scopes or any(s not in TokenScope.values for s in scopes):
+        raise ValidationFailed(
+            "Invalid scopes.", field_errors={"scopes": [f"Give a non-empty list from {TokenScope.values}."]}
+        )
+    return [s for s in TokenScope.values if s in scopes]  # once each, lowest first
+
+
+def _clean_token_expiry(expires_at: datetime | None, now: datetime) -> datetime:
+    """The expiry a new token gets: the default lifetime when none is named, never past the maximum."""
+    if expires_at is None:
+        return now + timedelta(days=settings.HANGAR_TOKEN_DEFAULT_DAYS)
+    if expires_at <= now:
+        raise ValidationFailed("Expiry in the past.", field_errors={"expires_at": ["Must be in the future."]})
+    if expires_at > now + timedelta(days=settings.HANGAR_TOKEN_MAX_DAYS):
+        raise ValidationFailed(
+            "Expiry too far.",
+            field_errors={"expires_at": [f"A token lives at most {settings.HANGAR_TOKEN_MAX_DAYS} days."]},
+        )
+    return expires_at
+
+
 @transaction.atomic
 def access_token_create(
-    *, actor: Actor, user: Any, name: str, expires_at: datetime | None = None
+    *,
+    actor: Actor,
+    user: Any,
+    name: str,
+    scopes: list[str] | None = None,
+    expires_at: datetime | None = None,
 ) -> tuple[AccessToken, str]:
-    """Create a personal access token; the returned string is the only time the secret is seen."""
-    if expires_at is not None and expires_at <= timezone.now():
-        raise ValidationFailed("Expiry in the past.", field_errors={"expires_at": ["Must be in the future."]})
+    """Create a personal access token; the returned string is the only time the secret is seen.
+
+    ``scopes`` default to read-only; ``expires_at`` to ``HANGAR_TOKEN_DEFAULT_DAYS`` from now,
+    and may not be later than ``HANGAR_TOKEN_MAX_DAYS`` from now: every token expires.
+    """
+    name = name.strip()
+    if not name or len(name) > 100:
+        raise ValidationFailed("Invalid name.", field_errors={"name": ["Give a name of 1-100 characters."]})
+    clean_scopes = _clean_token_scopes(scopes)
+    expiry = _clean_token_expiry(expires_at, timezone.now())
     issued = secrets.issue(TOKEN_PREFIX)
     token = AccessToken.objects.create(
         user=user,
@@ -247,19 +284,118 @@ def access_token_create(
         key_id=issued.key_id,
         digest=secrets.digest(issued.secret),
         display_prefix=issued.display_prefix,
-        expires_at=expires_at,
+        scopes=clean_scopes,
+        expires_at=expiry,
     )
-    audit_record(actor=actor, action="token.create", obj=token, changes={"name": name})
+    audit_record(
+        actor=actor,
+        action="token.create",
+        obj=token,
+        subject_user_id=user.pk,
+        changes={"name": name, "scopes": clean_scopes, "expires_at": expiry.isoformat()},
+    )
     return token, issued.token
 
 
 @transaction.atomic
-def access_token_revoke(*, actor: Actor, token: AccessToken) -> AccessToken:
-    if token.revoked_at is None:
-        token.revoked_at = timezone.now()
-        token.save(update_fields=["revoked_at", "updated_at"])
-        audit_record(actor=actor, action="token.revoke", obj=token)
+def access_token_revoke(*, actor: Actor, token: AccessToken, revoke_keys: bool = False) -> AccessToken:
+    """Revoke a token (it stops working at once); with ``revoke_keys``, also every API key it
+    created that is still active, in whichever tenant (each key's revocation is audited there)."""
+    from controlplane.keys.models import ApiKey
+    from controlplane.keys.services import api_key_revoke
+
+    token = AccessToken.objects.select_for_update().get(pk=token.pk)
+    keys_revoked: list[str] = []
+    if revoke_keys:
+        for key in ApiKey.objects.filter(created_by_token=token, revoked_at__isnull=True).order_by("pk"):
+            api_key_revoke(actor=actor, key=key)
+            keys_revoked.append(key.display_prefix)
+    if token.revoked_at is None or keys_revoked:
+        if token.revoked_at is None:
+            token.revoked_at = timezone.now()
+            token.save(update_fields=["revoked_at", "updated_at"])
+        changes: dict[str, Any] = {"keys_revoked": keys_revoked} if revoke_keys else {}
+        audit_record(actor=actor, action="token.revoke", obj=token, subject_user_id=token.user_id, changes=changes)
     return token
+
+
+def access_token_touch(*, token: AccessToken, at: datetime, source_ip: str | None) -> None:
+    """Record a token's use: when and from which address (at most every few minutes per token,
+    or at once when the address changes)."""
+    AccessToken.objects.filter(pk=token.pk).update(last_used_at=at, last_used_ip=source_ip)
+    token.last_used_at, token.last_used_ip = at, source_ip
+
+
+# ----------------------------------------------------------------------------- logins
+# Account events: no tenant; the user's tenants' auditors and platform admins see them.
+
+MAX_AUDITED_USERNAME = 150
+
+
+def login_record(*, actor: Actor, user: Any, path: str, second_factor: bool) -> None:
+    """A user signed in (``path``: the login page used)."""
+    audit_record(
+        actor=actor,
+        action="login",
+        obj=user,
+        subject_user_id=user.pk,
+        changes={"path": path[:200], "second_factor": second_factor},
+    )
+
+
+def login_failure_record(*, actor: Actor, username: str, path: str, reason: str, locked_out: bool) -> None:
+    """A login failed: a wrong password or code, an unknown or inactive user, or a lockout.
+    The user name tried is kept (cut to its maximum length); the password never is."""
+    username = username[:MAX_AUDITED_USERNAME]
+    user_model = get_user_model()
+    subject = (
+        user_model.objects.filter(**{user_model.USERNAME_FIELD: username}).only("pk").first() if username else None
+    )
+    audit_record(
+        actor=actor,
+        action="login.locked_out" if locked_out else "login.failed",
+        object_type="user",
+        object_id=str(subject.pk) if subject is not None else "",
+        object_repr=username,
+        subject_user_id=subject.pk if subject is not None else None,
+        changes={"username": username, "path": path[:200], "reason": "locked_out" if locked_out else reason},
+    )
+
+
+# ----------------------------------------------------------------------------- two-factor login (TOTP)
+
+
+def totp_start(*, actor: Actor, user: Any) -> TOTPDevice:
+    """Begin enrolling: a new secret (replacing an unconfirmed one); login asks for codes only
+    once ``totp_confirm`` has seen a code from it."""
+    device = TOTPDevice.objects.filter(user=user).first()
+    if device is not None and device.confirmed:
+        raise Conflict("Two-factor login is already on; turn it off first.")
+    TOTPDevice.objects.filter(user=user).delete()
+    return TOTPDevice.objects.create(user=user, name="authenticator", confirmed=False)
+
+
+def _check_code(device: TOTPDevice | None, code: str) -> TOTPDevice:
+    if device is None or not device.verify_token(code.strip()):
+        raise ValidationFailed("Wrong code.", field_errors={"otp_token": ["This code is not valid now."]})
+    return device
+
+
+@transaction.atomic
+def totp_confirm(*, actor: Actor, user: Any, code: str) -> TOTPDevice:
+    device = _check_code(TOTPDevice.objects.filter(user=user, confirmed=False).first(), code)
+    device.confirmed = True
+    device.save(update_fields=["confirmed"])
+    audit_record(actor=actor, action="user.otp_enable", obj=user, subject_user_id=user.pk)
+    return device
+
+
+@transaction.atomic
+def totp_disable(*, actor: Actor, user: Any, code: str) -> None:
+    """Turn two-factor login off; a current code proves the device is still in the user's hands."""
+    device = _check_code(TOTPDevice.objects.filter(user=user, confirmed=True).first(), code)
+    device.delete()
+    audit_record(actor=actor, action="user.otp_disable", obj=user, subject_user_id=user.pk)
 
 
 # ----------------------------------------------------------------------------- platform: tenants and users

@@ -158,7 +158,9 @@ from controlplane.core.context import Actor
 from controlplane.tenancy.services import access_token_create
 
 user = get_user_model().objects.create_superuser(username="smoke-admin", email="", password=None)
-_, token = access_token_create(actor=Actor(user=user, via="system"), user=user, name="compose-smoke")
+_, token = access_token_create(
+    actor=Actor(user=user, via="system"), user=user, name="compose-smoke", scopes=["read", "write", "admin"]
+)
 print("TOKEN", token)
 PY
 )

@@ -245,8 +245,18 @@
     }, true);
   }
 
+  // Selects with data-submit-on-change submit their form when changed (the tenant switcher);
+  // a listener here, not an inline handler, which the Content-Security-Policy would refuse.
+  function submitOnChange() {
+    document.addEventListener("change", (event) => {
+      const select = event.target.closest("[data-submit-on-change]");
+      if (select && select.form) select.form.submit();
+    });
+  }
+
   document.addEventListener("DOMContentLoaded", () => {
     confirmations();
+    submitOnChange();
     copyButtons();
     connectLive();
   });

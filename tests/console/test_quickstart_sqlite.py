@@ -115,7 +115,9 @@ def access_token(url: str) -> str:
         )
         assert signed_in.status_code == 302, signed_in.text[:500]
         created = browser.post(
-            "/api/v1/tokens/", json={"name": "sqlite-soak"}, headers={"X-CSRFToken": browser.cookies["csrftoken"]}
+            "/api/v1/tokens/",
+            json={"name": "sqlite-soak", "scopes": ["write"]},
+            headers={"X-CSRFToken": browser.cookies["csrftoken"]},
         )
         assert created.status_code == 201, created.text[:500]
         return str(created.json()["token"])

@@ -5,7 +5,9 @@ Celery worker and Celery beat (plus the metrics scraper), then drives Debian's C
 Playwright: log in, register the tiny model, have a platform admin add a local target and grant
 it to the tenant, deploy, watch the phase reach Running and chart points arrive without
 reloading, create an API key (secret shown once), chat in the playground with streamed tokens,
-revoke the key, and check that a viewer is denied the operator's actions. Every page is saved under ``artifacts/screenshots/``; the steps that passed
+revoke the key, check that a viewer is denied the operator's actions, make a read-only personal
+access token on the token page and revoke it, and assert that no page reported a
+Content-Security-Policy violation. Every page is saved under ``artifacts/screenshots/``; the steps that passed
 are written to ``artifacts/e2e/dashboard_steps.json``.
 
 Never skipped when /usr/bin/chromium exists; no browser is downloaded.
@@ -22,7 +24,7 @@ import subprocess
 import sys
 import time
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -53,6 +55,11 @@ CHROMIUM_ARGS = [
     "--no-first-run",
 ]
 SCRAPE_TASK = "workers.metrics_tasks.scrape_metrics"
+CSP_MARKER = "[csp-violation]"
+CSP_LISTENER = (
+    "document.addEventListener('securitypolicyviolation', e => console.error("
+    f"'{CSP_MARKER} ' + e.violatedDirective + ' ' + e.blockedURI + ' ' + (e.sourceFile || '') + ':' + e.lineNumber));"
+)
 
 pytestmark = [
     pytest.mark.browser,
@@ -267,6 +274,21 @@ class Journey:
     tiny_model_dir: Path
     deployment: Any = None  # made by "deploy on the local driver"
     secret: str = ""  # made by "create an API key"
+    # Content-Security-Policy violations Chromium reported on any page of any context.
+    csp_violations: list[str] = field(default_factory=list)
+
+    def watch(self, page: Any) -> Any:
+        """Collect the page's CSP violations: the securitypolicyviolation events (logged by an
+        init script, which the policy does not govern) and Chromium's own console reports."""
+        page.add_init_script(CSP_LISTENER)
+
+        def seen(message: Any) -> None:
+            text = message.text
+            if text.startswith(CSP_MARKER) or "Content Security Policy" in text:
+                self.csp_violations.append(f"{page.url}: {text[:300]}")
+
+        page.on("console", seen)
+        return page
 
     def shot(self, page: Any, name: str) -> None:
         page.screenshot(path=str(SCREENSHOTS / f"{name}.png"), full_page=True)
@@ -281,7 +303,7 @@ class Journey:
     def new_page(self) -> tuple[Any, Any]:
         """Another browser context (another user's session) and its page, accepting dialogs."""
         context = self.browser.new_context(viewport={"width": 1280, "height": 900})
-        page = context.new_page()
+        page = self.watch(context.new_page())
         page.on("dialog", lambda dialog: dialog.accept())
         return context, page
 
@@ -308,6 +330,7 @@ def test_dashboard_end_to_end(product: dict[str, Any], tiny_model_dir: Path, mon
             page.on("dialog", lambda dialog: dialog.accept())
             expect.set_options(timeout=15_000)
             journey = Journey(product["base"], browser, page, step, tiny_model_dir)
+            journey.watch(page)
             for name, run in JOURNEY:
                 with step(name):
                     run(journey)
@@ -507,7 +530,7 @@ def _viewer_denied(j: Journey) -> None:
 
     base, pk = j.base, j.deployment.pk
     viewer_context = j.browser.new_context(viewport={"width": 1280, "height": 900})
-    vpage = viewer_context.new_page()
+    vpage = j.watch(viewer_context.new_page())
     j.login(vpage, "victor")
     vpage.goto(base + f"/deployments/{pk}/")
     expect(vpage.get_by_test_id("phase")).to_have_text("Running")
@@ -528,6 +551,40 @@ def _viewer_denied(j: Journey) -> None:
     expect(vpage.locator("[data-denied]")).to_be_visible()
     viewer_context.close()
     assert Deployment.objects.get(pk=pk).desired_state == "running"
+
+
+def _access_tokens(j: Journey) -> None:
+    """A read-only personal access token from the token page: it reads, it cannot write, and
+    revoking it on the page stops it."""
+    import httpx
+    from playwright.sync_api import expect
+
+    page, base = j.page, j.base
+    page.goto(base + "/tokens/")
+    page.fill("#id_name", "e2e-reader")
+    page.check("#token-create input[name=scopes][value=read]")
+    page.click("#token-create button[type=submit]")
+    token = page.get_by_test_id("token-secret").inner_text().strip()
+    assert token.startswith("hgp_")
+    j.shot(page, "19-tokens-secret-once")
+    headers = {"Authorization": f"Bearer {token}"}
+    assert httpx.get(base + "/api/v1/deployments/", headers=headers).status_code == 200
+    refused = httpx.post(base + "/api/v1/keys/", headers=headers, json={"name": "nope"})
+    assert refused.status_code == 403 and refused.json()["code"] == "insufficient_scope"
+    page.goto(base + "/tokens/")
+    assert token not in page.content()
+    row = page.locator("#tokens tr", has_text="e2e-reader")
+    expect(row).to_contain_text("127.0.0.1")  # where it was last used from
+    row.get_by_role("button", name="Revoke").click()
+    expect(page.locator("#tokens tr", has_text="e2e-reader")).to_contain_text("revoked")
+    assert httpx.get(base + "/api/v1/deployments/", headers=headers).status_code == 401
+
+
+def _no_csp_violations(j: Journey) -> None:
+    response = j.page.goto(j.base + "/")
+    policy = response.headers.get("content-security-policy", "") if response else ""
+    assert "script-src 'self'" in policy, policy
+    assert j.csp_violations == [], "\n".join(j.csp_violations)
 
 
 def _delete(j: Journey) -> None:
@@ -556,5 +613,7 @@ JOURNEY: list[tuple[str, Callable[[Journey], None]]] = [
     ("revoke the key; the gateway refuses it", _revoke_key),
     ("the other pages render", _other_pages),
     ("a viewer is denied the operator's actions", _viewer_denied),
+    ("a read-only access token from the token page reads, cannot write, is revoked", _access_tokens),
     ("delete the deployment; its replicas go away", _delete),
+    ("no page broke the Content-Security-Policy", _no_csp_violations),
 ]

@@ -36,6 +36,10 @@ class AuditLogViewSet(ScopedViewSet):
     ordering_fields = ("id", "created_at", "action")
     list_perm = Perm.AUDIT_VIEW
 
+    def check_list_perm(self) -> None:
+        if not self.access.is_platform_admin:  # platform admins see the platform's and accounts' rows
+            super().check_list_perm()
+
     def get_filters(self) -> dict[str, Any]:
         filters = super().get_filters()
         if "actor" in filters:

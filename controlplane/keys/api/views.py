@@ -36,6 +36,8 @@ class ApiKeyViewSet(ScopedViewSet):
     }
     ordering_fields = ("id", "name", "created_at", "expires_at", "last_used_at")
     list_perm = Perm.APIKEY_VIEW
+    # A key is a credential of its own: minting one with a token needs the token's admin scope.
+    token_admin_actions = frozenset({"create"})
 
     def select_list(self, filters: dict[str, Any]) -> QuerySet[ApiKey]:
         # Only the creator's username, not the whole user row; the tenant slug comes from the

@@ -12,6 +12,7 @@ from typing import Any, ClassVar
 
 from django.db.models import QuerySet
 from rest_framework import serializers, status, viewsets
+from rest_framework.permissions import SAFE_METHODS
 from rest_framework.request import Request
 from rest_framework.response import Response
 from rest_framework.utils.serializer_helpers import ReturnList
@@ -21,8 +22,8 @@ from controlplane.core.context import Actor, client_ip
 from controlplane.core.exceptions import PermissionDenied, ValidationFailed
 from controlplane.core.schema import ApiSchema
 from controlplane.tenancy.access import Access, access_for
-from controlplane.tenancy.choices import Perm
-from controlplane.tenancy.models import Tenant
+from controlplane.tenancy.choices import Perm, TokenScope
+from controlplane.tenancy.models import AccessToken, Tenant
 
 
 class _Row:
@@ -49,7 +50,9 @@ def get_access(request: Any) -> Access:
 
 
 def actor_for(request: Any, *, via: str = "api") -> Actor:
-    return Actor(user=request.user, source_ip=client_ip(request.META), via=via)
+    auth = getattr(request, "auth", None)
+    token_id = auth.pk if isinstance(auth, AccessToken) else None
+    return Actor(user=request.user, source_ip=client_ip(request.META), via=via, token_id=token_id)
 
 
 class ScopedViewSet(viewsets.GenericViewSet):
@@ -77,10 +80,18 @@ class ScopedViewSet(viewsets.GenericViewSet):
     # ``.values()`` (every column and annotation) into plain attribute holders. Only for
     # serializers that read columns and annotations, never model methods or relations.
     list_from_values: ClassVar[bool] = False
+    # Actions a personal access token needs the ``admin`` scope for (other writes need ``write``).
+    token_admin_actions: ClassVar[frozenset[str]] = frozenset()
 
     @property
     def access(self) -> Access:
         return get_access(self.request)
+
+    def required_token_scope(self, request: Request) -> str:
+        """The scope a personal access token needs here (``TokenScopePermission`` checks it)."""
+        if request.method in SAFE_METHODS:
+            return TokenScope.READ
+        return TokenScope.ADMIN if self.action in self.token_admin_actions else TokenScope.WRITE
 
     @property
     def actor(self) -> Actor:
@@ -174,6 +185,10 @@ class PlatformViewSet(ScopedViewSet):
     """Base of the platform endpoints (``/api/v1/platform/...``): targets, grants, quotas,
     tenants and users. Only platform admins reach them; for everyone else they do not exist
     (404, the same answer as an unknown URL), whatever their tenant roles."""
+
+    def required_token_scope(self, request: Request) -> str:
+        # Targets, credentials, tenants, users and quotas: every platform write needs ``admin``.
+        return TokenScope.READ if request.method in SAFE_METHODS else TokenScope.ADMIN
 
     def initial(self, request: Request, *args: Any, **kwargs: Any) -> None:
         super().initial(request, *args, **kwargs)  # authentication first: anonymous stays 401/403

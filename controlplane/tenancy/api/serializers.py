@@ -9,7 +9,7 @@ from rest_framework import serializers
 from controlplane.core.api import InputSerializer, TenantChoiceMixin, TenantSlugField
 from controlplane.deployments.api.quotas import QuotaListSerializer, QuotaUsageField
 from controlplane.tenancy.access import Access
-from controlplane.tenancy.choices import Role
+from controlplane.tenancy.choices import Role, TokenScope
 from controlplane.tenancy.models import AccessToken, Membership, Tenant
 
 MAX_BURST_PERCENT = 100  # as controlplane.keys.services
@@ -93,9 +93,11 @@ class AccessTokenSerializer(serializers.ModelSerializer):
             "id",
             "name",
             "display_prefix",
+            "scopes",
             "expires_at",
             "revoked_at",
             "last_used_at",
+            "last_used_ip",
             "active",
             "created_at",
         )
@@ -120,6 +122,23 @@ class AccessTokenCreatedSerializer(AccessTokenSerializer):
 
 class AccessTokenCreateInput(InputSerializer):
     name = serializers.CharField(max_length=100)
+    scopes = serializers.ListField(
+        child=serializers.ChoiceField(choices=TokenScope.choices),
+        min_length=1,
+        max_length=len(TokenScope.values),
+        required=False,
+        help_text="What the token may do: `read`, `write` (includes read), `admin` (includes write: members, "
+        'API keys, tenant settings, the platform). Default: `["read"]`. Never more than your roles allow.',
+    )
     expires_at = serializers.DateTimeField(
-        required=False, allow_null=True, help_text="When the token stops working; null means never."
+        required=False,
+        allow_null=True,
+        help_text="When the token stops working; omitted or null: the installation's default lifetime "
+        "(`HANGAR_TOKEN_DEFAULT_DAYS`). At most `HANGAR_TOKEN_MAX_DAYS` ahead.",
+    )
+
+
+class AccessTokenRevokeInput(InputSerializer):
+    revoke_keys = serializers.BooleanField(
+        required=False, default=False, help_text="Also revoke every API key this token created."
     )

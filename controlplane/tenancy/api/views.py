@@ -18,6 +18,7 @@ from controlplane.tenancy.api.base import ScopedViewSet
 from controlplane.tenancy.api.serializers import (
     AccessTokenCreatedSerializer,
     AccessTokenCreateInput,
+    AccessTokenRevokeInput,
     AccessTokenSerializer,
     MembershipCreateInput,
     MembershipSerializer,
@@ -42,6 +43,7 @@ class TenantViewSet(ScopedViewSet):
     lookup_value_regex = r"[-a-zA-Z0-9_]+"
     ordering_fields = ("slug", "name", "created_at")
     list_perm = Perm.TENANT_VIEW
+    token_admin_actions = frozenset({"partial_update", "destroy"})
 
     def select_list(self, filters: dict[str, Any]) -> QuerySet[Tenant]:
         return selectors.tenant_list(access=self.access)
@@ -79,6 +81,7 @@ class MembershipViewSet(ScopedViewSet):
     }
     ordering_fields = ("id", "role", "created_at")
     list_perm = Perm.MEMBER_VIEW
+    token_admin_actions = frozenset({"create", "partial_update", "destroy"})
 
     def select_list(self, filters: dict[str, Any]) -> QuerySet[Membership]:
         return selectors.membership_list(access=self.access, filters=filters)
@@ -145,13 +148,24 @@ class AccessTokenViewSet(ScopedViewSet):
             raise PermissionDenied("Create access tokens from a signed-in session, not with another token.")
         data = self.validated(AccessTokenCreateInput)
         token, secret = services.access_token_create(
-            actor=self.actor, user=request.user, name=data["name"], expires_at=data.get("expires_at")
+            actor=self.actor,
+            user=request.user,
+            name=data["name"],
+            scopes=data.get("scopes"),
+            expires_at=data.get("expires_at"),
         )
         context = self.get_serializer_context() | {"token": secret}
         return Response(AccessTokenCreatedSerializer(token, context=context).data, status=status.HTTP_201_CREATED)
 
-    @extend_schema(summary="Revoke one of your tokens (it stops working at once)", request=None)
+    @extend_schema(
+        summary="Revoke one of your tokens (it stops working at once), optionally with the API keys it created",
+        request=AccessTokenRevokeInput,
+    )
     @action(detail=True, methods=["post"])
     def revoke(self, request: Request, pk: str) -> Response:
-        token = services.access_token_revoke(actor=self.actor, token=self.get_object())
+        token = self.get_object()
+        data = self.validated(AccessTokenRevokeInput) if request.data else {}
+        token = services.access_token_revoke(
+            actor=self.actor, token=token, revoke_keys=bool(data.get("revoke_keys", False))
+        )
         return self.output(token)

@@ -23,6 +23,7 @@ from controlplane.tenancy.models import Membership, Tenant
 from tests.console.dashboard.conftest import ROLES
 from tests.factories import DeploymentFactory, MembershipFactory, PlatformAdminFactory, TargetFactory, UserFactory
 from tests.support.credentials import SECRET, docker_tls, kubeconfig, ssh_private_key
+from tests.support.logins import log_in
 
 pytestmark = pytest.mark.django_db
 
@@ -65,6 +66,7 @@ def platform_pages(team: dict[str, Any]) -> list[str]:
         reverse("dashboard:platform-tenants"),
         reverse("dashboard:platform-tenant", args=[tenant.pk]),
         reverse("dashboard:platform-users"),
+        reverse("dashboard:platform-audit"),
     ]
 
 
@@ -355,7 +357,7 @@ def test_create_user_shows_the_password_once(as_admin: Client) -> None:
     created = as_admin.post(url, {"username": "nina", "email": "nina@example.com"})
     assert created.status_code == 201 and created["Cache-Control"] == "no-store"
     password = re.search(rb'data-testid="password">([^<]+)<', created.content).group(1).decode()
-    assert Client().login(username="nina", password=password)
+    assert log_in(Client(), "nina", password)
     assert password.encode() not in as_admin.get(url).content  # never again
     chosen = as_admin.post(url, {"username": "omar", "password": "a-long-chosen-passphrase-42"})
     assert chosen.status_code == 302  # nothing to show: the admin chose it
@@ -376,8 +378,8 @@ def test_deactivate_reset_and_platform_admin(as_admin: Client, admin: Any, team:
     reset = as_admin.post(action("reset-password"))
     assert reset.status_code == 200 and reset["Cache-Control"] == "no-store"
     password = re.search(rb'data-testid="password">([^<]+)<', reset.content).group(1).decode()
-    assert Client().login(username=user.username, password=password)
-    assert not Client().login(username=user.username, password=PASSWORD)
+    assert log_in(Client(), user.username, password)
+    assert not log_in(Client(), user.username, PASSWORD)
 
     assert as_admin.post(action("platform-admin"), {"value": "1"}).status_code == 302
     assert is_platform_admin(get_user_model().objects.get(pk=user.pk))

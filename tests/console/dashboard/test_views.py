@@ -197,8 +197,9 @@ def test_posts_are_enforced_per_role(login: Any, team: dict[str, Any], role: str
 
 
 def test_viewer_changes_nothing(login: Any, team: dict[str, Any]) -> None:
+    client = login(team["viewer"])  # signing in is audited; what follows must add nothing
     before = AuditLog.objects.count()
-    _post_everything(login(team["viewer"]), team)
+    _post_everything(client, team)
     assert AuditLog.objects.count() == before
     d = Deployment.objects.get(pk=team["deployment"].pk)
     assert d.desired_state == DesiredState.RUNNING

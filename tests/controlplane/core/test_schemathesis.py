@@ -94,7 +94,9 @@ def live(api_server: str) -> Live:
     owner = UserFactory(username="owner")
     MembershipFactory(user=owner, tenant=tenant, role=Role.OWNER)
     DeploymentFactory(tenant=tenant, name="chat", served_model_name="chat", phase=Phase.RUNNING)
-    _, access_token = access_token_create(actor=SYSTEM, user=owner, name="schemathesis")
+    _, access_token = access_token_create(
+        actor=SYSTEM, user=owner, name="schemathesis", scopes=["read", "write", "admin"]
+    )
     _, api_key = api_key_create(actor=SYSTEM, tenant=tenant, data={"name": "schemathesis"})
     return Live(url=api_server, access_token=access_token, api_key=api_key)
 

@@ -30,6 +30,7 @@ from tests.factories import (
     TenantFactory,
     UserFactory,
 )
+from tests.support.logins import log_in
 from tests.support.waiting import wait_for_async
 
 pytestmark = pytest.mark.django_db
@@ -280,7 +281,7 @@ def test_create_user_with_generated_password_shown_once(api: APIClient) -> None:
     assert "password" not in api.get(f"{USERS}{user.pk}/").json()
     row = audit_rows("user.create")[0]
     assert password not in str(row.changes) and row.changes == {"username": "nina", "email": "nina@example.com"}
-    assert Client().login(username="nina", password=password)
+    assert log_in(Client(), "nina", password)
 
 
 def test_create_user_with_chosen_password_does_not_echo_it(api: APIClient) -> None:
@@ -333,7 +334,7 @@ def test_deactivated_user_token_and_session_stop_working(api: APIClient, tenant:
     user = make_member(Role.OWNER, tenant)
     with_token = bearer(user)
     session = Client()
-    assert session.login(username=user.username, password=PASSWORD)
+    assert log_in(session, user.username, PASSWORD)
     assert with_token.get("/api/v1/tenants/").status_code == 200
     assert session.get("/api/v1/tenants/").status_code == 200
     assert session.get("/").status_code == 200
@@ -343,7 +344,7 @@ def test_deactivated_user_token_and_session_stop_working(api: APIClient, tenant:
     assert with_token.get("/api/v1/tenants/").status_code == 401
     assert session.get("/api/v1/tenants/").status_code == 401
     assert session.get("/").status_code == 302  # back to the login page
-    assert not Client().login(username=user.username, password=PASSWORD)
+    assert not log_in(Client(), user.username, PASSWORD)
     assert [r.object_id for r in audit_rows("user.deactivate")] == [str(user.pk)]
 
     assert api.post(f"{USERS}{user.pk}/activate/").json()["is_active"] is True
@@ -353,7 +354,7 @@ def test_deactivated_user_token_and_session_stop_working(api: APIClient, tenant:
 def test_reset_password_is_shown_once_and_ends_sessions(api: APIClient, make_member: Any) -> None:
     user = make_member(Role.VIEWER)
     session = Client()
-    assert session.login(username=user.username, password=PASSWORD)
+    assert log_in(session, user.username, PASSWORD)
     response = api.post(f"{USERS}{user.pk}/reset-password/")
     assert response.status_code == 200 and response["Cache-Control"] == "no-store"
     password = response.json()["password"]
