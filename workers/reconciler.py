@@ -33,7 +33,7 @@ from controlplane.deployments.models import Deployment, DeploymentEvent, Replica
 from controlplane.deployments.replica_auth import replica_token
 from controlplane.deployments.spec import replica_values
 from controlplane.deployments.status import ReplicaObservation, StatusUpdate
-from workers import telemetry
+from workers import draining, telemetry
 from workers.drivers import driver_for, instance_name
 from workers.drivers.base import (
     BackendState,
@@ -128,6 +128,7 @@ class Observation:
     replicas: tuple[ObservedReplica, ...]
     rows: Mapping[str, Replica]  # Replica rows by name, as the last pass recorded them
     now: datetime
+    leaving: tuple[ObservedReplica, ...] = ()  # on their way out (workers.draining): not in ``replicas``
 
     def row(self, replica: ObservedReplica) -> Replica | None:
         """The Replica row of this very incarnation (a replacement may reuse the name)."""
@@ -209,6 +210,7 @@ class Actuator:
     driver: Driver
     owner: str
     actions: list[str] = field(default_factory=list)
+    retiring: list[ObservedReplica] = field(default_factory=list)  # to drain (workers.draining)
 
     def renew(self) -> None:
         if not status.deployment_renew(
@@ -257,7 +259,8 @@ def run_pass(deployment: Deployment, driver: Driver, owner: str) -> Outcome:
 
 def run_replicas(act: Actuator) -> Outcome:
     """Replica-managed backends (local, Docker): the pass itself creates, checks and removes replicas."""
-    seen = observe(act.deployment, act.driver)
+    seen = draining.split(observe(act.deployment, act.driver))
+    leaving = draining.advance(act, seen)
     alive = remove_dead(act, seen)
     checked = check_health(act, seen, alive)
     hold = bool(checked.crashed) or failed_recently(act.deployment, seen.now)
@@ -265,6 +268,10 @@ def run_replicas(act: Actuator) -> Outcome:
     old = tuple(r for r in checked.replicas if r.generation != seen.generation)
     kept_old = roll(act, seen, scaled, old)
     observations = record_replicas(act, seen, (*scaled.current, *kept_old), scaled.healthy)
+    status.replicas_sync(
+        deployment=act.deployment, observed=[*observations, *draining.observations((*leaving, *act.retiring))]
+    )
+    draining.begin(act, seen.now)
     ready_current = [r for r in scaled.current if scaled.healthy.get(r.name)]
     crash = Failure(checked.crashed[0]) if checked.crashed else None
     summary = Summary(
@@ -276,7 +283,12 @@ def run_replicas(act: Actuator) -> Outcome:
         starting=tuple(r for r in scaled.current if not scaled.healthy.get(r.name)),
         now=seen.now,
     )
-    return report(act, summary)
+    outcome = report(act, summary)
+    if leaving or act.retiring:
+        outcome.requeue_after = min(
+            outcome.requeue_after or draining.POLL_WHILE_DRAINING_S, draining.POLL_WHILE_DRAINING_S
+        )
+    return outcome
 
 
 def observe(deployment: Deployment, driver: Driver) -> Observation:
@@ -394,8 +406,8 @@ def scale(act: Actuator, seen: Observation, checked: Survivors, *, hold: bool) -
 
 
 def _scale_up(act: Actuator, seen: Observation, current: list[ObservedReplica], healthy: Mapping[str, bool]) -> Scaled:
-    used = {_slot(r.name) for r in current}
-    free = (s for s in range(seen.desired * 2 + 1) if s not in used)
+    used = {_slot(r.name) for r in (*current, *seen.leaving)}  # a leaving replica keeps its name till gone
+    free = (s for s in range(seen.desired * 2 + 1 + len(used)) if s not in used)
     created: list[ObservedReplica] = []
     failure = None
     for _ in range(seen.desired - len(current)):
@@ -413,7 +425,14 @@ def _scale_down(
     """Keep the ready ones with the lowest slots; remove the rest."""
     ordered = sorted(current, key=lambda r: (not healthy.get(r.name, False), _slot(r.name)))
     for replica in ordered[seen.desired :]:
-        act.remove(replica, "ReplicaRemoved", f"Removed replica {replica.name}: scaled to {seen.desired}")
+        serving = bool(healthy.get(replica.name)) or seen.was_ready(replica)
+        draining.retire(
+            act,
+            replica,
+            serving=serving,
+            reason="ReplicaRemoved",
+            message=f"Removing replica {replica.name}: scaled to {seen.desired}",
+        )
     return Scaled(tuple(ordered[: seen.desired]), healthy)
 
 
@@ -428,10 +447,12 @@ def roll(
         if scaled.healthy.get(replica.name) and len(kept) < keep_ready_old:
             kept.append(replica)
             continue
-        act.remove(
+        draining.retire(
+            act,
             replica,
-            "ReplicaReplaced",
-            f"Removed replica {replica.name} of generation {replica.generation}: "
+            serving=bool(scaled.healthy.get(replica.name)) or seen.was_ready(replica),
+            reason="ReplicaReplaced",
+            message=f"Replacing replica {replica.name} of generation {replica.generation}: "
             f"generation {seen.generation} is ready to take over",
         )
     return tuple(kept)
@@ -440,7 +461,7 @@ def roll(
 def record_replicas(
     act: Actuator, seen: Observation, replicas: tuple[ObservedReplica, ...], healthy: Mapping[str, bool]
 ) -> list[ReplicaObservation]:
-    """Write the replicas that remain as the pass saw them; tell when one turned ready."""
+    """The replicas that remain as the pass saw them (for ``replicas_sync``); tell when one turned ready."""
     observations = []
     for replica in replicas:
         ok = bool(healthy.get(replica.name))
@@ -458,7 +479,6 @@ def record_replicas(
                 healthy=ok,
             )
         )
-    status.replicas_sync(deployment=act.deployment, observed=observations)
     return observations
 
 

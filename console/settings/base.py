@@ -277,6 +277,14 @@ HANGAR_HEALTH_FAILURE_THRESHOLD = env.int(
 HANGAR_READY_TIMEOUT = env.float(
     "HANGAR_READY_TIMEOUT", 300.0, minimum=1.0, help="seconds a new replica may take to become ready"
 )
+HANGAR_REPLICA_DRAIN_SECONDS = env.float(
+    "HANGAR_REPLICA_DRAIN_SECONDS",
+    60.0,
+    minimum=0.0,
+    maximum=3600.0,
+    help="seconds a replica being removed may take to finish its in-flight requests once out of routing "
+    "(then it is killed); 0 removes replicas at once, without draining",
+)
 HANGAR_RUNTIME_IMAGE = env.str(
     "HANGAR_RUNTIME_IMAGE", "hangar-runtime:latest", help="image of Docker replicas (`deploy/images/build`)"
 )
