@@ -14,6 +14,7 @@ Backends that roll replicas themselves (Kubernetes) take ``run_group``; deletion
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import re
 from collections.abc import Mapping
@@ -33,6 +34,7 @@ from controlplane.deployments.models import Deployment, DeploymentEvent, Replica
 from controlplane.deployments.replica_auth import replica_token
 from controlplane.deployments.spec import replica_values
 from controlplane.deployments.status import ReplicaObservation, StatusUpdate
+from controlplane.gateway.holds import held_count
 from workers import draining, telemetry
 from workers.drivers import driver_for, instance_name
 from workers.drivers.base import (
@@ -187,6 +189,7 @@ class Summary:
     starting: tuple[ObservedReplica, ...]
     now: datetime
     why: str = ""  # what the backend says keeps the rest from being ready
+    held: int = 0  # requests the gateway holds while no replica is ready (phase Waking)
 
 
 @dataclass(frozen=True)
@@ -283,6 +286,8 @@ def run_replicas(act: Actuator) -> Outcome:
         starting=tuple(r for r in scaled.current if not scaled.healthy.get(r.name)),
         now=seen.now,
     )
+    if summary.ready == 0 and summary.desired > 0:
+        summary = dataclasses.replace(summary, held=held_count(act.deployment.pk))
     outcome = report(act, summary)
     if leaving or act.retiring:
         outcome.requeue_after = min(
@@ -583,14 +588,19 @@ def _plan_converged(d: Deployment, summary: Summary) -> Plan:
 def _plan_converging(d: Deployment, summary: Summary) -> Plan:
     ready, desired = summary.ready, summary.desired
     pending_spec = d.observed_generation != d.generation
-    # A spec being applied is Deploying/Scaling; an applied one that lost replicas is Degraded.
-    if summary.rolling or (pending_spec and ready == 0):
+    # A spec being applied is Deploying/Scaling; an applied one that lost replicas is Degraded;
+    # one with requests held for its first replica (woken from zero) is Waking.
+    if summary.held and ready == 0:
+        phase, reason = Phase.WAKING, "Waking"
+    elif summary.rolling or (pending_spec and ready == 0):
         phase, reason = Phase.DEPLOYING, "Deploying"
     elif pending_spec:
         phase, reason = Phase.SCALING, "Scaling"
     else:
         phase, reason = Phase.DEGRADED, "ReplicasNotReady"
     message = f"{ready}/{desired} replicas ready"
+    if summary.held:
+        message = f"{summary.held} request(s) held while a replica starts; {message}"
     if summary.rolling:
         message += f"; rolling to generation {d.template_generation}"
     if summary.why:

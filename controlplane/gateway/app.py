@@ -32,6 +32,7 @@ from controlplane.gateway.auth import KeyCache, authenticate, revocation_listene
 from controlplane.gateway.conf import GatewayConf, load
 from controlplane.gateway.db import run_db
 from controlplane.gateway.errors import GatewayError, bad_request, model_not_found, unavailable
+from controlplane.gateway.holds import Holds
 from controlplane.gateway.limits import Decision, Limiter
 from controlplane.gateway.metering import Meter
 from controlplane.gateway.requests import CompletionRequest, parse_completion
@@ -263,6 +264,7 @@ class Gateway:
         self.balancer = Balancer(self.conf)
         self.meter = Meter(self.conf)
         self.limiter: Limiter | None = None
+        self.holds: Holds | None = None
         self.session: aiohttp.ClientSession | None = None
         self.tasks: list[asyncio.Task[None]] = []
         self.revocations_ready = asyncio.Event()
@@ -280,6 +282,7 @@ class Gateway:
         self._started = True
         redis_url = settings.REDIS_URL
         self.limiter = Limiter(self.conf, redis_url)
+        self.holds = Holds(redis_url, self.conf.redis_timeout)
         self.keys.connect(redis_url)  # revocation markers, read while the database is down
         self.session = aiohttp.ClientSession(
             connector=aiohttp.TCPConnector(limit=0, ttl_dns_cache=300, keepalive_timeout=30),
@@ -314,6 +317,8 @@ class Gateway:
             logger.exception("final usage flush failed")
         if self.limiter is not None:
             await self.limiter.close()
+        if self.holds is not None:
+            await self.holds.close()
         await self.keys.close()
         if self.session is not None:
             await self.session.close()
@@ -558,6 +563,20 @@ class Gateway:
                     await run_db(deployment_wake, deployment_id=route.deployment_id, at=datetime.now(UTC))
                 except Exception:
                     logger.exception("could not wake deployment %s", route.deployment_id)
+        assert self.holds is not None
+        held = await self.holds.hold(route.deployment_id, self.conf.cold_start_timeout)
+        try:
+            current = await self._poll_ready(route)
+        finally:
+            await self.holds.release(route.deployment_id, held)
+        if current is None:
+            metrics.COLD_STARTS.labels("timeout").inc()
+            raise unavailable(f"No replica of '{route.served_model_name}' is ready yet; try again shortly.", retry)
+        metrics.COLD_STARTS.labels("served").inc()
+        return current
+
+    async def _poll_ready(self, route: Route) -> Route | None:
+        """The route once it has a ready replica; ``None`` after the hold's bound or if it stops."""
         deadline = time.monotonic() + self.conf.cold_start_timeout
         while time.monotonic() < deadline:
             await asyncio.sleep(self.conf.cold_start_poll)
@@ -566,12 +585,10 @@ class Gateway:
             if current is None:
                 raise model_not_found(route.served_model_name)
             if current.ready:
-                metrics.COLD_STARTS.labels("served").inc()
                 return current
             if not holdable(current):
-                break
-        metrics.COLD_STARTS.labels("timeout").inc()
-        raise unavailable(f"No replica of '{route.served_model_name}' is ready yet; try again shortly.", retry)
+                return None
+        return None
 
     async def _proxy(
         self,
