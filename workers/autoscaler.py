@@ -122,7 +122,8 @@ def decide(policy: Policy, memory: Memory, sample: Sample, *, current: int, idle
         if panic_want >= want:
             reason = f"panic: {burst:.1f} in flight over {policy.panic_window:g} s"
         want = max(want, panic_want, current)  # no scale-down while panicking
-    if _idle(policy, samples, idle_for):
+    # Never asked: idle since the autoscaler first saw it (a new deployment gets its grace too).
+    if _idle(policy, samples, now - since if idle_for is None else idle_for):
         want, reason = 0, f"no request for {policy.idle_to_zero:g} s"
     recommendations = tuple(
         r for r in (*memory.recommendations, (now, want)) if r[0] > now - policy.scale_down_delay
@@ -142,10 +143,10 @@ def _stable_count(policy: Policy, stable: float, current: int) -> tuple[int, str
     )
 
 
-def _idle(policy: Policy, samples: list[Sample], idle_for: float | None) -> bool:
+def _idle(policy: Policy, samples: list[Sample], idle_for: float) -> bool:
     if not policy.idle_to_zero or any(s.load > 0 for s in samples):
         return False
-    return idle_for is None or idle_for >= policy.idle_to_zero
+    return idle_for >= policy.idle_to_zero
 
 
 def _stabilized(
