@@ -244,7 +244,11 @@ def test_a_load_ramp_scales_up_in_the_panic_window_and_down_after_stabilization(
     step = time.time()
     heavy = s.load(31)
     up = wait_for(lambda: [e for e in s.scale_events() if e[2] > e[1]], 60, "a scale-up", 0.2)
-    wait_for(lambda: len(s.ready_replicas()) >= 2, 240, "a second replica ready", 0.5)
+    try:
+        wait_for(lambda: len(s.ready_replicas()) >= 2, 240, "a second replica ready", 0.5)
+    except AssertionError:
+        print(*DeploymentEvent.objects.filter(deployment=s.deployment).order_by("id").values_list("reason", "message"))
+        raise
     stop = time.time()
     assert_clean(heavy.stop() + light.stop())
 
