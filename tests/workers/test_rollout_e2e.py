@@ -272,6 +272,7 @@ def test_idle_to_zero_then_woken_by_a_request_held_in_view(stack: Callable[..., 
         scale_to_zero_idle_seconds=3,
         autoscale_stable_seconds=4,
         gateway_env={"HANGAR_GATEWAY_COLD_START_TIMEOUT": "180"},
+        ready=0,  # it may well idle to zero before its first replica is even up
     )
     wait_for(lambda: s.reload().replicas == 0 and not local_driver().list(s.deployment.pk), 120, "scaled to zero", 0.5)
     assert s.reload().phase == Phase.RUNNING
