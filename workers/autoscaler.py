@@ -73,7 +73,7 @@ class Policy:
 
     def clamp(self, replicas: int) -> int:
         # max_replicas is what the quota charged at admission: never above it (see the docstring).
-        return max(self.floor, min(replicas, self.max_replicas))
+        return min(max(self.floor, replicas), self.max_replicas)  # max wins, even over a min above it
 
 
 @dataclass(frozen=True)
@@ -130,6 +130,8 @@ def decide(policy: Policy, memory: Memory, sample: Sample, *, current: int, idle
     ) or ((now, want),)
     if 0 < want < current:
         want, reason = _stabilized(policy, recommendations, want, current, now - since, reason)
+    if want > policy.max_replicas:  # what the quota charged: never above it, not even for a while
+        want, reason = policy.max_replicas, f"max_replicas is {policy.max_replicas}"
     kept = Memory(since=since, samples=tuple(samples), recommendations=recommendations, panic_until=panic_until)
     return Decision(replicas=want, memory=kept, reason=reason)
 
