@@ -245,7 +245,7 @@ def test_a_load_ramp_scales_up_in_the_panic_window_and_down_after_stabilization(
     heavy = s.load(31)
     up = wait_for(lambda: [e for e in s.scale_events() if e[2] > e[1]], 60, "a scale-up", 0.2)
     try:
-        wait_for(lambda: len(s.ready_replicas()) >= 2, 240, "a second replica ready", 0.5)
+        wait_for(lambda: len(s.ready_replicas()) >= 2, 360, "a second replica ready", 0.5)
     except AssertionError:
         print(*DeploymentEvent.objects.filter(deployment=s.deployment).order_by("id").values_list("reason", "message"))
         raise
