@@ -14,6 +14,7 @@ Backends that roll replicas themselves (Kubernetes) take ``run_group``; deletion
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import re
 from collections.abc import Mapping
@@ -32,7 +33,8 @@ from controlplane.deployments.models import Deployment, DeploymentEvent, Replica
 from controlplane.deployments.replica_auth import replica_token
 from controlplane.deployments.spec import replica_values
 from controlplane.deployments.status import ReplicaObservation, StatusUpdate
-from workers import model_store, telemetry
+from controlplane.gateway.holds import held_count
+from workers import draining, model_store, telemetry
 from workers.drivers import driver_for, instance_name
 from workers.drivers.base import (
     BackendState,
@@ -124,6 +126,7 @@ class Observation:
     replicas: tuple[ObservedReplica, ...]
     rows: Mapping[str, Replica]  # Replica rows by name, as the last pass recorded them
     now: datetime
+    leaving: tuple[ObservedReplica, ...] = ()  # on their way out (workers.draining): not in ``replicas``
 
     def row(self, replica: ObservedReplica) -> Replica | None:
         """The Replica row of this very incarnation (a replacement may reuse the name)."""
@@ -182,6 +185,7 @@ class Summary:
     starting: tuple[ObservedReplica, ...]
     now: datetime
     why: str = ""  # what the backend says keeps the rest from being ready
+    held: int = 0  # requests the gateway holds while no replica is ready (phase Waking)
 
 
 @dataclass(frozen=True)
@@ -205,6 +209,7 @@ class Actuator:
     driver: Driver
     owner: str
     actions: list[str] = field(default_factory=list)
+    retiring: list[ObservedReplica] = field(default_factory=list)  # to drain (workers.draining)
 
     def renew(self) -> None:
         if not status.deployment_renew(
@@ -273,7 +278,8 @@ def run_pass(deployment: Deployment, driver: Driver, owner: str) -> Outcome:
 
 def run_replicas(act: Actuator) -> Outcome:
     """Replica-managed backends (local, Docker): the pass itself creates, checks and removes replicas."""
-    seen = observe(act.deployment, act.driver)
+    seen = draining.split(observe(act.deployment, act.driver))
+    leaving = draining.advance(act, seen)
     alive = remove_dead(act, seen)
     checked = check_health(act, seen, alive)
     hold = bool(checked.crashed) or failed_recently(act.deployment, seen.now)
@@ -281,6 +287,10 @@ def run_replicas(act: Actuator) -> Outcome:
     old = tuple(r for r in checked.replicas if r.generation != seen.generation)
     kept_old = roll(act, seen, scaled, old)
     observations = record_replicas(act, seen, (*scaled.current, *kept_old), scaled.healthy)
+    status.replicas_sync(
+        deployment=act.deployment, observed=[*observations, *draining.observations((*leaving, *act.retiring))]
+    )
+    draining.begin(act, seen.now)
     ready_current = [r for r in scaled.current if scaled.healthy.get(r.name)]
     crash = Failure(checked.crashed[0]) if checked.crashed else None
     summary = Summary(
@@ -292,7 +302,14 @@ def run_replicas(act: Actuator) -> Outcome:
         starting=tuple(r for r in scaled.current if not scaled.healthy.get(r.name)),
         now=seen.now,
     )
-    return report(act, summary)
+    if summary.ready == 0 and summary.desired > 0:
+        summary = dataclasses.replace(summary, held=held_count(act.deployment.pk))
+    outcome = report(act, summary)
+    if leaving or act.retiring:
+        outcome.requeue_after = min(
+            outcome.requeue_after or draining.POLL_WHILE_DRAINING_S, draining.POLL_WHILE_DRAINING_S
+        )
+    return outcome
 
 
 def observe(deployment: Deployment, driver: Driver) -> Observation:
@@ -410,8 +427,8 @@ def scale(act: Actuator, seen: Observation, checked: Survivors, *, hold: bool) -
 
 
 def _scale_up(act: Actuator, seen: Observation, current: list[ObservedReplica], healthy: Mapping[str, bool]) -> Scaled:
-    used = {_slot(r.name) for r in current}
-    free = (s for s in range(seen.desired * 2 + 1) if s not in used)
+    used = {_slot(r.name) for r in (*current, *seen.leaving)}  # a leaving replica keeps its name till gone
+    free = (s for s in range(seen.desired * 2 + 1 + len(used)) if s not in used)
     created: list[ObservedReplica] = []
     failure = None
     for _ in range(seen.desired - len(current)):
@@ -429,7 +446,14 @@ def _scale_down(
     """Keep the ready ones with the lowest slots; remove the rest."""
     ordered = sorted(current, key=lambda r: (not healthy.get(r.name, False), _slot(r.name)))
     for replica in ordered[seen.desired :]:
-        act.remove(replica, "ReplicaRemoved", f"Removed replica {replica.name}: scaled to {seen.desired}")
+        serving = bool(healthy.get(replica.name)) or seen.was_ready(replica)
+        draining.retire(
+            act,
+            replica,
+            serving=serving,
+            reason="ReplicaRemoved",
+            message=f"Removing replica {replica.name}: scaled to {seen.desired}",
+        )
     return Scaled(tuple(ordered[: seen.desired]), healthy)
 
 
@@ -444,10 +468,12 @@ def roll(
         if scaled.healthy.get(replica.name) and len(kept) < keep_ready_old:
             kept.append(replica)
             continue
-        act.remove(
+        draining.retire(
+            act,
             replica,
-            "ReplicaReplaced",
-            f"Removed replica {replica.name} of generation {replica.generation}: "
+            serving=bool(scaled.healthy.get(replica.name)) or seen.was_ready(replica),
+            reason="ReplicaReplaced",
+            message=f"Replacing replica {replica.name} of generation {replica.generation}: "
             f"generation {seen.generation} is ready to take over",
         )
     return tuple(kept)
@@ -456,7 +482,7 @@ def roll(
 def record_replicas(
     act: Actuator, seen: Observation, replicas: tuple[ObservedReplica, ...], healthy: Mapping[str, bool]
 ) -> list[ReplicaObservation]:
-    """Write the replicas that remain as the pass saw them; tell when one turned ready."""
+    """The replicas that remain as the pass saw them (for ``replicas_sync``); tell when one turned ready."""
     observations = []
     for replica in replicas:
         ok = bool(healthy.get(replica.name))
@@ -474,7 +500,6 @@ def record_replicas(
                 healthy=ok,
             )
         )
-    status.replicas_sync(deployment=act.deployment, observed=observations)
     return observations
 
 
@@ -579,14 +604,19 @@ def _plan_converged(d: Deployment, summary: Summary) -> Plan:
 def _plan_converging(d: Deployment, summary: Summary) -> Plan:
     ready, desired = summary.ready, summary.desired
     pending_spec = d.observed_generation != d.generation
-    # A spec being applied is Deploying/Scaling; an applied one that lost replicas is Degraded.
-    if summary.rolling or (pending_spec and ready == 0):
+    # A spec being applied is Deploying/Scaling; an applied one that lost replicas is Degraded;
+    # one with requests held for its first replica (woken from zero) is Waking.
+    if summary.held and ready == 0:
+        phase, reason = Phase.WAKING, "Waking"
+    elif summary.rolling or (pending_spec and ready == 0):
         phase, reason = Phase.DEPLOYING, "Deploying"
     elif pending_spec:
         phase, reason = Phase.SCALING, "Scaling"
     else:
         phase, reason = Phase.DEGRADED, "ReplicasNotReady"
     message = f"{ready}/{desired} replicas ready"
+    if summary.held:
+        message = f"{summary.held} request(s) held while a replica starts; {message}"
     if summary.rolling:
         message += f"; rolling to generation {d.template_generation}"
     if summary.why:

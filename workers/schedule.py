@@ -8,7 +8,7 @@ from django.conf import settings
 
 ORPHANS_EVERY_S = 60.0
 TARGETS_EVERY_S = 60.0
-AUTOSCALE_EVERY_S = 5.0
+AUTOSCALE_EVERY_S = 2.0  # a tick is one sample of the panic window (default 6 s)
 
 
 def beat_schedule() -> dict[str, dict[str, Any]]:

@@ -309,6 +309,49 @@ HANGAR_HEALTH_FAILURE_THRESHOLD = env.int(
 HANGAR_READY_TIMEOUT = env.float(
     "HANGAR_READY_TIMEOUT", 300.0, minimum=1.0, help="seconds a new replica may take to become ready"
 )
+HANGAR_AUTOSCALE_STABLE_WINDOW_SECONDS = env.float(
+    "HANGAR_AUTOSCALE_STABLE_WINDOW_SECONDS",
+    60.0,
+    minimum=2.0,
+    maximum=3600.0,
+    help="default window the autoscaler averages load over (a deployment may set its own)",
+)
+HANGAR_AUTOSCALE_PANIC_WINDOW_SECONDS = env.float(
+    "HANGAR_AUTOSCALE_PANIC_WINDOW_SECONDS",
+    6.0,
+    minimum=1.0,
+    maximum=600.0,
+    help="default window of the autoscaler's panic mode: a burst averaged over it scales up at once",
+)
+HANGAR_AUTOSCALE_PANIC_THRESHOLD = env.float(
+    "HANGAR_AUTOSCALE_PANIC_THRESHOLD",
+    2.0,
+    minimum=1.1,
+    maximum=10.0,
+    help="default burst, as a multiple of the target load of the replicas there are, that starts panic mode",
+)
+HANGAR_AUTOSCALE_SCALE_DOWN_DELAY_SECONDS = env.float(
+    "HANGAR_AUTOSCALE_SCALE_DOWN_DELAY_SECONDS",
+    300.0,
+    minimum=0.0,
+    maximum=3600.0,
+    help="default scale-down stabilization: the autoscaler scales down only to the highest count of this window",
+)
+HANGAR_AUTOSCALE_TOLERANCE = env.float(
+    "HANGAR_AUTOSCALE_TOLERANCE",
+    0.1,
+    minimum=0.0,
+    maximum=0.5,
+    help="default tolerance: load within this fraction of the target changes no replica count",
+)
+HANGAR_REPLICA_DRAIN_SECONDS = env.float(
+    "HANGAR_REPLICA_DRAIN_SECONDS",
+    60.0,
+    minimum=0.0,
+    maximum=3600.0,
+    help="seconds a replica being removed may take to finish its in-flight requests once out of routing "
+    "(then it is killed); 0 removes replicas at once, without draining",
+)
 HANGAR_RUNTIME_IMAGE = env.str(
     "HANGAR_RUNTIME_IMAGE", "hangar-runtime:latest", help="image of Docker replicas (`deploy/images/build`)"
 )

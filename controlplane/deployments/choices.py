@@ -29,6 +29,7 @@ class Phase(models.TextChoices):
     RUNNING = "Running", "Running"
     DEGRADED = "Degraded", "Degraded"
     SCALING = "Scaling", "Scaling"
+    WAKING = "Waking", "Waking"  # scaled to zero, a request arrived: held while a replica starts
     STOPPED = "Stopped", "Stopped"
     FAILED = "Failed", "Failed"
     DELETING = "Deleting", "Deleting"
@@ -36,7 +37,7 @@ class Phase(models.TextChoices):
     @classmethod
     def serving(cls) -> set[str]:
         """Phases in which the gateway may route to the deployment's ready replicas."""
-        return {cls.RUNNING, cls.DEGRADED, cls.SCALING, cls.DEPLOYING}
+        return {cls.RUNNING, cls.DEGRADED, cls.SCALING, cls.DEPLOYING, cls.WAKING}
 
 
 class ReplicaState(models.TextChoices):

@@ -129,6 +129,9 @@ class Replica(TenantOwned):
     last_heartbeat_at = models.DateTimeField(null=True, blank=True)
     consecutive_failures = models.PositiveIntegerField(default=0)
     last_error = models.CharField(max_length=1000, blank=True, default="")
+    # Graceful removal (workers.draining): out of routing since, asked to stop (SIGTERM) since.
+    draining_since = models.DateTimeField(null=True, blank=True)
+    stopping_since = models.DateTimeField(null=True, blank=True)
 
     class Meta:
         ordering = ["deployment_id", "name"]

@@ -344,7 +344,8 @@ def deployment_update(*, actor: Actor, deployment: Deployment, data: dict[str, A
 
 
 @transaction.atomic
-def deployment_scale(*, actor: Actor, deployment: Deployment, replicas: int) -> Deployment:
+def deployment_scale(*, actor: Actor, deployment: Deployment, replicas: int, why: str = "") -> Deployment:
+    """Set the replica count (within max_replicas and the tenant's quota); ``why`` ends the event's message."""
     deployment = _lock(deployment)
     _refuse_if_deleting(deployment)
     clean = validate_deployment_fields({"replicas": replicas})
@@ -366,7 +367,7 @@ def deployment_scale(*, actor: Actor, deployment: Deployment, replicas: int) -> 
         actor=actor,
         action="deployment.scale",
         reason="Scaled",
-        message=f"Replicas {old} → {replicas}",
+        message=f"Replicas {old} → {replicas}" + (f" ({why[:200]})" if why else ""),
         changes={"replicas": [old, replicas]},
     )
 

@@ -123,6 +123,11 @@ def _optional_integer(*, low: int, high: int, **info: Any) -> models.PositiveInt
     return _declare(field, SpecField(Kind.INT, low=low, high=high, nullable=True, **info))
 
 
+def _optional_number(*, low: float, high: float, **info: Any) -> models.FloatField[float | None, float | None]:
+    field: models.FloatField[float | None, float | None] = models.FloatField(null=True, blank=True)
+    return _declare(field, SpecField(Kind.FLOAT, low=low, high=high, nullable=True, **info))
+
+
 def _number(*, default: float, low: float, high: float, **info: Any) -> models.FloatField[float, float]:
     field: models.FloatField[float, float] = models.FloatField(default=default)
     return _declare(field, SpecField(Kind.FLOAT, default=default, low=low, high=high, **info))
@@ -270,6 +275,37 @@ class DeploymentSpec(models.Model):
         high=7 * 24 * 3600,
         label="Scale to zero after (s)",
         help_text="0 = never scale to zero.",
+    )
+    # The autoscaler's memory (workers.autoscaler); empty: the HANGAR_AUTOSCALE_* setting.
+    autoscale_stable_seconds = _optional_integer(
+        low=2,
+        high=3600,
+        label="Stable window (s)",
+        help_text="The autoscaler averages load over this window (empty: the platform default, 60).",
+    )
+    autoscale_panic_seconds = _optional_integer(
+        low=1,
+        high=600,
+        label="Panic window (s)",
+        help_text="A burst averaged over this window scales up at once (empty: the platform default, 6).",
+    )
+    autoscale_panic_threshold = _optional_number(
+        low=1.1,
+        high=10.0,
+        label="Panic threshold",
+        help_text="Panic when the burst is this many times the target for the replicas there are (default 2.0).",
+    )
+    autoscale_scale_down_delay_seconds = _optional_integer(
+        low=0,
+        high=3600,
+        label="Scale-down stabilization (s)",
+        help_text="Scale down only to the highest count asked for over this window (default 300).",
+    )
+    autoscale_tolerance = _optional_number(
+        low=0.0,
+        high=0.5,
+        label="Tolerance",
+        help_text="Load within this fraction of the target changes nothing (default 0.1).",
     )
 
     class Meta:

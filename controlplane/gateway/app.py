@@ -36,9 +36,11 @@ from controlplane.gateway.embeddings import PATH as EMBEDDINGS_PATH
 from controlplane.gateway.embeddings import check_task, parse_embeddings
 from controlplane.gateway.errors import GatewayError, bad_request, model_not_found, unavailable
 from controlplane.gateway.guard import AuthThrottle, require_scrape_token
+from controlplane.gateway.holds import Holds
 from controlplane.gateway.limits import Decision, Limiter
 from controlplane.gateway.metering import Meter
 from controlplane.gateway.requests import CompletionRequest, parse_completion
+from controlplane.gateway.route_events import route_listener
 from controlplane.gateway.routing import Balancer, RouteTable, holdable, listable, wakeable
 from controlplane.gateway.selectors import KeyRecord, ReplicaTarget, Route
 from controlplane.gateway.services import deployment_wake
@@ -60,6 +62,65 @@ WATCH_AFTER_SECONDS = 0.05  # a disconnect is noticed at most this late
 
 class ClientGone(Exception):
     """The client disconnected; nothing more can be sent."""
+
+
+# A replica that may have started on a request (cut before its first byte, 503 while draining)
+# passes it on once; one that never received it (connection refused) as often as replicas last.
+MAX_RETRIES = 1
+# Ends a stream whose replica died mid-answer: an error event (the openai client raises
+# ``APIError`` on it), never a clean end that reads as a complete answer.
+STREAM_CUT = (
+    b'data: {"error": {"message": "The model replica failed mid-answer; the answer is incomplete.", '
+    b'"type": "server_error", "param": null, "code": "upstream_disconnected"}}\n\n'
+)
+
+
+class NoAnswer(Exception):
+    """A replica gave no byte of an answer: another one may take the request.
+
+    ``unsent``: the request never reached it (retrying costs nothing); ``error`` is what the
+    client gets when no retry is left.
+    """
+
+    def __init__(self, kind: str, error: GatewayError, *, unsent: bool = False) -> None:
+        super().__init__(kind)
+        self.kind = kind
+        self.error = error
+        self.unsent = unsent
+
+
+def _unreachable(conf: GatewayConf) -> GatewayError:
+    return unavailable(
+        "No replica of this model could be reached; try again shortly.",
+        conf.retry_after_seconds,
+        code="upstream_unavailable",
+    )
+
+
+def _upstream_failed(
+    conf: GatewayConf, message: str = "The model replica failed before answering; try again."
+) -> GatewayError:
+    return GatewayError(
+        502,
+        message,
+        type="server_error",
+        code="upstream_error",
+        headers=[(b"retry-after", str(conf.retry_after_seconds).encode())],
+    )
+
+
+async def _relayed_error(response: aiohttp.ClientResponse) -> GatewayError:
+    """A replica's own 503 (draining, queue full), as the client gets it when no retry is left."""
+    retry_after = response.headers.get("Retry-After", "1")
+    message = "The model replica is not taking requests right now; try again shortly."
+    try:
+        body = json.loads(await response.read())
+        text = body["error"]["message"]
+        if isinstance(text, str) and text:
+            message = text[:500]
+    except (aiohttp.ClientError, TimeoutError, ValueError, KeyError, TypeError):
+        pass
+    return unavailable(message, int(retry_after) if retry_after.isdigit() else 1, code="upstream_unavailable")
 
 
 class Exchange:
@@ -208,6 +269,7 @@ class Gateway:
         self.balancer = Balancer(self.conf)
         self.meter = Meter(self.conf)
         self.limiter: Limiter | None = None
+        self.holds: Holds | None = None
         self.session: aiohttp.ClientSession | None = None
         self.tasks: list[asyncio.Task[None]] = []
         self.revocations_ready = asyncio.Event()
@@ -225,6 +287,7 @@ class Gateway:
         self._started = True
         redis_url = settings.REDIS_URL
         self.limiter = Limiter(self.conf, redis_url)
+        self.holds = Holds(redis_url, self.conf.redis_timeout)
         self.keys.connect(redis_url)  # revocation markers, read while the database is down
         self.auth_throttle.connect(redis_url)
         self.session = aiohttp.ClientSession(
@@ -242,6 +305,7 @@ class Gateway:
             loop.create_task(revocation_listener(redis_url, self.keys, self.revocations_ready)),
             loop.create_task(self.meter.run()),
             loop.create_task(self.limiter.settle_loop()),
+            loop.create_task(route_listener(redis_url, self.routes)),
         ]
 
     async def shutdown(self) -> None:
@@ -259,6 +323,8 @@ class Gateway:
             logger.exception("final usage flush failed")
         if self.limiter is not None:
             await self.limiter.close()
+        if self.holds is not None:
+            await self.holds.close()
         await self.keys.close()
         await self.auth_throttle.close()
         if self.session is not None:
@@ -495,16 +561,14 @@ class Gateway:
                 latency_ms=(time.perf_counter() - t0) * 1000,
             )
 
-    async def _replica(self, route: Route, tried: set[int]) -> tuple[Route, ReplicaTarget]:
+    async def _replica(
+        self, route: Route, tried: set[int], failed: GatewayError | None = None
+    ) -> tuple[Route, ReplicaTarget]:
         replica = self.balancer.pick(route, tried)
         if replica is not None:
             return route, replica
-        if tried:
-            raise unavailable(
-                "No replica of this model could be reached; try again shortly.",
-                self.conf.retry_after_seconds,
-                code="upstream_unavailable",
-            )
+        if tried:  # every replica tried: the last one's failure is the answer
+            raise failed or _unreachable(self.conf)
         route = await self._wait_for_replica(route)
         replica = self.balancer.pick(route, tried)
         assert replica is not None
@@ -523,6 +587,20 @@ class Gateway:
                     await run_db(deployment_wake, deployment_id=route.deployment_id, at=datetime.now(UTC))
                 except Exception:
                     logger.exception("could not wake deployment %s", route.deployment_id)
+        assert self.holds is not None
+        held = await self.holds.hold(route.deployment_id, self.conf.cold_start_timeout)
+        try:
+            current = await self._poll_ready(route)
+        finally:
+            await self.holds.release(route.deployment_id, held)
+        if current is None:
+            metrics.COLD_STARTS.labels("timeout").inc()
+            raise unavailable(f"No replica of '{route.served_model_name}' is ready yet; try again shortly.", retry)
+        metrics.COLD_STARTS.labels("served").inc()
+        return current
+
+    async def _poll_ready(self, route: Route) -> Route | None:
+        """The route once it has a ready replica; ``None`` after the hold's bound or if it stops."""
         deadline = time.monotonic() + self.conf.cold_start_timeout
         while time.monotonic() < deadline:
             await asyncio.sleep(self.conf.cold_start_poll)
@@ -531,12 +609,10 @@ class Gateway:
             if current is None:
                 raise model_not_found(route.served_model_name)
             if current.ready:
-                metrics.COLD_STARTS.labels("served").inc()
                 return current
             if not holdable(current):
-                break
-        metrics.COLD_STARTS.labels("timeout").inc()
-        raise unavailable(f"No replica of '{route.served_model_name}' is ready yet; try again shortly.", retry)
+                return None
+        return None
 
     async def _proxy(
         self,
@@ -549,70 +625,120 @@ class Gateway:
         t0: float,
         state: dict[str, bool],
     ) -> bool:
-        """Send to a replica and relay the answer. Returns whether it counts as an error."""
-        assert self.session is not None
+        """Send to a replica and relay the answer. Returns whether it counts as an error.
+
+        A replica that gave no byte of an answer (unreachable, refused our credential, 503 while
+        draining, cut before its first byte) passes the request to another ready replica: as often
+        as needed when nothing reached it, once when it may have started on it (``NoAnswer``).
+        """
         tried: set[int] = set()
+        retries = MAX_RETRIES
+        failed: GatewayError | None = None
         while True:
-            route, replica = await self._replica(route, tried)
+            route, replica = await self._replica(route, tried, failed)
             self.balancer.acquire(replica)
             try:
-                t_up = time.perf_counter()
-                try:
-                    # Only these headers: the client's own Authorization (its Hangar API key) and
-                    # anything else it sent stay here; the replica gets its deployment's credential
-                    # and the request id (already checked: at most 64 safe characters).
-                    response = await self.session.post(
-                        replica.endpoint + path,
-                        data=upstream_body,
-                        headers={
-                            "Content-Type": "application/json",
-                            "Authorization": route.replica_auth,
-                            request_id.HEADER: exchange.request_id,
-                        },
-                    )
-                except aiohttp.ClientConnectorError:
-                    # Nothing reached the replica: safe to try another one.
-                    metrics.UPSTREAM_ERRORS.labels("connect").inc()
-                    self.balancer.failed(replica)
-                    tried.add(replica.pk)
-                    continue
-                except (aiohttp.ClientError, TimeoutError):
-                    metrics.UPSTREAM_ERRORS.labels("request").inc()
-                    self.balancer.failed(replica)
-                    raise unavailable(
-                        "The model replica failed to answer; try again.",
-                        self.conf.retry_after_seconds,
-                        code="upstream_error",
-                    ) from None
-                if response.status == 401:
-                    # The replica refused our credential (a replica left from before a SECRET_KEY
-                    # rotation, or processes that disagree on it): not the client's fault, and
-                    # its request was not processed, so another replica may take it.
-                    response.release()
-                    logger.error(
-                        "replica %s of deployment %s refused the gateway's credential",
-                        replica.pk,
-                        route.deployment_id,
-                    )
-                    metrics.UPSTREAM_ERRORS.labels("unauthorized").inc()
-                    self.balancer.failed(replica)
-                    tried.add(replica.pk)
-                    continue
-                self.balancer.succeeded(replica)
-                pre = t_up - t0
-                try:
-                    if request.stream and response.status == 200:
-                        error = await self._relay_stream(exchange, response, request, usage, state)
-                    else:
-                        error = await self._relay_body(exchange, response, usage, state)
-                finally:
-                    response.release()
-                t_done = time.perf_counter()
-                metrics.UPSTREAM_LATENCY.observe(t_done - t_up)
-                metrics.ADDED_LATENCY.observe(pre + exchange.post)
-                return error
+                return await self._attempt(exchange, route, replica, request, upstream_body, path, usage, t0, state)
+            except NoAnswer as exc:
+                metrics.UPSTREAM_ERRORS.labels(exc.kind).inc()
+                self.balancer.failed(replica)
+                tried.add(replica.pk)
+                failed = exc.error
+                if not exc.unsent:
+                    if retries == 0:
+                        raise exc.error from None
+                    retries -= 1
+                metrics.RETRIES.labels(exc.kind).inc()
             finally:
                 self.balancer.release(replica)
+
+    async def _attempt(
+        self,
+        exchange: Exchange,
+        route: Route,
+        replica: ReplicaTarget,
+        request: CompletionRequest,
+        upstream_body: bytes,
+        path: str,
+        usage: list[int],
+        t0: float,
+        state: dict[str, bool],
+    ) -> bool:
+        """One replica's try: relay its answer, or raise ``NoAnswer`` while nothing was relayed."""
+        t_up = time.perf_counter()
+        response = await self._send(route, replica, upstream_body, path, exchange)
+        try:
+            if response.status == 401:
+                # The replica refused our credential (a replica left from before a SECRET_KEY
+                # rotation, or processes that disagree on it): not the client's fault, and its
+                # request was not processed, so another replica may take it.
+                logger.error(
+                    "replica %s of deployment %s refused the gateway's credential", replica.pk, route.deployment_id
+                )
+                raise NoAnswer("unauthorized", _upstream_failed(self.conf), unsent=True)
+            if response.status == 503:
+                # Draining (SIGTERM), or its queue is full: it did not take the request.
+                raise NoAnswer("refused", await _relayed_error(response))
+            first = b""
+            if request.stream and response.status == 200:
+                first = await self._first_bytes(response)
+            self.balancer.succeeded(replica)
+            pre = t_up - t0
+            if request.stream and response.status == 200:
+                error = await self._relay_stream(exchange, response, first, request, usage, state)
+            else:
+                error = await self._relay_body(exchange, response, usage, state)
+        finally:
+            response.release()
+        metrics.UPSTREAM_LATENCY.observe(time.perf_counter() - t_up)
+        metrics.ADDED_LATENCY.observe(pre + exchange.post)
+        return error
+
+    async def _send(
+        self, route: Route, replica: ReplicaTarget, upstream_body: bytes, path: str, exchange: Exchange
+    ) -> aiohttp.ClientResponse:
+        """POST to the replica; up to its status line and headers."""
+        assert self.session is not None
+        try:
+            # Only these headers: the client's own Authorization (its Hangar API key) and
+            # anything else it sent stay here; the replica gets its deployment's credential
+            # and the request id (already checked: at most 64 safe characters).
+            return await self.session.post(
+                replica.endpoint + path,
+                data=upstream_body,
+                headers={
+                    "Content-Type": "application/json",
+                    "Authorization": route.replica_auth,
+                    request_id.HEADER: exchange.request_id,
+                },
+            )
+        except aiohttp.ClientConnectorError:
+            raise NoAnswer("connect", _unreachable(self.conf), unsent=True) from None  # nothing reached it
+        except TimeoutError:
+            # Slow, not gone: another replica would only do the same work twice.
+            metrics.UPSTREAM_ERRORS.labels("timeout").inc()
+            raise GatewayError(
+                504, "The model replica did not answer in time.", type="server_error", code="upstream_timeout"
+            ) from None
+        except aiohttp.ClientError:
+            # Connection lost before a byte of the answer (the replica died, or closed on us).
+            raise NoAnswer("disconnect", _upstream_failed(self.conf)) from None
+
+    async def _first_bytes(self, response: aiohttp.ClientResponse) -> bytes:
+        """The first bytes of a streamed answer, before anything goes to the client: a replica
+        that dies before sending any leaves the request free to go to another one."""
+        try:
+            async for data in response.content.iter_any():
+                if data:
+                    return data
+        except TimeoutError:
+            metrics.UPSTREAM_ERRORS.labels("timeout").inc()
+            raise GatewayError(
+                504, "The model replica did not answer in time.", type="server_error", code="upstream_timeout"
+            ) from None
+        except aiohttp.ClientError:
+            pass
+        raise NoAnswer("disconnect", _upstream_failed(self.conf))
 
     async def _relay_body(
         self, exchange: Exchange, response: aiohttp.ClientResponse, usage: list[int], state: dict[str, bool]
@@ -620,10 +746,9 @@ class Gateway:
         try:
             data = await response.read()
         except (aiohttp.ClientError, TimeoutError):
+            # Cut mid-answer: the replica did the work (or part of it), so no retry; a 502 says so.
             metrics.UPSTREAM_ERRORS.labels("read").inc()
-            raise unavailable(
-                "The model replica failed mid-answer; try again.", self.conf.retry_after_seconds, code="upstream_error"
-            ) from None
+            raise _upstream_failed(self.conf, "The model replica failed mid-answer; try again.") from None
         t_post = time.perf_counter()
         status = response.status
         if status == 200:
@@ -644,6 +769,7 @@ class Gateway:
         self,
         exchange: Exchange,
         response: aiohttp.ClientResponse,
+        first: bytes,
         request: CompletionRequest,
         usage: list[int],
         state: dict[str, bool],
@@ -651,29 +777,41 @@ class Gateway:
         await exchange.start(
             200, b"text/event-stream", [(b"cache-control", b"no-cache"), (b"x-accel-buffering", b"no")]
         )
-        buffer = b""
         scan = _StreamScan(request, usage, state)
+        buffer = await self._relay_events(exchange, scan, first, b"")
         try:
             async for data in response.content.iter_any():
-                buffer += data
-                if b"\n\n" not in buffer:
-                    continue
-                *events, buffer = buffer.split(b"\n\n")
-                out = scan.events(events)
+                buffer = await self._relay_events(exchange, scan, data, buffer)
+            if buffer.strip():
+                out = scan.events([buffer.rstrip(b"\n")])
                 if out:
                     await exchange.body(b"".join(out), more=True)
-            if buffer.strip():
-                await exchange.body(buffer + b"\n\n", more=True)
         except (aiohttp.ClientError, TimeoutError):
-            metrics.UPSTREAM_ERRORS.labels("stream").inc()
-            scan.error = True
+            pass
         finally:
             if not scan.got_usage:  # cut short: estimate so that budgets and TPM still see the tokens
                 usage[0] = request.prompt_estimate
                 usage[1] = scan.chunks
-        state["done"] = True
+        if not state["done"]:
+            # No [DONE]: the replica died or hung up mid-answer. Say so in the stream (the openai
+            # client raises on it) rather than ending it cleanly, which reads as a complete answer.
+            metrics.UPSTREAM_ERRORS.labels("stream").inc()
+            scan.error = True
+            state["done"] = True
+            await exchange.body(STREAM_CUT, more=True)
         await exchange.body(b"", more=False)
         return scan.error
+
+    async def _relay_events(self, exchange: Exchange, scan: _StreamScan, data: bytes, buffer: bytes) -> bytes:
+        """Pass on the complete events of ``buffer + data``; return the incomplete rest."""
+        buffer += data
+        if b"\n\n" not in buffer:
+            return buffer
+        *events, buffer = buffer.split(b"\n\n")
+        out = scan.events(events)
+        if out:
+            await exchange.body(b"".join(out), more=True)
+        return buffer
 
 
 gateway = Gateway()

@@ -43,6 +43,9 @@ REDIS_FALLBACK = Gauge(
     "hangar_gateway_redis_fallback", "1 while Redis is unreachable and limits use the per-process limiter."
 )
 UPSTREAM_ERRORS = Counter("hangar_gateway_upstream_errors_total", "Failures talking to replicas.", ["kind"])
+RETRIES = Counter(
+    "hangar_gateway_retries_total", "Requests passed to another replica after one gave no answer.", ["kind"]
+)
 IN_FLIGHT = Gauge("hangar_gateway_in_flight_requests", "Requests currently proxied by this process.")
 COLD_STARTS = Counter("hangar_gateway_cold_starts_total", "Requests that waited for a replica to start.", ["outcome"])
 USAGE_FLUSH_FAILURES = Counter("hangar_gateway_usage_flush_failures_total", "Failed usage flushes (retried).")

@@ -48,6 +48,18 @@ class RouteTable:
         self.stale = max(conf.route_stale_seconds, conf.route_cache_seconds)
         self.tenants: dict[int, tuple[float, dict[str, Route]]] = {}
         self.loading: dict[int, asyncio.Task[dict[str, Route]]] = {}
+        self.invalidated: dict[int, float] = {}  # tenant -> when its routes were announced changed
+
+    def invalidate(self, tenant_id: int | None) -> None:
+        """Routes changed (``route_events``): the next request reads them again; a read already
+        under way may predate the change, so it does not count as fresh."""
+        now = time.monotonic()
+        tenants = list(self.tenants) if tenant_id is None else [tenant_id]
+        for tenant in tenants:
+            self.invalidated[tenant] = now
+            entry = self.tenants.get(tenant)
+            if entry is not None:
+                self.tenants[tenant] = (-1e9, entry[1])  # kept for a database outage, never fresh
 
     async def get(self, tenant_id: int, *, max_age: float | None = None) -> dict[str, Route]:
         entry = self.tenants.get(tenant_id)
@@ -79,10 +91,12 @@ class RouteTable:
             routes = await run_db(gateway_routes, tenant_id=tenant_id)
         finally:
             self.loading.pop(tenant_id, None)
-        self.tenants[tenant_id] = (started, routes)
+        stamp = started if self.invalidated.get(tenant_id, -1e9) < started else -1e9  # read before a change
+        self.tenants[tenant_id] = (stamp, routes)
         if len(self.tenants) > 10_000:
             cutoff = time.monotonic() - self.stale
             self.tenants = {k: v for k, v in self.tenants.items() if v[0] > cutoff}
+            self.invalidated = {k: v for k, v in self.invalidated.items() if v > cutoff}
         return routes
 
 

@@ -22,6 +22,7 @@ def _engine_settings(settings: Any, tmp_path: Path) -> None:
     settings.HANGAR_READY_TIMEOUT = 60.0
     settings.HANGAR_FAILED_RETRY_SECONDS = 30.0
     settings.HANGAR_RECONCILE_LEASE_SECONDS = 30.0
+    settings.HANGAR_REPLICA_DRAIN_SECONDS = 0.0  # removals at once; tests of draining set it
 
 
 @pytest.fixture

@@ -28,6 +28,8 @@ class FakeDriver(Driver):
         self.fail_with: Exception | None = None  # raised by every call while set
         self.fail_create: Exception | None = None
         self.auto_ready = False
+        self.terminated: list[str] = []  # names of replicas asked to stop gracefully
+        self.exit_on_terminate = False
         self._ids = itertools.count(1)
 
     def _maybe_fail(self) -> None:
@@ -65,6 +67,13 @@ class FakeDriver(Driver):
         self.healthy.discard(backend_id)
         if replica is not None:
             self.removed.append(replica.name)
+
+    def terminate(self, backend_id: str) -> None:
+        """SIGTERM: recorded; the replica exits at once (drained) if ``exit_on_terminate``."""
+        self._maybe_fail()
+        self.terminated.append(self.replicas[backend_id].name)
+        if self.exit_on_terminate:
+            self.kill(backend_id, exit_code=0)
 
     def logs(self, backend_id: str, tail: int = 200) -> str:
         return f"hangar-runtime: stage=loading_model model=/m\nlog of {backend_id}\n"

@@ -207,6 +207,10 @@ class Driver(abc.ABC):
     def logs(self, backend_id: str, tail: int = 200) -> str:
         """The last ``tail`` lines of a replica's output."""
 
+    def terminate(self, backend_id: str) -> None:  # noqa: B027 - optional hook
+        """Ask a replica to stop gracefully (SIGTERM: it finishes its requests, then exits);
+        return at once. ``remove`` later stops whatever is left. Default: nothing (``remove`` does it all)."""
+
     def health(self, endpoint: str) -> bool:
         return health_ok(endpoint)
 

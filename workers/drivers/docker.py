@@ -352,6 +352,18 @@ class DockerDriver(Driver):
                 return
             raise
 
+    def terminate(self, backend_id: str) -> None:
+        """SIGTERM to the container's main process: it drains, then exits (``remove`` does the rest)."""
+        try:
+            container = self._call(self.client.containers.get, backend_id)
+            if container.status == "running":
+                self._call(container.kill, signal="SIGTERM")
+        except docker.errors.NotFound:
+            return
+        except PermanentDriverError as exc:
+            if "is not running" not in exc.detail:  # it exited meanwhile: what we asked for
+                raise
+
     def logs(self, backend_id: str, tail: int = 200) -> str:
         try:
             container = self._call(self.client.containers.get, backend_id)

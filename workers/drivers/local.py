@@ -268,6 +268,13 @@ class LocalDriver(Driver):
         self._token_path(backend_id).unlink(missing_ok=True)
         path.unlink(missing_ok=True)
 
+    def terminate(self, backend_id: str) -> None:
+        """SIGTERM to the replica's process group: it drains, then exits (``remove`` kills what is left)."""
+        state = self._read_state(self._state_path(backend_id))
+        if state is not None and self._alive(state):
+            with contextlib.suppress(ProcessLookupError, PermissionError):
+                os.killpg(int(state["pid"]), signal.SIGTERM)
+
     def _stop(self, pid: int, start_ticks: int | None) -> None:
         with contextlib.suppress(ProcessLookupError, PermissionError):
             os.killpg(pid, signal.SIGTERM)

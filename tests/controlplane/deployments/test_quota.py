@@ -23,7 +23,7 @@ from controlplane.tenancy.models import Tenant
 from controlplane.tenancy.services import tenant_create, tenant_quota_set
 from tests.factories import DeploymentFactory, ModelFactory, ReplicaFactory, TargetFactory, TenantFactory, UserFactory
 from tests.support.waiting import wait_for
-from workers.autoscaler import autoscale_tick, desired_replicas
+from workers.autoscaler import Memory, Sample, autoscale_tick, decide, policy_for
 
 pytestmark = pytest.mark.django_db
 
@@ -157,8 +157,11 @@ def test_autoscaler_moves_within_the_charge_of_a_full_quota(
 def test_autoscaler_policy_never_goes_above_max_replicas(replicas: int) -> None:
     # Even a row whose bounds were never checked (min above max, replicas above max).
     d = DeploymentFactory.build(autoscale=True, replicas=replicas, min_replicas=6, max_replicas=3, target_concurrency=1)
-    for load in (0, 2, 50):
-        assert desired_replicas(d, load=load, now=timezone.now()) <= 3
+    policy, memory = policy_for(d), Memory()
+    for tick, load in enumerate((0, 2, 50, 50, 0)):
+        decision = decide(policy, memory, Sample(at=float(tick), load=load), current=replicas, idle_for=0.0)
+        memory = decision.memory
+        assert decision.replicas <= 3
 
 
 def test_min_replicas_above_max_is_refused_at_create(actor: Actor) -> None:
