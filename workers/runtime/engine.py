@@ -38,9 +38,10 @@ import torch
 from transformers import DynamicCache
 from transformers.cache_utils import DynamicLayer
 
+from workers.runtime.constraints import apply_constraints
 from workers.runtime.detokenizer import IncrementalDetokenizer
 from workers.runtime.metrics import RuntimeMetrics
-from workers.runtime.sampling import SamplingParams, make_generator, select_next_tokens
+from workers.runtime.sampling import SamplingParams, adjust_logits, make_generator, select_next_tokens
 
 log = logging.getLogger(__name__)
 
@@ -67,6 +68,14 @@ class GenerationRequest:
     stop: tuple[str, ...] = ()
     ignore_eos: bool = False
     arrival: float = field(default_factory=time.monotonic)
+    min_tokens: int = 0
+    # None: no log probabilities; k >= 0: the chosen token's plus the k most likely.
+    logprobs: int | None = None
+    constraint: Any = None  # a constraints.Constraint (token mask) or None
+
+
+# One generated token's log probability and its top alternatives: (token id, logprob, top).
+TokenLogprob = tuple[int, float, list[tuple[int, float]]]
 
 
 @dataclass(slots=True)
@@ -79,6 +88,7 @@ class StepOutput:
     prompt_tokens: int = 0
     completion_tokens: int = 0
     error: str | None = None
+    logprobs: list[TokenLogprob] | None = None
 
 
 class Sequence:
@@ -96,6 +106,7 @@ class Sequence:
         self.finished = False
         self.generator: torch.Generator | None = None
         self.last_token_time = 0.0
+        self.pending_logprobs: list[TokenLogprob] = []
 
     @property
     def prompt_len(self) -> int:
@@ -152,6 +163,20 @@ class Engine:
             self._update_gauges()
             self._cond.notify()
         return seq
+
+    def submit_many(self, requests: list[GenerationRequest], consumers: list[Any]) -> list[Sequence]:
+        """Queue several requests at once (the ``n`` choices of one prompt), all or none."""
+        seqs = [
+            Sequence(r, c, IncrementalDetokenizer(self._decoder, r.stop))
+            for r, c in zip(requests, consumers, strict=True)
+        ]
+        with self._cond:
+            if len(self._waiting) + len(seqs) > self.max_queue:
+                raise QueueFullError(f"{len(self._waiting)} requests are already queued")
+            self._waiting.extend(seqs)
+            self._update_gauges()
+            self._cond.notify()
+        return seqs
 
     def cancel(self, seq: Sequence) -> None:
         """Stop a sequence (client went away); its slot is freed before the next step."""
@@ -227,12 +252,16 @@ class Engine:
         self._update_gauges()
 
     def _prefill(self, seqs: list[Sequence]) -> None:
-        lengths = [s.prompt_len for s in seqs]
+        # Identical prompts (the n choices of one request) are computed once and copied.
+        unique: dict[tuple[int, ...], int] = {}
+        rows = [unique.setdefault(tuple(s.request.prompt_ids), len(unique)) for s in seqs]
+        prompts = list(unique)
+        lengths = [len(p) for p in prompts]
         width = max(lengths)
-        ids = torch.zeros((len(seqs), width), dtype=torch.long)
-        mask = torch.zeros((len(seqs), width), dtype=torch.long)
-        for i, s in enumerate(seqs):
-            ids[i, width - lengths[i] :] = torch.tensor(s.request.prompt_ids)
+        ids = torch.zeros((len(prompts), width), dtype=torch.long)
+        mask = torch.zeros((len(prompts), width), dtype=torch.long)
+        for i, prompt in enumerate(prompts):
+            ids[i, width - lengths[i] :] = torch.tensor(prompt)
             mask[i, width - lengths[i] :] = 1
         ids, mask = ids.to(self.device), mask.to(self.device)
         positions = (mask.cumsum(-1) - 1).clamp(min=0)
@@ -245,14 +274,19 @@ class Engine:
             use_cache=True,
             logits_to_keep=1,
         )
+        logits = out.logits[:, -1, :]
+        if len(prompts) < len(seqs):
+            index = torch.tensor(rows, device=self.device)
+            for layer in _layers(cache):
+                layer.keys = _tensor(layer.keys).index_select(0, index)
+                layer.values = _tensor(layer.values).index_select(0, index)
+            mask, logits = mask.index_select(0, index), logits.index_select(0, index)
         for s in seqs:
             s.generator = make_generator(s.request.sampling, self.device)
         if self.metrics:
             self.metrics.prompt_tokens.inc(sum(lengths))
-        tokens = select_next_tokens(
-            out.logits[:, -1, :], [s.request.sampling for s in seqs], [s.generator for s in seqs]
-        )
-        self._merge(seqs, cache, mask, torch.tensor(lengths, device=self.device))
+        tokens = self._select(logits, seqs)
+        self._merge(seqs, cache, mask, torch.tensor([s.prompt_len for s in seqs], device=self.device))
         self._accept_tokens(seqs, tokens)
         self._remove_finished()
 
@@ -277,7 +311,7 @@ class Engine:
         seq.generator = make_generator(seq.request.sampling, self.device)
         if self.metrics:
             self.metrics.prompt_tokens.inc(len(prompt))
-        tokens = select_next_tokens(out.logits[:, -1, :], [seq.request.sampling], [seq.generator])
+        tokens = self._select(out.logits[:, -1, :], [seq])
         mask = torch.ones((1, end), dtype=torch.long, device=self.device)
         self._merge([seq], cache, mask, torch.tensor([end], device=self.device))
         self._accept_tokens([seq], tokens)
@@ -296,13 +330,53 @@ class Engine:
             use_cache=True,
         )
         self._positions = self._positions + 1
-        tokens = select_next_tokens(
-            out.logits[:, -1, :],
-            [s.request.sampling for s in self._running],
-            [s.generator for s in self._running],
-        )
+        tokens = self._select(out.logits[:, -1, :], self._running)
         self._accept_tokens(self._running, tokens)
         self._remove_finished()
+
+    # ---------------------------------------------------------------- token selection
+
+    def _select(self, logits: torch.Tensor, seqs: list[Sequence]) -> list[int]:
+        """Pick one token per row: penalties and bias, min_tokens, grammar masks, then sampling.
+
+        Log probabilities are those of the model's distribution (before penalties and masks),
+        as OpenAI and vLLM report them.
+        """
+        logits = logits.float()
+        want = [i for i, s in enumerate(seqs) if s.request.logprobs is not None]
+        logp = torch.log_softmax(logits.index_select(0, torch.tensor(want, device=self.device)), -1) if want else None
+        params = [s.request.sampling for s in seqs]
+        if any(p.adjusts_logits for p in params):
+            adjust_logits(logits, params, [s.request.prompt_ids for s in seqs], [s.output_ids for s in seqs])
+        self._block_early_eos(logits, seqs)
+        rows = [i for i, s in enumerate(seqs) if s.request.constraint is not None]
+        if rows:
+            apply_constraints(logits, rows, [seqs[i].request.constraint for i in rows])
+        tokens = select_next_tokens(logits, params, [s.generator for s in seqs])
+        if logp is not None:
+            self._record_logprobs(logp, [seqs[i] for i in want], [tokens[i] for i in want])
+        return tokens
+
+    def _block_early_eos(self, logits: torch.Tensor, seqs: list[Sequence]) -> None:
+        """``min_tokens``: end-of-sequence is impossible until enough tokens exist."""
+        if not self.eos_token_ids:
+            return
+        eos = torch.tensor(sorted(self.eos_token_ids), device=self.device)
+        eos = eos[eos < logits.shape[1]]
+        for i, s in enumerate(seqs):
+            if len(s.output_ids) < s.request.min_tokens and s.request.constraint is None:
+                logits[i].index_fill_(0, eos, float("-inf"))
+
+    @staticmethod
+    def _record_logprobs(logp: torch.Tensor, seqs: list[Sequence], tokens: list[int]) -> None:
+        top_k = max(s.request.logprobs or 0 for s in seqs)
+        chosen = logp.gather(1, torch.tensor(tokens, device=logp.device).unsqueeze(1)).squeeze(1).tolist()
+        top_v, top_i = logp.topk(top_k, dim=-1) if top_k else (logp[:, :0], logp[:, :0].long())
+        top_v_l, top_i_l = top_v.tolist(), top_i.tolist()
+        for j, s in enumerate(seqs):
+            k = s.request.logprobs or 0
+            top = list(zip(top_i_l[j][:k], top_v_l[j][:k], strict=True))
+            s.pending_logprobs.append((tokens[j], chosen[j], top))
 
     # ---------------------------------------------------------------- batch surgery
 
@@ -358,6 +432,9 @@ class Engine:
             seq.last_token_time = now
             req = seq.request
             n = len(seq.output_ids)
+            if req.constraint is not None and (not req.constraint.accept(token) or req.constraint.terminated):
+                self._finish(seq, "stop")
+                continue
             if token in self.eos_token_ids and not req.ignore_eos:
                 self._finish(seq, "stop")
                 continue
@@ -367,7 +444,9 @@ class Engine:
             elif n >= req.max_tokens:
                 self._finish(seq, "length", delta)
             else:
-                self._pending.append((seq.consumer, StepOutput(delta, completion_tokens=n)))
+                self._pending.append(
+                    (seq.consumer, StepOutput(delta, completion_tokens=n, logprobs=self._take_lp(seq)))
+                )
         if m:
             m.completion_tokens.inc(len(tokens))
 
@@ -389,9 +468,21 @@ class Engine:
                     prompt_tokens=seq.prompt_len,
                     completion_tokens=len(seq.output_ids),
                     error=error,
+                    logprobs=self._take_lp(seq, final=reason == "stop"),
                 ),
             )
         )
+
+    def _take_lp(self, seq: Sequence, *, final: bool = False) -> list[TokenLogprob] | None:
+        """Hand out the logprobs recorded since the last output (not the stop token's)."""
+        if seq.request.logprobs is None:
+            return None
+        entries, seq.pending_logprobs = seq.pending_logprobs, []
+        if final and entries and seq.output_ids and entries[-1][0] == seq.output_ids[-1]:
+            last = seq.output_ids[-1]
+            if last in self.eos_token_ids or seq.request.constraint is not None:
+                entries = entries[:-1]
+        return entries
 
     def _fail_all(self, exc: Exception) -> None:
         for seq in [*self._running, *self._prefilling, *(c[0] for c in self._chunked)]:

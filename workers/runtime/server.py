@@ -46,6 +46,7 @@ from starlette.routing import Route
 
 from workers.runtime.api import api_endpoint, chat_completions, completions, dispatch, health, list_models, metrics
 from workers.runtime.auth import BearerAuth
+from workers.runtime.features import OutputFormat, ToolSettings
 from workers.runtime.loader import LoadedModel, LoadOptions, ModelLoadError, load_model
 from workers.runtime.metrics import RuntimeMetrics
 from workers.runtime.protocol import RETRY_AFTER_SECONDS, ApiError, CommonParams, now
@@ -127,6 +128,7 @@ class Runtime:
         self._in_flight = 0
         self._idle: asyncio.Event | None = None
         self._drain_task: asyncio.Task[None] | None = None
+        self._grammars: Any = None  # constraints.GrammarFactory, built on first use
 
     # ------------------------------------------------------------ lifecycle
 
@@ -294,14 +296,19 @@ class Runtime:
                 headers={"Retry-After": RETRY_AFTER_SECONDS},
             )
 
-    def prompt_ids_for_chat(self, messages: list[dict[str, str]]) -> list[int]:
-        """Render the tokenizer's chat template and tokenize the result."""
+    def prompt_ids_for_chat(self, messages: list[dict[str, Any]], tools: ToolSettings | None = None) -> list[int]:
+        """Render the tokenizer's chat template (with the tools, if any) and tokenize the result."""
         assert self.loaded is not None
         tok = self.loaded.tokenizer
         if not getattr(tok, "chat_template", None):
             raise ApiError("this model has no chat template; use /v1/completions", param="messages")
+        rendered_tools = None
+        if tools is not None and tools.active:
+            rendered_tools = [
+                {"type": "function", "function": {"name": t.name, "parameters": t.parameters}} for t in tools.tools
+            ]
         try:
-            text = tok.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
+            text = tok.apply_chat_template(messages, tools=rendered_tools, tokenize=False, add_generation_prompt=True)
         except Exception as exc:
             raise ApiError(f"chat template rejected the messages: {exc}", param="messages") from exc
         return list(tok.encode(text, add_special_tokens=False))
@@ -316,6 +323,40 @@ class Runtime:
         if any(t < 0 or t >= vocab for t in prompt):
             raise ApiError(f"token ids must be in [0, {vocab})", param="prompt")
         return prompt
+
+    def decode_token(self, token: int) -> str:
+        """One token's text, for log probabilities."""
+        assert self.loaded is not None
+        return str(self.loaded.tokenizer.decode([token], skip_special_tokens=False))
+
+    def check_vocabulary(self, params: CommonParams) -> None:
+        """``logit_bias`` may only name tokens of this model's vocabulary."""
+        vocab = int(self.loaded.model.config.vocab_size) if self.loaded is not None else 0
+        bad = [token for token, _ in params.sampling.logit_bias if token >= vocab]
+        if bad:
+            raise ApiError(f"logit_bias names token {bad[0]}, outside the vocabulary [0, {vocab})", param="logit_bias")
+
+    async def constraint_for(self, output: OutputFormat) -> Any:
+        """A fresh grammar state for one choice (None for free text); 400 for unusable schemas."""
+        if output.kind == "text":
+            return None
+        from workers.runtime.constraints import GrammarFactory, SchemaError
+
+        assert self.loaded is not None
+        if self._grammars is None:
+            loaded = self.loaded
+            self._grammars = await asyncio.to_thread(
+                GrammarFactory, loaded.tokenizer, int(loaded.model.config.vocab_size), sorted(loaded.eos_token_ids)
+            )
+        grammars = self._grammars
+        try:
+            if output.kind == "json_object":
+                return await asyncio.to_thread(grammars.json_object)
+            assert output.schema is not None
+            return await asyncio.to_thread(grammars.json_schema, output.schema, strict=output.strict)
+        except SchemaError as exc:
+            param = "tools" if output.kind.startswith("tool") else "response_format"
+            raise ApiError(str(exc), param=param, code="invalid_schema") from exc
 
     def max_tokens_for(self, params: CommonParams, prompt_len: int, param: str) -> int:
         """Apply the context limit: 400 if the prompt (plus max_tokens) does not fit."""
