@@ -380,7 +380,7 @@ class Gateway:
             if request.stream and not request.include_usage:
                 payload["stream_options"] = {**(payload.get("stream_options") or {}), "include_usage": True}
             upstream_body = json.dumps(payload).encode()
-        reserved = request.prompt_estimate + (request.max_tokens or route.max_tokens_cap)
+        reserved = request.prompt_estimate + request.choices * (request.max_tokens or route.max_tokens_cap)
         assert self.limiter is not None
         decision = await self.limiter.admit(key, reserved)
         exchange.extra_headers = decision.headers

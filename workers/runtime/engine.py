@@ -41,6 +41,7 @@ from transformers.cache_utils import DynamicLayer
 from workers.runtime.constraints import apply_constraints
 from workers.runtime.detokenizer import IncrementalDetokenizer
 from workers.runtime.metrics import RuntimeMetrics
+from workers.runtime.prefix_cache import Entry, PrefixCache
 from workers.runtime.sampling import SamplingParams, adjust_logits, make_generator, select_next_tokens
 
 log = logging.getLogger(__name__)
@@ -107,6 +108,8 @@ class Sequence:
         self.generator: torch.Generator | None = None
         self.last_token_time = 0.0
         self.pending_logprobs: list[TokenLogprob] = []
+        self.prefix: tuple[Entry, int] | None = None  # cached prompt prefix found at admission
+        self.looked_up = False
 
     @property
     def prompt_len(self) -> int:
@@ -129,6 +132,7 @@ class Engine:
         eos_token_ids: Iterable[int] = (),
         metrics: RuntimeMetrics | None = None,
         deliver: Deliver | None = None,
+        prefix_cache: PrefixCache | None = None,
     ) -> None:
         self.model = model
         self.device = next(model.parameters()).device
@@ -139,6 +143,7 @@ class Engine:
         self.eos_token_ids = frozenset(eos_token_ids)
         self.metrics = metrics
         self.deliver: Deliver = deliver or (lambda outputs: None)
+        self.prefix_cache = prefix_cache
 
         self._cond = threading.Condition()
         self._waiting: collections.deque[Sequence] = collections.deque()
@@ -208,19 +213,35 @@ class Engine:
 
     # ---------------------------------------------------------------- scheduling
 
-    def _admit(self) -> list[Sequence]:
-        """Pop waiting sequences that fit into the batch (caller holds the lock)."""
+    def _admit(self) -> tuple[list[Sequence], list[Sequence]]:
+        """Pop waiting sequences that fit into the batch (caller holds the lock).
+
+        Returns the sequences to prefill from scratch and those whose prompt starts with a
+        cached prefix (prefilled on top of it); long remainders go to chunked prefill.
+        """
         admitted: list[Sequence] = []
+        hits: list[Sequence] = []
         budget = PREFILL_TOKEN_BUDGET
-        longest = 0
-        while self._waiting and len(self._running) + len(self._chunked) + len(admitted) < self.max_batch_size:
+        longest = hit_tokens = 0
+        while (
+            self._waiting and len(self._running) + len(self._chunked) + len(admitted) + len(hits) < self.max_batch_size
+        ):
             seq = self._waiting[0]
             if seq.cancelled:
                 self._waiting.popleft()
                 self._finish(seq, "cancelled")
                 continue
-            if seq.prompt_len > PREFILL_CHUNK:
-                self._chunked.append((self._waiting.popleft(), DynamicCache(), 0))
+            prefix = self._lookup(seq)
+            todo = seq.prompt_len - (prefix[1] if prefix else 0)
+            if todo > PREFILL_CHUNK:
+                done = prefix[1] if prefix else 0
+                self._chunked.append((self._waiting.popleft(), _cache_from(prefix, 1), done))
+                continue
+            if prefix:
+                if hits and hit_tokens + todo > budget:
+                    break
+                hit_tokens += todo
+                hits.append(self._waiting.popleft())
                 continue
             longest_if = max(longest, seq.prompt_len)
             if admitted and longest_if * (len(admitted) + 1) > budget:
@@ -228,7 +249,18 @@ class Engine:
             longest = longest_if
             admitted.append(self._waiting.popleft())
         self._update_gauges()
-        return admitted
+        return admitted, hits
+
+    def _lookup(self, seq: Sequence) -> tuple[Entry, int] | None:
+        """The cached prefix of ``seq``'s prompt (looked up once per sequence)."""
+        if self.prefix_cache is None:
+            return None
+        if not seq.looked_up:
+            seq.looked_up = True
+            seq.prefix = self.prefix_cache.lookup(seq.request.prompt_ids)
+            if self.metrics:
+                self.metrics.observe_prefix_cache(self.prefix_cache)
+        return seq.prefix
 
     def step(self) -> None:
         """One scheduler iteration: evict cancelled, admit and prefill newcomers, decode once."""
@@ -241,10 +273,13 @@ class Engine:
             self._chunked.remove(item)
             self._finish(item[0], "cancelled")
         with self._cond:
-            self._prefilling = self._admit()
-        if self._prefilling:
-            self._prefill(self._prefilling)
-            self._prefilling = []
+            admitted, hits = self._admit()
+            self._prefilling = admitted + hits
+        if admitted:
+            self._prefill(admitted)
+        if hits:
+            self._prefill_hits(hits)
+        self._prefilling = []
         if self._chunked:
             self._prefill_chunk()
         if self._running:
@@ -275,6 +310,16 @@ class Engine:
             logits_to_keep=1,
         )
         logits = out.logits[:, -1, :]
+        if self.prefix_cache is not None:
+            for i, prompt in enumerate(prompts):
+                start = width - lengths[i]
+                self.prefix_cache.insert(
+                    list(prompt),
+                    [
+                        (_tensor(la.keys)[i : i + 1, :, start:], _tensor(la.values)[i : i + 1, :, start:])
+                        for la in _layers(cache)
+                    ],
+                )
         if len(prompts) < len(seqs):
             index = torch.tensor(rows, device=self.device)
             for layer in _layers(cache):
@@ -311,10 +356,63 @@ class Engine:
         seq.generator = make_generator(seq.request.sampling, self.device)
         if self.metrics:
             self.metrics.prompt_tokens.inc(len(prompt))
+        if self.prefix_cache is not None:
+            self.prefix_cache.insert(prompt, [(_tensor(la.keys), _tensor(la.values)) for la in _layers(cache)])
         tokens = self._select(out.logits[:, -1, :], [seq])
         mask = torch.ones((1, end), dtype=torch.long, device=self.device)
         self._merge([seq], cache, mask, torch.tensor([end], device=self.device))
         self._accept_tokens([seq], tokens)
+        self._remove_finished()
+
+    def _prefill_hits(self, seqs: list[Sequence]) -> None:
+        """Prefill prompts on top of their cached prefix, one forward per shared prefix."""
+        groups: dict[tuple[int, int], list[Sequence]] = {}
+        for seq in seqs:
+            assert seq.prefix is not None
+            groups.setdefault((seq.prefix[0].id, seq.prefix[1]), []).append(seq)
+        for group in groups.values():
+            self._prefill_on_prefix(group)
+
+    def _prefill_on_prefix(self, seqs: list[Sequence]) -> None:
+        """Rows are ``[cached prefix][padding][rest of the prompt]``; the mask hides the gap."""
+        assert seqs[0].prefix is not None
+        cached = seqs[0].prefix[1]
+        rests = [s.request.prompt_ids[cached:] for s in seqs]
+        width = max(len(r) for r in rests)
+        ids = torch.zeros((len(seqs), width), dtype=torch.long)
+        rest_mask = torch.zeros((len(seqs), width), dtype=torch.long)
+        for i, rest in enumerate(rests):
+            ids[i, width - len(rest) :] = torch.tensor(rest)
+            rest_mask[i, width - len(rest) :] = 1
+        ids, rest_mask = ids.to(self.device), rest_mask.to(self.device)
+        positions = cached + (rest_mask.cumsum(-1) - 1).clamp(min=0)
+        mask = torch.cat([torch.ones((len(seqs), cached), dtype=torch.long, device=self.device), rest_mask], dim=1)
+        cache = _cache_from(seqs[0].prefix, len(seqs))
+        out = self.model(
+            input_ids=ids,
+            attention_mask=mask,
+            position_ids=positions,
+            past_key_values=cache,
+            use_cache=True,
+            logits_to_keep=1,
+        )
+        if self.prefix_cache is not None:
+            for i, seq in enumerate(seqs):
+                gap = slice(cached, cached + width - len(rests[i]))
+                self.prefix_cache.insert(
+                    seq.request.prompt_ids,
+                    [
+                        (_drop(_tensor(la.keys)[i : i + 1], gap), _drop(_tensor(la.values)[i : i + 1], gap))
+                        for la in _layers(cache)
+                    ],
+                )
+        for s in seqs:
+            s.generator = make_generator(s.request.sampling, self.device)
+        if self.metrics:
+            self.metrics.prompt_tokens.inc(sum(s.prompt_len for s in seqs))
+        tokens = self._select(out.logits[:, -1, :], seqs)
+        self._merge(seqs, cache, mask, torch.tensor([s.prompt_len for s in seqs], device=self.device))
+        self._accept_tokens(seqs, tokens)
         self._remove_finished()
 
     def _decode(self) -> None:
@@ -359,13 +457,15 @@ class Engine:
 
     def _block_early_eos(self, logits: torch.Tensor, seqs: list[Sequence]) -> None:
         """``min_tokens``: end-of-sequence is impossible until enough tokens exist."""
-        if not self.eos_token_ids:
+        early = [
+            i for i, s in enumerate(seqs) if len(s.output_ids) < s.request.min_tokens and s.request.constraint is None
+        ]
+        if not early or not self.eos_token_ids:
             return
         eos = torch.tensor(sorted(self.eos_token_ids), device=self.device)
         eos = eos[eos < logits.shape[1]]
-        for i, s in enumerate(seqs):
-            if len(s.output_ids) < s.request.min_tokens and s.request.constraint is None:
-                logits[i].index_fill_(0, eos, float("-inf"))
+        for i in early:
+            logits[i].index_fill_(0, eos, float("-inf"))
 
     @staticmethod
     def _record_logprobs(logp: torch.Tensor, seqs: list[Sequence], tokens: list[int]) -> None:
@@ -524,6 +624,8 @@ class Engine:
             )
         finally:
             self.metrics = metrics
+            if self.prefix_cache is not None:  # warm-up prompts are not traffic either
+                self.prefix_cache.clear()
 
     def generate(self, requests: list[GenerationRequest]) -> list[tuple[list[int], StepOutput]]:
         """Run ``requests`` to completion on the calling thread (warm-up, tests, benchmarks).
@@ -562,6 +664,25 @@ def _layers(cache: DynamicCache) -> list[DynamicLayer]:
         if type(layer) is not DynamicLayer:
             raise UnsupportedCacheError(f"cache layer {type(layer).__name__} is not supported by the scheduler")
     return layers  # type: ignore[return-value]  # checked above
+
+
+def _cache_from(prefix: tuple[Entry, int] | None, rows: int) -> DynamicCache:
+    """A fresh cache holding ``rows`` copies of a cached prefix (empty without one)."""
+    cache = DynamicCache()
+    if prefix is None:
+        return cache
+    entry, tokens = prefix
+    for i, (keys, values) in enumerate(entry.layers):
+        k, v = keys[:, :, :tokens], values[:, :, :tokens]
+        cache.update(k.expand(rows, -1, -1, -1).contiguous(), v.expand(rows, -1, -1, -1).contiguous(), i)
+    return cache
+
+
+def _drop(x: torch.Tensor, gap: slice) -> torch.Tensor:
+    """[1, H, T, D] without the padding columns in ``gap``."""
+    if gap.start == gap.stop:
+        return x
+    return torch.cat([x[:, :, : gap.start], x[:, :, gap.stop :]], dim=2)
 
 
 def _tensor(x: torch.Tensor | None) -> torch.Tensor:

@@ -102,6 +102,7 @@ class ServerConfig:
     max_batch_size: int = 32
     max_model_len: int | None = None
     max_queue: int = 256
+    prefix_cache_mb: int = 256  # 0 disables prefix caching
     drain_timeout: float = 120.0
     threads: int | None = None
     load: LoadOptions = field(default_factory=LoadOptions)
@@ -195,6 +196,7 @@ class Runtime:
 
     def _make_engine(self, loaded: LoadedModel) -> Any:
         from workers.runtime.engine import Engine
+        from workers.runtime.prefix_cache import PrefixCache
 
         def deliver(outputs: list[tuple[Any, Any]]) -> None:
             self._call_in_loop(dispatch, outputs)
@@ -207,6 +209,9 @@ class Runtime:
             eos_token_ids=loaded.eos_token_ids,
             metrics=self.metrics,
             deliver=deliver,
+            prefix_cache=PrefixCache(self.config.prefix_cache_mb * 1024 * 1024)
+            if self.config.prefix_cache_mb
+            else None,
         )
 
     def _call_in_loop(self, fn: Callable[..., object], *args: object) -> None:
