@@ -40,6 +40,12 @@ def build_parser() -> argparse.ArgumentParser:
         default=256,
         help="memory for the KV of prompt prefixes shared across requests (0: no prefix caching)",
     )
+    p.add_argument(
+        "--max-kv-tokens",
+        type=_positive,
+        help="bound of the batched KV cache in token slots (rows x padded length); beyond it admission "
+        "waits and the youngest sequences are preempted and recomputed later (default: unbounded)",
+    )
     p.add_argument("--device", default="cpu", help="cpu, cuda or cuda:N")
     p.add_argument("--threads", type=_positive, help="torch intra-op threads (default: torch's choice)")
     p.add_argument("--drain-timeout", type=float, default=120.0, help="seconds to wait for in-flight requests")
@@ -82,6 +88,7 @@ def main(argv: list[str] | None = None) -> int:
         max_model_len=args.max_model_len,
         max_queue=args.max_queue,
         prefix_cache_mb=max(0, args.prefix_cache_mb),
+        max_kv_tokens=args.max_kv_tokens,
         drain_timeout=args.drain_timeout,
         threads=args.threads,
         token=token,

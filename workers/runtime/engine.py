@@ -109,11 +109,21 @@ class Sequence:
         self.last_token_time = 0.0
         self.pending_logprobs: list[TokenLogprob] = []
         self.prefix: tuple[Entry, int] | None = None  # cached prompt prefix found at admission
+        self.preempted = False  # leaving the batch to wait for memory (not finished)
         self.looked_up = False
 
     @property
     def prompt_len(self) -> int:
         return len(self.request.prompt_ids)
+
+    @property
+    def context(self) -> list[int]:
+        """What a prefill computes: the prompt, plus the tokens generated before a preemption."""
+        return self.request.prompt_ids + self.output_ids if self.output_ids else self.request.prompt_ids
+
+    @property
+    def context_len(self) -> int:
+        return self.prompt_len + len(self.output_ids)
 
 
 Deliver = Callable[[list[tuple[Any, StepOutput]]], None]
@@ -133,6 +143,7 @@ class Engine:
         metrics: RuntimeMetrics | None = None,
         deliver: Deliver | None = None,
         prefix_cache: PrefixCache | None = None,
+        max_kv_tokens: int | None = None,
     ) -> None:
         self.model = model
         self.device = next(model.parameters()).device
@@ -144,6 +155,8 @@ class Engine:
         self.metrics = metrics
         self.deliver: Deliver = deliver or (lambda outputs: None)
         self.prefix_cache = prefix_cache
+        # Bound of the batched cache in token slots (rows x padded width); None: unbounded.
+        self.max_kv_tokens = max_kv_tokens
 
         self._cond = threading.Condition()
         self._waiting: collections.deque[Sequence] = collections.deque()
@@ -232,7 +245,7 @@ class Engine:
                 self._finish(seq, "cancelled")
                 continue
             prefix = self._lookup(seq)
-            todo = seq.prompt_len - (prefix[1] if prefix else 0)
+            todo = seq.context_len - (prefix[1] if prefix else 0)
             if todo > PREFILL_CHUNK:
                 done = prefix[1] if prefix else 0
                 self._chunked.append((self._waiting.popleft(), _cache_from(prefix, 1), done))
@@ -243,8 +256,10 @@ class Engine:
                 hit_tokens += todo
                 hits.append(self._waiting.popleft())
                 continue
-            longest_if = max(longest, seq.prompt_len)
+            longest_if = max(longest, seq.context_len)
             if admitted and longest_if * (len(admitted) + 1) > budget:
+                break
+            if not self._kv_fits(len(admitted) + len(hits) + 1, longest_if):
                 break
             longest = longest_if
             admitted.append(self._waiting.popleft())
@@ -289,7 +304,7 @@ class Engine:
     def _prefill(self, seqs: list[Sequence]) -> None:
         # Identical prompts (the n choices of one request) are computed once and copied.
         unique: dict[tuple[int, ...], int] = {}
-        rows = [unique.setdefault(tuple(s.request.prompt_ids), len(unique)) for s in seqs]
+        rows = [unique.setdefault(tuple(s.context), len(unique)) for s in seqs]
         prompts = list(unique)
         lengths = [len(p) for p in prompts]
         width = max(lengths)
@@ -327,18 +342,18 @@ class Engine:
                 layer.values = _tensor(layer.values).index_select(0, index)
             mask, logits = mask.index_select(0, index), logits.index_select(0, index)
         for s in seqs:
-            s.generator = make_generator(s.request.sampling, self.device)
+            s.generator = s.generator or make_generator(s.request.sampling, self.device)
         if self.metrics:
             self.metrics.prompt_tokens.inc(sum(lengths))
         tokens = self._select(logits, seqs)
-        self._merge(seqs, cache, mask, torch.tensor([s.prompt_len for s in seqs], device=self.device))
+        self._merge(seqs, cache, mask, torch.tensor([s.context_len for s in seqs], device=self.device))
         self._accept_tokens(seqs, tokens)
         self._remove_finished()
 
     def _prefill_chunk(self) -> None:
         """Advance the oldest long prompt by one chunk; splice it in when it is complete."""
         seq, cache, done = self._chunked[0]
-        prompt = seq.request.prompt_ids
+        prompt = seq.context
         end = min(done + PREFILL_CHUNK, len(prompt))
         last = end == len(prompt)
         out = self.model(
@@ -353,7 +368,7 @@ class Engine:
             self._chunked[0] = (seq, cache, end)
             return
         self._chunked.popleft()
-        seq.generator = make_generator(seq.request.sampling, self.device)
+        seq.generator = seq.generator or make_generator(seq.request.sampling, self.device)
         if self.metrics:
             self.metrics.prompt_tokens.inc(len(prompt))
         if self.prefix_cache is not None:
@@ -377,7 +392,7 @@ class Engine:
         """Rows are ``[cached prefix][padding][rest of the prompt]``; the mask hides the gap."""
         assert seqs[0].prefix is not None
         cached = seqs[0].prefix[1]
-        rests = [s.request.prompt_ids[cached:] for s in seqs]
+        rests = [s.context[cached:] for s in seqs]
         width = max(len(r) for r in rests)
         ids = torch.zeros((len(seqs), width), dtype=torch.long)
         rest_mask = torch.zeros((len(seqs), width), dtype=torch.long)
@@ -400,18 +415,18 @@ class Engine:
             for i, seq in enumerate(seqs):
                 gap = slice(cached, cached + width - len(rests[i]))
                 self.prefix_cache.insert(
-                    seq.request.prompt_ids,
+                    seq.context,
                     [
                         (_drop(_tensor(la.keys)[i : i + 1], gap), _drop(_tensor(la.values)[i : i + 1], gap))
                         for la in _layers(cache)
                     ],
                 )
         for s in seqs:
-            s.generator = make_generator(s.request.sampling, self.device)
+            s.generator = s.generator or make_generator(s.request.sampling, self.device)
         if self.metrics:
-            self.metrics.prompt_tokens.inc(sum(s.prompt_len for s in seqs))
+            self.metrics.prompt_tokens.inc(sum(s.context_len for s in seqs))
         tokens = self._select(out.logits[:, -1, :], seqs)
-        self._merge(seqs, cache, mask, torch.tensor([s.prompt_len for s in seqs], device=self.device))
+        self._merge(seqs, cache, mask, torch.tensor([s.context_len for s in seqs], device=self.device))
         self._accept_tokens(seqs, tokens)
         self._remove_finished()
 
@@ -431,6 +446,7 @@ class Engine:
         tokens = self._select(out.logits[:, -1, :], self._running)
         self._accept_tokens(self._running, tokens)
         self._remove_finished()
+        self._preempt_if_short()
 
     # ---------------------------------------------------------------- token selection
 
@@ -496,10 +512,44 @@ class Engine:
         self._positions = torch.cat([self._positions, positions])
         self._running.extend(seqs)
 
-    def _remove_finished(self) -> None:
-        if not any(s.finished for s in self._running):
+    def _kv_fits(self, joining: int, longest: int) -> bool:
+        """Would the batched cache stay within ``max_kv_tokens`` with ``joining`` more rows?"""
+        if self.max_kv_tokens is None or (not self._running and joining == 1):
+            return True
+        width = self._mask.shape[1] if self._mask is not None else 0
+        return (len(self._running) + len(self._chunked) + joining) * max(width, longest) <= self.max_kv_tokens
+
+    def _preempt_if_short(self) -> None:
+        """Memory is short: send the youngest running sequences back to the queue.
+
+        The batched cache holds ``rows x width`` token slots; when that exceeds
+        ``max_kv_tokens`` the most recently arrived sequences leave the batch and wait at the
+        head of the queue with what they generated so far; they are prefilled again (prompt plus
+        output, the recompute policy) when there is room, and continue exactly where they were.
+        """
+        if self.max_kv_tokens is None or self._mask is None or len(self._running) <= 1:
             return
-        keep = [i for i, s in enumerate(self._running) if not s.finished]
+        width = self._mask.shape[1]
+        victims: list[Sequence] = []
+        by_age = sorted(self._running, key=lambda s: s.request.arrival)
+        while len(by_age) > 1 and len(by_age) * width > self.max_kv_tokens:
+            victims.append(by_age.pop())
+        if not victims:
+            return
+        for seq in victims:
+            seq.preempted = True
+        self._remove_finished()
+        with self._cond:
+            self._waiting.extendleft(sorted(victims, key=lambda s: s.request.arrival, reverse=True))
+        if self.metrics:
+            self.metrics.preemptions.inc(len(victims))
+
+    def _remove_finished(self) -> None:
+        if not any(s.finished or s.preempted for s in self._running):
+            return
+        keep = [i for i, s in enumerate(self._running) if not s.finished and not s.preempted]
+        for s in self._running:
+            s.preempted = False
         self._running = [self._running[i] for i in keep]
         if not keep:
             self._cache = self._mask = self._positions = None

@@ -34,6 +34,9 @@ name                                           type       meaning
 ``hangar_runtime_prefix_cache_hit_tokens_total``   counter of those, tokens served from the cache
 ``hangar_runtime_prefix_cache_hit_rate``       gauge      hit tokens / query tokens since start
 ``hangar_runtime_prefix_cache_bytes``          gauge      bytes of KV tensors held by the cache
+``hangar_runtime_preemptions_total``           counter    sequences sent back to the queue (to be
+                                                          recomputed) because the batched cache
+                                                          exceeded ``--max-kv-tokens``
 =============================================  =========  ==================================
 
 Histograms expose the usual ``_bucket``/``_sum``/``_count`` series. ``_created`` series are
@@ -104,6 +107,9 @@ class RuntimeMetrics:
         )
         self.prefix_bytes = Gauge(PREFIX + "prefix_cache_bytes", "Bytes of KV held by the prefix cache.", registry=r)
         self._prefix_seen = (0, 0)
+        self.preemptions = Counter(
+            PREFIX + "preemptions", "Sequences sent back to the queue because the KV budget was short.", registry=r
+        )
         self._cuda = cuda
         # Pre-create the common label values so scrapers see zeros, not missing series.
         for status in ("200", "400", "503"):

@@ -103,6 +103,7 @@ class ServerConfig:
     max_model_len: int | None = None
     max_queue: int = 256
     prefix_cache_mb: int = 256  # 0 disables prefix caching
+    max_kv_tokens: int | None = None  # batched cache bound in token slots; None: unbounded
     drain_timeout: float = 120.0
     threads: int | None = None
     load: LoadOptions = field(default_factory=LoadOptions)
@@ -209,6 +210,7 @@ class Runtime:
             eos_token_ids=loaded.eos_token_ids,
             metrics=self.metrics,
             deliver=deliver,
+            max_kv_tokens=self.config.max_kv_tokens,
             prefix_cache=PrefixCache(self.config.prefix_cache_mb * 1024 * 1024)
             if self.config.prefix_cache_mb
             else None,

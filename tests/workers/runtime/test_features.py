@@ -12,7 +12,7 @@ import json
 from typing import Any, Literal
 
 import httpx
-import jsonschema
+import jsonschema  # type: ignore[import-untyped]
 import openai
 import pytest
 import torch
@@ -285,8 +285,8 @@ def test_two_turn_tool_conversation(runtime_server: RuntimeServer, mode: str, st
     if stream:
         chunks = list(c.chat.completions.create(**kwargs, tool_choice="auto", stream=True))
         text = "".join(ch.choices[0].delta.content or "" for ch in chunks if ch.choices)
-        finish = [ch.choices[0].finish_reason for ch in chunks if ch.choices and ch.choices[0].finish_reason]
-        assert finish and finish[0] in ("stop", "length")
+        finishes = [ch.choices[0].finish_reason for ch in chunks if ch.choices and ch.choices[0].finish_reason]
+        assert finishes and finishes[0] in ("stop", "length")
     else:
         second = c.chat.completions.create(**kwargs, tool_choice="auto")
         text = second.choices[0].message.content or ""
@@ -412,14 +412,14 @@ def _greedy_with(
 ) -> list[int]:  # fmt: skip
     """An independent greedy loop applying OpenAI's penalty formulas, for comparison."""
     model, _ = reference_model
-    prompt, out = list(ids), []
+    prompt, out = list(ids), list[int]()
     for _ in range(n):
         with torch.no_grad():
             logits = model(torch.tensor([prompt + out])).logits[0, -1].float().clone()
         for token in set(prompt + out) if repetition != 1.0 else ():
             logits[token] = logits[token] / repetition if logits[token] > 0 else logits[token] * repetition
         for token in set(out):
-            logits[token] -= frequency * out.count(token) + presence
+            logits[token] -= frequency * float(out.count(token)) + presence
         for token, b in (bias or {}).items():
             logits[token] += b
         out.append(int(torch.argmax(logits)))
@@ -474,7 +474,9 @@ def _eos_id() -> int:
     from transformers import AutoTokenizer
 
     tokenizer = AutoTokenizer.from_pretrained(_MODEL_DIR[0], local_files_only=True)
-    return int(tokenizer.convert_tokens_to_ids("<|im_end|>"))
+    eos = tokenizer.convert_tokens_to_ids("<|im_end|>")
+    assert isinstance(eos, int)
+    return eos
 
 
 @pytest.mark.parametrize(
