@@ -276,20 +276,30 @@ def main() -> int:
     figures: dict[str, Any] = {"rate": args.rate}
     with torch.inference_mode():
         figures["static"] = bench_static(model, tokenizer, work, arrivals)
+        progress("static", figures)
     if args.with_generate_batch:
         figures["generate_batch"] = bench_generate_batch(model, work)  # fails inside inference_mode
     else:
         figures["generate_batch"] = {"error": "skipped (--with-generate-batch): it sized its paged cache to 14 GB here"}
     with Server(model_dir, "--max-batch-size", "64") as server:
         figures["hangar"] = bench_hangar_mixed(server.url, work, arrivals)
+        progress("hangar", figures)
         figures["shared_cached"] = bench_shared_prompt(server.url, tokenizer)
+        progress("shared_cached", figures)
         figures["constrained"] = bench_constrained(server.url)
+        progress("constrained", figures)
     with Server(model_dir, "--max-batch-size", "64", "--prefix-cache-mb", "0") as server:
         figures["shared_uncached"] = bench_shared_prompt(server.url, tokenizer)
+        progress("shared_uncached", figures)
     print_report(figures)
     if args.json:
         args.json.write_text(json.dumps(figures, indent=2))
     return 0
+
+
+def progress(name: str, figures: dict[str, Any]) -> None:
+    """Partial figures on stderr as each part finishes (a long run on a busy machine may be cut)."""
+    print(f"{name}: {json.dumps(figures[name])}", file=sys.stderr, flush=True)
 
 
 def print_report(f: dict[str, Any]) -> None:
