@@ -109,6 +109,8 @@ def _free_port() -> int:
 class Server:
     """A runtime subprocess for the duration of a ``with`` block."""
 
+    ready_timeout = 120.0
+
     def __init__(self, model_dir: Path, *args: str) -> None:
         self.port = _free_port()
         self.url = f"http://127.0.0.1:{self.port}"
@@ -119,7 +121,7 @@ class Server:
         self.proc = subprocess.Popen(cmd, stdout=self.log, stderr=subprocess.STDOUT, env=env, cwd=REPO_ROOT)
 
     def __enter__(self) -> Server:
-        deadline = time.monotonic() + 120
+        deadline = time.monotonic() + self.ready_timeout
         while True:
             if self.proc.poll() is not None:
                 self.log.seek(0)

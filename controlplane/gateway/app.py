@@ -458,7 +458,7 @@ class Gateway:
             if request.stream and not request.include_usage:
                 payload["stream_options"] = {**(payload.get("stream_options") or {}), "include_usage": True}
             upstream_body = json.dumps(payload).encode()
-        reserved = request.prompt_estimate + (request.max_tokens or route.max_tokens_cap)
+        reserved = request.prompt_estimate + request.choices * (request.max_tokens or route.max_tokens_cap)
         decision = await self._admit(key, route, reserved, exchange, t0)
         self.meter.touch(key.pk, route.deployment_id)
         path = CHAT_PATH if chat else COMPLETIONS_PATH

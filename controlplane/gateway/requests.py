@@ -15,6 +15,8 @@ from controlplane.gateway.errors import bad_request
 
 MAX_MODEL_NAME = 256
 MAX_MESSAGES = 10_000
+# Upper bound of ``n`` the gateway reserves tokens for; the runtime enforces its own (lower) limit.
+MAX_CHOICES = 128
 
 
 @dataclass(slots=True)
@@ -25,6 +27,7 @@ class CompletionRequest:
     stream: bool
     include_usage: bool
     prompt_estimate: int
+    choices: int = 1  # ``n``: every choice may use max_tokens, so the reservation counts each
 
 
 def _is_int(value: Any) -> bool:
@@ -51,6 +54,21 @@ def _text_len(content: Any) -> int:
     if isinstance(content, list):  # content parts: [{"type": "text", "text": ...}]
         return sum(len(p.get("text", "")) for p in content if isinstance(p, dict) and isinstance(p.get("text"), str))
     return 0
+
+
+def _choices(payload: dict[str, Any]) -> int:
+    n = _int_field(payload, "n")
+    if n is not None and n > MAX_CHOICES:
+        raise bad_request(f"'n' must be at most {MAX_CHOICES}.", param="n")
+    return n or 1
+
+
+def _tools_estimate(payload: dict[str, Any]) -> int:
+    """Tool definitions are rendered into the prompt by the chat template: count them too."""
+    tools = payload.get("tools")
+    if not isinstance(tools, list):
+        return 0
+    return len(json.dumps(tools)) // 4
 
 
 def _estimate_chat(messages: Any) -> int:
@@ -149,7 +167,7 @@ def _include_usage(payload: dict[str, Any], stream: bool) -> bool:
 def parse_completion(body: bytes, *, chat: bool) -> CompletionRequest:
     payload = _payload(body)
     model = _model(payload)
-    estimate = _prompt_estimate(payload, chat=chat)
+    estimate = _prompt_estimate(payload, chat=chat) + (_tools_estimate(payload) if chat else 0)
     max_tokens = _max_tokens(payload, chat=chat)
     stream = payload.get("stream")
     if stream is not None and not isinstance(stream, bool):
@@ -161,4 +179,5 @@ def parse_completion(body: bytes, *, chat: bool) -> CompletionRequest:
         stream=bool(stream),
         include_usage=_include_usage(payload, bool(stream)),
         prompt_estimate=estimate,
+        choices=_choices(payload),
     )

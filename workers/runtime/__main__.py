@@ -41,6 +41,18 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--max-batch-size", type=_positive, default=32)
     p.add_argument("--max-model-len", type=_positive, help="context limit (default: the model's)")
     p.add_argument("--max-queue", type=_positive, default=256, help="waiting requests before 503")
+    p.add_argument(
+        "--prefix-cache-mb",
+        type=int,
+        default=256,
+        help="memory for the KV of prompt prefixes shared across requests (0: no prefix caching)",
+    )
+    p.add_argument(
+        "--max-kv-tokens",
+        type=_positive,
+        help="bound of the batched KV cache in token slots (rows x padded length); beyond it admission "
+        "waits and the youngest sequences are preempted and recomputed later (default: unbounded)",
+    )
     p.add_argument("--device", default="cpu", help="cpu, cuda or cuda:N")
     p.add_argument("--threads", type=_positive, help="torch intra-op threads (default: torch's choice)")
     p.add_argument("--drain-timeout", type=float, default=120.0, help="seconds to wait for in-flight requests")
@@ -82,6 +94,8 @@ def main(argv: list[str] | None = None) -> int:
         max_batch_size=args.max_batch_size,
         max_model_len=args.max_model_len,
         max_queue=args.max_queue,
+        prefix_cache_mb=max(0, args.prefix_cache_mb),
+        max_kv_tokens=args.max_kv_tokens,
         drain_timeout=args.drain_timeout,
         threads=args.threads,
         token=token,

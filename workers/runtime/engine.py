@@ -38,9 +38,11 @@ import torch
 from transformers import DynamicCache
 from transformers.cache_utils import DynamicLayer
 
+from workers.runtime.constraints import apply_constraints
 from workers.runtime.detokenizer import IncrementalDetokenizer
 from workers.runtime.metrics import RuntimeMetrics
-from workers.runtime.sampling import SamplingParams, make_generator, select_next_tokens
+from workers.runtime.prefix_cache import Entry, PrefixCache
+from workers.runtime.sampling import SamplingParams, adjust_logits, make_generator, select_next_tokens
 
 log = logging.getLogger(__name__)
 
@@ -67,6 +69,14 @@ class GenerationRequest:
     stop: tuple[str, ...] = ()
     ignore_eos: bool = False
     arrival: float = field(default_factory=time.monotonic)
+    min_tokens: int = 0
+    # None: no log probabilities; k >= 0: the chosen token's plus the k most likely.
+    logprobs: int | None = None
+    constraint: Any = None  # a constraints.Constraint (token mask) or None
+
+
+# One generated token's log probability and its top alternatives: (token id, logprob, top).
+TokenLogprob = tuple[int, float, list[tuple[int, float]]]
 
 
 @dataclass(slots=True)
@@ -79,6 +89,7 @@ class StepOutput:
     prompt_tokens: int = 0
     completion_tokens: int = 0
     error: str | None = None
+    logprobs: list[TokenLogprob] | None = None
 
 
 class Sequence:
@@ -96,10 +107,23 @@ class Sequence:
         self.finished = False
         self.generator: torch.Generator | None = None
         self.last_token_time = 0.0
+        self.pending_logprobs: list[TokenLogprob] = []
+        self.prefix: tuple[Entry, int] | None = None  # cached prompt prefix found at admission
+        self.preempted = False  # leaving the batch to wait for memory (not finished)
+        self.looked_up = False
 
     @property
     def prompt_len(self) -> int:
         return len(self.request.prompt_ids)
+
+    @property
+    def context(self) -> list[int]:
+        """What a prefill computes: the prompt, plus the tokens generated before a preemption."""
+        return self.request.prompt_ids + self.output_ids if self.output_ids else self.request.prompt_ids
+
+    @property
+    def context_len(self) -> int:
+        return self.prompt_len + len(self.output_ids)
 
 
 Deliver = Callable[[list[tuple[Any, StepOutput]]], None]
@@ -118,6 +142,8 @@ class Engine:
         eos_token_ids: Iterable[int] = (),
         metrics: RuntimeMetrics | None = None,
         deliver: Deliver | None = None,
+        prefix_cache: PrefixCache | None = None,
+        max_kv_tokens: int | None = None,
     ) -> None:
         self.model = model
         self.device = next(model.parameters()).device
@@ -128,6 +154,9 @@ class Engine:
         self.eos_token_ids = frozenset(eos_token_ids)
         self.metrics = metrics
         self.deliver: Deliver = deliver or (lambda outputs: None)
+        self.prefix_cache = prefix_cache
+        # Bound of the batched cache in token slots (rows x padded width); None: unbounded.
+        self.max_kv_tokens = max_kv_tokens
 
         self._cond = threading.Condition()
         self._waiting: collections.deque[Sequence] = collections.deque()
@@ -152,6 +181,20 @@ class Engine:
             self._update_gauges()
             self._cond.notify()
         return seq
+
+    def submit_many(self, requests: list[GenerationRequest], consumers: list[Any]) -> list[Sequence]:
+        """Queue several requests at once (the ``n`` choices of one prompt), all or none."""
+        seqs = [
+            Sequence(r, c, IncrementalDetokenizer(self._decoder, r.stop))
+            for r, c in zip(requests, consumers, strict=True)
+        ]
+        with self._cond:
+            if len(self._waiting) + len(seqs) > self.max_queue:
+                raise QueueFullError(f"{len(self._waiting)} requests are already queued")
+            self._waiting.extend(seqs)
+            self._update_gauges()
+            self._cond.notify()
+        return seqs
 
     def cancel(self, seq: Sequence) -> None:
         """Stop a sequence (client went away); its slot is freed before the next step."""
@@ -183,27 +226,56 @@ class Engine:
 
     # ---------------------------------------------------------------- scheduling
 
-    def _admit(self) -> list[Sequence]:
-        """Pop waiting sequences that fit into the batch (caller holds the lock)."""
+    def _admit(self) -> tuple[list[Sequence], list[Sequence]]:
+        """Pop waiting sequences that fit into the batch (caller holds the lock).
+
+        Returns the sequences to prefill from scratch and those whose prompt starts with a
+        cached prefix (prefilled on top of it); long remainders go to chunked prefill.
+        """
         admitted: list[Sequence] = []
+        hits: list[Sequence] = []
         budget = PREFILL_TOKEN_BUDGET
-        longest = 0
-        while self._waiting and len(self._running) + len(self._chunked) + len(admitted) < self.max_batch_size:
+        longest = hit_tokens = 0
+        while (
+            self._waiting and len(self._running) + len(self._chunked) + len(admitted) + len(hits) < self.max_batch_size
+        ):
             seq = self._waiting[0]
             if seq.cancelled:
                 self._waiting.popleft()
                 self._finish(seq, "cancelled")
                 continue
-            if seq.prompt_len > PREFILL_CHUNK:
-                self._chunked.append((self._waiting.popleft(), DynamicCache(), 0))
+            prefix = self._lookup(seq)
+            todo = seq.context_len - (prefix[1] if prefix else 0)
+            if todo > PREFILL_CHUNK:
+                done = prefix[1] if prefix else 0
+                self._chunked.append((self._waiting.popleft(), _cache_from(prefix, 1), done))
                 continue
-            longest_if = max(longest, seq.prompt_len)
+            if prefix:
+                if hits and hit_tokens + todo > budget:
+                    break
+                hit_tokens += todo
+                hits.append(self._waiting.popleft())
+                continue
+            longest_if = max(longest, seq.context_len)
             if admitted and longest_if * (len(admitted) + 1) > budget:
+                break
+            if not self._kv_fits(len(admitted) + len(hits) + 1, longest_if):
                 break
             longest = longest_if
             admitted.append(self._waiting.popleft())
         self._update_gauges()
-        return admitted
+        return admitted, hits
+
+    def _lookup(self, seq: Sequence) -> tuple[Entry, int] | None:
+        """The cached prefix of ``seq``'s prompt (looked up once per sequence)."""
+        if self.prefix_cache is None:
+            return None
+        if not seq.looked_up:
+            seq.looked_up = True
+            seq.prefix = self.prefix_cache.lookup(seq.request.prompt_ids)
+            if self.metrics:
+                self.metrics.observe_prefix_cache(self.prefix_cache)
+        return seq.prefix
 
     def step(self) -> None:
         """One scheduler iteration: evict cancelled, admit and prefill newcomers, decode once."""
@@ -216,10 +288,13 @@ class Engine:
             self._chunked.remove(item)
             self._finish(item[0], "cancelled")
         with self._cond:
-            self._prefilling = self._admit()
-        if self._prefilling:
-            self._prefill(self._prefilling)
-            self._prefilling = []
+            admitted, hits = self._admit()
+            self._prefilling = admitted + hits
+        if admitted:
+            self._prefill(admitted)
+        if hits:
+            self._prefill_hits(hits)
+        self._prefilling = []
         if self._chunked:
             self._prefill_chunk()
         if self._running:
@@ -227,12 +302,16 @@ class Engine:
         self._update_gauges()
 
     def _prefill(self, seqs: list[Sequence]) -> None:
-        lengths = [s.prompt_len for s in seqs]
+        # Identical prompts (the n choices of one request) are computed once and copied.
+        unique: dict[tuple[int, ...], int] = {}
+        rows = [unique.setdefault(tuple(s.context), len(unique)) for s in seqs]
+        prompts = list(unique)
+        lengths = [len(p) for p in prompts]
         width = max(lengths)
-        ids = torch.zeros((len(seqs), width), dtype=torch.long)
-        mask = torch.zeros((len(seqs), width), dtype=torch.long)
-        for i, s in enumerate(seqs):
-            ids[i, width - lengths[i] :] = torch.tensor(s.request.prompt_ids)
+        ids = torch.zeros((len(prompts), width), dtype=torch.long)
+        mask = torch.zeros((len(prompts), width), dtype=torch.long)
+        for i, prompt in enumerate(prompts):
+            ids[i, width - lengths[i] :] = torch.tensor(prompt)
             mask[i, width - lengths[i] :] = 1
         ids, mask = ids.to(self.device), mask.to(self.device)
         positions = (mask.cumsum(-1) - 1).clamp(min=0)
@@ -245,21 +324,36 @@ class Engine:
             use_cache=True,
             logits_to_keep=1,
         )
+        logits = out.logits[:, -1, :]
+        if self.prefix_cache is not None:
+            for i, prompt in enumerate(prompts):
+                start = width - lengths[i]
+                self.prefix_cache.insert(
+                    list(prompt),
+                    [
+                        (_tensor(la.keys)[i : i + 1, :, start:], _tensor(la.values)[i : i + 1, :, start:])
+                        for la in _layers(cache)
+                    ],
+                )
+        if len(prompts) < len(seqs):
+            index = torch.tensor(rows, device=self.device)
+            for layer in _layers(cache):
+                layer.keys = _tensor(layer.keys).index_select(0, index)
+                layer.values = _tensor(layer.values).index_select(0, index)
+            mask, logits = mask.index_select(0, index), logits.index_select(0, index)
         for s in seqs:
-            s.generator = make_generator(s.request.sampling, self.device)
+            s.generator = s.generator or make_generator(s.request.sampling, self.device)
         if self.metrics:
             self.metrics.prompt_tokens.inc(sum(lengths))
-        tokens = select_next_tokens(
-            out.logits[:, -1, :], [s.request.sampling for s in seqs], [s.generator for s in seqs]
-        )
-        self._merge(seqs, cache, mask, torch.tensor(lengths, device=self.device))
+        tokens = self._select(logits, seqs)
+        self._merge(seqs, cache, mask, torch.tensor([s.context_len for s in seqs], device=self.device))
         self._accept_tokens(seqs, tokens)
         self._remove_finished()
 
     def _prefill_chunk(self) -> None:
         """Advance the oldest long prompt by one chunk; splice it in when it is complete."""
         seq, cache, done = self._chunked[0]
-        prompt = seq.request.prompt_ids
+        prompt = seq.context
         end = min(done + PREFILL_CHUNK, len(prompt))
         last = end == len(prompt)
         out = self.model(
@@ -274,13 +368,66 @@ class Engine:
             self._chunked[0] = (seq, cache, end)
             return
         self._chunked.popleft()
-        seq.generator = make_generator(seq.request.sampling, self.device)
+        seq.generator = seq.generator or make_generator(seq.request.sampling, self.device)
         if self.metrics:
             self.metrics.prompt_tokens.inc(len(prompt))
-        tokens = select_next_tokens(out.logits[:, -1, :], [seq.request.sampling], [seq.generator])
+        if self.prefix_cache is not None:
+            self.prefix_cache.insert(prompt, [(_tensor(la.keys), _tensor(la.values)) for la in _layers(cache)])
+        tokens = self._select(out.logits[:, -1, :], [seq])
         mask = torch.ones((1, end), dtype=torch.long, device=self.device)
         self._merge([seq], cache, mask, torch.tensor([end], device=self.device))
         self._accept_tokens([seq], tokens)
+        self._remove_finished()
+
+    def _prefill_hits(self, seqs: list[Sequence]) -> None:
+        """Prefill prompts on top of their cached prefix, one forward per shared prefix."""
+        groups: dict[tuple[int, int], list[Sequence]] = {}
+        for seq in seqs:
+            assert seq.prefix is not None
+            groups.setdefault((seq.prefix[0].id, seq.prefix[1]), []).append(seq)
+        for group in groups.values():
+            self._prefill_on_prefix(group)
+
+    def _prefill_on_prefix(self, seqs: list[Sequence]) -> None:
+        """Rows are ``[cached prefix][padding][rest of the prompt]``; the mask hides the gap."""
+        assert seqs[0].prefix is not None
+        cached = seqs[0].prefix[1]
+        rests = [s.context[cached:] for s in seqs]
+        width = max(len(r) for r in rests)
+        ids = torch.zeros((len(seqs), width), dtype=torch.long)
+        rest_mask = torch.zeros((len(seqs), width), dtype=torch.long)
+        for i, rest in enumerate(rests):
+            ids[i, width - len(rest) :] = torch.tensor(rest)
+            rest_mask[i, width - len(rest) :] = 1
+        ids, rest_mask = ids.to(self.device), rest_mask.to(self.device)
+        positions = cached + (rest_mask.cumsum(-1) - 1).clamp(min=0)
+        mask = torch.cat([torch.ones((len(seqs), cached), dtype=torch.long, device=self.device), rest_mask], dim=1)
+        cache = _cache_from(seqs[0].prefix, len(seqs))
+        out = self.model(
+            input_ids=ids,
+            attention_mask=mask,
+            position_ids=positions,
+            past_key_values=cache,
+            use_cache=True,
+            logits_to_keep=1,
+        )
+        if self.prefix_cache is not None:
+            for i, seq in enumerate(seqs):
+                gap = slice(cached, cached + width - len(rests[i]))
+                self.prefix_cache.insert(
+                    seq.context,
+                    [
+                        (_drop(_tensor(la.keys)[i : i + 1], gap), _drop(_tensor(la.values)[i : i + 1], gap))
+                        for la in _layers(cache)
+                    ],
+                )
+        for s in seqs:
+            s.generator = s.generator or make_generator(s.request.sampling, self.device)
+        if self.metrics:
+            self.metrics.prompt_tokens.inc(sum(s.context_len for s in seqs))
+        tokens = self._select(out.logits[:, -1, :], seqs)
+        self._merge(seqs, cache, mask, torch.tensor([s.context_len for s in seqs], device=self.device))
+        self._accept_tokens(seqs, tokens)
         self._remove_finished()
 
     def _decode(self) -> None:
@@ -296,13 +443,56 @@ class Engine:
             use_cache=True,
         )
         self._positions = self._positions + 1
-        tokens = select_next_tokens(
-            out.logits[:, -1, :],
-            [s.request.sampling for s in self._running],
-            [s.generator for s in self._running],
-        )
+        tokens = self._select(out.logits[:, -1, :], self._running)
         self._accept_tokens(self._running, tokens)
         self._remove_finished()
+        self._preempt_if_short()
+
+    # ---------------------------------------------------------------- token selection
+
+    def _select(self, logits: torch.Tensor, seqs: list[Sequence]) -> list[int]:
+        """Pick one token per row: penalties and bias, min_tokens, grammar masks, then sampling.
+
+        Log probabilities are those of the model's distribution (before penalties and masks),
+        as OpenAI and vLLM report them.
+        """
+        logits = logits.float()
+        want = [i for i, s in enumerate(seqs) if s.request.logprobs is not None]
+        logp = torch.log_softmax(logits.index_select(0, torch.tensor(want, device=self.device)), -1) if want else None
+        params = [s.request.sampling for s in seqs]
+        if any(p.adjusts_logits for p in params):
+            adjust_logits(logits, params, [s.request.prompt_ids for s in seqs], [s.output_ids for s in seqs])
+        self._block_early_eos(logits, seqs)
+        rows = [i for i, s in enumerate(seqs) if s.request.constraint is not None]
+        if rows:
+            apply_constraints(logits, rows, [seqs[i].request.constraint for i in rows])
+        tokens = select_next_tokens(logits, params, [s.generator for s in seqs])
+        if logp is not None:
+            self._record_logprobs(logp, [seqs[i] for i in want], [tokens[i] for i in want])
+        return tokens
+
+    def _block_early_eos(self, logits: torch.Tensor, seqs: list[Sequence]) -> None:
+        """``min_tokens``: end-of-sequence is impossible until enough tokens exist."""
+        early = [
+            i for i, s in enumerate(seqs) if len(s.output_ids) < s.request.min_tokens and s.request.constraint is None
+        ]
+        if not early or not self.eos_token_ids:
+            return
+        eos = torch.tensor(sorted(self.eos_token_ids), device=self.device)
+        eos = eos[eos < logits.shape[1]]
+        for i in early:
+            logits[i].index_fill_(0, eos, float("-inf"))
+
+    @staticmethod
+    def _record_logprobs(logp: torch.Tensor, seqs: list[Sequence], tokens: list[int]) -> None:
+        top_k = max(s.request.logprobs or 0 for s in seqs)
+        chosen = logp.gather(1, torch.tensor(tokens, device=logp.device).unsqueeze(1)).squeeze(1).tolist()
+        top_v, top_i = logp.topk(top_k, dim=-1) if top_k else (logp[:, :0], logp[:, :0].long())
+        top_v_l, top_i_l = top_v.tolist(), top_i.tolist()
+        for j, s in enumerate(seqs):
+            k = s.request.logprobs or 0
+            top = list(zip(top_i_l[j][:k], top_v_l[j][:k], strict=True))
+            s.pending_logprobs.append((tokens[j], chosen[j], top))
 
     # ---------------------------------------------------------------- batch surgery
 
@@ -322,10 +512,44 @@ class Engine:
         self._positions = torch.cat([self._positions, positions])
         self._running.extend(seqs)
 
-    def _remove_finished(self) -> None:
-        if not any(s.finished for s in self._running):
+    def _kv_fits(self, joining: int, longest: int) -> bool:
+        """Would the batched cache stay within ``max_kv_tokens`` with ``joining`` more rows?"""
+        if self.max_kv_tokens is None or (not self._running and joining == 1):
+            return True
+        width = self._mask.shape[1] if self._mask is not None else 0
+        return (len(self._running) + len(self._chunked) + joining) * max(width, longest) <= self.max_kv_tokens
+
+    def _preempt_if_short(self) -> None:
+        """Memory is short: send the youngest running sequences back to the queue.
+
+        The batched cache holds ``rows x width`` token slots; when that exceeds
+        ``max_kv_tokens`` the most recently arrived sequences leave the batch and wait at the
+        head of the queue with what they generated so far; they are prefilled again (prompt plus
+        output, the recompute policy) when there is room, and continue exactly where they were.
+        """
+        if self.max_kv_tokens is None or self._mask is None or len(self._running) <= 1:
             return
-        keep = [i for i, s in enumerate(self._running) if not s.finished]
+        width = self._mask.shape[1]
+        victims: list[Sequence] = []
+        by_age = sorted(self._running, key=lambda s: s.request.arrival)
+        while len(by_age) > 1 and len(by_age) * width > self.max_kv_tokens:
+            victims.append(by_age.pop())
+        if not victims:
+            return
+        for seq in victims:
+            seq.preempted = True
+        self._remove_finished()
+        with self._cond:
+            self._waiting.extendleft(sorted(victims, key=lambda s: s.request.arrival, reverse=True))
+        if self.metrics:
+            self.metrics.preemptions.inc(len(victims))
+
+    def _remove_finished(self) -> None:
+        if not any(s.finished or s.preempted for s in self._running):
+            return
+        keep = [i for i, s in enumerate(self._running) if not s.finished and not s.preempted]
+        for s in self._running:
+            s.preempted = False
         self._running = [self._running[i] for i in keep]
         if not keep:
             self._cache = self._mask = self._positions = None
@@ -358,6 +582,9 @@ class Engine:
             seq.last_token_time = now
             req = seq.request
             n = len(seq.output_ids)
+            if req.constraint is not None and (not req.constraint.accept(token) or req.constraint.terminated):
+                self._finish(seq, "stop")
+                continue
             if token in self.eos_token_ids and not req.ignore_eos:
                 self._finish(seq, "stop")
                 continue
@@ -367,7 +594,9 @@ class Engine:
             elif n >= req.max_tokens:
                 self._finish(seq, "length", delta)
             else:
-                self._pending.append((seq.consumer, StepOutput(delta, completion_tokens=n)))
+                self._pending.append(
+                    (seq.consumer, StepOutput(delta, completion_tokens=n, logprobs=self._take_lp(seq)))
+                )
         if m:
             m.completion_tokens.inc(len(tokens))
 
@@ -389,9 +618,21 @@ class Engine:
                     prompt_tokens=seq.prompt_len,
                     completion_tokens=len(seq.output_ids),
                     error=error,
+                    logprobs=self._take_lp(seq, final=reason == "stop"),
                 ),
             )
         )
+
+    def _take_lp(self, seq: Sequence, *, final: bool = False) -> list[TokenLogprob] | None:
+        """Hand out the logprobs recorded since the last output (not the stop token's)."""
+        if seq.request.logprobs is None:
+            return None
+        entries, seq.pending_logprobs = seq.pending_logprobs, []
+        if final and entries and seq.output_ids and entries[-1][0] == seq.output_ids[-1]:
+            last = seq.output_ids[-1]
+            if last in self.eos_token_ids or seq.request.constraint is not None:
+                entries = entries[:-1]
+        return entries
 
     def _fail_all(self, exc: Exception) -> None:
         for seq in [*self._running, *self._prefilling, *(c[0] for c in self._chunked)]:
@@ -433,6 +674,8 @@ class Engine:
             )
         finally:
             self.metrics = metrics
+            if self.prefix_cache is not None:  # warm-up prompts are not traffic either
+                self.prefix_cache.clear()
 
     def generate(self, requests: list[GenerationRequest]) -> list[tuple[list[int], StepOutput]]:
         """Run ``requests`` to completion on the calling thread (warm-up, tests, benchmarks).
@@ -471,6 +714,25 @@ def _layers(cache: DynamicCache) -> list[DynamicLayer]:
         if type(layer) is not DynamicLayer:
             raise UnsupportedCacheError(f"cache layer {type(layer).__name__} is not supported by the scheduler")
     return layers  # type: ignore[return-value]  # checked above
+
+
+def _cache_from(prefix: tuple[Entry, int] | None, rows: int) -> DynamicCache:
+    """A fresh cache holding ``rows`` copies of a cached prefix (empty without one)."""
+    cache = DynamicCache()
+    if prefix is None:
+        return cache
+    entry, tokens = prefix
+    for i, (keys, values) in enumerate(entry.layers):
+        k, v = keys[:, :, :tokens], values[:, :, :tokens]
+        cache.update(k.expand(rows, -1, -1, -1).contiguous(), v.expand(rows, -1, -1, -1).contiguous(), i)
+    return cache
+
+
+def _drop(x: torch.Tensor, gap: slice) -> torch.Tensor:
+    """[1, H, T, D] without the padding columns in ``gap``."""
+    if gap.start == gap.stop:
+        return x
+    return torch.cat([x[:, :, : gap.start], x[:, :, gap.stop :]], dim=2)
 
 
 def _tensor(x: torch.Tensor | None) -> torch.Tensor:

@@ -29,6 +29,14 @@ name                                           type       meaning
                                                           dtype conversion / quantization)
 ``hangar_runtime_ready``                       gauge      1 when /health answers 200
 ``hangar_runtime_max_batch_size``              gauge      the configured batch limit
+``hangar_runtime_prefix_cache_query_tokens_total`` counter prompt tokens looked up in the prefix
+                                                          cache
+``hangar_runtime_prefix_cache_hit_tokens_total``   counter of those, tokens served from the cache
+``hangar_runtime_prefix_cache_hit_rate``       gauge      hit tokens / query tokens since start
+``hangar_runtime_prefix_cache_bytes``          gauge      bytes of KV tensors held by the cache
+``hangar_runtime_preemptions_total``           counter    sequences sent back to the queue (to be
+                                                          recomputed) because the batched cache
+                                                          exceeded ``--max-kv-tokens``
 =============================================  =========  ==================================
 
 Histograms expose the usual ``_bucket``/``_sum``/``_count`` series. ``_created`` series are
@@ -88,10 +96,33 @@ class RuntimeMetrics:
         self.model_weights = Gauge(PREFIX + "model_weights_bytes", "Bytes of weights as loaded.", registry=r)
         self.ready = Gauge(PREFIX + "ready", "1 when the replica serves requests.", registry=r)
         self.max_batch_size = Gauge(PREFIX + "max_batch_size", "Configured batch limit.", registry=r)
+        self.prefix_query_tokens = Counter(
+            PREFIX + "prefix_cache_query_tokens", "Prompt tokens looked up in the prefix cache.", registry=r
+        )
+        self.prefix_hit_tokens = Counter(
+            PREFIX + "prefix_cache_hit_tokens", "Prompt tokens served from the prefix cache.", registry=r
+        )
+        self.prefix_hit_rate = Gauge(
+            PREFIX + "prefix_cache_hit_rate", "Prefix cache hit tokens / query tokens.", registry=r
+        )
+        self.prefix_bytes = Gauge(PREFIX + "prefix_cache_bytes", "Bytes of KV held by the prefix cache.", registry=r)
+        self._prefix_seen = (0, 0)
+        self.preemptions = Counter(
+            PREFIX + "preemptions", "Sequences sent back to the queue because the KV budget was short.", registry=r
+        )
         self._cuda = cuda
         # Pre-create the common label values so scrapers see zeros, not missing series.
         for status in ("200", "400", "503"):
             self.requests.labels(status=status)
+
+    def observe_prefix_cache(self, cache: Any) -> None:
+        """Bring the prefix cache series up to date with ``cache``'s counters."""
+        queried, hit = self._prefix_seen
+        self.prefix_query_tokens.inc(cache.queried_tokens - queried)
+        self.prefix_hit_tokens.inc(cache.hit_tokens - hit)
+        self._prefix_seen = (cache.queried_tokens, cache.hit_tokens)
+        self.prefix_hit_rate.set(cache.hit_rate)
+        self.prefix_bytes.set(cache.bytes)
 
     def render(self) -> bytes:
         """Refresh scrape-time gauges and return the text exposition format."""

@@ -9,11 +9,14 @@ name vLLM uses) for benchmarks.
 
 from __future__ import annotations
 
+import json
 import time
 import uuid
-from dataclasses import dataclass
+from dataclasses import dataclass, field, replace
 from typing import Any
 
+from workers.runtime import features
+from workers.runtime.features import OutputFormat, ToolSettings
 from workers.runtime.sampling import SamplingParams
 
 RETRY_AFTER_SECONDS = "1"  # for every 503: queue full, loading, draining
@@ -63,14 +66,19 @@ class CommonParams:
     stream: bool
     include_usage: bool
     ignore_eos: bool
+    n: int = 1
+    min_tokens: int = 0
+    logprobs: int | None = None  # None: off; k: chosen token plus k alternatives
 
 
 @dataclass(frozen=True, slots=True)
 class ChatRequest:
     """A validated ``/v1/chat/completions`` body."""
 
-    messages: list[dict[str, str]]
+    messages: list[dict[str, Any]]
     params: CommonParams
+    output: OutputFormat = field(default_factory=OutputFormat)
+    tools: ToolSettings = field(default_factory=ToolSettings)
 
 
 @dataclass(frozen=True, slots=True)
@@ -116,24 +124,6 @@ def _get_bool(body: dict[str, Any], name: str, default: bool = False) -> bool:
     return value
 
 
-def _reject_unsupported(body: dict[str, Any]) -> None:
-    """400 for features this runtime does not implement (instead of silently ignoring them)."""
-    n = _get_int(body, "n", minimum=1)
-    if n is not None and n != 1:
-        raise _invalid("n", "only n=1 is supported", "unsupported_value")
-    for name in ("presence_penalty", "frequency_penalty"):
-        if _get_number(body, name, 0.0, -2.0, 2.0) != 0.0:
-            raise _invalid(name, f"'{name}' is not supported by this runtime", "unsupported_parameter")
-    if body.get("logit_bias"):
-        raise _invalid("logit_bias", "'logit_bias' is not supported by this runtime", "unsupported_parameter")
-    for name in ("tools", "functions"):
-        if body.get(name):
-            raise _invalid(name, f"'{name}' is not supported by this runtime", "unsupported_parameter")
-    fmt = body.get("response_format")
-    if fmt is not None and fmt != {"type": "text"}:
-        raise _invalid("response_format", "only response_format {'type': 'text'} is supported", "unsupported_value")
-
-
 def _common(body: dict[str, Any], served_model: str, *, max_tokens_names: tuple[str, ...]) -> CommonParams:
     model = body.get("model")
     if not isinstance(model, str) or not model:
@@ -144,7 +134,6 @@ def _common(body: dict[str, Any], served_model: str, *, max_tokens_names: tuple[
             param="model",
             code="model_not_found",
         )
-    _reject_unsupported(body)
 
     max_tokens: int | None = None
     for name in max_tokens_names:
@@ -173,11 +162,13 @@ def _common(body: dict[str, Any], served_model: str, *, max_tokens_names: tuple[
     return CommonParams(
         model=model,
         max_tokens=max_tokens,
-        sampling=SamplingParams(temperature=temperature, top_p=top_p, seed=seed),
+        sampling=SamplingParams(temperature=temperature, top_p=top_p, seed=seed, **features.penalties(body)),
         stop=stop,
         stream=stream,
         include_usage=include_usage,
         ignore_eos=_get_bool(body, "ignore_eos"),
+        n=features.choices(body),
+        min_tokens=features.min_tokens(body),
     )
 
 
@@ -209,16 +200,22 @@ def parse_chat(body: Any, served_model: str) -> ChatRequest:
     """Validate a chat completion request body."""
     body = _require_object(body)
     params = _common(body, served_model, max_tokens_names=("max_tokens", "max_completion_tokens"))
-    if _get_bool(body, "logprobs") or body.get("top_logprobs") is not None:
-        raise _invalid("logprobs", "'logprobs' is not supported by this runtime", "unsupported_parameter")
+    params = replace(params, logprobs=features.chat_logprobs(body))
     raw = body.get("messages")
     if not isinstance(raw, list) or not raw:
         raise _invalid("messages", "'messages' must be a non-empty list", "invalid_type")
     messages = [_message(m, i) for i, m in enumerate(raw)]
-    return ChatRequest(messages=messages, params=params)
+    tools = features.tool_settings(body)
+    output = features.response_format(body)
+    forced = features.tool_output(tools)
+    if forced is not None:
+        if output.kind != "text":
+            raise _invalid("response_format", "'response_format' cannot be combined with a forced tool call")
+        output = forced
+    return ChatRequest(messages=messages, params=params, output=output, tools=tools)
 
 
-def _message(m: Any, i: int) -> dict[str, str]:
+def _message(m: Any, i: int) -> dict[str, Any]:
     param = f"messages[{i}]"
     if not isinstance(m, dict):
         raise _invalid(param, f"{param} must be an object", "invalid_type")
@@ -237,16 +234,44 @@ def _message(m: Any, i: int) -> dict[str, str]:
         content = "".join(parts)
     if not isinstance(content, str):
         raise _invalid(f"{param}.content", f"{param}.content must be a string or a list of text parts", "invalid_type")
-    return {"role": role, "content": content}
+    return _tool_fields(m, {"role": role, "content": content}, param)
+
+
+def _tool_fields(m: dict[str, Any], message: dict[str, Any], param: str) -> dict[str, Any]:
+    """Keep an assistant turn's tool calls and a tool turn's call id for the chat template."""
+    role = message["role"]
+    if role == "assistant" and m.get("tool_calls"):
+        message["tool_calls"] = _tool_calls(m["tool_calls"], param)
+    if role == "tool":
+        call_id = m.get("tool_call_id")
+        if not isinstance(call_id, str) or not call_id:
+            raise _invalid(f"{param}.tool_call_id", "tool messages need a 'tool_call_id'", "invalid_type")
+        message["tool_call_id"] = call_id
+    return message
+
+
+def _tool_calls(calls: Any, param: str) -> list[dict[str, Any]]:
+    """An assistant turn's earlier tool calls, with arguments decoded for the chat template."""
+    if not isinstance(calls, list) or len(calls) > features.MAX_PARALLEL_TOOL_CALLS * 4:
+        raise _invalid(f"{param}.tool_calls", "'tool_calls' must be a list", "invalid_type")
+    out = []
+    for j, call in enumerate(calls):
+        fn = call.get("function") if isinstance(call, dict) else None
+        if not isinstance(fn, dict) or not isinstance(fn.get("name"), str) or not isinstance(fn.get("arguments"), str):
+            raise _invalid(f"{param}.tool_calls[{j}]", "a tool call needs function.name and function.arguments strings")
+        try:
+            arguments = json.loads(fn["arguments"])
+        except ValueError:
+            arguments = fn["arguments"]
+        out.append({"id": call.get("id"), "type": "function", "function": {"name": fn["name"], "arguments": arguments}})
+    return out
 
 
 def parse_completion(body: Any, served_model: str) -> CompletionRequest:
     """Validate a (legacy) text completion request body."""
     body = _require_object(body)
     params = _common(body, served_model, max_tokens_names=("max_tokens",))
-    logprobs = body.get("logprobs")
-    if logprobs not in (None, 0, False):
-        raise _invalid("logprobs", "'logprobs' is not supported by this runtime", "unsupported_parameter")
+    params = replace(params, logprobs=features.completion_logprobs(body))
     if _get_bool(body, "echo"):
         raise _invalid("echo", "'echo' is not supported by this runtime", "unsupported_parameter")
     best_of = _get_int(body, "best_of", minimum=1)

@@ -21,6 +21,17 @@ class SamplingParams:
     temperature: float = 1.0
     top_p: float = 1.0
     seed: int | None = None
+    presence_penalty: float = 0.0
+    frequency_penalty: float = 0.0
+    repetition_penalty: float = 1.0
+    logit_bias: tuple[tuple[int, float], ...] = ()
+
+    @property
+    def adjusts_logits(self) -> bool:
+        """True when penalties or a logit bias change this row's logits."""
+        return bool(
+            self.presence_penalty or self.frequency_penalty or self.repetition_penalty != 1.0 or self.logit_bias
+        )
 
     @property
     def greedy(self) -> bool:
@@ -74,3 +85,32 @@ def _apply_top_p(logits: torch.Tensor, top_p: torch.Tensor) -> torch.Tensor:
     remove_sorted[:, 0] = False
     remove = torch.zeros_like(remove_sorted).scatter(1, sorted_idx, remove_sorted)
     return logits.masked_fill(remove, float("-inf"))
+
+
+def adjust_logits(
+    logits: torch.Tensor, params: list[SamplingParams], prompts: list[list[int]], outputs: list[list[int]]
+) -> None:
+    """Apply penalties and logit bias in place to the rows that ask for them.
+
+    Semantics follow OpenAI and vLLM: presence and frequency penalties look at the generated
+    tokens only (``logit -= presence * [count > 0] + frequency * count``); the repetition
+    penalty (the CTRL / transformers one) looks at prompt and generated tokens and divides
+    positive logits (multiplies negative ones) by the penalty; ``logit_bias`` is added last.
+    """
+    for row, p in enumerate(params):
+        if not p.adjusts_logits:
+            continue
+        line = logits[row]
+        if p.repetition_penalty != 1.0:
+            seen = torch.tensor(sorted(set(prompts[row]) | set(outputs[row])), dtype=torch.long, device=line.device)
+            if seen.numel():
+                values = line.index_select(0, seen)
+                values = torch.where(values > 0, values / p.repetition_penalty, values * p.repetition_penalty)
+                line.index_copy_(0, seen, values)
+        if (p.presence_penalty or p.frequency_penalty) and outputs[row]:
+            ids = torch.tensor(outputs[row], dtype=torch.long, device=line.device)
+            counts = torch.bincount(ids, minlength=line.shape[0])[: line.shape[0]].to(line.dtype)
+            line -= p.frequency_penalty * counts + p.presence_penalty * (counts > 0).to(line.dtype)
+        for token, bias in p.logit_bias:
+            if token < line.shape[0]:
+                line[token] += bias

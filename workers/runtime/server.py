@@ -48,6 +48,7 @@ from starlette.routing import Route
 from workers.runtime.api import api_endpoint, chat_completions, completions, dispatch, health, list_models, metrics
 from workers.runtime.auth import BearerAuth
 from workers.runtime.embeddings import embedding_engine, embeddings, refuse_task
+from workers.runtime.features import OutputFormat, ToolSettings
 from workers.runtime.loader import LoadedModel, LoadOptions, ModelLoadError, load_model
 from workers.runtime.metrics import RuntimeMetrics
 from workers.runtime.protocol import RETRY_AFTER_SECONDS, ApiError, CommonParams, now
@@ -103,6 +104,8 @@ class ServerConfig:
     max_batch_size: int = 32
     max_model_len: int | None = None
     max_queue: int = 256
+    prefix_cache_mb: int = 256  # 0 disables prefix caching
+    max_kv_tokens: int | None = None  # batched cache bound in token slots; None: unbounded
     drain_timeout: float = 120.0
     threads: int | None = None
     load: LoadOptions = field(default_factory=LoadOptions)
@@ -130,6 +133,7 @@ class Runtime:
         self._in_flight = 0
         self._idle: asyncio.Event | None = None
         self._drain_task: asyncio.Task[None] | None = None
+        self._grammars: Any = None  # constraints.GrammarFactory, built on first use
 
     # ------------------------------------------------------------ lifecycle
 
@@ -196,6 +200,7 @@ class Runtime:
 
     def _make_engine(self, loaded: LoadedModel) -> Any:
         from workers.runtime.engine import Engine
+        from workers.runtime.prefix_cache import PrefixCache
 
         def deliver(outputs: list[tuple[Any, Any]]) -> None:
             self._call_in_loop(dispatch, outputs)
@@ -211,6 +216,10 @@ class Runtime:
             eos_token_ids=loaded.eos_token_ids,
             metrics=self.metrics,
             deliver=deliver,
+            max_kv_tokens=self.config.max_kv_tokens,
+            prefix_cache=PrefixCache(self.config.prefix_cache_mb * 1024 * 1024)
+            if self.config.prefix_cache_mb
+            else None,
         )
 
     def _call_in_loop(self, fn: Callable[..., object], *args: object) -> None:
@@ -300,14 +309,19 @@ class Runtime:
                 headers={"Retry-After": RETRY_AFTER_SECONDS},
             )
 
-    def prompt_ids_for_chat(self, messages: list[dict[str, str]]) -> list[int]:
-        """Render the tokenizer's chat template and tokenize the result."""
+    def prompt_ids_for_chat(self, messages: list[dict[str, Any]], tools: ToolSettings | None = None) -> list[int]:
+        """Render the tokenizer's chat template (with the tools, if any) and tokenize the result."""
         assert self.loaded is not None
         tok = self.loaded.tokenizer
         if not getattr(tok, "chat_template", None):
             raise ApiError("this model has no chat template; use /v1/completions", param="messages")
+        rendered_tools = None
+        if tools is not None and tools.active:
+            rendered_tools = [
+                {"type": "function", "function": {"name": t.name, "parameters": t.parameters}} for t in tools.tools
+            ]
         try:
-            text = tok.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
+            text = tok.apply_chat_template(messages, tools=rendered_tools, tokenize=False, add_generation_prompt=True)
         except Exception as exc:
             raise ApiError(f"chat template rejected the messages: {exc}", param="messages") from exc
         return list(tok.encode(text, add_special_tokens=False))
@@ -322,6 +336,40 @@ class Runtime:
         if any(t < 0 or t >= vocab for t in prompt):
             raise ApiError(f"token ids must be in [0, {vocab})", param="prompt")
         return prompt
+
+    def decode_token(self, token: int) -> str:
+        """One token's text, for log probabilities."""
+        assert self.loaded is not None
+        return str(self.loaded.tokenizer.decode([token], skip_special_tokens=False))
+
+    def check_vocabulary(self, params: CommonParams) -> None:
+        """``logit_bias`` may only name tokens of this model's vocabulary."""
+        vocab = int(self.loaded.model.config.vocab_size) if self.loaded is not None else 0
+        bad = [token for token, _ in params.sampling.logit_bias if token >= vocab]
+        if bad:
+            raise ApiError(f"logit_bias names token {bad[0]}, outside the vocabulary [0, {vocab})", param="logit_bias")
+
+    async def constraint_for(self, output: OutputFormat) -> Any:
+        """A fresh grammar state for one choice (None for free text); 400 for unusable schemas."""
+        if output.kind == "text":
+            return None
+        from workers.runtime.constraints import GrammarFactory, SchemaError
+
+        assert self.loaded is not None
+        if self._grammars is None:
+            loaded = self.loaded
+            self._grammars = await asyncio.to_thread(
+                GrammarFactory, loaded.tokenizer, int(loaded.model.config.vocab_size), sorted(loaded.eos_token_ids)
+            )
+        grammars = self._grammars
+        try:
+            if output.kind == "json_object":
+                return await asyncio.to_thread(grammars.json_object)
+            assert output.schema is not None
+            return await asyncio.to_thread(grammars.json_schema, output.schema, strict=output.strict)
+        except SchemaError as exc:
+            param = "tools" if output.kind.startswith("tool") else "response_format"
+            raise ApiError(str(exc), param=param, code="invalid_schema") from exc
 
     def max_tokens_for(self, params: CommonParams, prompt_len: int, param: str) -> int:
         """Apply the context limit: 400 if the prompt (plus max_tokens) does not fit."""

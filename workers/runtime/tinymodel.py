@@ -37,7 +37,7 @@ from pathlib import Path
 from typing import Any
 
 # Bump when anything below changes the produced files, so stale builds are replaced.
-BUILD_VERSION = 2
+BUILD_VERSION = 3  # 2 (twice, merged): the random-weights marker, the tools chat template
 MARKER_FILE = "hangar-tinymodel.json"
 DATA_DIR = Path(__file__).resolve().parent / "data"
 
@@ -48,11 +48,26 @@ SPECIAL_TOKENS = [ENDOFTEXT, IM_START, IM_END]
 
 # ChatML: every message is wrapped in <|im_start|>role ... <|im_end|>; the generation prompt
 # opens an assistant turn. The model stops at <|im_end|> (listed in generation_config).
+# Tools are rendered the way Hermes/Qwen templates do: their JSON signatures in a system turn,
+# the assistant's calls as <tool_call>{"name": ..., "arguments": ...}</tool_call> blocks, and
+# results as "tool" turns.
 CHAT_TEMPLATE = (
+    "{% if tools %}"
+    "{{ '<|im_start|>system\\n# Tools\\nYou may call these functions. For each call, answer '"
+    '\'<tool_call>{"name": NAME, "arguments": ARGS}</tool_call>.\\n\' }}'
+    "{% for tool in tools %}{{ tool | tojson }}{{ '\\n' }}{% endfor %}"
+    "{{ '<|im_end|>\\n' }}"
+    "{% endif %}"
     "{% for message in messages %}"
-    "{{ '<|im_start|>' + message['role'] + '\n' + message['content'] + '<|im_end|>' + '\n' }}"
+    "{{ '<|im_start|>' + message['role'] + '\\n' }}"
+    "{% if message['content'] %}{{ message['content'] }}{% endif %}"
+    "{% for call in message.get('tool_calls') or [] %}"
+    "{{ '<tool_call>' }}{{ {'name': call['function']['name'], 'arguments': call['function']['arguments']} | tojson }}"
+    "{{ '</tool_call>' }}"
     "{% endfor %}"
-    "{% if add_generation_prompt %}{{ '<|im_start|>assistant\n' }}{% endif %}"
+    "{{ '<|im_end|>' + '\\n' }}"
+    "{% endfor %}"
+    "{% if add_generation_prompt %}{{ '<|im_start|>assistant\\n' }}{% endif %}"
 )
 
 VOCAB_SIZE = 2048

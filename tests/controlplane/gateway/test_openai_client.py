@@ -110,3 +110,62 @@ def test_client_disconnect_cancels_the_upstream_generation(gateway, runtime_serv
         for _ in response.iter_bytes():
             break  # one chunk, then hang up long before 1000 tokens
     wait_for(lambda: cancelled() > before, 15, "the upstream generation cancelled (status 499)")
+
+
+def test_structured_outputs_tools_and_n_through_the_gateway(gateway, runtime_server, make_key, serve_model) -> None:
+    """The fields agents and structured-output clients send pass the gateway and are metered."""
+    import json
+    from typing import Literal
+
+    from pydantic import BaseModel, Field
+
+    class Mooring(BaseModel):
+        pier: Literal["north", "south"]
+        berth: int = Field(ge=1, le=40)
+        vessel: str = Field(max_length=8)
+
+    key, token = make_key()
+    serve_model(key.tenant, "tiny", runtime_server.url, max_tokens_cap=512)
+    client = openai.OpenAI(base_url=f"{gateway.url}/v1", api_key=token, max_retries=0, timeout=120)
+
+    parsed = client.beta.chat.completions.parse(
+        model="tiny", messages=MESSAGES, response_format=Mooring, max_tokens=200, temperature=1.0, seed=1
+    )
+    assert isinstance(parsed.choices[0].message.parsed, Mooring)
+
+    tool = {
+        "type": "function",
+        "function": {
+            "name": "book_berth",
+            "parameters": {
+                "type": "object",
+                "properties": {"berth": {"type": "integer", "minimum": 1, "maximum": 40}},
+                "required": ["berth"],
+                "additionalProperties": False,
+            },
+        },
+    }
+    called = client.chat.completions.create(
+        model="tiny",
+        messages=MESSAGES,
+        tools=[tool],
+        tool_choice={"type": "function", "function": {"name": "book_berth"}},
+        max_tokens=100,
+    )
+    calls = called.choices[0].message.tool_calls or []
+    assert called.choices[0].finish_reason == "tool_calls"
+    assert len(calls) == 1 and calls[0].type == "function"
+    assert 1 <= json.loads(calls[0].function.arguments)["berth"] <= 40
+
+    several = client.completions.create(
+        model="tiny", prompt="Once upon a time", n=3, max_tokens=5, temperature=1.0, extra_body={"ignore_eos": True}
+    )
+    assert [c.index for c in several.choices] == [0, 1, 2]
+    assert several.usage is not None and several.usage.completion_tokens == 15
+
+    expected = parsed.usage.completion_tokens + called.usage.completion_tokens + 15  # type: ignore[union-attr]
+    wait_for(
+        lambda: sum(r.completion_tokens for r in UsageRecord.objects.filter(api_key=key)) == expected,
+        15,
+        "all three requests metered, every choice counted",
+    )

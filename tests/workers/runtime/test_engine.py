@@ -182,3 +182,23 @@ def test_long_prompt_is_prefilled_in_chunks_while_the_batch_keeps_decoding(
     ref = model.generate(torch.tensor([long_ids]), max_new_tokens=10, do_sample=False, eos_token_id=-1)
     assert long.output_ids == ref[0, len(long_ids) :].tolist()
     assert short.output_ids == reference_greedy(model, tokenizer, PROMPTS[1], 20)
+
+
+def test_short_memory_preempts_the_youngest_and_recomputes_them_exactly(reference_model: tuple[Any, Any]) -> None:
+    """A KV budget of ~3 rows: sequences are preempted, requeued and resumed, output unchanged."""
+    from workers.runtime.metrics import RuntimeMetrics
+
+    model, tokenizer = reference_model
+    metrics = RuntimeMetrics()
+    engine = Engine(model, tokenizer, max_batch_size=8, eos_token_ids=[0, 2], metrics=metrics, max_kv_tokens=200)
+    n = 30
+    prompts = PROMPTS[1:5]
+    requests = [
+        GenerationRequest(tokenizer(p)["input_ids"], max_tokens=n, sampling=GREEDY, ignore_eos=True) for p in prompts
+    ]
+    results = engine.generate(requests)
+    for prompt, (ids, final) in zip(prompts, results, strict=True):
+        assert ids == reference_greedy(model, tokenizer, prompt, n), prompt
+        assert final.completion_tokens == n
+        assert final.prompt_tokens == len(tokenizer(prompt)["input_ids"])
+    assert (metrics.registry.get_sample_value("hangar_runtime_preemptions_total") or 0) > 0
