@@ -14,6 +14,7 @@ Backends that roll replicas themselves (Kubernetes) take ``run_group``; deletion
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import re
 from collections.abc import Mapping
@@ -33,7 +34,7 @@ from controlplane.deployments.models import Deployment, DeploymentEvent, Replica
 from controlplane.deployments.replica_auth import replica_token
 from controlplane.deployments.spec import replica_values
 from controlplane.deployments.status import ReplicaObservation, StatusUpdate
-from workers import telemetry
+from workers import rollout_strategy, telemetry
 from workers.drivers import driver_for, instance_name
 from workers.drivers.base import (
     BackendState,
@@ -104,6 +105,7 @@ def replica_spec(deployment: Deployment, *, slot: int) -> ReplicaSpec:
         allow_unsafe_weights=deployment.model.allow_unsafe_weights,
         trust_remote_code=deployment.model.trust_remote_code,
         token=replica_token(deployment.pk),
+        faults=rollout_strategy.fault_flags(deployment),
     )
 
 
@@ -257,13 +259,16 @@ def run_pass(deployment: Deployment, driver: Driver, owner: str) -> Outcome:
 
 def run_replicas(act: Actuator) -> Outcome:
     """Replica-managed backends (local, Docker): the pass itself creates, checks and removes replicas."""
+    judged, canary_requeue = rollout_strategy.advance(act.deployment)  # a failed canary is rolled back first
+    act = Actuator(judged, act.driver, act.owner, act.actions)
     seen = observe(act.deployment, act.driver)
     alive = remove_dead(act, seen)
     checked = check_health(act, seen, alive)
     hold = bool(checked.crashed) or failed_recently(act.deployment, seen.now)
-    scaled = scale(act, seen, checked, hold=hold)
     old = tuple(r for r in checked.replicas if r.generation != seen.generation)
-    kept_old = roll(act, seen, scaled, old)
+    budget = rollout_strategy.budget(act.deployment, _counts(seen, checked, old))
+    scaled = scale(act, seen, checked, hold=hold, target=budget.current_target)
+    kept_old = roll(act, seen, scaled, old, budget)
     observations = record_replicas(act, seen, (*scaled.current, *kept_old), scaled.healthy)
     ready_current = [r for r in scaled.current if scaled.healthy.get(r.name)]
     crash = Failure(checked.crashed[0]) if checked.crashed else None
@@ -276,7 +281,23 @@ def run_replicas(act: Actuator) -> Outcome:
         starting=tuple(r for r in scaled.current if not scaled.healthy.get(r.name)),
         now=seen.now,
     )
-    return report(act, summary)
+    rollout_strategy.finish(
+        act.deployment, budget, ready_current=len(ready_current), desired=seen.desired, old_left=len(kept_old)
+    )
+    outcome = report(act, summary)
+    if canary_requeue is not None:
+        outcome.requeue_after = min(outcome.requeue_after or canary_requeue, canary_requeue)
+    return outcome
+
+
+def _counts(seen: Observation, checked: Survivors, old: tuple[ObservedReplica, ...]) -> rollout_strategy.Counts:
+    current = [r for r in checked.replicas if r.generation == seen.generation]
+    return rollout_strategy.Counts(
+        desired=seen.desired,
+        current=len(current),
+        current_ready=sum(1 for r in current if checked.healthy.get(r.name)),
+        old_ready=sum(1 for r in old if checked.healthy.get(r.name)),
+    )
 
 
 def observe(deployment: Deployment, driver: Driver) -> Observation:
@@ -383,22 +404,26 @@ def failed_recently(deployment: Deployment, now: datetime) -> bool:
     return now - max(moments) < timedelta(seconds=settings.HANGAR_FAILED_RETRY_SECONDS)
 
 
-def scale(act: Actuator, seen: Observation, checked: Survivors, *, hold: bool) -> Scaled:
-    """Scale the current generation to the desired count (no new replicas while ``hold``)."""
+def scale(act: Actuator, seen: Observation, checked: Survivors, *, hold: bool, target: int | None = None) -> Scaled:
+    """Scale the current generation to ``target`` (the rollout's budget; at most the desired
+    count), creating no new replicas while ``hold``."""
     current = [r for r in checked.replicas if r.generation == seen.generation]
-    if len(current) < seen.desired and not hold:
-        return _scale_up(act, seen, current, checked.healthy)
+    want = seen.desired if target is None else min(target, seen.desired)
+    if len(current) < want and not hold:
+        return _scale_up(act, seen, current, checked.healthy, want)
     if len(current) > seen.desired:
         return _scale_down(act, seen, current, checked.healthy)
     return Scaled(tuple(current), checked.healthy)
 
 
-def _scale_up(act: Actuator, seen: Observation, current: list[ObservedReplica], healthy: Mapping[str, bool]) -> Scaled:
+def _scale_up(
+    act: Actuator, seen: Observation, current: list[ObservedReplica], healthy: Mapping[str, bool], want: int
+) -> Scaled:
     used = {_slot(r.name) for r in current}
     free = (s for s in range(seen.desired * 2 + 1) if s not in used)
     created: list[ObservedReplica] = []
     failure = None
-    for _ in range(seen.desired - len(current)):
+    for _ in range(want - len(current)):
         try:
             created.append(act.create(next(free)))
         except PermanentDriverError as exc:
@@ -418,21 +443,25 @@ def _scale_down(
 
 
 def roll(
-    act: Actuator, seen: Observation, scaled: Scaled, old: tuple[ObservedReplica, ...]
+    act: Actuator, seen: Observation, scaled: Scaled, old: tuple[ObservedReplica, ...], budget: rollout_strategy.Budget
 ) -> tuple[ObservedReplica, ...]:
-    """Rolling replacement: old-generation replicas go once enough new ones are ready; returns those kept."""
-    ready_current = sum(1 for r in scaled.current if scaled.healthy.get(r.name))
-    keep_ready_old = max(0, seen.desired - ready_current)
+    """Rolling replacement: old-generation replicas go as the budget allows (max unavailable, a
+    canary's stable set); unready ones first, the stable revision's last. Returns those kept."""
+    keep_ready_old = budget.keep_old
     kept: list[ObservedReplica] = []
-    for replica in sorted(old, key=lambda r: (not scaled.healthy.get(r.name, False), _slot(r.name))):
+
+    def order(r: ObservedReplica) -> tuple[bool, bool, int]:
+        return (not scaled.healthy.get(r.name, False), r.generation != budget.stable_generation, _slot(r.name))
+
+    for replica in sorted(old, key=order):
         if scaled.healthy.get(replica.name) and len(kept) < keep_ready_old:
             kept.append(replica)
             continue
         act.remove(
             replica,
             "ReplicaReplaced",
-            f"Removed replica {replica.name} of generation {replica.generation}: "
-            f"generation {seen.generation} is ready to take over",
+            f"Removed replica {replica.name} of revision {replica.generation}: revision {seen.generation} "
+            f"takes over (max unavailable {budget.unavailable}, max surge {budget.surge})",
         )
     return tuple(kept)
 
@@ -475,6 +504,9 @@ def report(act: Actuator, summary: Summary) -> Outcome:
     """Write phase, conditions and progress with compare-and-set; say how soon to look again."""
     d = act.deployment
     plan = plan_status(d, summary)
+    override = rollout_strategy.phase_override(d, plan.phase)
+    if override is not None:
+        plan = dataclasses.replace(plan, phase=override[0], reason="RolledBack", message=override[1])
     progress = plan.progress
     if summary.starting and summary.failure is None:
         progress = _starting_progress(act.driver, summary.starting, summary.now)

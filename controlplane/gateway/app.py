@@ -27,7 +27,7 @@ from django.conf import settings
 from django.db import DatabaseError
 
 from controlplane.core import request_id
-from controlplane.gateway import metrics, openapi
+from controlplane.gateway import metrics, openapi, traffic
 from controlplane.gateway.auth import KeyCache, authenticate, revocation_listener
 from controlplane.gateway.conf import GatewayConf, load
 from controlplane.gateway.db import run_db
@@ -61,7 +61,7 @@ class ClientGone(Exception):
 class Exchange:
     """One HTTP exchange: remembers whether the response started, adds common headers."""
 
-    __slots__ = ("extra_headers", "model", "post", "request_id", "send", "started", "status")
+    __slots__ = ("extra_headers", "first_byte", "model", "post", "request_id", "send", "started", "status")
 
     def __init__(self, send: Send, rid: str) -> None:
         self.send = send
@@ -71,6 +71,7 @@ class Exchange:
         self.post = 0.0  # seconds spent after the upstream answered (added latency)
         self.model = "-"  # metrics label: a served model name that exists, never raw input
         self.extra_headers: list[tuple[bytes, bytes]] = []
+        self.first_byte = 0.0  # perf_counter() of the first body byte sent (time to first token)
 
     async def start(self, status: int, content_type: bytes, headers: Sequence[tuple[bytes, bytes]] = ()) -> None:
         self.started = True
@@ -89,6 +90,8 @@ class Exchange:
         )
 
     async def body(self, data: bytes, more: bool = False) -> None:
+        if data and not self.first_byte:
+            self.first_byte = time.perf_counter()
         await self.send({"type": "http.response.body", "body": data, "more_body": more})
 
     async def respond(
@@ -202,6 +205,7 @@ class Gateway:
         self.routes = RouteTable(self.conf)
         self.balancer = Balancer(self.conf)
         self.meter = Meter(self.conf)
+        self.traffic: traffic.TrafficStats | None = None
         self.limiter: Limiter | None = None
         self.session: aiohttp.ClientSession | None = None
         self.tasks: list[asyncio.Task[None]] = []
@@ -221,6 +225,7 @@ class Gateway:
         redis_url = settings.REDIS_URL
         self.limiter = Limiter(self.conf, redis_url)
         self.keys.connect(redis_url)  # revocation markers, read while the database is down
+        stats = self.traffic = traffic.TrafficStats(redis_url, self.conf.redis_timeout)
         self.session = aiohttp.ClientSession(
             connector=aiohttp.TCPConnector(limit=0, ttl_dns_cache=300, keepalive_timeout=30),
             timeout=aiohttp.ClientTimeout(
@@ -236,6 +241,7 @@ class Gateway:
             loop.create_task(revocation_listener(redis_url, self.keys, self.revocations_ready)),
             loop.create_task(self.meter.run()),
             loop.create_task(self.limiter.settle_loop()),
+            loop.create_task(stats.run()),
         ]
 
     async def shutdown(self) -> None:
@@ -254,6 +260,9 @@ class Gateway:
         if self.limiter is not None:
             await self.limiter.close()
         await self.keys.close()
+        if self.traffic is not None:
+            with contextlib.suppress(Exception):
+                await self.traffic.close()
         if self.session is not None:
             await self.session.close()
         self._started = False
@@ -442,6 +451,7 @@ class Gateway:
         timer = loop.call_later(WATCH_AFTER_SECONDS, lambda: watcher.append(loop.create_task(watch())))
         usage = [0, 0]  # prompt, completion
         error = True
+        route, side = traffic.choose(route, request_id=exchange.request_id, key_id=key.key_id)
         self._in_flight += 1
         try:
             error = await self._proxy(exchange, route, request, upstream_body, chat, usage, t0, state)
@@ -461,6 +471,8 @@ class Gateway:
             assert self.limiter is not None
             self.limiter.settle(decision.reservation, usage[0] + usage[1])
             metrics.count_tokens(route.served_model_name, usage[0], usage[1])
+            if side:
+                self._measure(route, side, exchange, error, t0)
             self.meter.record(
                 key_pk=key.pk,
                 tenant_id=key.tenant_id,
@@ -470,6 +482,19 @@ class Gateway:
                 error=error or exchange.status >= 400 or exchange.status == 0,
                 latency_ms=(time.perf_counter() - t0) * 1000,
             )
+
+    def _measure(self, route: Route, side: str, exchange: Exchange, error: bool, t0: float) -> None:
+        """Count an answer of a canary split for the analysis (a client that left is no verdict)."""
+        status = exchange.status
+        if self.traffic is None or route.split is None or status == 499:
+            return
+        self.traffic.record(
+            route.split,
+            side,
+            failed=status >= 500 or status == 0 or (error and status < 400),
+            latency=time.perf_counter() - t0,
+            ttft=(exchange.first_byte - t0) if exchange.first_byte else None,
+        )
 
     async def _replica(self, route: Route, tried: set[int]) -> tuple[Route, ReplicaTarget]:
         replica = self.balancer.pick(route, tried)

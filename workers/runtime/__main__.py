@@ -12,6 +12,7 @@ import sys
 from pathlib import Path
 
 from workers.runtime.auth import TOKEN_ENV, TokenError, load_token
+from workers.runtime.faults import Faults, rate
 from workers.runtime.loader import DTYPES, QUANTIZATIONS, LoadOptions
 
 
@@ -39,6 +40,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--drain-timeout", type=float, default=120.0, help="seconds to wait for in-flight requests")
     p.add_argument("--allow-unsafe-weights", action="store_true", help="allow pickle-based weights (.bin/.pt)")
     p.add_argument("--trust-remote-code", action="store_true", help="allow the model directory's Python code")
+    p.add_argument("--fault-error-rate", type=rate, default=0.0, help="tests: fraction of API requests answered 500")
+    p.add_argument("--fault-delay-rate", type=rate, default=0.0, help="tests: fraction of API requests delayed")
+    p.add_argument("--fault-delay-ms", type=float, default=0.0, help="tests: the delay of --fault-delay-rate")
     p.add_argument(
         "--token-file",
         type=Path,
@@ -78,6 +82,7 @@ def main(argv: list[str] | None = None) -> int:
         drain_timeout=args.drain_timeout,
         threads=args.threads,
         token=token,
+        faults=Faults(error_rate=args.fault_error_rate, delay_rate=args.fault_delay_rate, delay_ms=args.fault_delay_ms),
         load=LoadOptions(
             dtype=args.dtype,
             quantization=args.quantization,

@@ -46,6 +46,7 @@ from starlette.routing import Route
 
 from workers.runtime.api import api_endpoint, chat_completions, completions, dispatch, health, list_models, metrics
 from workers.runtime.auth import BearerAuth
+from workers.runtime.faults import FaultInjector, Faults
 from workers.runtime.loader import LoadedModel, LoadOptions, ModelLoadError, load_model
 from workers.runtime.metrics import RuntimeMetrics
 from workers.runtime.protocol import RETRY_AFTER_SECONDS, ApiError, CommonParams, now
@@ -105,6 +106,7 @@ class ServerConfig:
     threads: int | None = None
     load: LoadOptions = field(default_factory=LoadOptions)
     token: str | None = field(default=None, repr=False)  # None: open to anyone (hand-run only)
+    faults: Faults = field(default_factory=Faults)  # tests only (workers.runtime.faults)
 
 
 class Runtime:
@@ -360,7 +362,10 @@ def create_app(runtime: Runtime) -> Starlette:
             Route("/metrics", metrics, methods=["GET"]),
         ],
         lifespan=lifespan,
-        middleware=[Middleware(BearerAuth, token=runtime.config.token)],
+        middleware=[
+            Middleware(BearerAuth, token=runtime.config.token),
+            *([Middleware(FaultInjector, faults=runtime.config.faults)] if runtime.config.faults.active else []),
+        ],
     )
     app.state.runtime = runtime
     return app
