@@ -113,6 +113,14 @@ def revision_diff(*, deployment: Deployment, a: int, b: int) -> dict[str, dict[s
     }
 
 
+def deployment_for_platform(*, pk: int) -> Deployment:
+    """Any tenant's deployment, for a platform admin's action (the caller has checked the role)."""
+    deployment = Deployment.objects.filter(pk=pk).first()
+    if deployment is None:
+        raise NotFound("Deployment not found.")
+    return deployment
+
+
 # ----------------------------------------------------------------------------- writes
 
 
