@@ -290,6 +290,7 @@ def rollout_begin(
         detail=f"Canary step 1/{len(steps)}: {steps[0]['weight']}% of requests" if canary else "Rolling update",
     )
     if canary:
+        transaction.on_commit(lambda: _reset_stats(rollout.pk))
         event_emit(
             deployment=deployment,
             reason="CanaryStarted",
@@ -299,6 +300,18 @@ def rollout_begin(
         )
     _push(deployment, rollout)
     return rollout
+
+
+def _reset_stats(rollout_id: int) -> None:
+    """A new rollout starts from empty counters (ids repeat when a database is recreated)."""
+    import redis
+    from django.conf import settings
+
+    try:
+        client = redis.Redis.from_url(settings.REDIS_URL, socket_timeout=2, socket_connect_timeout=2)
+        client.delete(stats_key(rollout_id, "stable"), stats_key(rollout_id, "canary"))
+    except redis.RedisError:
+        pass  # counters expire on their own (STATS_TTL_SECONDS); the analysis waits for requests anyway
 
 
 def _locked(rollout: Rollout) -> tuple[Deployment, Rollout]:
