@@ -100,7 +100,13 @@ def serving(tiny_model_dir: Path, policy: dict[str, Any], replicas: int = 2) -> 
         tenant=tenant,
         model=model,
         target=target,
-        data={"name": "tiny", "served_model_name": "tiny", "replicas": replicas, "max_replicas": 4, "max_batch_size": 8},
+        data={
+            "name": "tiny",
+            "served_model_name": "tiny",
+            "replicas": replicas,
+            "max_replicas": 4,
+            "max_batch_size": 8,
+        },
     )
     rollouts.rollout_policy_set(actor=SYSTEM, deployment=deployment, data=policy)
     wait_for(lambda: _phase(deployment) == Phase.RUNNING, timeout=240, interval=0.2, message="Running")
