@@ -233,4 +233,4 @@ def test_a_good_canary_is_promoted_step_by_step_without_losing_capacity(
         timeout=60,
         message="only revision 2 left",
     )
-    assert _phase(deployment) == Phase.RUNNING
+    wait_for(lambda: _phase(deployment) == Phase.RUNNING, timeout=60, message="Running on revision 2")
