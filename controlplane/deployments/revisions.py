@@ -78,16 +78,18 @@ def revision_new(
 
 
 def ensure_revision(deployment: Deployment) -> None:
-    """Deployments made before revisions existed: record their running template once."""
-    if not Revision.objects.filter(deployment_id=deployment.pk, number=deployment.template_generation).exists():
-        Revision.objects.create(
-            tenant_id=deployment.tenant_id,
-            deployment=deployment,
-            number=deployment.template_generation,
-            spec=snapshot(deployment),
-            actor="system",
-            reason="The template running when revisions were introduced",
-        )
+    """A deployment whose running template has no revision (made outside the services, e.g. by
+    fixtures): record it once, before a write changes it (``services._lock`` calls this)."""
+    if Revision.objects.filter(deployment_id=deployment.pk, number=deployment.template_generation).exists():
+        return
+    Revision.objects.create(
+        tenant_id=deployment.tenant_id,
+        deployment=deployment,
+        number=deployment.template_generation,
+        spec=snapshot(deployment),
+        actor="system",
+        reason="The running template, recorded before its first change",
+    )
 
 
 # ----------------------------------------------------------------------------- reads

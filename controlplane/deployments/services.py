@@ -278,7 +278,9 @@ def _lock(deployment: Deployment) -> Deployment:
     """Lock the tenant row, then the deployment row: the one lock order of every deployment
     write, so two of them can never wait for each other (see ``quota.lock_tenant``)."""
     quota.lock_tenant(deployment.tenant_id)
-    return Deployment.objects.select_for_update().get(pk=deployment.pk)
+    locked = Deployment.objects.select_for_update().get(pk=deployment.pk)
+    revisions.ensure_revision(locked)
+    return locked
 
 
 def _admit(deployment: Deployment) -> None:
