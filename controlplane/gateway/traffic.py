@@ -25,7 +25,7 @@ import redis.asyncio as aioredis
 
 from controlplane.deployments.choices import Sticky
 from controlplane.deployments.rollouts import BUCKETS, STATS_TTL_SECONDS, stats_key
-from controlplane.gateway.selectors import Route, Split
+from controlplane.gateway.selectors import ReplicaTarget, Route, Split
 
 logger = logging.getLogger(__name__)
 
@@ -41,19 +41,28 @@ def side_for(split: Split, *, request_id: str, key_id: str) -> str:
 
 
 def choose(route: Route, *, request_id: str, key_id: str) -> tuple[Route, str]:
-    """(the route narrowed to one side, the side) of a split route; (route, "") otherwise."""
+    """(the route narrowed to one side, that side) of a split route; (route, "") otherwise.
+
+    A side without a ready replica (a canary still loading) hands its share to the other one,
+    and the request counts for the side that served it: the analysis judges replicas, never a
+    share of traffic some other revision answered.
+    """
     if route.split is None:
         return route, ""
     side = side_for(route.split, request_id=request_id, key_id=key_id)
-    return narrowed(route, side), side
+    ready = _ready_of(route, side)
+    if not ready:
+        side = STABLE if side == CANARY else CANARY
+        ready = _ready_of(route, side)
+    if not ready:
+        return route, ""  # neither revision has a ready replica: the usual wait, unmeasured
+    return replace(route, ready=ready), side
 
 
-def narrowed(route: Route, side: str) -> Route:
-    """``route`` with only the ready replicas of ``side``'s revision (all of them if it has none)."""
+def _ready_of(route: Route, side: str) -> tuple[ReplicaTarget, ...]:
     assert route.split is not None
     generation = route.split.canary if side == CANARY else route.split.stable
-    ready = tuple(r for r in route.ready if r.generation == generation)
-    return replace(route, ready=ready) if ready else route
+    return tuple(r for r in route.ready if r.generation == generation)
 
 
 @dataclass
