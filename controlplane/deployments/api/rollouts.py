@@ -21,6 +21,7 @@ from controlplane.deployments import revisions, rollouts
 from controlplane.deployments.choices import RolloutStrategy, Sticky
 from controlplane.deployments.models import Deployment, Revision, RolloutPolicy
 from controlplane.tenancy.access import is_platform_admin
+from controlplane.tenancy.api.base import ScopedViewSet
 
 REVISION_FIELDS = ("number", "spec", "actor", "reason", "rollback_of", "created_at")
 
@@ -54,7 +55,7 @@ class RolloutPolicySerializer(serializers.Serializer):
     strategy = serializers.ChoiceField(choices=RolloutStrategy.choices, required=False)
     max_surge = serializers.CharField(max_length=8, allow_blank=True, required=False, help_text='e.g. "1" or "25%".')
     max_unavailable = serializers.CharField(max_length=8, allow_blank=True, required=False)
-    steps = StepInput(many=True, required=False, max_length=rollouts.MAX_STEPS)
+    steps = serializers.ListField(child=StepInput(), required=False, min_length=1, max_length=rollouts.MAX_STEPS)
     analysis = AnalysisInput(required=False)
     sticky = serializers.ChoiceField(choices=Sticky.choices, required=False)
 
@@ -80,15 +81,11 @@ def _policy_view(policy: RolloutPolicy) -> dict[str, Any]:
     }
 
 
-class RolloutActions:
-    """Mixed into ``DeploymentViewSet``: it provides get_object, _changeable, validated, actor, output."""
+class RolloutActions(ScopedViewSet):
+    """The actions of ``DeploymentViewSet`` (its base) about revisions and rollouts."""
 
-    get_object: Any
-    _changeable: Any
-    validated: Any
-    actor: Any
-    output: Any
-    request: Any
+    def _changeable(self) -> Deployment:
+        raise NotImplementedError  # DeploymentViewSet's: the deployment, if the caller may change it
 
     @extend_schema(
         summary="List the deployment's revisions (newest first)", responses={200: RevisionSerializer(many=True)}

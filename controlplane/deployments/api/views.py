@@ -84,7 +84,7 @@ class TargetViewSet(ScopedViewSet):
 
 @extend_schema_view(list=extend_schema(summary="List deployments"), retrieve=extend_schema(summary="Show a deployment"))
 @extend_schema(tags=["deployments"])
-class DeploymentViewSet(RolloutActions, ScopedViewSet):
+class DeploymentViewSet(RolloutActions):
     """Desired state of a served model. Every change bumps ``generation``; a worker reconciles
     it and reports ``observed_generation``, ``phase`` and conditions."""
 
