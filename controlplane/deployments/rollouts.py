@@ -30,7 +30,15 @@ from controlplane.core.context import Actor
 from controlplane.core.exceptions import Conflict, ValidationFailed
 from controlplane.core.realtime import deployment_group, publish_on_commit, tenant_group
 from controlplane.core.tasks import RECONCILE_DEPLOYMENT, enqueue_on_commit
-from controlplane.deployments.choices import DesiredState, EventType, Phase, RolloutState, RolloutStrategy, Sticky
+from controlplane.deployments.choices import (
+    DesiredState,
+    EventType,
+    Phase,
+    RolloutState,
+    RolloutStrategy,
+    Sticky,
+    TargetKind,
+)
 from controlplane.deployments.events import event_emit
 from controlplane.deployments.models import Deployment, Revision, Rollout, RolloutPolicy
 
@@ -272,7 +280,10 @@ def rollout_begin(
         )
     policy = policy_of(deployment)
     serving = deployment.phase in Phase.serving() and deployment.replicas > 0
-    canary = policy.strategy == RolloutStrategy.CANARY and serving and not rollback
+    # Kubernetes rolls its pods itself (workers.reconciler.run_group): canaries need replicas the
+    # reconciler places one by one (local, Docker), so there a new revision rolls.
+    per_replica = deployment.target.kind != TargetKind.KUBERNETES
+    canary = policy.strategy == RolloutStrategy.CANARY and serving and per_replica and not rollback
     steps = (policy.steps or DEFAULT_STEPS) if canary else []
     rollout = Rollout.objects.create(
         tenant_id=deployment.tenant_id,
