@@ -219,8 +219,9 @@ def main() -> int:
     from workers.runtime.tinymodel import build_tiny_model
 
     work = Path(tempfile.mkdtemp(prefix="hangar-bench-"))
-    model_dir = build_tiny_model(work / "tiny-llama")
-    for path in [work, model_dir, *model_dir.rglob("*")]:
+    # Under the data directory's shared model root: the worker starts replicas only from there.
+    model_dir = build_tiny_model(work / "data" / "models" / "_shared" / "tiny-llama")
+    for path in [work, *model_dir.parents[:3], model_dir, *model_dir.rglob("*")]:
         path.chmod(0o755 if path.is_dir() else 0o644)
     from controlplane.core.context import SYSTEM
     from controlplane.deployments import services
