@@ -85,7 +85,7 @@ def deployment_of(model_dir: Path, name: str, replicas: int, policy: dict[str, A
 
     tenant = TenantFactory(slug=f"bench-{name}-{time.monotonic_ns()}")
     model = ModelFactory(tenant=tenant, source=str(model_dir))
-    target = TargetFactory(tenant=tenant, kind="local")
+    target = TargetFactory(tenant=tenant, kind="local", name=f"bench-{time.monotonic_ns()}")  # unique across runs
     deployment = services.deployment_create(
         actor=SYSTEM, tenant=tenant, model=model, target=target,
         data={"name": name, "served_model_name": name, "replicas": replicas, "max_replicas": 8, "max_batch_size": 8},
