@@ -34,7 +34,7 @@ from controlplane.deployments.replica_auth import replica_token
 from controlplane.deployments.spec import replica_values
 from controlplane.deployments.status import ReplicaObservation, StatusUpdate
 from controlplane.gateway.holds import held_count
-from workers import draining, model_store, telemetry
+from workers import draining, model_store, rollout_strategy, telemetry
 from workers.drivers import driver_for, instance_name
 from workers.drivers.base import (
     BackendState,
@@ -102,6 +102,7 @@ def replica_spec(deployment: Deployment, *, slot: int, model_path: str | None = 
         task=deployment.model.task,
         pooling=deployment.model.pooling,
         token=replica_token(deployment.pk),
+        faults=rollout_strategy.fault_flags(deployment),
     )
 
 
@@ -278,14 +279,17 @@ def run_pass(deployment: Deployment, driver: Driver, owner: str) -> Outcome:
 
 def run_replicas(act: Actuator) -> Outcome:
     """Replica-managed backends (local, Docker): the pass itself creates, checks and removes replicas."""
+    judged, canary_requeue = rollout_strategy.advance(act.deployment)  # a failed canary is rolled back first
+    act = dataclasses.replace(act, deployment=judged)
     seen = draining.split(observe(act.deployment, act.driver))
     leaving = draining.advance(act, seen)
     alive = remove_dead(act, seen)
     checked = check_health(act, seen, alive)
     hold = bool(checked.crashed) or failed_recently(act.deployment, seen.now)
-    scaled = scale(act, seen, checked, hold=hold)
     old = tuple(r for r in checked.replicas if r.generation != seen.generation)
-    kept_old = roll(act, seen, scaled, old)
+    budget = rollout_strategy.budget(act.deployment, _counts(seen, checked, old))
+    scaled = scale(act, seen, checked, hold=hold, target=budget.current_target)
+    kept_old = roll(act, seen, scaled, old, budget)
     observations = record_replicas(act, seen, (*scaled.current, *kept_old), scaled.healthy)
     status.replicas_sync(
         deployment=act.deployment, observed=[*observations, *draining.observations((*leaving, *act.retiring))]
@@ -304,12 +308,27 @@ def run_replicas(act: Actuator) -> Outcome:
     )
     if summary.ready == 0 and summary.desired > 0:
         summary = dataclasses.replace(summary, held=held_count(act.deployment.pk))
+    rollout_strategy.finish(
+        act.deployment, budget, ready_current=len(ready_current), desired=seen.desired, old_left=len(kept_old)
+    )
     outcome = report(act, summary)
     if leaving or act.retiring:
         outcome.requeue_after = min(
             outcome.requeue_after or draining.POLL_WHILE_DRAINING_S, draining.POLL_WHILE_DRAINING_S
         )
+    if canary_requeue is not None:
+        outcome.requeue_after = min(outcome.requeue_after or canary_requeue, canary_requeue)
     return outcome
+
+
+def _counts(seen: Observation, checked: Survivors, old: tuple[ObservedReplica, ...]) -> rollout_strategy.Counts:
+    current = [r for r in checked.replicas if r.generation == seen.generation]
+    return rollout_strategy.Counts(
+        desired=seen.desired,
+        current=len(current),
+        current_ready=sum(1 for r in current if checked.healthy.get(r.name)),
+        old_ready=sum(1 for r in old if checked.healthy.get(r.name)),
+    )
 
 
 def observe(deployment: Deployment, driver: Driver) -> Observation:
@@ -416,22 +435,26 @@ def failed_recently(deployment: Deployment, now: datetime) -> bool:
     return now - max(moments) < timedelta(seconds=settings.HANGAR_FAILED_RETRY_SECONDS)
 
 
-def scale(act: Actuator, seen: Observation, checked: Survivors, *, hold: bool) -> Scaled:
-    """Scale the current generation to the desired count (no new replicas while ``hold``)."""
+def scale(act: Actuator, seen: Observation, checked: Survivors, *, hold: bool, target: int | None = None) -> Scaled:
+    """Scale the current generation to ``target`` (the rollout's budget; at most the desired
+    count), creating no new replicas while ``hold``."""
     current = [r for r in checked.replicas if r.generation == seen.generation]
-    if len(current) < seen.desired and not hold:
-        return _scale_up(act, seen, current, checked.healthy)
+    want = seen.desired if target is None else min(target, seen.desired)
+    if len(current) < want and not hold:
+        return _scale_up(act, seen, current, checked.healthy, want)
     if len(current) > seen.desired:
         return _scale_down(act, seen, current, checked.healthy)
     return Scaled(tuple(current), checked.healthy)
 
 
-def _scale_up(act: Actuator, seen: Observation, current: list[ObservedReplica], healthy: Mapping[str, bool]) -> Scaled:
+def _scale_up(
+    act: Actuator, seen: Observation, current: list[ObservedReplica], healthy: Mapping[str, bool], want: int
+) -> Scaled:
     used = {_slot(r.name) for r in (*current, *seen.leaving)}  # a leaving replica keeps its name till gone
     free = (s for s in range(seen.desired * 2 + 1 + len(used)) if s not in used)
     created: list[ObservedReplica] = []
     failure = None
-    for _ in range(seen.desired - len(current)):
+    for _ in range(want - len(current)):
         try:
             created.append(act.create(next(free)))
         except PermanentDriverError as exc:
@@ -458,13 +481,17 @@ def _scale_down(
 
 
 def roll(
-    act: Actuator, seen: Observation, scaled: Scaled, old: tuple[ObservedReplica, ...]
+    act: Actuator, seen: Observation, scaled: Scaled, old: tuple[ObservedReplica, ...], budget: rollout_strategy.Budget
 ) -> tuple[ObservedReplica, ...]:
-    """Rolling replacement: old-generation replicas go once enough new ones are ready; returns those kept."""
-    ready_current = sum(1 for r in scaled.current if scaled.healthy.get(r.name))
-    keep_ready_old = max(0, seen.desired - ready_current)
+    """Rolling replacement: old-generation replicas go as the budget allows (max unavailable, a
+    canary's stable set); unready ones first, the stable revision's last. Returns those kept."""
+    keep_ready_old = budget.keep_old
     kept: list[ObservedReplica] = []
-    for replica in sorted(old, key=lambda r: (not scaled.healthy.get(r.name, False), _slot(r.name))):
+
+    def order(r: ObservedReplica) -> tuple[bool, bool, int]:
+        return (not scaled.healthy.get(r.name, False), r.generation != budget.stable_generation, _slot(r.name))
+
+    for replica in sorted(old, key=order):
         if scaled.healthy.get(replica.name) and len(kept) < keep_ready_old:
             kept.append(replica)
             continue
@@ -473,8 +500,8 @@ def roll(
             replica,
             serving=bool(scaled.healthy.get(replica.name)) or seen.was_ready(replica),
             reason="ReplicaReplaced",
-            message=f"Replacing replica {replica.name} of generation {replica.generation}: "
-            f"generation {seen.generation} is ready to take over",
+            message=f"Replacing replica {replica.name} of revision {replica.generation}: revision "
+            f"{seen.generation} takes over (max unavailable {budget.unavailable}, max surge {budget.surge})",
         )
     return tuple(kept)
 
@@ -516,6 +543,9 @@ def report(act: Actuator, summary: Summary) -> Outcome:
     """Write phase, conditions and progress with compare-and-set; say how soon to look again."""
     d = act.deployment
     plan = plan_status(d, summary)
+    override = rollout_strategy.phase_override(d, plan.phase)
+    if override is not None:
+        plan = dataclasses.replace(plan, phase=override[0], reason="RolledBack", message=override[1])
     progress = plan.progress
     if summary.starting and summary.failure is None:
         progress = _starting_progress(act.driver, summary.starting, summary.now)

@@ -433,6 +433,11 @@ HANGAR_RECONCILE_LEASE_SECONDS = env.float(
     minimum=1.0,
     help="seconds a worker's claim on a deployment lasts unless renewed (a dead worker's claim expires)",
 )
+HANGAR_FAULT_INJECTION = env.bool(
+    "HANGAR_FAULT_INJECTION",
+    False,
+    help="let platform admins make a deployment's replicas fail or slow down on purpose (tests of canaries)",
+)
 HANGAR_FAILED_RETRY_SECONDS = env.float(
     "HANGAR_FAILED_RETRY_SECONDS", 60.0, minimum=1.0, help="seconds a Failed deployment waits before trying again"
 )

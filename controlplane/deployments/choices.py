@@ -33,11 +33,12 @@ class Phase(models.TextChoices):
     STOPPED = "Stopped", "Stopped"
     FAILED = "Failed", "Failed"
     DELETING = "Deleting", "Deleting"
+    ROLLED_BACK = "RolledBack", "Rolled back"  # a canary failed its analysis; stable serves
 
     @classmethod
     def serving(cls) -> set[str]:
         """Phases in which the gateway may route to the deployment's ready replicas."""
-        return {cls.RUNNING, cls.DEGRADED, cls.SCALING, cls.DEPLOYING, cls.WAKING}
+        return {cls.RUNNING, cls.DEGRADED, cls.SCALING, cls.DEPLOYING, cls.WAKING, cls.ROLLED_BACK}
 
 
 class ReplicaState(models.TextChoices):
@@ -81,3 +82,36 @@ class ProgressStep(models.TextChoices):
     def ordered(cls) -> list[ProgressStep]:
         """The steps of a start-up, in order (the detail page lists these)."""
         return [step for step in cls if step is not cls.FAILED]
+
+
+class RolloutStrategy(models.TextChoices):
+    """How a new revision replaces the running one."""
+
+    ROLLING = "rolling", "Rolling (max surge / max unavailable)"
+    CANARY = "canary", "Canary (weighted steps with analysis)"
+
+
+class RolloutState(models.TextChoices):
+    PROGRESSING = "Progressing", "Progressing"
+    PAUSED = "Paused", "Paused (waiting for a promote)"
+    PROMOTED = "Promoted", "Promoted (replacing the rest)"
+    COMPLETED = "Completed", "Completed"
+    ROLLED_BACK = "RolledBack", "Rolled back"
+    SUPERSEDED = "Superseded", "Superseded by a newer revision"
+
+    @classmethod
+    def active(cls) -> set[str]:
+        """States in which the rollout still moves replicas or traffic."""
+        return {cls.PROGRESSING, cls.PAUSED, cls.PROMOTED}
+
+    @classmethod
+    def splitting(cls) -> set[str]:
+        """States in which the gateway splits traffic between stable and canary by weight."""
+        return {cls.PROGRESSING, cls.PAUSED}
+
+
+class Sticky(models.TextChoices):
+    """What keeps a client on one side of a canary split."""
+
+    REQUEST = "request", "Per request id (each request drawn on its own)"
+    KEY = "key", "Per API key (a key stays on one side)"

@@ -84,6 +84,9 @@ class Deployment(TenantOwned, DeploymentSpec):
     target = models.ForeignKey(Target, on_delete=models.PROTECT, related_name="deployments")
     desired_state = models.CharField(max_length=16, choices=DesiredState.choices, default=DesiredState.RUNNING)
     last_request_at = models.DateTimeField(null=True, blank=True)
+    # Fault injection for tests ({"error_rate", "delay_rate", "delay_ms"}): platform admins only
+    # (``revisions.deployment_faults_set``), reaches replicas only with HANGAR_FAULT_INJECTION on.
+    faults = models.JSONField(default=dict, blank=True)
     # Reconcile bookkeeping
     # generation: bumped on every spec change. template_generation: bumped only when replicas
     # must be replaced (model, runtime options, resources, restart); replicas carry it as the
@@ -198,3 +201,19 @@ class ModelCacheEntry(TimeStamped):
     class Meta:
         ordering = ["target__name"]
         constraints = [models.UniqueConstraint(fields=["target", "model"], name="model_cache_entry_unique")]
+
+
+# Revisions and rollouts live in their own module; imported here so that Django registers them.
+from controlplane.deployments.rollout_models import Revision, Rollout, RolloutPolicy  # noqa: E402
+
+__all__ = [
+    "Deployment",
+    "DeploymentEvent",
+    "MetricSample",
+    "Replica",
+    "Revision",
+    "Rollout",
+    "RolloutPolicy",
+    "Target",
+    "TargetGrant",
+]

@@ -18,7 +18,7 @@ from controlplane.core.crypto import CredentialsUnreadable, decrypt_json, encryp
 from controlplane.core.exceptions import Conflict, ValidationFailed
 from controlplane.core.realtime import deployment_group, publish_on_commit, tenant_group
 from controlplane.core.tasks import CHECK_TARGET, RECONCILE_DEPLOYMENT, enqueue_on_commit
-from controlplane.deployments import quota
+from controlplane.deployments import quota, revisions
 from controlplane.deployments.choices import DesiredState, Phase, TargetKind
 from controlplane.deployments.events import event_emit
 from controlplane.deployments.models import Deployment, Target, TargetGrant
@@ -226,6 +226,7 @@ def deployment_create(
     deployment = Deployment(tenant=tenant, model=model, target=target, **clean)
     quota.admit(tenant, exclude_deployment_id=None, new_cost=quota.deployment_cost(deployment, target=target))
     deployment.save(force_insert=True)
+    revisions.revision_new(deployment=deployment, actor=actor, reason="Created", first=True)
     return _after_spec_change(
         deployment,
         actor=actor,
@@ -278,7 +279,9 @@ def _lock(deployment: Deployment) -> Deployment:
     """Lock the tenant row, then the deployment row: the one lock order of every deployment
     write, so two of them can never wait for each other (see ``quota.lock_tenant``)."""
     quota.lock_tenant(deployment.tenant_id)
-    return Deployment.objects.select_for_update().get(pk=deployment.pk)
+    locked = Deployment.objects.select_for_update().get(pk=deployment.pk)
+    revisions.ensure_revision(locked)
+    return locked
 
 
 def _admit(deployment: Deployment) -> None:
@@ -299,6 +302,7 @@ def deployment_update(*, actor: Actor, deployment: Deployment, data: dict[str, A
     _refuse_if_deleting(deployment)
     model = deployment.model
     incoming = {k: v for k, v in data.items() if k in SPEC_FIELDS}
+    change_reason = str(data.get("change_reason") or "")[:500]
     if "model" in incoming:
         new_model = incoming.pop("model")
         if not isinstance(new_model, Model) or new_model.tenant_id != deployment.tenant_id:
@@ -326,13 +330,13 @@ def deployment_update(*, actor: Actor, deployment: Deployment, data: dict[str, A
     for key, value in changes.items():
         setattr(deployment, key, value)
     _admit(deployment)
-    update = {"generation": F("generation") + 1}
     rolling = bool(TEMPLATE_FIELDS & set(changes))
-    if rolling:
-        update["template_generation"] = F("template_generation") + 1
     deployment.save(update_fields=[*changes, "updated_at"])
-    Deployment.objects.filter(pk=deployment.pk).update(**update)
+    Deployment.objects.filter(pk=deployment.pk).update(generation=F("generation") + 1)
     shown = {k: (v.name if isinstance(v, Model) else v) for k, v in changes.items()}
+    if rolling:  # a new revision of the replica template, and the rollout to it
+        reason = ", ".join(f"{k}={v}" for k, v in shown.items() if k in TEMPLATE_FIELDS)
+        revisions.revision_new(deployment=deployment, actor=actor, reason=change_reason or reason)
     return _after_spec_change(
         deployment,
         actor=actor,
@@ -417,9 +421,8 @@ def deployment_start(*, actor: Actor, deployment: Deployment) -> Deployment:
 def deployment_restart(*, actor: Actor, deployment: Deployment) -> Deployment:
     deployment = _lock(deployment)
     _refuse_if_deleting(deployment)
-    Deployment.objects.filter(pk=deployment.pk).update(
-        generation=F("generation") + 1, template_generation=F("template_generation") + 1
-    )
+    Deployment.objects.filter(pk=deployment.pk).update(generation=F("generation") + 1)
+    revisions.revision_new(deployment=deployment, actor=actor, reason="Restart")
     return _after_spec_change(
         deployment,
         actor=actor,

@@ -28,7 +28,7 @@ from django.conf import settings
 from django.db import DatabaseError
 
 from controlplane.core import request_id
-from controlplane.gateway import metrics, openapi
+from controlplane.gateway import metrics, openapi, traffic
 from controlplane.gateway.auth import KeyCache, revocation_listener
 from controlplane.gateway.conf import GatewayConf, load
 from controlplane.gateway.db import run_db
@@ -126,7 +126,7 @@ async def _relayed_error(response: aiohttp.ClientResponse) -> GatewayError:
 class Exchange:
     """One HTTP exchange: remembers whether the response started, adds common headers."""
 
-    __slots__ = ("extra_headers", "model", "post", "request_id", "send", "started", "status")
+    __slots__ = ("extra_headers", "first_byte", "model", "post", "request_id", "send", "started", "status")
 
     def __init__(self, send: Send, rid: str) -> None:
         self.send = send
@@ -136,6 +136,7 @@ class Exchange:
         self.post = 0.0  # seconds spent after the upstream answered (added latency)
         self.model = "-"  # metrics label: a served model name that exists, never raw input
         self.extra_headers: list[tuple[bytes, bytes]] = []
+        self.first_byte = 0.0  # perf_counter() of the first body byte sent (time to first token)
 
     async def start(self, status: int, content_type: bytes, headers: Sequence[tuple[bytes, bytes]] = ()) -> None:
         self.started = True
@@ -154,6 +155,8 @@ class Exchange:
         )
 
     async def body(self, data: bytes, more: bool = False) -> None:
+        if data and not self.first_byte:
+            self.first_byte = time.perf_counter()
         await self.send({"type": "http.response.body", "body": data, "more_body": more})
 
     async def respond(
@@ -268,6 +271,7 @@ class Gateway:
         self.routes = RouteTable(self.conf)
         self.balancer = Balancer(self.conf)
         self.meter = Meter(self.conf)
+        self.traffic: traffic.TrafficStats | None = None
         self.limiter: Limiter | None = None
         self.holds: Holds | None = None
         self.session: aiohttp.ClientSession | None = None
@@ -290,6 +294,7 @@ class Gateway:
         self.holds = Holds(redis_url, self.conf.redis_timeout)
         self.keys.connect(redis_url)  # revocation markers, read while the database is down
         self.auth_throttle.connect(redis_url)
+        stats = self.traffic = traffic.TrafficStats(redis_url, self.conf.redis_timeout)
         self.session = aiohttp.ClientSession(
             connector=aiohttp.TCPConnector(limit=0, ttl_dns_cache=300, keepalive_timeout=30),
             timeout=aiohttp.ClientTimeout(
@@ -306,6 +311,7 @@ class Gateway:
             loop.create_task(self.meter.run()),
             loop.create_task(self.limiter.settle_loop()),
             loop.create_task(route_listener(redis_url, self.routes)),
+            loop.create_task(stats.run()),
         ]
 
     async def shutdown(self) -> None:
@@ -327,6 +333,9 @@ class Gateway:
             await self.holds.close()
         await self.keys.close()
         await self.auth_throttle.close()
+        if self.traffic is not None:
+            with contextlib.suppress(Exception):
+                await self.traffic.close()
         if self.session is not None:
             await self.session.close()
         self._started = False
@@ -532,6 +541,7 @@ class Gateway:
         timer = loop.call_later(WATCH_AFTER_SECONDS, lambda: watcher.append(loop.create_task(watch())))
         usage = [0, 0]  # prompt, completion
         error = True
+        route, side = traffic.choose(route, request_id=exchange.request_id, key_id=key.key_id)
         self._in_flight += 1
         try:
             error = await self._proxy(exchange, route, request, upstream_body, path, usage, t0, state)
@@ -551,6 +561,8 @@ class Gateway:
             assert self.limiter is not None
             self.limiter.settle(decision.reservation, usage[0] + usage[1])
             metrics.count_tokens(route.served_model_name, usage[0], usage[1])
+            if side:
+                self._measure(route, side, exchange, error, t0)
             self.meter.record(
                 key_pk=key.pk,
                 tenant_id=key.tenant_id,
@@ -560,6 +572,19 @@ class Gateway:
                 error=error or exchange.status >= 400 or exchange.status == 0,
                 latency_ms=(time.perf_counter() - t0) * 1000,
             )
+
+    def _measure(self, route: Route, side: str, exchange: Exchange, error: bool, t0: float) -> None:
+        """Count an answer of a canary split for the analysis (a client that left is no verdict)."""
+        status = exchange.status
+        if self.traffic is None or route.split is None or status == 499:
+            return
+        self.traffic.record(
+            route.split,
+            side,
+            failed=status >= 500 or status == 0 or (error and status < 400),
+            latency=time.perf_counter() - t0,
+            ttft=(exchange.first_byte - t0) if exchange.first_byte else None,
+        )
 
     async def _replica(
         self, route: Route, tried: set[int], failed: GatewayError | None = None

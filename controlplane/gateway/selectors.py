@@ -9,8 +9,8 @@ from datetime import datetime
 
 from django.db.models import Sum
 
-from controlplane.deployments.choices import DesiredState, ReplicaState
-from controlplane.deployments.models import Deployment, Replica
+from controlplane.deployments.choices import DesiredState, ReplicaState, RolloutState, RolloutStrategy
+from controlplane.deployments.models import Deployment, Replica, Rollout
 from controlplane.deployments.replica_auth import replica_token
 from controlplane.keys.models import ApiKey
 from controlplane.usage.models import UsageRecord
@@ -40,6 +40,18 @@ class KeyRecord:
 class ReplicaTarget:
     pk: int
     endpoint: str  # scheme://host:port, from Replica.endpoint only
+    generation: int = 0  # the revision it runs
+
+
+@dataclass(frozen=True, slots=True)
+class Split:
+    """A canary in progress: ``weight`` % of requests to revision ``canary``, the rest to ``stable``."""
+
+    rollout_id: int
+    stable: int
+    canary: int
+    weight: int
+    sticky: str
 
 
 @dataclass(frozen=True, slots=True)
@@ -58,6 +70,7 @@ class Route:
     ready: tuple[ReplicaTarget, ...]
     replica_auth: str = ""  # "Bearer <the deployment's replica token>", what its replicas require
     task: str = "generate"  # the model's task: "embed" models answer /v1/embeddings only
+    split: Split | None = None  # a canary in progress (controlplane.gateway.traffic)
 
 
 def _epoch(value: datetime | None) -> float | None:
@@ -146,18 +159,22 @@ def gateway_routes(*, tenant_id: int) -> dict[str, Route]:
             "max_tokens_cap",
             "created_at",
             "model__task",
+            "template_generation",
         )
     )
     ready: dict[int, list[ReplicaTarget]] = {}
     for rep in (
         Replica.objects.filter(tenant_id=tenant_id, state=ReplicaState.READY)
         .exclude(endpoint="")
-        .values("pk", "deployment_id", "endpoint")
+        .values("pk", "deployment_id", "endpoint", "generation")
         .order_by("pk")
     ):
         endpoint = rep["endpoint"].rstrip("/")
         if _valid_endpoint(endpoint):
-            ready.setdefault(rep["deployment_id"], []).append(ReplicaTarget(pk=rep["pk"], endpoint=endpoint))
+            ready.setdefault(rep["deployment_id"], []).append(
+                ReplicaTarget(pk=rep["pk"], endpoint=endpoint, generation=rep["generation"])
+            )
+    splits = _splits(tenant_id, {d["pk"]: d["template_generation"] for d in deployments})
     return {
         d["served_model_name"]: Route(
             deployment_id=d["pk"],
@@ -174,8 +191,27 @@ def gateway_routes(*, tenant_id: int) -> dict[str, Route]:
             ready=tuple(ready.get(d["pk"], ())),
             replica_auth="Bearer " + replica_token(d["pk"]),
             task=d["model__task"],
+            split=splits.get(d["pk"]),
         )
         for d in deployments
+    }
+
+
+def _splits(tenant_id: int, templates: dict[int, int]) -> dict[int, Split]:
+    """The canaries in progress of the tenant's deployments (one query)."""
+    rows = Rollout.objects.filter(
+        tenant_id=tenant_id, strategy=RolloutStrategy.CANARY, state__in=RolloutState.splitting()
+    ).values("pk", "deployment_id", "stable_revision", "canary_revision", "weight", "sticky")
+    return {
+        r["deployment_id"]: Split(
+            rollout_id=r["pk"],
+            stable=r["stable_revision"],
+            canary=r["canary_revision"],
+            weight=r["weight"],
+            sticky=r["sticky"],
+        )
+        for r in rows
+        if templates.get(r["deployment_id"]) == r["canary_revision"]
     }
 
 

@@ -95,19 +95,24 @@ def test_rolling_restart_keeps_ready_capacity(deployment: Any, fake_driver: Fake
     services.deployment_restart(actor=SYSTEM, deployment=deployment)
     deployment.refresh_from_db()
     run(deployment)
-    # New generation created, old replicas still serving: never below the ready count asked.
+    # CPU replicas: the default budget is max surge 1, max unavailable 0. One new replica of
+    # revision 2 beside the old ones, still serving: never below the ready count asked.
     names = fake_driver.names(deployment.pk)
-    assert set(old) <= set(names) and len(names) == 4
+    assert set(old) <= set(names) and len(names) == 3
     assert deployment.phase == Phase.DEPLOYING
     assert deployment.ready_replicas == 2
+    run(deployment)  # nothing ready yet: nothing more moves
+    assert len(fake_driver.names(deployment.pk)) == 3
 
-    new = [r.backend_id for r in fake_driver.list(deployment.pk) if r.generation == 2]
-    fake_driver.healthy.add(new[0])
+    [first] = [r.backend_id for r in fake_driver.list(deployment.pk) if r.generation == 2]
+    fake_driver.healthy.add(first)
     run(deployment)
     assert deployment.ready_replicas >= 2  # one new ready + one old kept
     assert len([n for n in fake_driver.names(deployment.pk) if "-g1-" in n]) == 1
+    assert len(fake_driver.names(deployment.pk)) == 3  # never more than replicas + max surge
 
-    fake_driver.healthy.add(new[1])
+    second = [r.backend_id for r in fake_driver.list(deployment.pk) if r.generation == 2 and r.backend_id != first]
+    fake_driver.healthy.add(second[0])
     run(deployment)
     assert fake_driver.names(deployment.pk) == [f"{deployment.name}-g2-0", f"{deployment.name}-g2-1"]
     run(deployment)

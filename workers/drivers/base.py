@@ -101,6 +101,8 @@ class ReplicaSpec:
     # The bearer credential the replica requires (``controlplane.deployments.replica_auth``),
     # set by the reconciler; each driver hands it over its own way, never in the command line.
     token: str = field(default="", repr=False)
+    # Fault-injection flags (tests only; ``workers.rollout_strategy.fault_flags``), already checked.
+    faults: tuple[str, ...] = ()
 
     @property
     def labels(self) -> dict[str, str]:
@@ -123,7 +125,7 @@ class ReplicaSpec:
             args += ["--task", self.task]
             if self.pooling:
                 args += ["--pooling", self.pooling]
-        return args
+        return [*args, *self.faults]
 
 
 class BackendState:

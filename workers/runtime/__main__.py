@@ -13,6 +13,7 @@ from pathlib import Path
 
 from workers.runtime.auth import TOKEN_ENV, TokenError, load_token
 from workers.runtime.embeddings import POOLINGS, TASKS
+from workers.runtime.faults import Faults, rate
 from workers.runtime.loader import DTYPES, QUANTIZATIONS, LoadOptions
 
 
@@ -58,6 +59,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--drain-timeout", type=float, default=120.0, help="seconds to wait for in-flight requests")
     p.add_argument("--allow-unsafe-weights", action="store_true", help="allow pickle-based weights (.bin/.pt)")
     p.add_argument("--trust-remote-code", action="store_true", help="allow the model directory's Python code")
+    p.add_argument("--fault-error-rate", type=rate, default=0.0, help="tests: fraction of API requests answered 500")
+    p.add_argument("--fault-delay-rate", type=rate, default=0.0, help="tests: fraction of API requests delayed")
+    p.add_argument("--fault-delay-ms", type=float, default=0.0, help="tests: the delay of --fault-delay-rate")
     p.add_argument(
         "--token-file",
         type=Path,
@@ -100,6 +104,7 @@ def main(argv: list[str] | None = None) -> int:
         threads=args.threads,
         token=token,
         pooling=args.pooling,
+        faults=Faults(error_rate=args.fault_error_rate, delay_rate=args.fault_delay_rate, delay_ms=args.fault_delay_ms),
         load=LoadOptions(
             task=args.task,
             dtype=args.dtype,

@@ -48,6 +48,7 @@ from starlette.routing import Route
 from workers.runtime.api import api_endpoint, chat_completions, completions, dispatch, health, list_models, metrics
 from workers.runtime.auth import BearerAuth
 from workers.runtime.embeddings import embedding_engine, embeddings, refuse_task
+from workers.runtime.faults import FaultInjector, Faults
 from workers.runtime.features import OutputFormat, ToolSettings
 from workers.runtime.loader import LoadedModel, LoadOptions, ModelLoadError, load_model
 from workers.runtime.metrics import RuntimeMetrics
@@ -111,6 +112,7 @@ class ServerConfig:
     load: LoadOptions = field(default_factory=LoadOptions)
     pooling: str | None = None  # embedding models: None = what the model directory declares
     token: str | None = field(default=None, repr=False)  # None: open to anyone (hand-run only)
+    faults: Faults = field(default_factory=Faults)  # tests only (workers.runtime.faults)
 
 
 class Runtime:
@@ -417,7 +419,10 @@ def create_app(runtime: Runtime) -> Starlette:
             Route("/metrics", metrics, methods=["GET"]),
         ],
         lifespan=lifespan,
-        middleware=[Middleware(BearerAuth, token=runtime.config.token)],
+        middleware=[
+            Middleware(BearerAuth, token=runtime.config.token),
+            *([Middleware(FaultInjector, faults=runtime.config.faults)] if runtime.config.faults.active else []),
+        ],
     )
     app.state.runtime = runtime
     return app

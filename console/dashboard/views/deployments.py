@@ -15,9 +15,9 @@ from console.dashboard import live
 from console.dashboard.base import TenantRequest, actor_for, apply_domain_error, in_tenant, page, require, tenant_view
 from console.dashboard.forms import DeleteForm, DeploymentCreateForm, DeploymentSpecForm, ScaleForm
 from controlplane.catalog.selectors import model_list
-from controlplane.core.exceptions import DomainError
-from controlplane.deployments import services
-from controlplane.deployments.choices import ProgressStep
+from controlplane.core.exceptions import DomainError, ValidationFailed
+from controlplane.deployments import revisions, rollouts, services
+from controlplane.deployments.choices import ProgressStep, RolloutState
 from controlplane.deployments.models import Deployment
 from controlplane.deployments.selectors import deployment_get, event_list, replica_list, target_list
 from controlplane.tenancy.choices import Perm
@@ -192,3 +192,70 @@ def deployment_logs(request: TenantRequest, pk: int) -> HttpResponse:
             text = f"(logs unavailable: {exc.message})"
         tails.append((replica, text))
     return page(request, "dashboard/_logs.html", {"tails": tails, "deployment": deployment})
+
+
+# ----------------------------------------------------------------------------- revisions and rollouts
+
+
+@tenant_view(Perm.DEPLOYMENT_VIEW)
+def deployment_rollout(request: TenantRequest, pk: int) -> HttpResponse:
+    """The rollout panel (canary weight, analysis, steps) and the revisions, polled by htmx."""
+    deployment = _get(request, pk)
+    history = rollouts.rollout_list(deployment=deployment)
+    latest = rollouts.rollout_view(history[0]) if history else None
+    revision_rows = list(revisions.revision_list(deployment=deployment)[:20])
+    current = next((r for r in revision_rows if r.number == deployment.template_generation), None)
+    rows = [
+        {
+            "revision": r,
+            "current": r.number == deployment.template_generation,
+            "differs": sorted(k for k in r.spec if current is not None and current.spec.get(k) != r.spec.get(k)),
+        }
+        for r in revision_rows
+    ]
+    context = {
+        "deployment": deployment,
+        "rollout": latest,
+        "active": latest is not None and latest["state"] in RolloutState.splitting(),
+        "rolled_back": latest is not None and latest["state"] == RolloutState.ROLLED_BACK,
+        "revisions": rows,
+    }
+    return page(request, "dashboard/_rollout.html", context)
+
+
+@tenant_view(Perm.DEPLOYMENT_VIEW)
+@require_POST
+def deployment_rollback(request: TenantRequest, pk: int) -> HttpResponse:
+    require(request, Perm.DEPLOYMENT_CHANGE)
+    deployment = _get(request, pk)
+    raw = request.POST.get("revision", "")
+    try:
+        if not raw.isdigit() or len(raw) > 18:
+            raise ValidationFailed("Choose a revision.")
+        revisions.deployment_rollback(actor=actor_for(request), deployment=deployment, number=int(raw))
+    except DomainError as exc:
+        messages.error(request, exc.message)
+    else:
+        messages.success(request, f"Rolling back to revision {raw}.")
+    return redirect("dashboard:deployment-detail", pk=pk)
+
+
+@tenant_view(Perm.DEPLOYMENT_VIEW)
+@require_POST
+def deployment_canary(request: TenantRequest, pk: int, action: str) -> HttpResponse:
+    """Promote or abort the canary in progress by hand."""
+    require(request, Perm.DEPLOYMENT_CHANGE)
+    deployment = _get(request, pk)
+    rollout = rollouts.rollout_active(deployment.pk)
+    try:
+        if rollout is None:
+            raise ValidationFailed("No canary in progress.")
+        if action == "promote":
+            rollouts.rollout_promote(actor=actor_for(request), rollout=rollout)
+        else:
+            rollouts.rollout_abort(actor=actor_for(request), rollout=rollout, reason="Aborted from the dashboard")
+    except DomainError as exc:
+        messages.error(request, exc.message)
+    else:
+        messages.success(request, "Canary promoted." if action == "promote" else "Canary aborted; stable serves.")
+    return redirect("dashboard:deployment-detail", pk=pk)

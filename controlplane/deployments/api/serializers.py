@@ -312,6 +312,9 @@ class DeploymentUpdateInput(DeploymentSpecInput):
     model = serializers.IntegerField(
         min_value=1, required=False, help_text="Switch to another model of the same tenant (rolling update)."
     )
+    change_reason = serializers.CharField(
+        max_length=500, required=False, help_text="Why: recorded with the new revision (template changes)."
+    )
 
 
 class ScaleInput(InputSerializer):

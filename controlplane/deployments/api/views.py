@@ -21,6 +21,7 @@ from controlplane.catalog.models import Model
 from controlplane.catalog.selectors import model_list
 from controlplane.core.exceptions import DomainError, NotFound, ValidationFailed
 from controlplane.deployments import selectors, services
+from controlplane.deployments.api.rollouts import RolloutActions
 from controlplane.deployments.api.serializers import (
     DeploymentCreateInput,
     DeploymentSerializer,
@@ -83,7 +84,7 @@ class TargetViewSet(ScopedViewSet):
 
 @extend_schema_view(list=extend_schema(summary="List deployments"), retrieve=extend_schema(summary="Show a deployment"))
 @extend_schema(tags=["deployments"])
-class DeploymentViewSet(ScopedViewSet):
+class DeploymentViewSet(RolloutActions):
     """Desired state of a served model. Every change bumps ``generation``; a worker reconciles
     it and reports ``observed_generation``, ``phase`` and conditions."""
 

@@ -40,6 +40,7 @@ NOT_SPEC = {
     "target",
     "desired_state",
     "last_request_at",
+    "faults",  # platform admins only (revisions.deployment_faults_set), not a tenant spec field
     "generation",
     "template_generation",
     "observed_generation",
