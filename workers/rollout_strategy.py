@@ -53,12 +53,14 @@ def fault_flags(deployment: Deployment) -> tuple[str, ...]:
 
 @dataclass(frozen=True)
 class Counts:
-    """What a pass sees: desired, current revision (all / ready), ready old replicas."""
+    """What a pass sees: desired, current revision (all / ready), ready old replicas, and the
+    replicas still draining on their way out (they hold their GPUs until they exit)."""
 
     desired: int
     current: int
     current_ready: int
     old_ready: int
+    leaving: int = 0
 
 
 @dataclass(frozen=True)
@@ -91,7 +93,8 @@ def budget(deployment: Deployment, counts: Counts) -> Budget:
         return Budget(n, 0)  # nothing ready to replace: plain scaling
     b = rollouts.budget(deployment, rollouts.policy_of(deployment), n)
     keep_old = min(counts.old_ready, max(0, n - b.max_unavailable - counts.current_ready))
-    target = min(n, max(counts.current, n + b.max_surge - keep_old))
+    # Live replicas (new + kept old + still draining) stay within desired + max surge.
+    target = min(n, max(counts.current, n + b.max_surge - keep_old - counts.leaving))
     return Budget(target, keep_old, surge=b.max_surge, unavailable=b.max_unavailable)
 
 
