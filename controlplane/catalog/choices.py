@@ -23,3 +23,8 @@ DTYPE_BYTES = {DType.FLOAT32: 4, DType.FLOAT16: 2, DType.BFLOAT16: 2}
 class CredentialKind(models.TextChoices):
     S3 = "s3", "S3 (AWS, MinIO, Ceph)"
     HF = "hf", "Hugging Face hub or mirror"
+
+
+class UploadStatus(models.TextChoices):
+    OPEN = "open", "receiving chunks"
+    COMPLETE = "complete", "verified and registered"
