@@ -3,6 +3,7 @@
 from rest_framework.routers import DefaultRouter
 
 from controlplane.audit.api.views import AuditLogViewSet
+from controlplane.catalog.api.uploads import UploadViewSet
 from controlplane.catalog.api.views import ModelViewSet, SourceCredentialViewSet
 from controlplane.deployments.api.platform import PlatformGrantViewSet, PlatformTargetViewSet
 from controlplane.deployments.api.quotas import PlatformQuotaViewSet
@@ -17,6 +18,7 @@ router.register("tenants", TenantViewSet, basename="tenant")
 router.register("members", MembershipViewSet, basename="member")
 router.register("models", ModelViewSet, basename="model")
 router.register("source-credentials", SourceCredentialViewSet, basename="source-credential")
+router.register("uploads", UploadViewSet, basename="upload")
 router.register("targets", TargetViewSet, basename="target")
 router.register("deployments", DeploymentViewSet, basename="deployment")
 router.register("replicas", ReplicaViewSet, basename="replica")

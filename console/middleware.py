@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import re
 import sys
 from collections.abc import Callable
 from typing import Any
@@ -40,6 +41,9 @@ class RequestIdMiddleware:
         return response
 
 
+UPLOAD_CHUNK_PATH = re.compile(r"^/api/v1/uploads/[0-9]{1,18}/chunk/$")
+
+
 class BodySizeLimitMiddleware:
     """Answer 413 for a declared body larger than ``HANGAR_MAX_BODY_BYTES`` before reading it."""
 
@@ -52,11 +56,11 @@ class BodySizeLimitMiddleware:
             length = int(declared)
         except ValueError:
             return JsonResponse({"detail": "Content-Length is not a number."}, status=400)
-        if length > settings.HANGAR_MAX_BODY_BYTES:
-            return JsonResponse(
-                {"detail": f"Request body is larger than {settings.HANGAR_MAX_BODY_BYTES} bytes."},
-                status=413,
-            )
+        limit = settings.HANGAR_MAX_BODY_BYTES
+        if request.method == "PUT" and UPLOAD_CHUNK_PATH.match(request.path_info):
+            limit = max(limit, settings.HANGAR_UPLOAD_CHUNK_BYTES)  # model upload chunks (issue 14)
+        if length > limit:
+            return JsonResponse({"detail": f"Request body is larger than {limit} bytes."}, status=413)
         return self.get_response(request)
 
 

@@ -409,6 +409,29 @@ HANGAR_MODEL_MAX_BYTES = env.int(
     minimum=0,
     help="largest model (all files) a tenant may register (0: no limit)",
 )
+HANGAR_MODEL_STORE_DIR = env.str(
+    "HANGAR_MODEL_STORE_DIR",
+    str(DATA_DIR / "store"),
+    show="`$HANGAR_DATA_DIR/store`",
+    help="the platform's model store: models uploaded through the API, in `<dir>/<tenant-slug>/<upload>/` "
+    "(partial uploads in `<dir>/.partial/`)",
+)
+HANGAR_UPLOAD_MAX_FILE_BYTES = env.int(
+    "HANGAR_UPLOAD_MAX_FILE_BYTES", 20 * 1024**3, minimum=1, help="largest single file an upload may declare"
+)
+HANGAR_UPLOAD_TENANT_BYTES = env.int(
+    "HANGAR_UPLOAD_TENANT_BYTES",
+    100 * 1024**3,
+    minimum=0,
+    help="bytes a tenant may hold in the model store (open uploads and uploaded models; 0: uploads refused)",
+)
+HANGAR_UPLOAD_CHUNK_BYTES = env.int(
+    "HANGAR_UPLOAD_CHUNK_BYTES",
+    16 * 1024**2,
+    minimum=1024,
+    maximum=256 * 1024**2,
+    help="largest chunk one upload request may carry",
+)
 HANGAR_DEMO_MODEL_DIR = env.str(
     "HANGAR_DEMO_MODEL_DIR",
     "",

@@ -39,3 +39,8 @@ class Pooling(models.TextChoices):
     MEAN = "mean", "mean of the tokens"
     LAST = "last", "last token"
     CLS = "cls", "first token"
+
+
+class UploadStatus(models.TextChoices):
+    OPEN = "open", "receiving chunks"
+    COMPLETE = "complete", "verified and registered"

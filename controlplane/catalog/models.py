@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from django.db import models
 
-from controlplane.catalog.choices import CredentialKind, ModelFormat, ModelTask, Pooling
+from controlplane.catalog.choices import CredentialKind, ModelFormat, ModelTask, Pooling, UploadStatus
 from controlplane.core.models import TenantOwned
 
 
@@ -69,3 +69,26 @@ class SourceCredential(TenantOwned):
 
     def __str__(self) -> str:
         return self.name
+
+
+class Upload(TenantOwned):
+    """A model sent through the API in chunks, into the platform's store (``HANGAR_MODEL_STORE_DIR``).
+
+    ``files`` is what the client declared up front (``[{"name", "size", "sha256"}]``): every
+    chunk is checked against it, and ``complete`` verifies each file's sha256 before the files
+    move to ``<store>/<tenant-slug>/<pk>/`` and are registered as the model ``name``. What was
+    received so far is the size of each partial file on disk, so a client resumes from there.
+    """
+
+    name = models.CharField(max_length=100)  # the catalog model it becomes
+    description = models.CharField(max_length=500, blank=True, default="")
+    files = models.JSONField(default=list)
+    total_bytes = models.PositiveBigIntegerField(default=0)
+    status = models.CharField(max_length=16, choices=UploadStatus.choices, default=UploadStatus.OPEN)
+    model = models.ForeignKey(Model, null=True, blank=True, on_delete=models.SET_NULL, related_name="uploads")
+
+    class Meta:
+        ordering = ["-created_at"]
+
+    def __str__(self) -> str:
+        return f"upload {self.pk} ({self.name})"

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import shutil
 from pathlib import Path
 from typing import Any
 
@@ -218,7 +219,19 @@ def model_delete(*, actor: Actor, model: Model) -> None:
     if model.deployments.exists():
         raise Conflict("This model is used by deployments; delete them first.")
     audit_record(actor=actor, action="model.delete", obj=model)
+    # A model uploaded to the platform's store takes its files with it (controlplane.catalog.uploads).
+    stored = [
+        Path(settings.HANGAR_MODEL_STORE_DIR) / model.tenant.slug / str(pk)
+        for pk in model.uploads.values_list("pk", flat=True)
+    ]
+    model.uploads.all().delete()
     model.delete()
+
+    def remove_files() -> None:
+        for path in stored:
+            shutil.rmtree(path, ignore_errors=True)
+
+    transaction.on_commit(remove_files)
 
 
 # ----------------------------------------------------------------------------- credentials

@@ -1,7 +1,8 @@
 """Where a tenant's model sources may live: ``<root>/<tenant-slug>/`` or ``<root>/_shared/``.
 
 Each model root (``HANGAR_MODEL_ROOTS``) holds one folder per tenant and a shared folder that
-platform admins publish from (``HANGAR_MODEL_SHARED_FOLDER``). A source is judged by its real
+platform admins publish from (``HANGAR_MODEL_SHARED_FOLDER``); the platform's store
+(``HANGAR_MODEL_STORE_DIR``) holds one folder per tenant of the models it uploaded. A source is judged by its real
 path (symlinks followed), at registration and again whenever replicas are started, so a symlink
 swapped after registration cannot reach another tenant's files. A path outside the tenant's
 folders is refused with one message whether or not it exists: registration must not become a
@@ -21,7 +22,9 @@ from controlplane.core.exceptions import ValidationFailed
 def allowed_folders(tenant_slug: str) -> list[Path]:
     """The folders a tenant's sources may lie under, as given (one per root, tenant's first)."""
     roots = [Path(root) for root in settings.HANGAR_MODEL_ROOTS]
-    return [root / folder for root in roots for folder in (tenant_slug, settings.HANGAR_MODEL_SHARED_FOLDER)]
+    folders = [root / folder for root in roots for folder in (tenant_slug, settings.HANGAR_MODEL_SHARED_FOLDER)]
+    # The tenant's uploads, once verified (``controlplane.catalog.uploads``).
+    return [*folders, Path(settings.HANGAR_MODEL_STORE_DIR) / tenant_slug]
 
 
 def folders_text(tenant_slug: str) -> str:
