@@ -19,17 +19,25 @@ from django.conf import settings
 from controlplane.core.exceptions import ValidationFailed
 
 
-def allowed_folders(tenant_slug: str) -> list[Path]:
-    """The folders a tenant's sources may lie under, as given (one per root, tenant's first)."""
+def root_folders(tenant_slug: str) -> list[Path]:
+    """The model roots' folders of a tenant, as given (one pair per root, tenant's first)."""
     roots = [Path(root) for root in settings.HANGAR_MODEL_ROOTS]
-    folders = [root / folder for root in roots for folder in (tenant_slug, settings.HANGAR_MODEL_SHARED_FOLDER)]
-    # The tenant's uploads, once verified (``controlplane.catalog.uploads``).
-    return [*folders, Path(settings.HANGAR_MODEL_STORE_DIR) / tenant_slug]
+    return [root / folder for root in roots for folder in (tenant_slug, settings.HANGAR_MODEL_SHARED_FOLDER)]
+
+
+def allowed_folders(tenant_slug: str) -> list[Path]:
+    """The folders a tenant's sources may lie under: its model roots' folders, then its
+    verified uploads in the platform's store (``controlplane.catalog.uploads``)."""
+    return [*root_folders(tenant_slug), Path(settings.HANGAR_MODEL_STORE_DIR) / tenant_slug]
 
 
 def folders_text(tenant_slug: str) -> str:
-    """``<root>/<slug>/ or <root>/_shared/`` for every root, to tell a tenant where sources go."""
-    return " or ".join(f"{folder}/" for folder in allowed_folders(tenant_slug))
+    """``<root>/<slug>/ or <root>/_shared/`` for every root, to tell a tenant where sources go.
+
+    The platform's store is not named: uploads reach it through the API, never by a path the
+    tenant types, and its location on the control plane's disk is none of a tenant's business.
+    """
+    return " or ".join(f"{folder}/" for folder in root_folders(tenant_slug))
 
 
 def outside_message(tenant_slug: str) -> str:

@@ -424,7 +424,8 @@ async def embeddings(request: Request, runtime: Runtime) -> Response:
         ) from exc
     runtime.acquire()
     try:
-        out: EmbeddingOutput = await consumer.queue.get()
+        out: EmbeddingOutput
+        _, out = await consumer.queue.get()  # (choice index, output), as ``api.dispatch`` hands them
     except BaseException:
         engine.cancel(job)
         raise
