@@ -301,10 +301,12 @@ class TenantChoiceMixin(serializers.Serializer):
 
 def exception_handler(exc: Exception, context: dict[str, Any]) -> Response | None:
     if isinstance(exc, DomainError):
-        body: dict[str, Any] = {"detail": exc.message, "code": exc.code}
+        # Field errors are also spread at the top level (DRF's shape), but never over the body's
+        # own keys: an unknown input field named "errors" or "detail" must not reshape the answer.
+        body: dict[str, Any] = {**exc.field_errors} if exc.field_errors else {}
+        body.update({"detail": exc.message, "code": exc.code})
         if exc.field_errors:
             body["errors"] = exc.field_errors
-            body.update(exc.field_errors)
         body.update(exc.extra())
         return Response(body, status=exc.status)
     if isinstance(exc, RequestDataTooBig):
@@ -324,7 +326,7 @@ def exception_handler(exc: Exception, context: dict[str, Any]) -> Response | Non
         return _throttled(exc)
     if isinstance(exc, exceptions.ValidationError):
         detail = exc.detail if isinstance(exc.detail, dict) else {"non_field_errors": exc.detail}
-        return Response({"detail": "Invalid input.", "code": "invalid", "errors": detail, **detail}, status=400)
+        return Response({**detail, "detail": "Invalid input.", "code": "invalid", "errors": detail}, status=400)
     response = drf_exception_handler(exc, context)
     return response
 

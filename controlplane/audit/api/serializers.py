@@ -22,7 +22,8 @@ AUDIT_FIELDS = (
 
 
 class AuditLogSerializer(serializers.ModelSerializer):
-    tenant = TenantSlugField()
+    # Null for rows about an account rather than a tenant (logins, tokens: ``subject_user``).
+    tenant = TenantSlugField(allow_null=True)
     actor = serializers.CharField(source="actor_repr", read_only=True, help_text="Username, or system:<via>.")
 
     class Meta:

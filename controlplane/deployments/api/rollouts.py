@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from drf_spectacular.types import OpenApiTypes
 from drf_spectacular.utils import OpenApiParameter, extend_schema
 from rest_framework import serializers, status
 from rest_framework.decorators import action
@@ -31,6 +32,12 @@ class RevisionSerializer(serializers.ModelSerializer):
         model = Revision
         fields = REVISION_FIELDS
         read_only_fields = REVISION_FIELDS
+
+
+class RevisionList(serializers.Serializer):
+    """The newest 100 revisions, unpaginated: a deployment rarely has more worth a look."""
+
+    results = RevisionSerializer(many=True, read_only=True)
 
 
 class RollbackInput(serializers.Serializer):
@@ -58,6 +65,21 @@ class RolloutPolicySerializer(serializers.Serializer):
     steps = serializers.ListField(child=StepInput(), required=False, min_length=1, max_length=rollouts.MAX_STEPS)
     analysis = AnalysisInput(required=False)
     sticky = serializers.ChoiceField(choices=Sticky.choices, required=False)
+
+
+class RolloutPolicyOutput(serializers.Serializer):
+    """The policy as shown: every field filled in (the defaults where none was set)."""
+
+    strategy = serializers.CharField(read_only=True)
+    max_surge = serializers.CharField(read_only=True, help_text='"" when the default applies.')
+    max_unavailable = serializers.CharField(read_only=True)
+    steps = serializers.ListField(child=StepInput(), read_only=True)
+    analysis = serializers.DictField(read_only=True)
+    sticky = serializers.CharField(read_only=True)
+
+
+class RolloutList(serializers.Serializer):
+    results = serializers.ListField(child=serializers.DictField(), read_only=True, help_text="Newest first.")
 
 
 class AbortInput(serializers.Serializer):
@@ -88,7 +110,9 @@ class RolloutActions(ScopedViewSet):
         raise NotImplementedError  # DeploymentViewSet's: the deployment, if the caller may change it
 
     @extend_schema(
-        summary="List the deployment's revisions (newest first)", responses={200: RevisionSerializer(many=True)}
+        summary="List the deployment's revisions (newest first, at most 100)",
+        responses={200: RevisionList},
+        operation_id="v1_deployments_revisions_list",
     )
     @action(detail=True, methods=["get"])
     def revisions(self, request: Request, pk: str) -> Response:
@@ -130,7 +154,11 @@ class RolloutActions(ScopedViewSet):
         deployment = revisions.deployment_rollback(actor=self.actor, deployment=deployment, number=data["revision"])
         return self.output(deployment, status.HTTP_202_ACCEPTED)
 
-    @extend_schema(summary="Show or set the rollout policy (rolling surge/unavailable, canary steps and analysis)")
+    @extend_schema(
+        summary="Show or set the rollout policy (rolling surge/unavailable, canary steps and analysis)",
+        request=RolloutPolicySerializer,
+        responses={200: RolloutPolicyOutput},
+    )
     @action(detail=True, methods=["get", "patch"], url_path="rollout-policy")
     def rollout_policy(self, request: Request, pk: str) -> Response:
         if request.method == "GET":
@@ -144,7 +172,10 @@ class RolloutActions(ScopedViewSet):
         policy = rollouts.rollout_policy_set(actor=self.actor, deployment=deployment, data=data)
         return Response(_policy_view(policy))
 
-    @extend_schema(summary="The deployment's rollouts, newest first (the first one may be in progress)")
+    @extend_schema(
+        summary="The deployment's rollouts, newest first (the first one may be in progress)",
+        responses={200: RolloutList},
+    )
     @action(detail=True, methods=["get"])
     def rollouts(self, request: Request, pk: str) -> Response:
         deployment: Deployment = self.get_object()
@@ -157,14 +188,20 @@ class RolloutActions(ScopedViewSet):
             raise NotFound("No rollout in progress.")
         return rollout
 
-    @extend_schema(summary="Promote the canary in progress: all traffic to it, its replicas replace the rest")
+    @extend_schema(
+        summary="Promote the canary in progress: all traffic to it, its replicas replace the rest",
+        request=None,
+        responses={202: OpenApiTypes.OBJECT},
+    )
     @action(detail=True, methods=["post"], url_path="rollout/promote")
     def rollout_promote(self, request: Request, pk: str) -> Response:
         rollout = rollouts.rollout_promote(actor=self.actor, rollout=self._canary())
         return Response(rollouts.rollout_view(rollout), status=status.HTTP_202_ACCEPTED)
 
     @extend_schema(
-        summary="Abort the canary in progress: traffic back to stable, canary replicas removed", request=AbortInput
+        summary="Abort the canary in progress: traffic back to stable, canary replicas removed",
+        request=AbortInput,
+        responses={202: OpenApiTypes.OBJECT},
     )
     @action(detail=True, methods=["post"], url_path="rollout/abort")
     def rollout_abort(self, request: Request, pk: str) -> Response:
