@@ -39,6 +39,15 @@ API_PERMISSIONS: dict[str, dict[str, Perm | str]] = {
         "create": Perm.MODEL_CHANGE,
         "delete": Perm.MODEL_CHANGE,
     },
+    # Chunked, resumable model uploads into the platform's store; completing one registers the model.
+    "uploads": {
+        "list": Perm.MODEL_VIEW,
+        "retrieve": Perm.MODEL_VIEW,
+        "create": Perm.MODEL_CHANGE,
+        "delete": Perm.MODEL_CHANGE,
+        "chunk": Perm.MODEL_CHANGE,
+        "complete": Perm.MODEL_CHANGE,
+    },
     # Targets granted to your tenants, read-only: platform admins manage them (platform/targets).
     "targets": {"list": Perm.TARGET_VIEW, "retrieve": Perm.TARGET_VIEW},
     "deployments": {
@@ -51,6 +60,15 @@ API_PERMISSIONS: dict[str, dict[str, Perm | str]] = {
         "stop": Perm.DEPLOYMENT_CHANGE,
         "start": Perm.DEPLOYMENT_CHANGE,
         "restart": Perm.DEPLOYMENT_CHANGE,
+        "revisions": Perm.DEPLOYMENT_VIEW,
+        "revision": Perm.DEPLOYMENT_VIEW,
+        "revisions_diff": Perm.DEPLOYMENT_VIEW,
+        "rollouts": Perm.DEPLOYMENT_VIEW,
+        "rollout_policy": Perm.DEPLOYMENT_CHANGE,  # reading it needs only deployment.view
+        "rollback": Perm.DEPLOYMENT_CHANGE,
+        "rollout_promote": Perm.DEPLOYMENT_CHANGE,
+        "rollout_abort": Perm.DEPLOYMENT_CHANGE,
+        "faults": PLATFORM,  # and only where HANGAR_FAULT_INJECTION is on
     },
     "replicas": {"list": Perm.DEPLOYMENT_VIEW, "retrieve": Perm.DEPLOYMENT_VIEW, "logs": Perm.DEPLOYMENT_VIEW},
     "events": {"list": Perm.DEPLOYMENT_VIEW, "retrieve": Perm.DEPLOYMENT_VIEW},
