@@ -102,6 +102,10 @@ def quickstart_env(data_dir: Path, model_dir: Path, port: int) -> dict[str, str]
         # Busier than the defaults, so the worker and beat write as much as they can meanwhile.
         "HANGAR_RESYNC_INTERVAL": "1",
         "HANGAR_METRICS_INTERVAL": "0.5",
+        # One token drives every client, far past the REST throttles' defaults (600/min): this
+        # test is about SQLite taking concurrent writes, so the throttles must not shed them.
+        "HANGAR_API_RATE_USER": "100000/min",
+        "HANGAR_API_RATE_TOKEN": "100000/min",
     }
 
 
