@@ -157,7 +157,7 @@ def stack(start_worker: Any, tiny_model_dir: Path, tmp_path: Path) -> Iterator[C
             str(connection.settings_dict["NAME"]), extra_env=gateway_env, log_path=tmp_path / f"gw{len(gateways)}.log"
         )
         gateways.append(gateway)
-        key = ApiKeyFactory(tenant=tenant, name="load", rpm_limit=100_000, tpm_limit=100_000_000)
+        key = ApiKeyFactory(tenant=tenant, name="load")  # no key or tenant limits: this load is about replicas
         result = Stack(deployment, gateway, key.secret)
         want = deployment.replicas if ready is None else ready
         wait_for(lambda: len(result.ready_replicas()) >= want, 240, f"{want} ready replica(s)", interval=0.5)
