@@ -104,16 +104,16 @@ def tenant_view(perm: Perm) -> Callable[[Callable[..., HttpResponse]], Callable[
     return decorate
 
 
-def platform_view(view: Callable[..., HttpResponse]) -> Callable[..., HttpResponse]:
-    """Require a signed-in platform admin (404 for everyone else, as for an unknown URL); sets
-    ``request.access`` and ``request.tenant`` (the current tenant, or None)."""
+def _signed_in_view(view: Callable[..., HttpResponse], *, platform_only: bool) -> Callable[..., HttpResponse]:
+    """A signed-in user's page (a platform admin's only, 404 for anyone else, when
+    ``platform_only``); sets ``request.access`` and ``request.tenant`` (the current tenant, or None)."""
 
     @functools.wraps(view)
     def wrapper(request: HttpRequest, *args: Any, **kwargs: Any) -> HttpResponse:
         if not request.user.is_authenticated:
             return redirect_to_login(request.get_full_path())
         access = access_for(request.user)
-        if not access.is_platform_admin:
+        if platform_only and not access.is_platform_admin:
             raise Http404("Not found.")
         tenant_id = current_tenant_id(request, access)
         request.access = access  # type: ignore[attr-defined]
@@ -128,26 +128,15 @@ def platform_view(view: Callable[..., HttpResponse]) -> Callable[..., HttpRespon
     return wrapper
 
 
+def platform_view(view: Callable[..., HttpResponse]) -> Callable[..., HttpResponse]:
+    """Require a signed-in platform admin (404 for everyone else, as for an unknown URL)."""
+    return _signed_in_view(view, platform_only=True)
+
+
 def account_view(view: Callable[..., HttpResponse]) -> Callable[..., HttpResponse]:
     """Require a signed-in user (any role, any tenant or none): pages about the user's own
-    account, such as their access tokens. Sets ``request.access`` and ``request.tenant`` (or None)."""
-
-    @functools.wraps(view)
-    def wrapper(request: HttpRequest, *args: Any, **kwargs: Any) -> HttpResponse:
-        if not request.user.is_authenticated:
-            return redirect_to_login(request.get_full_path())
-        access = access_for(request.user)
-        tenant_id = current_tenant_id(request, access)
-        request.access = access  # type: ignore[attr-defined]
-        request.tenant = Tenant.objects.get(pk=tenant_id) if tenant_id is not None else None  # type: ignore[attr-defined]
-        try:
-            return view(request, *args, **kwargs)
-        except NotFound as exc:
-            raise Http404(exc.message) from None
-        except PermissionDenied as exc:
-            return render(request, "dashboard/denied.html", {"message": exc.message}, status=403)
-
-    return wrapper
+    account, such as their access tokens."""
+    return _signed_in_view(view, platform_only=False)
 
 
 def require(request: TenantRequest, perm: Perm) -> None:
