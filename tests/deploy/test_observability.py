@@ -219,14 +219,6 @@ def test_every_metric_of_the_dashboard_and_alerts_is_exposed(
     server, web_log = web
     metrics_dir = tmp_path / "worker-metrics"
     metrics_dir.mkdir()
-    worker_port = free_port()
-    worker = start_worker(
-        HANGAR_LOG_FORMAT="json",
-        HANGAR_LOCAL_RUNTIME_MODULE=FAKE,
-        HANGAR_WORKER_METRICS_PORT=str(worker_port),
-        PROMETHEUS_MULTIPROC_DIR=str(metrics_dir),
-    )
-    worker_metrics = f"http://127.0.0.1:{worker_port}/metrics"
     web_metrics = f"{server.url}/metrics"
 
     # Gateway: one answer from a replica, one from a replica that is gone (503, connect error).
@@ -253,7 +245,17 @@ def test_every_metric_of_the_dashboard_and_alerts_is_exposed(
     ws_url = f"ws://127.0.0.1:{server.port}/ws/tenant/"
     asyncio.run(websocket_round_trip(ws_url, cookie, server.url, tenant.pk, web_metrics))
 
-    # Worker: a deployment it reconciles on the local driver, and a task that raises.
+    # Worker: a deployment it reconciles on the local driver, and a task that raises. It starts only
+    # now: its beat re-reconciles every deployment at start, and the gateway's two rows above have
+    # no backend, so an earlier start could mark them Failed before they were asked.
+    worker_port = free_port()
+    worker = start_worker(
+        HANGAR_LOG_FORMAT="json",
+        HANGAR_LOCAL_RUNTIME_MODULE=FAKE,
+        HANGAR_WORKER_METRICS_PORT=str(worker_port),
+        PROMETHEUS_MULTIPROC_DIR=str(metrics_dir),
+    )
+    worker_metrics = f"http://127.0.0.1:{worker_port}/metrics"
     source = model_root / "_shared" / f"obs-model-{tmp_path.name}"
     source.mkdir(parents=True)
     (source / "config.json").write_text("{}")
