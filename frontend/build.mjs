@@ -14,6 +14,7 @@ const files = {
   "hangar/ws.js": "src/ws.js",
   "hangar/dashboard.js": "src/dashboard.js",
   "hangar/playground.js": "src/playground.js",
+  "hangar/upload.js": "src/upload.js",
   "hangar/dashboard.css": "src/dashboard.css",
 };
 

@@ -23,6 +23,7 @@ urlpatterns = [
     path("", home.overview, name="overview"),
     path("tenant/", home.switch_tenant, name="switch-tenant"),
     path("models/", catalog.model_index, name="models"),
+    path("models/upload/", catalog.model_upload, name="model-upload"),
     path("models/<int:pk>/", catalog.model_detail, name="model-detail"),
     path("models/<int:pk>/delete/", catalog.model_delete, name="model-delete"),
     path("targets/", catalog.target_index, name="targets"),

@@ -7,7 +7,7 @@ from typing import Any
 from django.db.models import QuerySet
 
 from controlplane.catalog.choices import DTYPE_BYTES, DType
-from controlplane.catalog.models import Model, SourceCredential
+from controlplane.catalog.models import Model, SourceCredential, Upload
 from controlplane.core.exceptions import NotFound
 from controlplane.tenancy.access import Access
 from controlplane.tenancy.choices import Perm
@@ -48,6 +48,20 @@ def source_credential_get(*, access: Access, pk: int) -> SourceCredential:
         return source_credential_list(access=access).get(pk=pk)
     except SourceCredential.DoesNotExist:
         raise NotFound("Credential not found.") from None
+
+
+def upload_list(*, access: Access, filters: dict[str, Any] | None = None) -> QuerySet[Upload]:
+    qs = Upload.objects.filter(tenant_id__in=access.tenant_ids(Perm.MODEL_VIEW)).select_related("tenant")
+    if (filters or {}).get("tenant"):
+        qs = qs.filter(tenant__slug=(filters or {})["tenant"])
+    return qs
+
+
+def upload_get(*, access: Access, pk: int) -> Upload:
+    try:
+        return upload_list(access=access).get(pk=pk)
+    except Upload.DoesNotExist:
+        raise NotFound("Upload not found.") from None
 
 
 def model_memory_estimate(*, model: Model) -> dict[str, int]:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from django.conf import settings
 from django.contrib import messages
 from django.http import HttpResponse
 from django.shortcuts import redirect
@@ -12,7 +13,9 @@ from django.views.decorators.http import require_POST
 from console.dashboard.base import TenantRequest, actor_for, apply_domain_error, in_tenant, page, require, tenant_view
 from console.dashboard.forms import ModelRegisterForm
 from controlplane.catalog import services as catalog_services
-from controlplane.catalog.selectors import model_get, model_list, model_memory_estimate
+from controlplane.catalog import uploads
+from controlplane.catalog.choices import UploadStatus
+from controlplane.catalog.selectors import model_get, model_list, model_memory_estimate, upload_list
 from controlplane.core.exceptions import DomainError, NotFound
 from controlplane.deployments.model_cache import model_cached_on
 from controlplane.deployments.selectors import grant_for, target_get, target_list
@@ -62,6 +65,36 @@ def model_index(request: TenantRequest) -> HttpResponse:
         status = 400
     models = model_list(access=request.access, filters={"tenant": request.tenant.slug})
     return page(request, "dashboard/models.html", {"models": models, "form": form, "nav": "models"}, status=status)
+
+
+@tenant_view(Perm.MODEL_CHANGE)
+def model_upload(request: TenantRequest) -> HttpResponse:
+    """Upload a model's files from the browser into the platform's store.
+
+    The page's script (``hangar/upload.js``) drives the REST upload API with the session: it
+    hashes each file, opens the upload, sends the chunks (resuming from the offsets the server
+    holds after a broken chunk), then completes it. Open uploads are listed to resume or abort.
+    """
+    open_uploads = [
+        {"upload": u, "received": sum(uploads.received(u).values())}
+        for u in upload_list(access=request.access, filters={"tenant": request.tenant.slug}).filter(
+            status=UploadStatus.OPEN
+        )
+    ]
+    limits = {
+        "chunk_bytes": settings.HANGAR_UPLOAD_CHUNK_BYTES,
+        "max_file_bytes": settings.HANGAR_UPLOAD_MAX_FILE_BYTES,
+        "max_files": uploads.MAX_FILES,
+        "suffixes": list(uploads.ALLOWED_SUFFIXES),
+    }
+    context = {
+        "open_uploads": open_uploads,
+        "limits": limits,
+        "store_used": uploads.tenant_store_bytes(request.tenant),
+        "store_limit": settings.HANGAR_UPLOAD_TENANT_BYTES,
+        "nav": "models",
+    }
+    return page(request, "dashboard/model_upload.html", context)
 
 
 @tenant_view(Perm.MODEL_VIEW)

@@ -23,25 +23,11 @@ from controlplane.catalog import uploads
 from controlplane.catalog.api.serializers import ModelDetailSerializer
 from controlplane.catalog.models import Upload
 from controlplane.catalog.naming import SERVED_NAME
+from controlplane.catalog.selectors import upload_get, upload_list
 from controlplane.core.api import InputSerializer, TenantChoiceMixin, TenantSlugField
-from controlplane.core.exceptions import NotFound, ValidationFailed
-from controlplane.tenancy.access import Access
+from controlplane.core.exceptions import ValidationFailed
 from controlplane.tenancy.api.base import ScopedViewSet
 from controlplane.tenancy.choices import Perm
-
-
-def upload_list(*, access: Access, filters: dict[str, Any] | None = None) -> QuerySet[Upload]:
-    qs = Upload.objects.filter(tenant_id__in=access.tenant_ids(Perm.MODEL_VIEW)).select_related("tenant")
-    if (filters or {}).get("tenant"):
-        qs = qs.filter(tenant__slug=(filters or {})["tenant"])
-    return qs
-
-
-def upload_get(*, access: Access, pk: int) -> Upload:
-    try:
-        return upload_list(access=access).get(pk=pk)
-    except Upload.DoesNotExist:
-        raise NotFound("Upload not found.") from None
 
 
 class UploadFileInput(InputSerializer):
