@@ -56,9 +56,13 @@ lint: venv
 typecheck: venv
 	$(VENV)/bin/mypy console controlplane workers
 
+# The suite runs on $(PYTEST_WORKERS) pytest-xdist workers, whole files per worker (module fixtures
+# such as model servers stay in one process); each worker has its own PostgreSQL database,
+# Redis databases and data folder (console/settings/workers.py). PYTEST_WORKERS=0: one process.
+PYTEST_WORKERS ?= 2
 test-only: venv
 	eval "$$(bash deploy/dev/services.sh env)"; \
-	DJANGO_SETTINGS_MODULE=console.settings.test $(VENV)/bin/pytest $(PYTEST_ARGS)
+	DJANGO_SETTINGS_MODULE=console.settings.test $(VENV)/bin/pytest -n $(PYTEST_WORKERS) --dist loadfile $(PYTEST_ARGS)
 
 test: services venv frontend lint typecheck test-only
 

@@ -28,6 +28,13 @@ def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]) ->
         report.sections.append(("processes still running (log tails)", tails))
 
 
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """Files with slow tests first: pytest-xdist hands whole files to its workers in this order,
+    so the long ones start at once and the short ones fill in around them (no long tail)."""
+    slow_files = {item.path for item in items if item.get_closest_marker("slow")}
+    items.sort(key=lambda item: item.path not in slow_files)  # stable: the order within a file stays
+
+
 def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
     """Processes a failed test left running (its teardown never came) are stopped here."""
     for process in reversed(RUNNING[:]):

@@ -1,9 +1,17 @@
 """Test settings: PostgreSQL and Redis from the environment (``make test`` starts both)."""
 
-from console.logging import FORMATS, logging_config
-from console.settings.base import *  # noqa: F403
-from console.settings.base import DATA_DIR, HANGAR_MODEL_ROOTS, LOG_LEVEL
-from console.settings.env import Env
+import os
+
+from console.settings.workers import isolate_test_worker
+
+# Under pytest-xdist, each worker has Redis databases, a data folder and a static root of its
+# own (its PostgreSQL database is pytest-django's ``test_<name>_gw<N>``); before base reads them.
+isolate_test_worker(os.environ)
+
+from console.logging import FORMATS, logging_config  # noqa: E402
+from console.settings.base import *  # noqa: E402, F403
+from console.settings.base import BASE_DIR, DATA_DIR, HANGAR_MODEL_ROOTS, LOG_LEVEL  # noqa: E402
+from console.settings.env import Env  # noqa: E402
 
 env = Env(declare=True, profile="test")
 
@@ -23,3 +31,5 @@ LOGGING = logging_config(HANGAR_LOG_FORMAT, LOG_LEVEL)
 # The suite makes thousands of API calls as a handful of users; the throttle tests set their own rates.
 HANGAR_API_RATE_USER = env.str("HANGAR_API_RATE_USER", "100000/min")
 HANGAR_API_RATE_TOKEN = env.str("HANGAR_API_RATE_TOKEN", "100000/min")
+# collectstatic in one test worker must not rewrite files another worker's server is reading.
+STATIC_ROOT = BASE_DIR / "staticfiles" / os.environ.get("PYTEST_XDIST_WORKER", "")

@@ -434,11 +434,14 @@ def rollout_observe(*, rollout: Rollout, **fields: Any) -> None:
 
 
 def rollout_complete(*, rollout: Rollout) -> None:
-    """Every replica runs the new revision."""
-    updated = Rollout.objects.filter(pk=rollout.pk, state=RolloutState.PROMOTED).update(
-        state=RolloutState.COMPLETED, finished_at=timezone.now(), detail="Every replica runs the new revision"
-    )
-    if updated:
+    """Every replica runs the new revision. The state and its event commit together: whoever
+    sees the rollout completed also finds the event."""
+    with transaction.atomic():
+        updated = Rollout.objects.filter(pk=rollout.pk, state=RolloutState.PROMOTED).update(
+            state=RolloutState.COMPLETED, finished_at=timezone.now(), detail="Every replica runs the new revision"
+        )
+        if not updated:
+            return
         rollout.refresh_from_db()
         deployment = Deployment.objects.get(pk=rollout.deployment_id)
         event_emit(
@@ -447,7 +450,7 @@ def rollout_complete(*, rollout: Rollout) -> None:
             message=f"Every replica runs revision {rollout.canary_revision}",
             actor="system:rollout",
         )
-        _push(deployment, rollout)
+    _push(deployment, rollout)
 
 
 def rollout_list(*, deployment: Deployment) -> list[Rollout]:

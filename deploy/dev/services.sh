@@ -32,6 +32,8 @@ DB_PASSWORD=hangar
 
 REDIS_HOST=127.0.0.1
 REDIS_PORT=63790
+# 16 per parallel test worker (tests/support/workers.py): each has its own app and broker databases.
+REDIS_DATABASES=64
 REDIS_DIR="$VAR/redis"
 
 DOCKERD_LOG="$VAR/dockerd.log"
@@ -165,12 +167,17 @@ redis_start() {
     need redis-cli
     if redis_ready; then
         log "redis already answers on $REDIS_HOST:$REDIS_PORT"
+        local dbs
+        dbs=$(redis-cli -h "$REDIS_HOST" -p "$REDIS_PORT" config get databases 2>/dev/null | tail -n 1)
+        if [[ -n $dbs && $dbs -lt $REDIS_DATABASES ]]; then
+            log "warning: it has $dbs databases; the parallel test workers need $REDIS_DATABASES (restart it: $0 stop redis; $0 start redis)"
+        fi
         return 0
     fi
     mkdir -p "$REDIS_DIR"
     log "starting redis on $REDIS_HOST:$REDIS_PORT"
     # Everything in Redis is rebuildable (DESIGN.md), so no RDB/AOF.
-    redis-server --bind "$REDIS_HOST" --port "$REDIS_PORT" --save '' --appendonly no \
+    redis-server --bind "$REDIS_HOST" --port "$REDIS_PORT" --save '' --appendonly no --databases "$REDIS_DATABASES" \
         --dir "$REDIS_DIR" --daemonize yes --pidfile "$RUN/redis.pid" \
         --logfile "$VAR/redis.log" || die "redis-server failed, see $VAR/redis.log"
     wait_for redis redis_ready || die "redis not answering on $REDIS_HOST:$REDIS_PORT, see $VAR/redis.log"

@@ -37,13 +37,14 @@ from tests.factories import MembershipFactory, PlatformAdminFactory, TenantFacto
 from tests.support.ports import free_port
 from tests.support.processes import Process, http_ok
 from tests.support.waiting import wait_for
+from tests.support.workers import redis_db
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 CHROMIUM = Path("/usr/bin/chromium")
 SCREENSHOTS = REPO_ROOT / "artifacts" / "screenshots"
 STEPS_FILE = REPO_ROOT / "artifacts" / "e2e" / "dashboard_steps.json"
 VENV_BIN = REPO_ROOT / ".venv" / "bin"
-BROKER_DB = 12  # a broker database of our own, apart from a developer's worker and the engine tests
+BROKER_DB = redis_db(12)  # a broker database of our own, apart from a developer's worker and the engine tests
 PASSWORD = "pw-for-tests-1"
 CHROMIUM_ARGS = [
     "--headless",

@@ -32,6 +32,7 @@ from tests.controlplane.gateway.conftest import Server, start_gateway
 from tests.factories import ApiKeyFactory, DeploymentFactory, ModelFactory, ReplicaFactory, TargetFactory, TenantFactory
 from tests.support.processes import REPO_ROOT
 from tests.support.waiting import wait_for
+from tests.support.workers import redis_url
 from tests.workers.docker_support import DOCKER_URL, docker_or_fail
 from workers import metrics, reconciler
 from workers.drivers import instance_name, local_driver
@@ -57,7 +58,7 @@ def worker_environment(settings: Any, tmp_path: Path, monkeypatch: pytest.Monkey
         "HANGAR_ENCRYPTION_KEYS": base64.urlsafe_b64encode(os.urandom(32)).decode(),
         "DATABASE_URL": os.environ["DATABASE_URL"],
         "REDIS_URL": settings.REDIS_URL,
-        "CELERY_BROKER_URL": settings.REDIS_URL.rsplit("/", 1)[0] + "/14",
+        "CELERY_BROKER_URL": redis_url(14),
     }
     for name, value in secrets.items():
         monkeypatch.setenv(name, value)

@@ -10,11 +10,13 @@ from django.conf import settings
 from django.db import connection
 
 from tests.support.processes import REPO_ROOT, Process
+from tests.support.workers import redis_db
 
 CELERY = REPO_ROOT / ".venv" / "bin" / "celery"
 # A broker database of our own: a developer's worker on the default one must not eat our tasks.
 # Two test sessions at once (two checkouts) each need their own: HANGAR_TEST_BROKER_DB.
-TEST_BROKER_DB = int(os.environ.get("HANGAR_TEST_BROKER_DB", "13"))
+# Test workers under pytest-xdist shift it into their own block (tests/support/workers.py).
+TEST_BROKER_DB = redis_db(int(os.environ.get("HANGAR_TEST_BROKER_DB", "13")))
 
 
 def test_broker_url() -> str:

@@ -63,7 +63,9 @@ def django_db_modify_db_settings(django_db_modify_db_settings_parallel_suffix: A
 
     # Named after the configured database, so that two checkouts (hangar_a, hangar_b) never share it.
     database = settings.DATABASES["default"]
-    database.setdefault("TEST", {})["NAME"] = f"test_{database['NAME']}_gateway"
+    # Each pytest-xdist worker has its own (as pytest-django's suffix would give it).
+    worker = os.environ.get("PYTEST_XDIST_WORKER")
+    database.setdefault("TEST", {})["NAME"] = f"test_{database['NAME']}_gateway" + (f"_{worker}" if worker else "")
     claim_test_database()
 
 

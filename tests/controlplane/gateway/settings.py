@@ -30,4 +30,6 @@ LOGGING = {
 }
 # Reconcile tasks that the gateway's wake-up enqueues go to a Redis database no worker reads,
 # so they cannot reach another suite's workers (which know nothing of this test database).
-CELERY_BROKER_URL = os.environ.get("REDIS_URL", "redis://127.0.0.1:6379/0").rsplit("/", 1)[0] + "/15"
+# (Database 15 of this test worker's block, see console.settings.workers.)
+_BROKER_DB = 15 + int(os.environ.get("HANGAR_TEST_REDIS_OFFSET", "0"))
+CELERY_BROKER_URL = os.environ.get("REDIS_URL", "redis://127.0.0.1:6379/0").rsplit("/", 1)[0] + f"/{_BROKER_DB}"
