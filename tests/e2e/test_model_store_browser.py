@@ -108,7 +108,9 @@ def upload_through_a_flaky_network(page: Any, files: list[str]) -> int:
     for _ in range(600):  # the page's requests reach the handler only while Playwright runs
         if held:
             break
-        page.wait_for_timeout(100)
+        page.wait_for_timeout(
+            100
+        )  # pacing: Playwright hands the page's requests to the route handler only while it runs
     assert held, f"no chunk held in flight after {chunks['n']} chunk requests"
     page.click("#up-cancel")
     held[0].abort("connectionreset")

@@ -213,7 +213,7 @@ def test_trust_flags_are_for_platform_admins_only(root: Path, me: dict[str, Any]
 
 
 def settings_in_a_new_process(module: str, env: dict[str, str], expression: str) -> subprocess.CompletedProcess[str]:
-    clean = {k: v for k, v in os.environ.items() if not k.startswith(("HANGAR_", "DJANGO_"))}
+    clean = {k: v for k, v in os.environ.items() if not k.startswith(("HANGAR_", "DJANGO_", "PYTEST_XDIST_"))}
     code = f"import importlib; s = importlib.import_module({module!r}); print({expression})"
     return subprocess.run(
         [sys.executable, "-c", code], cwd=REPO_ROOT, env={**clean, **env}, capture_output=True, text=True, timeout=60
