@@ -86,7 +86,7 @@ def big_model(path: Path, mib: int) -> Path:
 
 def throughput(s3: Any, model: Any, work: Path) -> dict[str, float]:
     from controlplane.catalog.store.connect import model_resolver
-    from workers.store.cache import ModelCache
+    from workers.runtime.store.cache import ModelCache
 
     size = model.size_bytes
     cache_dir = work / "tp-cache"
