@@ -10,6 +10,10 @@ built as the client's model objects (``V1Deployment``...), never as loose dicts.
 The replica's bearer token lives in a Secret of the same name (``build_secret``) that the pod
 takes ``HANGAR_RUNTIME_TOKEN`` from, so no manifest the driver writes holds it in plain text;
 the pod template carries a digest of it, so a new token (``SECRET_KEY`` rotated) rolls the pods.
+A model from ``s3://`` or ``hf://`` is fetched by each pod's init container (``fetch-model``: the
+runtime image's ``python -m workers.runtime.fetch``) into an ``emptyDir``, or into the node's cache
+directory when the target names one, and the runtime mounts it read-only; the fetch's plan and the
+tenant's credential are two more keys of the same Secret, mounted for the init container alone.
 
 Updates are ``replace`` calls carrying the ``resourceVersion`` just read: a concurrent writer
 makes them fail with 409, and the driver reads again and retries once. The gateway reaches
