@@ -42,10 +42,13 @@ def docker_or_fail() -> Any:
 
 
 def _test_instance() -> str:
-    """What instance_name() answers once the test database is set up (this may run before)."""
+    """What instance_name() answers once the test database is set up (this may run before or after)."""
     from django.db import connection
 
-    name = settings.HANGAR_INSTANCE or connection.creation._get_test_db_name()
+    current = str(connection.settings_dict["NAME"])
+    name = settings.HANGAR_INSTANCE or (
+        current if current.startswith("test_") else connection.creation._get_test_db_name()
+    )
     return re.sub(r"[^A-Za-z0-9_.-]", "-", name)[:63]
 
 

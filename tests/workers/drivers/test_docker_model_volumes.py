@@ -172,7 +172,7 @@ def test_a_model_only_in_s3_runs_on_a_remote_host_from_a_volume_reused_and_repai
     [replica] = replica_containers(docker_client, deployment)
     [mount] = replica.attrs["Mounts"]
     assert (mount["Type"], mount["Name"], mount["Destination"], mount["RW"]) == ("volume", volume, "/model", False)
-    assert replica.attrs["Args"][:2] == ["--model", f"/model/models/{model.content_hash}"]
+    assert replica.attrs["Config"]["Cmd"][:2] == ["--model", f"/model/models/{model.content_hash}"]
     assert [e.target_id for e in ModelCacheEntry.objects.filter(model=model)] == [target.pk]
     fetchers = docker_client.containers.list(all=True, filters={"label": f"{LABEL_ROLE}={ROLE_FETCH}"})
     assert [c.name for c in fetchers if c.labels.get(LABEL_INSTANCE) == instance_name()] == []  # removed when done
@@ -251,6 +251,8 @@ def test_the_credential_never_shows_in_docker_inspect_and_a_wrong_one_is_refused
         again = driver.fetch_model(request, on_progress=lambda *_: None, heartbeat=lambda: None)
         assert (again.volume, again.downloaded_bytes, again.repaired) == (fetched.volume, 0, ())
 
+        # A wrong secret matters once bytes must move: with the volume gone, the fetch is refused.
+        docker_client.volumes.get(fetched.volume).remove()
         wrong = request_for(s3, small_model_dir, "small", secret="not-the-secret-" + "y" * 25)
         with pytest.raises(PermanentDriverError) as refused:
             driver.fetch_model(wrong, on_progress=lambda *_: None, heartbeat=lambda: None)
