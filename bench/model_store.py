@@ -195,6 +195,28 @@ def main() -> None:
     shutil.rmtree(work, ignore_errors=True)
 
 
+def fetch_only(client: Any, volume: str, runs: int, model: Any, target: Any, driver: Any) -> dict[str, float]:
+    """The fetch step alone (``DockerDriver.fetch_model``: a container of the runtime image), medians:
+    into a new volume, and over the filled one (verify only)."""
+    import docker.errors
+
+    from workers.model_store import fetch_request
+
+    request = fetch_request(model, target, node_cache=False)
+    cold, warm = [], []
+    try:
+        for _ in range(runs):
+            with contextlib.suppress(docker.errors.NotFound):
+                client.volumes.get(volume).remove()
+            for times in (cold, warm):
+                started = time.monotonic()
+                driver.fetch_model(request, on_progress=lambda *_: None, heartbeat=lambda: None)
+                times.append(time.monotonic() - started)
+    finally:
+        driver.close()
+    return {"cold": round(statistics.median(cold), 2), "warm": round(statistics.median(warm), 2)}
+
+
 def docker_runs(
     client: Any, volume: str, runs: int, models: tuple[Any, Any], target: Any, driver: Any
 ) -> tuple[list[float], list[float], list[float]]:
@@ -259,6 +281,7 @@ def docker_main(runs: int) -> None:
         from_file = catalog.model_register(actor=SYSTEM, tenant=tenant, name="tiny-file", source=str(tiny))
         target = TargetFactory(tenant=tenant, kind="docker", docker_url=url, name=tenant.slug)
         volume = volume_name(instance_name(), from_s3.content_hash)
+        fetch = fetch_only(client, volume, runs, from_s3, target, driver_for(target))
         cold, warm, local = docker_runs(client, volume, runs, (from_s3, from_file), target, driver_for(target))
     result = {
         "target": "docker over tcp (fetch container + volume)",
@@ -270,6 +293,7 @@ def docker_main(runs: int) -> None:
             "file": round(statistics.median(local), 2),
         },
         "all_runs_s": {"s3_cold": cold, "s3_warm": warm, "file": local},
+        "fetch_model_s": fetch,
     }
     artifact = ARTIFACT.with_name("model_store_docker.json")
     artifact.parent.mkdir(parents=True, exist_ok=True)
