@@ -18,6 +18,7 @@ from typing import Any
 
 import pytest
 
+from tests.support.hf_hub import fake_hub
 from tests.support.ports import free_port
 from tests.support.processes import REPO_ROOT
 from tests.support.s3_server import S3Server, s3_server
@@ -93,6 +94,7 @@ class Run:
 def fetch(
     image_tree: Path, tmp_path: Path, plan: dict[str, Any] | str, credentials: dict[str, str] | None, **env: str
 ) -> Run:
+    tmp_path.mkdir(parents=True, exist_ok=True)
     (tmp_path / "plan.json").write_text(plan if isinstance(plan, str) else json.dumps(plan))
     args = ["--plan", str(tmp_path / "plan.json"), "--cache", str(tmp_path / "cache")]
     if credentials is not None:
@@ -228,3 +230,26 @@ def test_unreadable_credentials_are_refused_without_repeating_them(
     )
     assert run.code == EXIT_USAGE and run.last()["reason"] == "BadCredentials"
     assert "hunter2" not in run.stdout + run.stderr
+
+
+def test_a_hub_model_is_fetched_at_its_commit_with_the_token_though_the_image_runs_offline(
+    image_tree: Path, tiny_model_dir: Path, tmp_path: Path
+) -> None:
+    manifest = manifest_of(tiny_model_dir)
+    with fake_hub(tiny_model_dir, token="hf_tenant_token_0123456789") as hub:
+        plan = {
+            "source": f"hf://{hub.repo}@{hub.commit}",
+            "content_hash": manifest_hash(manifest),
+            "manifest": manifest,
+            "endpoint_url": hub.url,
+        }
+        denied = fetch(image_tree, tmp_path / "denied", plan, {"token": "hf_wrong"})
+        run = fetch(image_tree, tmp_path / "ok", plan, {"token": "hf_tenant_token_0123456789"})
+    assert denied.code in (EXIT_DENIED, EXIT_NOT_FOUND), denied.stderr
+    assert "hf_wrong" not in denied.stdout + denied.stderr
+    assert run.code == 0, run.stderr  # HF_HUB_OFFLINE=1, as the image sets it, does not stop the fetch
+    assert run.last()["downloaded_bytes"] == sum(e["size"] for e in manifest)
+    fetched = [p for p in hub.hits if "/resolve/" in p]
+    assert fetched and all(f"/resolve/{hub.commit}/" in p for p in fetched)
+    assert not [p for p in hub.hits if p.startswith("/api/")]  # the commit is pinned: no lookup needed
+    assert "hf_tenant_token" not in run.stdout + run.stderr
