@@ -11,6 +11,13 @@ empty cache (download + sha256 of every file + verification) vs boto3's ``downlo
 side in one run.
 
     .venv/bin/python bench/model_store.py --runs 3
+    .venv/bin/python bench/model_store.py --runs 3 --docker
+
+``--docker``: the same three times to Running on a Docker target that the worker treats as a
+remote host (the local daemon reached over TCP, ``tests.support.docker_tcp``), the real runtime
+image: ``s3_cold`` is a fetch container filling a new volume, ``s3_warm`` a fetch container that
+only verifies the volume, ``file`` a bind mount of a directory already on the host. Needs the
+runtime image with the fetch command (``deploy/images/build``).
 
 Uses its own database (``<name>_bench``). Results: stdout and ``artifacts/bench/model_store.json``.
 """
@@ -18,6 +25,7 @@ Uses its own database (``<name>_bench``). Results: stdout and ``artifacts/bench/
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import shutil
@@ -86,7 +94,7 @@ def big_model(path: Path, mib: int) -> Path:
 
 def throughput(s3: Any, model: Any, work: Path) -> dict[str, float]:
     from controlplane.catalog.store.connect import model_resolver
-    from workers.store.cache import ModelCache
+    from workers.runtime.store.cache import ModelCache
 
     size = model.size_bytes
     cache_dir = work / "tp-cache"
@@ -122,7 +130,11 @@ def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--runs", type=int, default=3)
     parser.add_argument("--big-mb", type=int, default=256)
+    parser.add_argument("--docker", action="store_true", help="a remote Docker host instead of a local target")
     args = parser.parse_args()
+    if args.docker:
+        docker_main(args.runs)
+        return
     work = Path(tempfile.mkdtemp(prefix="hangar-bench-store-"))
     model_root = work / "models"
     setup_django(model_root)
@@ -179,6 +191,113 @@ def main() -> None:
     }
     ARTIFACT.parent.mkdir(parents=True, exist_ok=True)
     ARTIFACT.write_text(json.dumps(result, indent=2))
+    print(json.dumps(result, indent=2))
+    shutil.rmtree(work, ignore_errors=True)
+
+
+def fetch_only(client: Any, volume: str, runs: int, model: Any, target: Any, driver: Any) -> dict[str, float]:
+    """The fetch step alone (``DockerDriver.fetch_model``: a container of the runtime image), medians:
+    into a new volume, and over the filled one (verify only)."""
+    import docker.errors
+
+    from workers.model_store import fetch_request
+
+    request = fetch_request(model, target, node_cache=False)
+    cold, warm = [], []
+    try:
+        for _ in range(runs):
+            with contextlib.suppress(docker.errors.NotFound):
+                client.volumes.get(volume).remove()
+            for times in (cold, warm):
+                started = time.monotonic()
+                driver.fetch_model(request, on_progress=lambda *_: None, heartbeat=lambda: None)
+                times.append(time.monotonic() - started)
+    finally:
+        driver.close()
+    return {"cold": round(statistics.median(cold), 2), "warm": round(statistics.median(warm), 2)}
+
+
+def docker_runs(
+    client: Any, volume: str, runs: int, models: tuple[Any, Any], target: Any, driver: Any
+) -> tuple[list[float], list[float], list[float]]:
+    """Times to Running: cold (the model's volume removed first), warm, and file://."""
+    import docker.errors
+
+    from_s3, from_file = models
+    cold, warm, local = [], [], []
+    try:
+        for _ in range(runs):
+            with contextlib.suppress(docker.errors.NotFound):
+                client.volumes.get(volume).remove()
+            cold.append(time_to_running(from_s3, target, driver))
+            warm.append(time_to_running(from_s3, target, driver))
+            local.append(time_to_running(from_file, target, driver))
+    finally:
+        with contextlib.suppress(docker.errors.NotFound):
+            client.volumes.get(volume).remove()
+        driver.close()
+    return cold, warm, local
+
+
+def docker_main(runs: int) -> None:
+    import docker
+
+    work = Path(tempfile.mkdtemp(prefix="hangar-bench-store-"))
+    work.chmod(0o755)  # replicas (uid 10001) read the file:// model through it
+    model_root = work / "models"
+    setup_django(model_root)
+
+    from django.conf import settings
+
+    from controlplane.catalog import services as catalog
+    from controlplane.core.context import SYSTEM
+    from tests.factories import TargetFactory, TenantFactory
+    from tests.support.docker_tcp import docker_over_tcp
+    from tests.support.s3_server import s3_server
+    from tests.workers.docker_support import readable_by_containers
+    from workers.drivers import driver_for, instance_name
+    from workers.drivers.docker_models import volume_name
+    from workers.runtime.tinymodel import build_tiny_model
+
+    client = docker.DockerClient(base_url="unix:///var/run/docker.sock")
+    gateway = client.networks.get("bridge").attrs["IPAM"]["Config"][0]["Gateway"]
+    tenant = TenantFactory(slug=f"bench-store-{time.monotonic_ns()}")
+    tiny = readable_by_containers(build_tiny_model(model_root / tenant.slug / "tiny"))
+    for parent in (model_root, model_root / tenant.slug):
+        parent.chmod(0o755)
+    settings.HANGAR_MODEL_ROOTS = [str(model_root)]
+    settings.HANGAR_DOCKER_ALLOW_PLAIN_TCP = True
+    with s3_server(work, host=gateway) as s3, docker_over_tcp() as url:
+        settings.HANGAR_MODEL_SOURCE_ENDPOINTS = [s3.url]
+        s3.client().create_bucket(Bucket="bench")
+        s3.upload_dir(tiny, bucket="bench", prefix="tiny")
+        secret = {"access_key_id": s3.access_key, "secret_access_key": s3.secret_key}
+        catalog.source_credential_create(
+            actor=SYSTEM, tenant=tenant, name="moto", kind="s3", endpoint_url=s3.url, secret=secret
+        )
+        from_s3 = catalog.model_register(
+            actor=SYSTEM, tenant=tenant, name="tiny-s3", source="s3://bench/tiny", credential="moto"
+        )
+        from_file = catalog.model_register(actor=SYSTEM, tenant=tenant, name="tiny-file", source=str(tiny))
+        target = TargetFactory(tenant=tenant, kind="docker", docker_url=url, name=tenant.slug)
+        volume = volume_name(instance_name(), from_s3.content_hash)
+        fetch = fetch_only(client, volume, runs, from_s3, target, driver_for(target))
+        cold, warm, local = docker_runs(client, volume, runs, (from_s3, from_file), target, driver_for(target))
+    result = {
+        "target": "docker over tcp (fetch container + volume)",
+        "runs": runs,
+        "tiny_model_bytes": from_s3.size_bytes,
+        "time_to_running_s": {
+            "s3_cold": round(statistics.median(cold), 2),
+            "s3_warm": round(statistics.median(warm), 2),
+            "file": round(statistics.median(local), 2),
+        },
+        "all_runs_s": {"s3_cold": cold, "s3_warm": warm, "file": local},
+        "fetch_model_s": fetch,
+    }
+    artifact = ARTIFACT.with_name("model_store_docker.json")
+    artifact.parent.mkdir(parents=True, exist_ok=True)
+    artifact.write_text(json.dumps(result, indent=2))
     print(json.dumps(result, indent=2))
     shutil.rmtree(work, ignore_errors=True)
 

@@ -77,11 +77,16 @@ class Outcome:
     actions: list[str] = field(default_factory=list)
 
 
-def replica_spec(deployment: Deployment, *, slot: int, model_path: str | None = None) -> ReplicaSpec:
-    """The replica to start in ``slot``; ``model_path`` is where its node holds the model
-    (``model_store.model_path``, which fetches a remote source; without it only a file source works)."""
-    if model_path is None:
-        model_path = model_store.model_path(deployment, on_progress=lambda *_: None, event=lambda *_: None)
+def replica_spec(
+    deployment: Deployment, *, slot: int, placement: model_store.ModelPlacement | None = None
+) -> ReplicaSpec:
+    """The replica to start in ``slot``; ``placement`` is where its node holds the model
+    (``model_store.model_placement``, which fetches a remote source; without it, made here
+    with no driver: file sources, the worker's own cache, Kubernetes)."""
+    if placement is None:
+        placement = model_store.model_placement(
+            deployment, None, on_progress=lambda *_: None, heartbeat=lambda: None, event=lambda *_: None
+        )
     gen = deployment.template_generation
     values = replica_values(deployment)
     # The target's labels win: a deployment may narrow placement, never leave the target's pool.
@@ -95,7 +100,9 @@ def replica_spec(deployment: Deployment, *, slot: int, model_path: str | None = 
         name=f"{deployment.name}-g{gen}-{slot}",
         slot=slot,
         generation=gen,
-        model_path=model_path,
+        model_path=placement.path,
+        model_volume=placement.volume,
+        model_fetch=placement.fetch,
         **values,
         allow_unsafe_weights=deployment.model.allow_unsafe_weights,
         trust_remote_code=deployment.model.trust_remote_code,
@@ -211,6 +218,7 @@ class Actuator:
     owner: str
     actions: list[str] = field(default_factory=list)
     retiring: list[ObservedReplica] = field(default_factory=list)  # to drain (workers.draining)
+    placements: list[model_store.ModelPlacement] = field(default_factory=list)  # this pass's, once made
 
     def renew(self) -> None:
         if not status.deployment_renew(
@@ -252,13 +260,25 @@ class Actuator:
             },
         )
 
+    def placement(self) -> model_store.ModelPlacement:
+        """Where the replicas read the model, made ready once per pass (fetched, or verified)."""
+        if not self.placements:
+            self.renew()
+            self.placements.append(
+                model_store.model_placement(
+                    self.deployment,
+                    self.driver,
+                    on_progress=self.download_progress,
+                    heartbeat=self.renew,
+                    event=lambda r, m, w: self.event(r, m, w),
+                )
+            )
+        return self.placements[0]
+
     def create(self, slot: int) -> ObservedReplica:
+        placement = self.placement()
         self.renew()
-        path = model_store.model_path(
-            self.deployment, on_progress=self.download_progress, event=lambda r, m, w: self.event(r, m, w)
-        )
-        self.renew()
-        spec = replica_spec(self.deployment, slot=slot, model_path=path)
+        spec = replica_spec(self.deployment, slot=slot, placement=placement)
         created = self.driver.create(spec)
         self.actions.append(f"create {spec.name}")
         self.event("ReplicaCreated", f"Started replica {spec.name} (generation {spec.generation})")
@@ -718,7 +738,7 @@ def run_group(act: Actuator) -> Outcome:
 def apply_group(act: Actuator, desired: int) -> Failure | None:
     try:
         act.renew()
-        act.driver.apply(replica_spec(act.deployment, slot=0), desired)
+        act.driver.apply(replica_spec(act.deployment, slot=0, placement=act.placement()), desired)
     except PermanentDriverError as exc:
         return Failure(exc.message, exc.reason)
     return None

@@ -403,6 +403,13 @@ HANGAR_MODEL_CACHE_BYTES = env.int(
     help="a node cache holds at most this many bytes (least recently used models evicted); a target's "
     "`model_cache_bytes` overrides it",
 )
+HANGAR_DOCKER_MODEL_VOLUMES = env.bool(
+    "HANGAR_DOCKER_MODEL_VOLUMES",
+    False,
+    help="fetch remote models into a volume on every Docker daemon, `unix://` sockets too (a container of the "
+    "runtime image does it on the host); set it when the worker runs in a container, whose cache directory the "
+    "host cannot mount. `tcp://` and `ssh://` daemons always fetch that way",
+)
 HANGAR_MODEL_MAX_BYTES = env.int(
     "HANGAR_MODEL_MAX_BYTES",
     200 * 1024**3,

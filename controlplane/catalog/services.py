@@ -13,15 +13,22 @@ from controlplane.audit.services import audit_record
 from controlplane.catalog.choices import CredentialKind, DType, ModelFormat, ModelTask, Pooling
 from controlplane.catalog.models import Model, SourceCredential
 from controlplane.catalog.sources import outside_message, resolve_source
-from controlplane.catalog.store.connect import KIND_OF_SCHEME, endpoint_allowed, normalize_endpoint, remote_resolver
+from controlplane.catalog.store.connect import (
+    KIND_OF_SCHEME,
+    SECRET_FIELDS,
+    endpoint_allowed,
+    normalize_endpoint,
+    remote_resolver,
+)
 from controlplane.catalog.store.metadata import ModelInfo, inspect_source
-from controlplane.catalog.store.resolvers import FileResolver, HfResolver, SourceError
-from controlplane.catalog.store.uris import SourceURI, parse_source
+from controlplane.catalog.store.uris import parse_source
 from controlplane.core.context import Actor
 from controlplane.core.crypto import encrypt_json
 from controlplane.core.exceptions import Conflict, PermissionDenied, ValidationFailed
 from controlplane.tenancy.access import Access
 from controlplane.tenancy.models import Tenant
+from workers.runtime.store.resolvers import FileResolver, HfResolver, SourceError
+from workers.runtime.store.uris import SourceURI
 
 EDITABLE = {"description", "dtype_options", "allow_unsafe_weights", "trust_remote_code"}
 # Loading pickle weights or remote code runs code on the worker hosts, which belong to the
@@ -29,10 +36,6 @@ EDITABLE = {"description", "dtype_options", "allow_unsafe_weights", "trust_remot
 # enforce it with these names.
 TRUST_FIELDS = ("allow_unsafe_weights", "trust_remote_code")
 TRUST_DENIED = "Only platform admins may allow unsafe weights or trust remote code."
-SECRET_FIELDS = {
-    CredentialKind.S3: ("access_key_id", "secret_access_key", "session_token"),
-    CredentialKind.HF: ("token",),
-}
 
 
 def trust_requested(data: dict[str, Any]) -> list[str]:

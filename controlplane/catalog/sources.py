@@ -72,3 +72,10 @@ def resolve_source(tenant_slug: str, source: str) -> Path:
     if not source_allowed(tenant_slug, source):
         raise ValidationFailed("Outside your model folders.", field_errors={"source": [outside_message(tenant_slug)]})
     return Path(os.path.realpath(source))
+
+
+def in_platform_store(path: str | os.PathLike[str]) -> bool:
+    """Whether ``path`` (resolved) is an upload in the platform's store, on the control plane's disk:
+    only replicas that read the worker's filesystem can use it."""
+    real = Path(os.path.realpath(path))
+    return real.is_relative_to(os.path.realpath(settings.HANGAR_MODEL_STORE_DIR))

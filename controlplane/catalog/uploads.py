@@ -31,10 +31,10 @@ from controlplane.audit.services import audit_record
 from controlplane.catalog.choices import UploadStatus
 from controlplane.catalog.models import Model, Upload
 from controlplane.catalog.services import model_register
-from controlplane.catalog.store.resolvers import SourceError, safe_name
 from controlplane.core.context import Actor
 from controlplane.core.exceptions import Conflict, ValidationFailed
 from controlplane.tenancy.models import Tenant
+from workers.runtime.store.resolvers import SourceError, safe_name
 
 MAX_FILES = 64
 SHA256 = re.compile(r"^[0-9a-f]{64}$")

@@ -1,8 +1,9 @@
-"""Which targets hold which models in their node cache (written by workers, read by the model page)."""
+"""Which targets hold which models in their node cache (written by workers, read by the model page
+and by the eviction of a Docker host's model volumes)."""
 
 from __future__ import annotations
 
-from django.db.models import QuerySet
+from django.db.models import Max, QuerySet
 from django.utils import timezone
 
 from controlplane.catalog.models import Model
@@ -35,3 +36,10 @@ def model_cached_on(*, model: Model) -> QuerySet[ModelCacheEntry]:
         .select_related("target")
         .only("target__name", "target__kind", "verified_at", "size_bytes", "content_hash", "model_id")
     )
+
+
+def model_cache_last_used(*, target: Target) -> dict[str, float]:
+    """When each content hash in ``target``'s cache was last verified (a replica started on it),
+    as Unix times: the order in which the target's cache evicts."""
+    rows = ModelCacheEntry.objects.filter(target=target).values("content_hash").annotate(last=Max("verified_at"))
+    return {row["content_hash"]: row["last"].timestamp() for row in rows}

@@ -221,7 +221,11 @@ SSH_USER = re.compile(r"^[a-z_][a-z0-9_.-]{0,31}$")
 DOCKER_URL_HELP = (
     "Use unix:///path (a socket listed in HANGAR_DOCKER_SOCKETS), tcp://host:port or ssh://user@host[:port]."
 )
-VOLUME_HELP = 'Use {"type": "hostPath", "path": "/absolute/path"} or {"type": "pvc", "claimName": "<name>"}.'
+VOLUME_HELP = (
+    'Use {"type": "hostPath", "path": "/absolute/path"} or {"type": "pvc", "claimName": "<name>"}, '
+    'optionally with "cachePath": "/absolute/path" (the node directory pods fetch s3:// and hf:// models into, '
+    "owned by uid 10001; without it each pod fetches into an emptyDir)."
+)
 # kubeconfig entries that make the worker read its own files or run programs.
 KUBECONFIG_USER_REFUSED = ("exec", "auth-provider", "tokenFile", "client-certificate", "client-key")
 KUBECONFIG_CLUSTER_REFUSED = ("certificate-authority", "proxy-url")
@@ -509,28 +513,35 @@ def _kube_namespace(value: Any) -> str:
     return value
 
 
+def _directory(value: Any, key: str) -> str:
+    if (
+        not isinstance(value, str)
+        or not value.startswith("/")
+        or len(value) > 4096
+        or not value.isprintable()
+        or posixpath.normpath(value) != value
+        or value == "/"
+    ):
+        raise _Invalid(f"{key} must be a normalized absolute directory (not /), e.g. /srv/models.")
+    return value
+
+
 def _model_volume(value: Any) -> dict[str, str]:
     if not isinstance(value, dict):
         raise _Invalid(VOLUME_HELP)
-    if not value:
-        return {}
-    if value.get("type") == "hostPath" and set(value) == {"type", "path"}:
-        path = value["path"]
-        if (
-            not isinstance(path, str)
-            or not path.startswith("/")
-            or len(path) > 4096
-            or not path.isprintable()
-            or posixpath.normpath(path) != path
-            or path == "/"
-        ):
-            raise _Invalid("path must be a normalized absolute directory (not /), e.g. /srv/models.")
-        return {"type": "hostPath", "path": path}
-    if value.get("type") == "pvc" and set(value) == {"type", "claimName"}:
-        claim = value["claimName"]
+    checked: dict[str, str] = {}
+    if "cachePath" in value:  # the node cache models fetched by the pods go into
+        checked["cachePath"] = _directory(value["cachePath"], "cachePath")
+    rest = {k: v for k, v in value.items() if k != "cachePath"}
+    if not rest:
+        return checked
+    if rest.get("type") == "hostPath" and set(rest) == {"type", "path"}:
+        return {"type": "hostPath", "path": _directory(rest["path"], "path"), **checked}
+    if rest.get("type") == "pvc" and set(rest) == {"type", "claimName"}:
+        claim = rest["claimName"]
         if not isinstance(claim, str) or not DNS_SUBDOMAIN.match(claim):
             raise _Invalid("claimName must be the name of a PersistentVolumeClaim (a DNS name).")
-        return {"type": "pvc", "claimName": claim}
+        return {"type": "pvc", "claimName": claim, **checked}
     raise _Invalid(VOLUME_HELP + " Nothing else.")
 
 

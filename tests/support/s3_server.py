@@ -77,13 +77,14 @@ def _answers(url: str) -> bool:
 
 
 @contextmanager
-def s3_server(tmp_path: Path) -> Iterator[S3Server]:
+def s3_server(tmp_path: Path, host: str = "127.0.0.1") -> Iterator[S3Server]:
+    """``host``: the address it listens on (containers reach the host at its Docker bridge's gateway)."""
     port = free_port()
     binary = shutil.which("moto_server", path=str(Path(sys.executable).parent)) or "moto_server"
     env = {**os.environ, "INITIAL_NO_AUTH_ACTION_COUNT": "3", "MOTO_ALLOW_NONEXISTENT_REGION": "true"}
-    process = Process("moto", [binary, "-H", "127.0.0.1", "-p", str(port)], log_path=tmp_path / "moto.log", env=env)
+    process = Process("moto", [binary, "-H", host, "-p", str(port)], log_path=tmp_path / "moto.log", env=env)
     process.start()
-    url = f"http://127.0.0.1:{port}"
+    url = f"http://{host}:{port}"
     try:
         process.wait_ready(lambda: _answers(url), timeout=60, message="moto_server answering")
         server = S3Server(url=url, process=process)

@@ -18,6 +18,7 @@ from django.conf import settings
 
 from tests.workers.processes import REPO_ROOT
 from workers.drivers.base import LABEL_INSTANCE
+from workers.drivers.docker_models import FETCH_LABEL
 
 DOCKER_URL = "unix:///var/run/docker.sock"
 
@@ -40,14 +41,21 @@ def docker_or_fail() -> Any:
     return client
 
 
+def _test_instance() -> str:
+    """What instance_name() answers once the test database is set up (this may run before or after)."""
+    from django.db import connection
+
+    current = str(connection.settings_dict["NAME"])
+    name = settings.HANGAR_INSTANCE or (
+        current if current.startswith("test_") else connection.creation._get_test_db_name()
+    )
+    return re.sub(r"[^A-Za-z0-9_.-]", "-", name)[:63]
+
+
 def remove_test_containers(client: Any) -> None:
     """Remove this session's containers only: another test session (another checkout, another
     database) may be using the same daemon right now, and its containers are not ours."""
-    from django.db import connection
-
-    # What instance_name() answers once the test database is set up (this may run before).
-    name = settings.HANGAR_INSTANCE or connection.creation._get_test_db_name()
-    instance = re.sub(r"[^A-Za-z0-9_.-]", "-", name)[:63]
+    instance = _test_instance()
     if not instance.startswith("test_"):
         return  # never a development or production installation's containers
     for container in client.containers.list(all=True, filters={"label": f"{LABEL_INSTANCE}={instance}"}):
@@ -55,18 +63,31 @@ def remove_test_containers(client: Any) -> None:
 
 
 def ensure_runtime_image(client: Any) -> str:
-    """The runtime image; built with deploy/images/build when absent (cached between runs)."""
+    """The runtime image; built with deploy/images/build when absent or older than the model fetch
+    command (cached between runs)."""
     import docker.errors
 
     image = settings.HANGAR_RUNTIME_IMAGE
     try:
-        client.images.get(image)
+        current = bool((client.images.get(image).labels or {}).get(FETCH_LABEL))
     except docker.errors.ImageNotFound:
+        current = False
+    if not current:
         proc = subprocess.run(
             [str(REPO_ROOT / "deploy" / "images" / "build")], cwd=REPO_ROOT, capture_output=True, text=True
         )
         assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+        assert (client.images.get(image).labels or {}).get(FETCH_LABEL), f"{image} was built without the fetch command"
     return image
+
+
+def remove_test_volumes(client: Any) -> None:
+    """Remove this session's model volumes (after its containers: Docker keeps a volume in use)."""
+    instance = _test_instance()
+    if not instance.startswith("test_"):
+        return
+    for volume in client.volumes.list(filters={"label": f"{LABEL_INSTANCE}={instance}"}):
+        volume.remove(force=True)
 
 
 def readable_by_containers(model_dir: Path) -> Path:

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import abc
 import re
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
@@ -29,6 +30,8 @@ LABEL_TENANT = "hangar.tenant"
 STAGE_LINE = re.compile(r"hangar-runtime: stage=(?P<stage>[a-z_]+)(?P<rest>.*)")
 HEALTH_TIMEOUT_S = 2.0
 
+# Content hashes of models (what eviction returns; ``list`` is a driver method's name in the class).
+ContentHashes = list[str]
 # (uid, type, reason, message) of a backend's own events (Kubernetes), for the timeline.
 BackendEvents = list[tuple[str, str, str, str]]
 
@@ -66,6 +69,32 @@ class PermanentDriverError(DriverError):
 
 
 @dataclass(frozen=True)
+class ModelFetch:
+    """A remote model a node fetches before its replicas start (``workers.runtime.fetch``).
+
+    ``plan`` and ``credentials`` are JSON texts (``controlplane.catalog.store.connect.model_fetch_plan``);
+    the credentials reach the fetch as a file (a Docker archive put into the container, a
+    Kubernetes Secret), never in a command line, a label or a log.
+    """
+
+    content_hash: str
+    plan: str
+    credentials: str = field(default="", repr=False)
+    cache_limit_bytes: int = 0  # the node cache's size limit (0: the fetch evicts nothing)
+
+
+@dataclass(frozen=True)
+class FetchedModel:
+    """What a fetch on the node did: the volume holding the model and the model's path in it."""
+
+    volume: str
+    path: str  # relative to the volume's root: models/<content hash>
+    downloaded_bytes: int = 0
+    fetched: tuple[str, ...] = ()
+    repaired: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
 class ReplicaSpec:
     """Everything a driver needs to start one replica; built from the deployment row.
 
@@ -81,6 +110,8 @@ class ReplicaSpec:
     name: str  # unique within the deployment, e.g. "chat-g3-0"
     slot: int
     generation: int  # the deployment's template_generation
+    # Where the node holds the model: a directory (a file source, the worker's own cache), or,
+    # with ``model_volume``, the path inside that Docker volume (a fetch on the daemon filled it).
     model_path: str
     served_model_name: str
     dtype: str = "float32"
@@ -103,6 +134,8 @@ class ReplicaSpec:
     token: str = field(default="", repr=False)
     # Fault-injection flags (tests only; ``workers.rollout_strategy.fault_flags``), already checked.
     faults: tuple[str, ...] = ()
+    model_volume: str = ""  # Docker: the named volume the model was fetched into (mounted read-only)
+    model_fetch: ModelFetch | None = None  # Kubernetes: fetched by an init container in each pod
 
     @property
     def labels(self) -> dict[str, str]:
@@ -222,6 +255,25 @@ class Driver(abc.ABC):
             return last_stage(self.logs(backend_id, tail=50))
         except DriverError:
             return None
+
+    def fetch_model(
+        self,
+        fetch: ModelFetch,
+        *,
+        on_progress: Callable[[int, int, float], None],
+        heartbeat: Callable[[], None],
+    ) -> FetchedModel:
+        """Fetch a remote model on the backend's side, verified (Docker: into a volume, by a
+        short-lived container); ``on_progress`` follows the download, ``heartbeat`` is called
+        while it works. Backends that cannot refuse."""
+        raise PermanentDriverError(
+            f"The {self.kind} backend cannot fetch models for its replicas.", reason="ModelSourceUnsupported"
+        )
+
+    def evict_models(self, *, limit_bytes: int, keep: str, last_used: Mapping[str, float]) -> ContentHashes:
+        """Remove models ``fetch_model`` left on the backend beyond ``limit_bytes`` (unused ones,
+        least recently used first, never ``keep``); their content hashes. Default: none."""
+        return []
 
     def check(self) -> dict[str, Any]:
         """Target health (``workers.drivers.health.report``): reachable, status, fixed reason,

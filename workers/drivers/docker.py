@@ -2,7 +2,8 @@
 
 Containers run ``settings.HANGAR_RUNTIME_IMAGE`` (built locally by ``deploy/images/build``; no
 registry is reachable, so a missing image is never pulled but reported with the command that
-builds it), mount the model read-only at ``/model``, publish port 8000 on a random (or the
+builds it), mount the model read-only at ``/model`` (the node's directory, or the model's volume
+when a fetch on the host filled it: ``docker_models``), publish port 8000 on a random (or the
 deployment's fixed) host port, carry the ``hangar.*`` labels, get CPU/memory limits and, with
 ``gpus > 0``, an NVIDIA device request. No restart policy: the reconciler decides what to
 replace, so a dead container shows up as such instead of restarting behind our back.
@@ -20,6 +21,7 @@ import ipaddress
 import logging
 import re
 import socket
+from collections.abc import Callable, Mapping
 from datetime import datetime
 from typing import TYPE_CHECKING, Any
 
@@ -34,7 +36,10 @@ from workers.drivers.base import (
     LABEL_INSTANCE,
     LABEL_REPLICA,
     BackendState,
+    ContentHashes,
     Driver,
+    FetchedModel,
+    ModelFetch,
     ObservedReplica,
     PermanentDriverError,
     ReplicaSpec,
@@ -48,6 +53,7 @@ from workers.drivers.docker_connection import (
     url_host,
     valid_host,
 )
+from workers.drivers.docker_models import ModelVolumes
 from workers.drivers.health import Reason, causes, classify_network, number, report, version_text
 from workers.drivers.images import RuntimeImages
 from workers.runtime.auth import TOKEN_ENV
@@ -280,16 +286,22 @@ class DockerDriver(Driver):
                 device_requests.append(DeviceRequest(count=spec.gpus, capabilities=[["gpu"]]))
         port = (spec.host_port + spec.slot) if spec.host_port else None
         name = self.container_name(spec)
+        if spec.model_volume:  # fetched on this host: the model's volume, the model at its path inside
+            mount = Mount(target=MODEL_MOUNT, source=spec.model_volume, type="volume", read_only=True)
+            model = f"{MODEL_MOUNT}/{spec.model_path}"
+        else:
+            mount = Mount(target=MODEL_MOUNT, source=spec.model_path, type="bind", read_only=True)
+            model = MODEL_MOUNT
         try:
             container = self._call(
                 self.client.containers.create,
                 image,
-                command=spec.runtime_args(model=MODEL_MOUNT, host="0.0.0.0", port=8000),
+                command=spec.runtime_args(model=model, host="0.0.0.0", port=8000),
                 name=name,
                 labels=spec.labels | {LABEL_INSTANCE: self.instance},
                 detach=True,
                 ports={CONTAINER_PORT: (self.bind_address(), port)},
-                mounts=[Mount(target=MODEL_MOUNT, source=spec.model_path, type="bind", read_only=True)],
+                mounts=[mount],
                 nano_cpus=int(spec.cpus * 1e9),
                 mem_limit=f"{spec.memory_mb}m",
                 device_requests=device_requests or None,
@@ -335,6 +347,21 @@ class DockerDriver(Driver):
                 reason="GPUUnavailable",
             )
         return exc
+
+    def fetch_model(
+        self,
+        fetch: ModelFetch,
+        *,
+        on_progress: Callable[[int, int, float], None],
+        heartbeat: Callable[[], None],
+    ) -> FetchedModel:
+        """Fetch into the model's volume on this host, by a container of the runtime image
+        (``workers.drivers.docker_models``)."""
+        return ModelVolumes(self).fetch(fetch, on_progress=on_progress, heartbeat=heartbeat)
+
+    def evict_models(self, *, limit_bytes: int, keep: str, last_used: Mapping[str, float]) -> ContentHashes:
+        """Remove this instance's unused model volumes beyond ``limit_bytes``, least recently used first."""
+        return ModelVolumes(self).evict(limit_bytes=limit_bytes, keep=keep, last_used=last_used)
 
     def remove(self, backend_id: str) -> None:
         try:

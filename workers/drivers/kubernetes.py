@@ -10,6 +10,10 @@ built as the client's model objects (``V1Deployment``...), never as loose dicts.
 The replica's bearer token lives in a Secret of the same name (``build_secret``) that the pod
 takes ``HANGAR_RUNTIME_TOKEN`` from, so no manifest the driver writes holds it in plain text;
 the pod template carries a digest of it, so a new token (``SECRET_KEY`` rotated) rolls the pods.
+A model from ``s3://`` or ``hf://`` is fetched by each pod's init container (``fetch-model``: the
+runtime image's ``python -m workers.runtime.fetch``) into an ``emptyDir``, or into the node's cache
+directory when the target names one, and the runtime mounts it read-only; the fetch's plan and the
+tenant's credential are two more keys of the same Secret, mounted for the init container alone.
 
 Updates are ``replace`` calls carrying the ``resourceVersion`` just read: a concurrent writer
 makes them fail with 409, and the driver reads again and retries once. The gateway reaches
@@ -62,6 +66,11 @@ MODEL_MOUNT = "/model"
 SPEC_HASH = "hangar.spec-hash"
 TOKEN_DIGEST = "hangar.token-digest"
 TOKEN_KEY = "token"  # the key in the Secret's data
+FETCH_PLAN_KEY = "fetch-plan.json"  # the Secret's keys for the fetch init container
+FETCH_CREDENTIALS_KEY = "fetch-credentials.json"
+FETCH_INPUT = "/run/hangar-fetch"
+FETCH_CACHE = "/cache"
+MODEL_HASH = "hangar.model-hash"
 RUNTIME_UID = 10001
 GPU_RESOURCE = "nvidia.com/gpu"
 STARTUP_BUDGET_S = 600  # model loading: the startup probe allows this long before liveness counts
@@ -123,7 +132,10 @@ def _quantity_cpu(cpus: float) -> str:
 
 
 def model_volume(spec: ReplicaSpec, config: dict[str, Any]) -> k8s.V1Volume:
-    """The model directory as a volume: a hostPath on the node (default) or a PVC."""
+    """The model directory as a volume: a hostPath on the node (default) or a PVC; for a model
+    the pod fetches, the cache it fetches into (``fetch_cache_volume``)."""
+    if spec.model_fetch is not None:
+        return fetch_cache_volume(config)
     if config.get("type") == "pvc":
         return k8s.V1Volume(
             name="model",
@@ -133,6 +145,75 @@ def model_volume(spec: ReplicaSpec, config: dict[str, Any]) -> k8s.V1Volume:
         )
     return k8s.V1Volume(
         name="model", host_path=k8s.V1HostPathVolumeSource(path=config.get("path") or spec.model_path, type="Directory")
+    )
+
+
+def fetch_cache_volume(config: dict[str, Any]) -> k8s.V1Volume:
+    """Where a pod's init container fetches the model: the node's cache directory when the target
+    names one (``model_volume.cachePath``, shared by the pods on that node, which must exist and be
+    writable by the runtime's user), else an ``emptyDir`` of the pod's own."""
+    cache_path = config.get("cachePath")
+    if cache_path:
+        return k8s.V1Volume(name="model", host_path=k8s.V1HostPathVolumeSource(path=cache_path, type="Directory"))
+    return k8s.V1Volume(name="model", empty_dir=k8s.V1EmptyDirVolumeSource())
+
+
+def fetch_init_container(spec: ReplicaSpec, *, image: str) -> k8s.V1Container:
+    """The init container that fetches and verifies the model (``python -m workers.runtime.fetch``)
+    before the runtime starts: its plan and the tenant's credential come from the deployment's
+    Secret, mounted for it alone; nothing of it is in the command line."""
+    assert spec.model_fetch is not None
+    return k8s.V1Container(
+        name="fetch-model",
+        image=image,
+        image_pull_policy="IfNotPresent",
+        command=["python", "-m", "workers.runtime.fetch"],
+        args=[
+            "--plan",
+            f"{FETCH_INPUT}/plan.json",
+            "--credentials",
+            f"{FETCH_INPUT}/credentials.json",
+            "--cache",
+            FETCH_CACHE,
+            "--limit-bytes",
+            str(spec.model_fetch.cache_limit_bytes),
+            "--termination-log",
+            "/dev/termination-log",
+        ],
+        termination_message_policy="FallbackToLogsOnError",
+        resources=k8s.V1ResourceRequirements(
+            requests={"cpu": "250m", "memory": "256Mi"}, limits={"cpu": "1", "memory": "1Gi"}
+        ),
+        volume_mounts=[
+            k8s.V1VolumeMount(name="model", mount_path=FETCH_CACHE),
+            k8s.V1VolumeMount(name="fetch-input", mount_path=FETCH_INPUT, read_only=True),
+        ],
+        security_context=_security_context(),
+    )
+
+
+def fetch_input_volume(spec: ReplicaSpec) -> k8s.V1Volume:
+    """The plan and credentials, from the deployment's Secret, for the init container."""
+    return k8s.V1Volume(
+        name="fetch-input",
+        secret=k8s.V1SecretVolumeSource(
+            secret_name=resource_name(spec),
+            items=[
+                k8s.V1KeyToPath(key=FETCH_PLAN_KEY, path="plan.json"),
+                k8s.V1KeyToPath(key=FETCH_CREDENTIALS_KEY, path="credentials.json"),
+            ],
+            default_mode=0o400,
+        ),
+    )
+
+
+def _security_context() -> k8s.V1SecurityContext:
+    return k8s.V1SecurityContext(
+        run_as_non_root=True,
+        run_as_user=RUNTIME_UID,
+        run_as_group=RUNTIME_UID,
+        allow_privilege_escalation=False,
+        capabilities=k8s.V1Capabilities(drop=["ALL"]),
     )
 
 
@@ -237,20 +318,27 @@ def build_deployment(
         resources=k8s.V1ResourceRequirements(
             requests={"cpu": _quantity_cpu(spec.cpus), "memory": f"{spec.memory_mb}Mi"}, limits=limits
         ),
-        volume_mounts=[k8s.V1VolumeMount(name="model", mount_path=MODEL_MOUNT, read_only=True)],
+        volume_mounts=[
+            k8s.V1VolumeMount(
+                name="model",
+                mount_path=MODEL_MOUNT,
+                read_only=True,
+                sub_path=f"models/{spec.model_fetch.content_hash}" if spec.model_fetch is not None else None,
+            )
+        ],
         startup_probe=k8s.V1Probe(
             http_get=probe_action, period_seconds=2, failure_threshold=STARTUP_BUDGET_S // 2, timeout_seconds=2
         ),
         readiness_probe=k8s.V1Probe(http_get=probe_action, period_seconds=2, failure_threshold=3, timeout_seconds=2),
         liveness_probe=k8s.V1Probe(http_get=probe_action, period_seconds=10, failure_threshold=3, timeout_seconds=5),
-        security_context=k8s.V1SecurityContext(
-            run_as_non_root=True,
-            run_as_user=RUNTIME_UID,
-            run_as_group=RUNTIME_UID,
-            allow_privilege_escalation=False,
-            capabilities=k8s.V1Capabilities(drop=["ALL"]),
-        ),
+        security_context=_security_context(),
     )
+    init_containers = None
+    volumes = [model_volume(spec, volume)]
+    if spec.model_fetch is not None:
+        init_containers = [fetch_init_container(spec, image=image)]
+        volumes.append(fetch_input_volume(spec))
+        pod_annotations[MODEL_HASH] = spec.model_fetch.content_hash
     tolerations = [
         k8s.V1Toleration(
             key=t.get("key"),
@@ -275,8 +363,9 @@ def build_deployment(
             template=k8s.V1PodTemplateSpec(
                 metadata=k8s.V1ObjectMeta(labels=pod_labels, annotations=pod_annotations or None),
                 spec=k8s.V1PodSpec(
+                    init_containers=init_containers,
                     containers=[container],
-                    volumes=[model_volume(spec, volume)],
+                    volumes=volumes,
                     node_selector=spec.node_selector or None,
                     tolerations=tolerations or None,
                     termination_grace_period_seconds=30,
@@ -310,8 +399,13 @@ def build_service(spec: ReplicaSpec, *, namespace: str) -> k8s.V1Service:
 
 
 def build_secret(spec: ReplicaSpec, *, namespace: str) -> k8s.V1Secret:
-    """The Secret holding the replica token that the pods of ``spec`` require."""
+    """The Secret holding the replica token that the pods of ``spec`` require and, for a model the
+    pods fetch, the fetch's plan and the tenant's credential for it."""
     selector = _selector(spec.instance, spec.deployment_id)
+    values = {TOKEN_KEY: spec.token} if spec.token else {}
+    if spec.model_fetch is not None:
+        values[FETCH_PLAN_KEY] = spec.model_fetch.plan
+        values[FETCH_CREDENTIALS_KEY] = spec.model_fetch.credentials or "{}"
     return k8s.V1Secret(
         api_version="v1",
         kind="Secret",
@@ -319,7 +413,7 @@ def build_secret(spec: ReplicaSpec, *, namespace: str) -> k8s.V1Secret:
             name=resource_name(spec), namespace=namespace, labels={**selector, LABEL_TENANT: str(spec.tenant_id)}
         ),
         type="Opaque",
-        data={TOKEN_KEY: base64.b64encode(spec.token.encode()).decode("ascii")},
+        data={key: base64.b64encode(value.encode()).decode("ascii") for key, value in values.items()},
     )
 
 
@@ -449,7 +543,7 @@ class KubernetesDriver(Driver):
     # ------------------------------------------------------------------ group interface
 
     def apply(self, spec: ReplicaSpec, replicas: int) -> None:
-        if spec.token:  # before the pods that read it
+        if spec.token or spec.model_fetch is not None:  # before the pods that read it
             secret = build_secret(spec, namespace=self.namespace)
             self._upsert(
                 secret,
@@ -562,6 +656,9 @@ class KubernetesDriver(Driver):
             waiting = cs.state.waiting if cs.state else None
             if waiting and waiting.reason:
                 detail = f"{waiting.reason}: {waiting.message or ''}".strip(": ")
+        fetch_trouble = _init_trouble(pod)
+        if fetch_trouble:
+            detail, restarts = fetch_trouble
         for condition in (pod.status.conditions or []) if pod.status and not detail else []:
             if condition.type == "PodScheduled" and condition.status == "False":  # the scheduler's verdict
                 detail = f"{condition.reason or 'Unschedulable'}: {condition.message or ''}".strip(": ")
@@ -740,6 +837,26 @@ class PodWatch:
             self.known[name] = (deployment_id, self.resource_version)
         if deployment_id:
             nudge(deployment_id)
+
+
+def _init_trouble(pod: Any) -> tuple[str, int] | None:
+    """(detail, restarts) of a pod whose model fetch (the init container) fails, with what the
+    fetch wrote as its termination message (``workers.runtime.fetch``: reason and message)."""
+    for cs in (pod.status.init_container_statuses or []) if pod.status else []:
+        waiting = cs.state.waiting if cs.state else None
+        ended = (cs.state.terminated if cs.state else None) or (cs.last_state.terminated if cs.last_state else None)
+        failed = ended is not None and (ended.exit_code or 0) != 0
+        if not failed and not (waiting and waiting.reason and waiting.reason != "PodInitializing"):
+            continue
+        reason = waiting.reason if waiting and waiting.reason else "Error"
+        if not failed or ended is None:  # waiting for its image, say
+            return f"{reason}: {waiting.message if waiting else ''}".strip(": "), cs.restart_count or 0
+        said = "".join(c for c in str(ended.message or "") if c.isprintable()).strip()[:300]
+        return (
+            f"{reason}: the model fetch failed (exit code {ended.exit_code}): {said or 'no message'}",
+            cs.restart_count or 0,
+        )
+    return None
 
 
 def _deployment_of(labels: Any) -> int:

@@ -17,7 +17,8 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-from controlplane.catalog.store.resolvers import RemoteFile, Resolver, SourceError
+from workers.runtime.store.manifest import manifest_hash
+from workers.runtime.store.resolvers import RemoteFile, Resolver, SourceError
 
 MAX_HEADER_BYTES = 100 * 1024 * 1024
 MAX_SMALL_FILE = 16 * 1024 * 1024
@@ -41,17 +42,6 @@ class ModelInfo:
     problems: list[str] = field(default_factory=list)
     manifest: list[dict[str, Any]] = field(default_factory=list)
     content_hash: str = ""
-
-
-def manifest_hash(manifest: list[dict[str, Any]]) -> str:
-    """The content hash of a manifest: sha256 of its canonical JSON (names, sizes, sha256s)."""
-    canonical = json.dumps(
-        sorted(
-            ({"name": f["name"], "size": f["size"], "sha256": f["sha256"]} for f in manifest), key=lambda f: f["name"]
-        ),
-        separators=(",", ":"),
-    )
-    return hashlib.sha256(canonical.encode()).hexdigest()
 
 
 def _suffix(name: str) -> str:

@@ -112,7 +112,7 @@ class TestS3Source:
 
     def test_a_key_missing_since_listing_fails_the_read(self, s3: S3Server, tmp_path: Path) -> None:
         """A key listed but gone when read (deleted in between) is the resolver's SourceNotFound."""
-        from controlplane.catalog.store.resolvers import S3Access, S3Resolver, SourceError
+        from workers.runtime.store.resolvers import S3Access, S3Resolver, SourceError
 
         s3.client().put_object(Bucket="models", Key="gone/config.json", Body=b"{}")
         resolver = S3Resolver(

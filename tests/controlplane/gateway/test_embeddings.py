@@ -147,7 +147,7 @@ def test_embeddings_need_the_scope_and_obey_limits(gateway, embedding_runtime, m
 
 def test_registering_a_sentence_transformers_directory_marks_it_embed(tmp_path: Path) -> None:
     from controlplane.catalog.store.metadata import inspect_source
-    from controlplane.catalog.store.resolvers import FileResolver
+    from workers.runtime.store.resolvers import FileResolver
 
     info = inspect_source(FileResolver(build_tiny_embedding_model(tmp_path / "m")))
     assert (info.task, info.pooling, info.random_weights) == ("embed", "mean", True)

@@ -12,16 +12,17 @@ import kubernetes_validate
 import pytest
 from kubernetes import client as k8s
 
+from controlplane.catalog import services as catalog
 from controlplane.core.context import SYSTEM
 from controlplane.deployments import services
 from controlplane.deployments.choices import Phase
 from controlplane.deployments.models import Deployment, DeploymentEvent, Replica
 from controlplane.deployments.replica_auth import replica_token
-from tests.factories import DeploymentFactory
+from tests.factories import DeploymentFactory, ModelFactory, TargetFactory, TenantFactory
 from tests.workers.k8s_fake import FakeCluster
 from workers import reconciler
 from workers.drivers import instance_name
-from workers.drivers.base import ReplicaSpec
+from workers.drivers.base import ModelFetch, ReplicaSpec
 from workers.drivers.kubernetes import (
     KubernetesDriver,
     build_deployment,
@@ -30,6 +31,7 @@ from workers.drivers.kubernetes import (
     name_prefix,
     resource_name,
 )
+from workers.runtime.store.manifest import manifest_hash
 
 K8S_SCHEMA_VERSION = "1.37"  # the newest schema kubernetes-validate ships
 
@@ -325,3 +327,175 @@ def test_api_errors_map_to_failed_or_degraded(cluster: FakeCluster, k8s_run: Any
     outcome = k8s_run(deployment)
     assert outcome.temporary_error and deployment.phase == Phase.DEGRADED
     assert "unreachable" in deployment.phase_message
+
+
+# ----------------------------------------------------------------------------- a model the pods fetch
+
+FETCH_HASH = "c" * 64
+FETCH_PLAN = json.dumps({"source": "s3://weights/tiny", "content_hash": FETCH_HASH, "manifest": []})
+FETCH_SECRET = "tenant-s3-secret-value-0123456789"
+
+
+def fetch_spec(limit: int = 0, **overrides: Any) -> ReplicaSpec:
+    fetch = ModelFetch(
+        content_hash=FETCH_HASH,
+        plan=FETCH_PLAN,
+        credentials=json.dumps({"access_key_id": "AKIA0", "secret_access_key": FETCH_SECRET}),
+        cache_limit_bytes=limit,
+    )
+    return spec(model_path="", model_fetch=fetch, token="t0ken", **overrides)
+
+
+@pytest.mark.parametrize("volume", [{}, {"cachePath": "/var/lib/hangar/model-cache"}])
+def test_pods_of_a_remote_model_fetch_it_in_an_init_container(volume: dict[str, Any]) -> None:
+    replica = fetch_spec(limit=10 * 1024**3 if volume else 0)
+    deployment = serialize(
+        build_deployment(replica, replicas=2, namespace="serving", image="hangar-runtime:latest", volume=volume)
+    )
+    secret = serialize(build_secret(replica, namespace="serving"))
+    # The shipped manifests, init container included, are what the API server would accept.
+    for manifest in (deployment, secret):
+        kubernetes_validate.validate(manifest, K8S_SCHEMA_VERSION, strict=True)
+
+    pod = deployment["spec"]["template"]["spec"]
+    [init] = pod["initContainers"]
+    assert init["name"] == "fetch-model" and init["image"] == "hangar-runtime:latest"
+    assert init["command"] == ["python", "-m", "workers.runtime.fetch"]
+    assert init["args"] == [
+        "--plan",
+        "/run/hangar-fetch/plan.json",
+        "--credentials",
+        "/run/hangar-fetch/credentials.json",
+        "--cache",
+        "/cache",
+        "--limit-bytes",
+        str(replica.model_fetch.cache_limit_bytes),
+        "--termination-log",
+        "/dev/termination-log",
+    ]
+    assert "env" not in init  # nothing of the plan or the credential in the pod's spec
+    assert init["volumeMounts"] == [
+        {"name": "model", "mountPath": "/cache"},
+        {"name": "fetch-input", "mountPath": "/run/hangar-fetch", "readOnly": True},
+    ]
+    assert init["securityContext"]["runAsNonRoot"] is True and init["securityContext"]["runAsUser"] == 10001
+    [container] = pod["containers"]
+    # The runtime reads the verified model read-only, and never sees the fetch's input.
+    assert container["volumeMounts"] == [
+        {"name": "model", "mountPath": "/model", "readOnly": True, "subPath": f"models/{FETCH_HASH}"}
+    ]
+    assert container["args"][:2] == ["--model", "/model"]
+    volumes = {v["name"]: v for v in pod["volumes"]}
+    if volume:
+        assert volumes["model"] == {"name": "model", "hostPath": {"path": volume["cachePath"], "type": "Directory"}}
+    else:
+        assert volumes["model"] == {"name": "model", "emptyDir": {}}
+    assert volumes["fetch-input"]["secret"] == {
+        "secretName": deployment["metadata"]["name"],
+        "items": [
+            {"key": "fetch-plan.json", "path": "plan.json"},
+            {"key": "fetch-credentials.json", "path": "credentials.json"},
+        ],
+        "defaultMode": 0o400,
+    }
+    assert FETCH_SECRET not in json.dumps(deployment)
+    assert deployment["spec"]["template"]["metadata"]["annotations"]["hangar.model-hash"] == FETCH_HASH
+    data = {key: base64.b64decode(value).decode() for key, value in secret["data"].items()}
+    assert data["fetch-plan.json"] == FETCH_PLAN
+    assert json.loads(data["fetch-credentials.json"])["secret_access_key"] == FETCH_SECRET
+    assert data["token"] == "t0ken"
+
+
+@pytest.fixture
+def s3_model(db: Any) -> Any:
+    tenant = TenantFactory()
+    credential = catalog.source_credential_create(
+        actor=SYSTEM,
+        tenant=tenant,
+        name="minio",
+        kind="s3",
+        region="eu-west-1",
+        secret={"access_key_id": "AKIA1", "secret_access_key": FETCH_SECRET},
+    )
+    manifest = [{"name": "config.json", "size": 2, "sha256": "d" * 64}]
+    return ModelFactory(
+        tenant=tenant,
+        source="s3://weights/tiny",
+        credential=credential,
+        manifest=manifest,
+        content_hash=manifest_hash(manifest),
+    )
+
+
+@pytest.mark.django_db
+def test_reconcile_a_remote_model_creates_the_fetch_secret_and_deletes_it_with_the_deployment(
+    cluster: FakeCluster, k8s_run: Any, s3_model: Any
+) -> None:
+    target = TargetFactory(tenant=s3_model.tenant, kind="kubernetes", kube_namespace="serving")
+    deployment = DeploymentFactory(tenant=s3_model.tenant, model=s3_model, target=target, replicas=2)
+    k8s_run(deployment)
+    [body] = [c[1][1] for c in cluster.calls if c[0] == "create_namespaced_deployment"]
+    [secret] = cluster.secrets.values()
+    plan = json.loads(base64.b64decode(secret.data["fetch-plan.json"]))
+    assert plan == {
+        "source": "s3://weights/tiny",
+        "content_hash": s3_model.content_hash,
+        "manifest": s3_model.manifest,
+        "endpoint_url": "",
+        "region": "eu-west-1",
+    }
+    assert json.loads(base64.b64decode(secret.data["fetch-credentials.json"])) == {
+        "access_key_id": "AKIA1",
+        "secret_access_key": FETCH_SECRET,
+    }
+    assert [c.name for c in body.spec.template.spec.init_containers] == ["fetch-model"]
+    assert FETCH_SECRET not in json.dumps(serialize(body))
+
+    services.deployment_delete(actor=SYSTEM, deployment=deployment)
+    k8s_run(deployment)
+    assert not cluster.deployments and not cluster.secrets
+
+
+@pytest.mark.django_db
+def test_a_fetch_that_keeps_failing_fails_the_deployment_with_its_message(
+    cluster: FakeCluster, k8s_run: Any, s3_model: Any
+) -> None:
+    target = TargetFactory(tenant=s3_model.tenant, kind="kubernetes", kube_namespace="serving")
+    deployment = DeploymentFactory(tenant=s3_model.tenant, model=s3_model, target=target, replicas=1)
+    k8s_run(deployment)
+    cluster.run_pods("serving", ready=False)
+    [pod] = cluster.pods.values()
+    # What the kubelet reports for an init container that exited 4 and is backing off.
+    pod.status.phase = "Pending"
+    pod.status.init_container_statuses = [
+        k8s.V1ContainerStatus(
+            name="fetch-model",
+            image="hangar-runtime:latest",
+            image_id="",
+            ready=False,
+            restart_count=3,
+            state=k8s.V1ContainerState(
+                waiting=k8s.V1ContainerStateWaiting(reason="CrashLoopBackOff", message="back-off 40s")
+            ),
+            last_state=k8s.V1ContainerState(
+                terminated=k8s.V1ContainerStateTerminated(
+                    exit_code=4, reason="Error", message="SourceAccessDenied: The secret key is wrong."
+                )
+            ),
+        )
+    ]
+    pod.status.container_statuses = [
+        k8s.V1ContainerStatus(
+            name="runtime",
+            image="hangar-runtime:latest",
+            image_id="",
+            ready=False,
+            restart_count=0,
+            state=k8s.V1ContainerState(waiting=k8s.V1ContainerStateWaiting(reason="PodInitializing")),
+        )
+    ]
+    k8s_run(deployment)
+    assert deployment.phase == Phase.FAILED
+    assert "the model fetch failed (exit code 4): SourceAccessDenied: The secret key is wrong." in (
+        deployment.phase_message
+    )

@@ -11,9 +11,10 @@ from pathlib import Path
 
 import pytest
 
-from controlplane.catalog.store.metadata import build_manifest, manifest_hash
-from controlplane.catalog.store.resolvers import FileResolver, SourceError
-from workers.store.cache import ModelCache
+from controlplane.catalog.store.metadata import build_manifest
+from workers.runtime.store.cache import ModelCache
+from workers.runtime.store.manifest import manifest_hash
+from workers.runtime.store.resolvers import FileResolver, SourceError
 
 
 class CountingSource(FileResolver):

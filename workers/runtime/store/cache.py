@@ -7,7 +7,9 @@ where it stopped), checks the sha256 of what arrived and only then moves it into
 corrupted or partial file is fetched again, never served. After each ``ensure`` the least
 recently used models beyond ``limit_bytes`` are evicted (never one locked by a fetch).
 
-Nothing here imports Django: the same code can run in an init container or an entrypoint.
+Nothing here imports Django: the worker runs it for its own node (local targets, a Docker daemon
+on its host), the fetch command (``workers.runtime.fetch``) in a container on a remote Docker
+host or in a Kubernetes init container.
 """
 
 from __future__ import annotations
@@ -24,8 +26,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
 
-from controlplane.catalog.store.metadata import manifest_hash
-from controlplane.catalog.store.resolvers import SourceError, safe_name
+from workers.runtime.store.manifest import manifest_hash
+from workers.runtime.store.resolvers import SourceError, safe_name
 
 HASH_CHUNK = 4 * 1024 * 1024
 PROGRESS_EVERY_S = 0.5
@@ -47,18 +49,34 @@ class EnsureResult:
     evicted: list[str] = field(default_factory=list)  # content hashes
 
 
-def file_sha256(path: Path) -> str:
+class LazySource:
+    """A source made on its first read: a cache that only verifies never opens a connection
+    (nor imports boto3)."""
+
+    def __init__(self, make: Callable[[], Source]) -> None:
+        self.make = make
+        self._source: Source | None = None
+
+    def stream(self, name: str, start: int = 0) -> Iterator[bytes]:
+        if self._source is None:
+            self._source = self.make()
+        return self._source.stream(name, start)
+
+
+def file_sha256(path: Path, on_chunk: Callable[[int], None] | None = None) -> str:
     digest = hashlib.sha256()
     with path.open("rb") as fh:
         while chunk := fh.read(HASH_CHUNK):
             digest.update(chunk)
+            if on_chunk is not None:
+                on_chunk(len(chunk))
     return digest.hexdigest()
 
 
-def _matches(path: Path, entry: dict[str, Any]) -> bool:
+def _matches(path: Path, entry: dict[str, Any], meter: _Meter) -> bool:
     if path.is_symlink() or not path.is_file() or path.stat().st_size != entry["size"]:
         return False
-    return file_sha256(path) == str(entry["sha256"])
+    return file_sha256(path, meter.add) == str(entry["sha256"])
 
 
 class _Meter:
@@ -102,9 +120,18 @@ class ModelCache:
     # ------------------------------------------------------------------ ensure
 
     def ensure(
-        self, content_hash: str, manifest: list[dict[str, Any]], source: Source, on_progress: ProgressFn | None = None
+        self,
+        content_hash: str,
+        manifest: list[dict[str, Any]],
+        source: Source,
+        on_progress: ProgressFn | None = None,
+        on_verify: ProgressFn | None = None,
     ) -> EnsureResult:
-        """The verified directory of the model; fetched (or repaired) first when needed."""
+        """The verified directory of the model; fetched (or repaired) first when needed.
+
+        ``on_progress`` follows the download (bytes fetched of the bytes missing), ``on_verify``
+        the check of what is already there (bytes hashed of the model's size).
+        """
         if len(content_hash) != 64 or manifest_hash(manifest) != content_hash:
             raise SourceError("The model's manifest does not match its content hash.", reason="ManifestMismatch")
         for entry in manifest:
@@ -113,7 +140,8 @@ class ModelCache:
             target = self.path_of(content_hash)
             target.mkdir(exist_ok=True)
             self._remove_strays(target, {entry["name"] for entry in manifest})
-            bad = [entry for entry in manifest if not _matches(target / entry["name"], entry)]
+            checking = _Meter(sum(e["size"] for e in manifest), on_verify)
+            bad = [entry for entry in manifest if not _matches(target / entry["name"], entry, checking)]
             result = EnsureResult(path=target)
             result.repaired = [e["name"] for e in bad if (target / e["name"]).exists()]
             meter = _Meter(sum(e["size"] for e in bad), on_progress)
@@ -122,9 +150,17 @@ class ModelCache:
                 result.fetched.append(entry["name"])
             if bad:
                 meter.add(0, final=True)
-            (self.root / "used" / content_hash).touch()
+            self._mark_used(content_hash)
         result.evicted = self.evict(keep=content_hash)
         return result
+
+    def _mark_used(self, content_hash: str) -> None:
+        """Stamp the model's last use with the clock's full resolution: ``touch`` takes the
+        kernel's coarse time (a few ms), which orders models used in quick succession at random."""
+        used = self.root / "used" / content_hash
+        used.touch()
+        now = time.time_ns()
+        os.utime(used, ns=(now, now))
 
     def _remove_strays(self, target: Path, names: set[str]) -> None:
         """Whatever the manifest does not list (a file dropped in, a symlink) goes."""

@@ -12,12 +12,14 @@ borrow the worker's own cloud identity or hub token.
 from __future__ import annotations
 
 import os
+import re
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 from typing import Any, Protocol
 
 CHUNK = 1024 * 1024
+_COMMIT = re.compile(r"[0-9a-f]{40}")
 MAX_FILES = 10_000
 
 
@@ -241,7 +243,8 @@ class HfResolver:
         self.endpoint = endpoint.rstrip("/") or None
         self.api = HfApi(endpoint=self.endpoint, token=self.token)
         self._files: list[RemoteFile] | None = None
-        self.commit = ""
+        # A pinned source names its commit: a node reads files without asking the hub for it.
+        self.commit = revision if _COMMIT.fullmatch(revision) else ""
 
     def _hub_error(self, exc: Exception) -> SourceError:
         from huggingface_hub import errors
