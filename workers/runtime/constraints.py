@@ -17,13 +17,16 @@ kernels for CPU and CUDA; its 0.2.9 wheel installs beside the pinned torch.
 Limits a client should know: a JSON value can be cut short by ``max_tokens`` (the answer then
 ends with ``finish_reason: "length"``, as OpenAI's does); whitespace between tokens is not
 allowed (``any_whitespace=False``), which keeps a wandering model from padding forever, and
-tokens holding raw control characters are masked too (JSON forbids them inside strings).
+tokens that would write raw control characters or UTF-16 surrogates are masked too (JSON and
+UTF-8 forbid them; see ``TokenRules``).
 """
 
 from __future__ import annotations
 
 import json
+import re
 import threading
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -44,7 +47,7 @@ class GrammarFactory:
     def __init__(self, tokenizer: Any, vocab_size: int, stop_token_ids: list[int]) -> None:
         info = xgr.TokenizerInfo.from_huggingface(tokenizer, vocab_size=vocab_size, stop_token_ids=stop_token_ids)
         self.vocab_size = vocab_size
-        self.keep = _keep_words(_control_tokens(tokenizer, vocab_size, set(stop_token_ids)), vocab_size)
+        self.rules = TokenRules.build(tokenizer, list(info.decoded_vocab), vocab_size, set(stop_token_ids))
         self._compiler = xgr.GrammarCompiler(info, max_threads=1, cache_limit_bytes=64 * 1024 * 1024)
         self._lock = threading.Lock()
 
@@ -58,26 +61,63 @@ class GrammarFactory:
                 compiled = self._compiler.compile_json_schema(text, any_whitespace=False, strict_mode=strict)
         except (RuntimeError, ValueError, TypeError) as exc:
             raise SchemaError(f"the JSON schema cannot be used for constrained decoding: {exc}") from exc
-        return Constraint(compiled, self.keep)
+        return Constraint(compiled, self.rules)
 
     def json_object(self) -> Constraint:
         """A constraint for any JSON object (``response_format: json_object``)."""
         return self.json_schema({"type": "object"}, strict=False)
 
 
+@dataclass(frozen=True)
+class TokenRules:
+    """What JSON forbids and xgrammar 0.2.9 lets through, as bitmask words (xgrammar's layout).
+
+    - Raw control characters (U+0000-U+001F): xgrammar's string rule admits them in strings
+      with ``maxLength``; JSON forbids them unescaped (``json.loads`` and pydantic reject such
+      documents). With ``any_whitespace=False`` they are never needed outside strings either.
+    - UTF-16 surrogates (U+D800-U+DFFF): xgrammar's byte automaton accepts their three-byte
+      encodings ``ED A0..BF xx``, which are not UTF-8; decoded, each became three U+FFFD and a
+      ``maxLength: 3`` string came out five characters long (found by the hypothesis test).
+      Tokens holding such a sequence are masked always; after a token that ends with the lead
+      byte ``ED``, tokens starting with ``A0..BF`` are masked too.
+
+    Stop tokens are kept: they end the document.
+    """
+
+    keep: np.ndarray  # int32 words: every forbidden token's bit cleared
+    keep_after_ed: np.ndarray  # the same, and no token starting with a byte A0..BF
+    ends_in_ed: np.ndarray  # bool per token: its bytes end with the lead byte ED
+
+    @classmethod
+    def build(cls, tokenizer: Any, decoded: list[bytes], vocab_size: int, stop: set[int]) -> TokenRules:
+        decoded = decoded[:vocab_size]
+        forbidden = _control_tokens(tokenizer, vocab_size, stop)
+        forbidden += [t for t, b in enumerate(decoded) if t not in stop and _SURROGATE.search(b)]
+        keep = _keep_words(forbidden, vocab_size)
+        continuations = [t for t, b in enumerate(decoded) if b and 0xA0 <= b[0] <= 0xBF]
+        ends_in_ed = np.zeros(vocab_size, dtype=bool)
+        ends_in_ed[[t for t, b in enumerate(decoded) if b.endswith(b"\xed")]] = True
+        return cls(keep, keep & _keep_words(continuations, vocab_size), ends_in_ed)
+
+
+_SURROGATE = re.compile(rb"\xed[\xa0-\xbf]")
+
+
 class Constraint:
     """One sequence's grammar state. Used only on the model thread once submitted."""
 
-    __slots__ = ("_matcher", "keep")
+    __slots__ = ("_matcher", "_rules", "keep")
 
-    def __init__(self, compiled: xgr.CompiledGrammar, keep: np.ndarray) -> None:
+    def __init__(self, compiled: xgr.CompiledGrammar, rules: TokenRules) -> None:
         self._matcher = xgr.GrammarMatcher(compiled)
-        # Bitmask words with the forbidden tokens' bits cleared (shared by every constraint of
-        # one tokenizer); ANDed into the grammar's mask.
-        self.keep = keep
+        self._rules = rules
+        # Bitmask words ANDed into the grammar's mask for the next token (see TokenRules).
+        self.keep = rules.keep
 
     def accept(self, token: int) -> bool:
         """Advance with the chosen token; False if the grammar rejects it (should not happen)."""
+        rules = self._rules
+        self.keep = rules.keep_after_ed if token < len(rules.ends_in_ed) and rules.ends_in_ed[token] else rules.keep
         return bool(self._matcher.accept_token(token))
 
     @property
@@ -142,13 +182,7 @@ class TokenMasker:
 
 
 def _control_tokens(tokenizer: Any, vocab_size: int, keep: set[int]) -> list[int]:
-    """Ids of tokens whose text holds a raw control character (U+0000-U+001F).
-
-    xgrammar's JSON string rule lets them through, but JSON forbids them unescaped (Python's
-    ``json.loads`` and pydantic reject such documents); with ``any_whitespace=False`` no
-    control character is ever needed outside strings either, so these tokens are masked for
-    every constrained row. Stop tokens are kept: they end the document.
-    """
+    """Ids of tokens whose text holds a raw control character (U+0000-U+001F), but not ``keep``."""
     size = min(vocab_size, len(tokenizer))
     bad = []
     for token in range(size):

@@ -206,6 +206,40 @@ def test_random_json_schemas_always_yield_schema_valid_output(
     jsonschema.validate(json.loads(choice.message.content or ""), schema)
 
 
+def test_strings_never_hold_utf16_surrogates(runtime_server: RuntimeServer) -> None:
+    """Biased towards ED A0..BF, a surrogate's bytes (xgrammar's automaton accepts them), the
+    answer still holds only real characters: the runtime masks what UTF-8 forbids."""
+    import xgrammar as xgr
+    from transformers import AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(_MODEL_DIR[0], local_files_only=True)
+    decoded = list(xgr.TokenizerInfo.from_huggingface(tokenizer).decoded_vocab)
+    lead = [t for t, b in enumerate(decoded) if b == b"\xed"]
+    second = [t for t, b in enumerate(decoded) if len(b) == 1 and 0xA0 <= b[0] <= 0xBF]
+    assert lead and second
+    schema = {
+        "type": "object",
+        "properties": {"a": {"type": "string", "maxLength": 3}},
+        "required": ["a"],
+        "additionalProperties": False,
+    }
+    resp = client(runtime_server).chat.completions.create(
+        model="tiny",
+        messages=MESSAGES,
+        response_format={"type": "json_schema", "json_schema": {"name": "doc", "schema": schema, "strict": True}},
+        max_tokens=40,
+        temperature=0,
+        logit_bias={**{str(t): 100 for t in lead}, **{str(t): 60 for t in second}},
+    )
+    choice = resp.choices[0]
+    content = choice.message.content or ""
+    assert choice.finish_reason == "stop", choice
+    assert "\ufffd" not in content, content
+    document = json.loads(content)
+    jsonschema.validate(document, schema)
+    assert document["a"] and not any(0xD800 <= ord(ch) <= 0xDFFF for ch in document["a"])
+
+
 def test_an_unusable_schema_is_a_400(runtime_server: RuntimeServer) -> None:
     with pytest.raises(openai.BadRequestError) as info:
         client(runtime_server).chat.completions.create(
