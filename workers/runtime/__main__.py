@@ -57,14 +57,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--prefill-tokens",
         type=_positive,
-        default=8192,
+        default=4096,
         help="padded prompt tokens prefilled in one forward pass (bounds the pause a burst of arrivals "
         "imposes on running streams)",
     )
     p.add_argument(
         "--prefill-chunk",
         type=_positive,
-        default=512,
+        default=256,
         help="prompts longer than this are prefilled alone, one chunk of this many tokens per step",
     )
     p.add_argument("--device", default="cpu", help="cpu, cuda or cuda:N")

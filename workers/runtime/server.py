@@ -107,8 +107,8 @@ class ServerConfig:
     max_queue: int = 256
     prefix_cache_mb: int = 256  # 0 disables prefix caching
     max_kv_tokens: int | None = None  # batched cache bound in token slots; None: unbounded
-    prefill_tokens: int = 8192  # padded prompt tokens per prefill pass (engine.PREFILL_TOKEN_BUDGET)
-    prefill_chunk: int = 512  # longer prompts are prefilled in chunks of this size (engine.PREFILL_CHUNK)
+    prefill_tokens: int = 4096  # padded prompt tokens per prefill pass (engine.PREFILL_TOKEN_BUDGET)
+    prefill_chunk: int = 256  # longer prompts are prefilled in chunks of this size (engine.PREFILL_CHUNK)
     drain_timeout: float = 120.0
     threads: int | None = None
     load: LoadOptions = field(default_factory=LoadOptions)

@@ -170,7 +170,7 @@ def test_long_prompt_is_prefilled_in_chunks_while_the_batch_keeps_decoding(
         engine.step()
         long = engine.submit(GenerationRequest(long_ids, max_tokens=10, sampling=GREEDY, ignore_eos=True), "l")
         progress = []
-        for _ in range(3):  # three chunks: 512 + 512 + 100 tokens
+        for _ in range(3):  # three chunks: PREFILL_CHUNK, PREFILL_CHUNK and 100 tokens
             before = len(short.output_ids)
             engine.step()
             progress.append(len(short.output_ids) - before)
