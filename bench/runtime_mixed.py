@@ -27,6 +27,8 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import multiprocessing
+import os
 import random
 import statistics
 import sys
@@ -123,20 +125,89 @@ def bench_static(
     }
 
 
-def bench_generate_batch(model: Any, work: list[tuple[list[int], int]]) -> dict[str, Any]:
-    """transformers' continuous batching, all at once; each request gets its own length if possible."""
-    from transformers import GenerationConfig
+# transformers' paged cache for generate_batch: pages of GB_PAGE tokens, exactly as many as the
+# workload needs (every request's prompt + output, rounded up to pages), so all 64 requests fit at
+# once, as they do in the other contenders. Unset, it takes 60% of the machine's free memory.
+GB_PAGE = 64
+# Tokens per forward pass. Its attention mask is [tokens, cache + tokens] floats: at 8192 that
+# alone was 1.2 GB (peak RSS 1865 MiB, 136 tok/s); 2048 peaked at 880 MiB and ran faster (200
+# tok/s), 1024 at 758 MiB (154 tok/s), all in one quiet-ish hour on the development machine.
+GB_BATCH_TOKENS = 2048
 
-    longest = max(n for _, n in work)
-    config = GenerationConfig(max_new_tokens=longest, do_sample=False, eos_token_id=-1)
-    try:
-        start = time.perf_counter()
-        model.generate_batch(inputs=[p for p, _ in work], generation_config=config, progress_bar=False)
-        elapsed = time.perf_counter() - start
-    except Exception as exc:  # report, don't crash: this API is young and may not run on CPU
-        return {"error": f"{type(exc).__name__}: {exc}"[:200]}
-    # Every request ran to the longest length (one config for all): count the useful tokens only.
-    return {"tok_s": sum(n for _, n in work) / elapsed, "elapsed": elapsed, "note": "all run to the longest length"}
+
+def bench_generate_batch(model_dir: Path, work: list[tuple[list[int], int]], arrivals: list[float]) -> dict[str, Any]:
+    """transformers' continuous batching, in a child process whose peak RSS is the memory figure."""
+    ctx = multiprocessing.get_context("spawn")
+    with ctx.Pool(1) as pool:
+        try:
+            return pool.apply(_generate_batch_child, (str(model_dir), work, arrivals))
+        except Exception as exc:  # report, don't crash: this API is young
+            return {"error": f"{type(exc).__name__}: {exc}"[:300]}
+
+
+def _generate_batch_child(model_dir: str, work: list[tuple[list[int], int]], arrivals: list[float]) -> dict[str, Any]:
+    import threading
+
+    import torch
+    import transformers
+    from transformers import AutoModelForCausalLM, ContinuousBatchingConfig, GenerationConfig
+
+    torch.set_num_threads(1)
+    model = AutoModelForCausalLM.from_pretrained(model_dir, local_files_only=True).eval()
+    blocks = sum(-(-(len(p) + n) // GB_PAGE) for p, n in work)
+    figures: dict[str, Any] = {
+        "transformers": transformers.__version__,
+        "config": {"page_size": GB_PAGE, "num_blocks": blocks, "max_batch_tokens": GB_BATCH_TOKENS},
+        "rss_before": _rss("VmRSS"),
+    }
+    generation = GenerationConfig(do_sample=False, eos_token_id=-1, max_new_tokens=max(n for _, n in work))
+    for name, delays in (("burst", [0.0] * len(work)), ("poisson", arrivals)):
+        cache = ContinuousBatchingConfig(page_size=GB_PAGE, num_blocks=blocks, max_batch_tokens=GB_BATCH_TOKENS)
+        with model.continuous_batching_context_manager(
+            generation_config=generation, continuous_batching_config=cache, block=True, timeout=5
+        ) as manager:
+            sent: dict[str, float] = {}
+            start = time.perf_counter()
+
+            feeder = threading.Thread(target=_feed, args=(manager, work, delays, start, sent))
+            feeder.start()
+            results: dict[str, Any] = {}
+            while len(results) < len(work):
+                result = manager.get_result(timeout=1)
+                if result is not None and result.is_finished():
+                    results[result.request_id] = result
+                elif result is None and not manager.is_running():
+                    raise RuntimeError("generate_batch's thread stopped")
+            feeder.join()
+        errors = [r.error for r in results.values() if r.error]
+        if errors:
+            raise RuntimeError(errors[0])
+        tokens = sum(len(r.generated_tokens) for r in results.values())
+        if tokens != sum(n for _, n in work):
+            raise RuntimeError(f"generate_batch produced {tokens} tokens, expected {sum(n for _, n in work)}")
+        elapsed = max(r.timestamps[-1] for r in results.values()) - start
+        ttft = [r.timestamps[0] - sent[rid] for rid, r in results.items()]
+        figures[name] = {"tok_s": tokens / elapsed, "ttft_p50": statistics.median(ttft), "elapsed": elapsed}
+    figures["peak_rss"] = _rss("VmHWM")
+    return figures
+
+
+def _feed(
+    manager: Any, work: list[tuple[list[int], int]], delays: list[float], start: float, sent: dict[str, float]
+) -> None:
+    """Hand the requests to generate_batch's manager at their arrival times."""
+    for i, (prompt, n) in enumerate(work):
+        time.sleep(max(0.0, start + delays[i] - time.perf_counter()))
+        sent[f"r{i}"] = time.perf_counter()
+        manager.add_request(prompt, request_id=f"r{i}", max_new_tokens=n, record_timestamps=True, eos_token_id=-1)
+
+
+def _rss(field: str) -> int:
+    """Bytes of this process's resident set (VmRSS) or its peak (VmHWM), from /proc."""
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith(field + ":"):
+            return int(line.split()[1]) * 1024
+    return 0
 
 
 # ------------------------------------------------------------------ runtime over HTTP
@@ -173,7 +244,9 @@ async def _stream(url: str, body: dict[str, Any], delay: float, path: str = "/v1
         if line.startswith("data: {") and '"usage":{' in line:
             usage = json.loads(line[6:])["usage"]
     assert usage is not None
-    return {"sent": sent, "ttft": (first or done) - sent, "done": done, "tokens": usage["completion_tokens"]}
+    tokens = usage["completion_tokens"]
+    tpot = (done - first) / (tokens - 1) if first and tokens > 1 else None
+    return {"sent": sent, "ttft": (first or done) - sent, "done": done, "tokens": tokens, "tpot": tpot}
 
 
 def run_streams(
@@ -186,7 +259,15 @@ def run_streams(
     results = asyncio.run(run())
     elapsed = max(r["done"] for r in results) - start
     tokens = sum(r["tokens"] for r in results)
-    return {"tok_s": tokens / elapsed, "ttft_p50": statistics.median(r["ttft"] for r in results), "elapsed": elapsed}
+    tpots = [r["tpot"] for r in results if r["tpot"] is not None]
+    return {
+        "tok_s": tokens / elapsed,
+        "ttft_p50": statistics.median(r["ttft"] for r in results),
+        "ttft_p90": statistics.quantiles([r["ttft"] for r in results], n=10)[-1] if len(results) > 1 else 0.0,
+        "tpot_p50": statistics.median(tpots) if tpots else None,  # seconds per token after the first
+        "elapsed": elapsed,
+        "tokens_each": [r["tokens"] for r in results],
+    }
 
 
 def bench_hangar_mixed(url: str, work: list[tuple[list[int], int]], arrivals: list[float]) -> dict[str, Any]:
@@ -221,10 +302,17 @@ def bench_shared_prompt(url: str, tokenizer: Any) -> dict[str, Any]:
     return run_streams(url, bodies, [0.0] * len(bodies), "/v1/chat/completions")
 
 
+# At least 8 notes of 8 characters or more: answers of about 100-200 tokens, so that a run is
+# mostly decode steps (where the mask is paid) rather than prefill and HTTP.
 SCHEMA = {
     "type": "object",
     "properties": {
-        "notes": {"type": "array", "items": {"type": "string", "maxLength": 24}, "maxItems": 12},
+        "notes": {
+            "type": "array",
+            "items": {"type": "string", "minLength": 8, "maxLength": 24},
+            "minItems": 8,
+            "maxItems": 12,
+        },
         "count": {"type": "integer", "minimum": 0, "maximum": 1000},
     },
     "required": ["notes", "count"],
@@ -232,23 +320,204 @@ SCHEMA = {
 }
 
 
-def bench_constrained(url: str) -> dict[str, Any]:
+MAX_TOKENS = 400  # above what the schema needs in practice (a cut answer would still be matched)
+
+
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU time of a process so far, from /proc (all its threads)."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def bench_constrained(server: Server, repeat: int) -> dict[str, Any]:
+    """Tokens/s with the JSON schema vs free text producing the same number of tokens per request.
+
+    A constrained answer ends when its JSON document is complete, so the free run asks each
+    request for exactly as many tokens as its constrained twin produced (``max_tokens`` = that
+    length, EOS ignored): same prompts, same batch, same tokens; the only difference is the
+    grammar. The first version of this benchmark gave both runs the same ``max_tokens`` (96):
+    the free answers all ran to 96 tokens while the constrained ones stopped after 20-40, so it
+    also measured a prefill spread over fewer tokens and a batch emptying early, which are not
+    the mask's cost. The schema is compiled by one warm-up request first (a replica compiles a
+    schema once, then caches it). Rounds alternate which run goes first.
+    """
     base = [
         {
             "messages": [{"role": "user", "content": f"Notes on harbor {i}"}],
-            "max_tokens": 96,
+            "max_tokens": MAX_TOKENS,
             "temperature": 1.0,
             "seed": i,
         }
         for i in range(32)
     ]
     fmt = {"type": "json_schema", "json_schema": {"name": "notes", "schema": SCHEMA, "strict": True}}
-    plain = run_streams(url, [{**b, "ignore_eos": True} for b in base], [0.0] * 32, "/v1/chat/completions")
-    constrained = run_streams(url, [{**b, "response_format": fmt} for b in base], [0.0] * 32, "/v1/chat/completions")
-    return {"plain": plain, "constrained": constrained}
+    chat = "/v1/chat/completions"
+    url, pid = server.url, server.proc.pid
+    constrained_bodies = [{**b, "response_format": fmt} for b in base]
+    run_streams(url, constrained_bodies[:1], [0.0], chat)  # compiles the schema
+    rounds: list[dict[str, Any]] = []
+    lengths: list[int] = []
+    for i in range(repeat):
+        one: dict[str, Any] = {}
+        order = ["constrained", "matched"] if i % 2 == 0 or not lengths else ["matched", "constrained"]
+        for name in order:
+            cpu = cpu_seconds(pid)
+            if name == "constrained":
+                one[name] = run_streams(url, constrained_bodies, [0.0] * 32, chat)
+                lengths = one[name]["tokens_each"]
+            else:
+                matched = [{**b, "max_tokens": n, "ignore_eos": True} for b, n in zip(base, lengths, strict=True)]
+                one[name] = run_streams(url, matched, [0.0] * 32, chat)
+            one[name]["cpu_ms_per_token"] = (cpu_seconds(pid) - cpu) * 1000 / sum(one[name]["tokens_each"])
+        one["slower"] = 1 - one["constrained"]["tok_s"] / one["matched"]["tok_s"]
+        one["cpu_more"] = one["constrained"]["cpu_ms_per_token"] / one["matched"]["cpu_ms_per_token"] - 1
+        rounds.append(one)
+        print(
+            f"constrained round {i + 1}: {one['constrained']['tok_s']:.0f} tok/s with the schema, "
+            f"{one['matched']['tok_s']:.0f} free (same lengths): {one['slower'] * 100:.1f}% slower; CPU "
+            f"{one['constrained']['cpu_ms_per_token']:.3f} vs {one['matched']['cpu_ms_per_token']:.3f} ms/token: "
+            f"{one['cpu_more'] * 100:+.1f}%",
+            file=sys.stderr,
+            flush=True,
+        )
+
+    def median(key: str, sub: str | None = None) -> float:
+        return statistics.median(r[key][sub] if sub else r[key] for r in rounds)
+
+    return {
+        "rounds": len(rounds),
+        "constrained_tok_s": median("constrained", "tok_s"),
+        "matched_tok_s": median("matched", "tok_s"),
+        "slower": median("slower"),
+        "constrained_cpu_ms_per_token": median("constrained", "cpu_ms_per_token"),
+        "matched_cpu_ms_per_token": median("matched", "cpu_ms_per_token"),
+        "cpu_more": median("cpu_more"),
+        "tokens": sum(rounds[-1]["constrained"]["tokens_each"]),
+        "each": [(r["slower"], r["cpu_more"]) for r in rounds],
+    }
+
+
+def bench_constrained_engine(model_dir: Path, repeat: int) -> dict[str, Any]:
+    """The same comparison without HTTP: the engine in this process, CPU seconds of this thread.
+
+    ``Engine.generate`` runs the 32 requests on the calling thread, so ``time.thread_time`` is
+    the scheduler's own CPU time (model, sampling, masks), untouched by the HTTP side and only
+    slightly by other processes: the steadiest figure of the mask's cost on a shared machine.
+    """
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from workers.runtime.constraints import GrammarFactory
+    from workers.runtime.engine import Engine, GenerationRequest
+    from workers.runtime.sampling import SamplingParams
+
+    tokenizer = AutoTokenizer.from_pretrained(str(model_dir), local_files_only=True)
+    model = AutoModelForCausalLM.from_pretrained(str(model_dir), local_files_only=True).eval()
+    eos = [tokenizer.eos_token_id]
+    factory = GrammarFactory(tokenizer, int(model.config.vocab_size), eos)
+    engine = Engine(model, tokenizer, max_batch_size=64, eos_token_ids=eos)
+    engine.warmup()
+    prompts = [
+        tokenizer.encode(
+            tokenizer.apply_chat_template(
+                [{"role": "user", "content": f"Notes on harbor {i}"}], tokenize=False, add_generation_prompt=True
+            ),
+            add_special_tokens=False,
+        )
+        for i in range(32)
+    ]
+
+    def run(lengths: list[int] | None) -> tuple[list[int], float]:
+        requests = [
+            GenerationRequest(
+                prompt,
+                max_tokens=lengths[i] if lengths else MAX_TOKENS,
+                sampling=SamplingParams(temperature=1.0, seed=i),
+                ignore_eos=lengths is not None,
+                constraint=None if lengths else factory.json_schema(SCHEMA, strict=True),
+            )
+            for i, prompt in enumerate(prompts)
+        ]
+        start = time.thread_time()
+        results = engine.generate(requests)
+        return [len(ids) for ids, _ in results], time.thread_time() - start
+
+    ratios, per_token = [], []
+    with torch.inference_mode():
+        lengths, _ = run(None)  # warm-up: compiles the schema
+        for i in range(repeat):
+            if i % 2:
+                _, free = run(lengths)
+                lengths, constrained = run(None)
+            else:
+                lengths, constrained = run(None)
+                _, free = run(lengths)
+            tokens = sum(lengths)
+            ratios.append(constrained / free - 1)
+            per_token.append((constrained * 1000 / tokens, free * 1000 / tokens))
+            print(
+                f"constrained engine round {i + 1}: {per_token[-1][0]:.3f} vs {per_token[-1][1]:.3f} CPU ms/token: "
+                f"{ratios[-1] * 100:+.1f}%",
+                file=sys.stderr,
+                flush=True,
+            )
+    return {
+        "rounds": repeat,
+        "constrained_cpu_ms_per_token": statistics.median(c for c, _ in per_token),
+        "free_cpu_ms_per_token": statistics.median(f for _, f in per_token),
+        "cpu_more": statistics.median(ratios),
+        "each": ratios,
+    }
+
+
+# Scheduling settings tried on the mixed workload (``--only scheduling``): the runtime's flags.
+SCHEDULES: dict[str, list[str]] = {
+    "prefill 8192 / chunk 512 (default before)": ["--prefill-tokens", "8192", "--prefill-chunk", "512"],
+    "prefill 2048 / chunk 512": ["--prefill-tokens", "2048", "--prefill-chunk", "512"],
+    "prefill 4096 / chunk 256 (default)": ["--prefill-tokens", "4096", "--prefill-chunk", "256"],
+    "prefill 8192 / chunk 256": ["--prefill-tokens", "8192", "--prefill-chunk", "256"],
+    "prefill 16384 / chunk 512": ["--prefill-tokens", "16384", "--prefill-chunk", "512"],
+}
+
+
+def bench_scheduling(
+    model_dir: Path, work: list[tuple[list[int], int]], arrivals: list[float], repeat: int
+) -> dict[str, Any]:
+    """The mixed workload against each setting; rounds go through the settings in turn (medians)."""
+    runs: dict[str, list[dict[str, Any]]] = {name: [] for name in SCHEDULES}
+    for i in range(repeat):
+        for name, flags in SCHEDULES.items():
+            with Server(model_dir, "--max-batch-size", "64", *flags) as server:
+                runs[name].append(bench_hangar_mixed(server.url, work, arrivals))
+            print(
+                f"scheduling round {i + 1}, {name}: {json.dumps(_brief(runs[name][-1]))}", file=sys.stderr, flush=True
+            )
+    out: dict[str, Any] = {}
+    keys = ("tok_s", "ttft_p50", "ttft_p90", "tpot_p50")
+    for name, results in runs.items():
+        out[name] = {
+            mode: {key: statistics.median(r[mode][key] for r in results) for key in keys}
+            for mode in ("burst", "poisson")
+        }
+    return out
+
+
+def _brief(figures: dict[str, Any]) -> dict[str, Any]:
+    """Figures without the per-request lists, rounded, for progress lines."""
+    if not isinstance(figures, dict):
+        return figures
+    return {
+        k: (round(v, 4) if isinstance(v, float) else _brief(v))
+        for k, v in figures.items()
+        if k not in ("tokens_each", "each")
+    }
 
 
 # ------------------------------------------------------------------ main
+
+
+PARTS = ("mixed", "generate-batch", "shared", "constrained", "scheduling")
+DEFAULT_PARTS = ("mixed", "generate-batch", "shared", "constrained")
 
 
 def main() -> int:
@@ -258,11 +527,14 @@ def main() -> int:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--json", type=Path, help="also write the figures here")
     parser.add_argument(
-        "--with-generate-batch",
-        action="store_true",
-        help="also run transformers' generate_batch (on CPU it sizes its paged cache from free memory: 14 GB here)",
+        "--only",
+        action="append",
+        choices=PARTS,
+        help=f"run only these parts (repeatable; default: {', '.join(DEFAULT_PARTS)}; 'scheduling' is opt-in)",
     )
+    parser.add_argument("--repeat", type=int, default=3, help="rounds of the constrained and scheduling parts")
     args = parser.parse_args()
+    parts = set(args.only or DEFAULT_PARTS)
 
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
@@ -270,68 +542,130 @@ def main() -> int:
     torch.set_num_threads(1)  # what the runtime uses on 2 cores (one is left for HTTP)
     model_dir = build_tiny_model(args.model_dir, seed=0)
     tokenizer = AutoTokenizer.from_pretrained(str(model_dir), local_files_only=True)
-    model = AutoModelForCausalLM.from_pretrained(str(model_dir), local_files_only=True).eval()
     work = mixed_workload(tokenizer, args.seed)
     arrivals = poisson_arrivals(len(work), args.rate, args.seed)
-    figures: dict[str, Any] = {"rate": args.rate}
-    with torch.inference_mode():
-        figures["static"] = bench_static(model, tokenizer, work, arrivals)
-        progress("static", figures)
-    if args.with_generate_batch:
-        figures["generate_batch"] = bench_generate_batch(model, work)  # fails inside inference_mode
-    else:
-        figures["generate_batch"] = {"error": "skipped (--with-generate-batch): it sized its paged cache to 14 GB here"}
-    with Server(model_dir, "--max-batch-size", "64") as server:
-        figures["hangar"] = bench_hangar_mixed(server.url, work, arrivals)
-        progress("hangar", figures)
-        figures["shared_cached"] = bench_shared_prompt(server.url, tokenizer)
-        progress("shared_cached", figures)
-        figures["constrained"] = bench_constrained(server.url)
-        progress("constrained", figures)
-    with Server(model_dir, "--max-batch-size", "64", "--prefix-cache-mb", "0") as server:
-        figures["shared_uncached"] = bench_shared_prompt(server.url, tokenizer)
-        progress("shared_uncached", figures)
+    figures: dict[str, Any] = {"rate": args.rate, "parts": sorted(parts)}
+    if "mixed" in parts:
+        model = AutoModelForCausalLM.from_pretrained(str(model_dir), local_files_only=True).eval()
+        with torch.inference_mode():
+            figures["static"] = bench_static(model, tokenizer, work, arrivals)
+            progress("static", figures)
+        del model
+    if "generate-batch" in parts:
+        figures["generate_batch"] = bench_generate_batch(model_dir, work, arrivals)
+        progress("generate_batch", figures)
+    run_runtime_parts(figures, parts, model_dir, tokenizer, work, arrivals, args.repeat)
     print_report(figures)
     if args.json:
         args.json.write_text(json.dumps(figures, indent=2))
     return 0
 
 
+def run_runtime_parts(
+    figures: dict[str, Any],
+    parts: set[str],
+    model_dir: Path,
+    tokenizer: Any,
+    work: list[tuple[list[int], int]],
+    arrivals: list[float],
+    repeat: int,
+) -> None:
+    """The parts that measure Hangar's runtime, each adding its figures to ``figures``."""
+    if parts & {"mixed", "shared", "constrained"}:
+        with Server(model_dir, "--max-batch-size", "64") as server:
+            if "mixed" in parts:
+                figures["hangar"] = bench_hangar_mixed(server.url, work, arrivals)
+                figures["hangar"]["rss"] = server.rss()
+                progress("hangar", figures)
+            if "shared" in parts:
+                figures["shared_cached"] = bench_shared_prompt(server.url, tokenizer)
+                progress("shared_cached", figures)
+            if "constrained" in parts:
+                figures["constrained"] = bench_constrained(server, repeat)
+                progress("constrained", figures)
+    if "constrained" in parts:
+        figures["constrained_engine"] = bench_constrained_engine(model_dir, 2 * repeat)
+        progress("constrained_engine", figures)
+    if "shared" in parts:
+        with Server(model_dir, "--max-batch-size", "64", "--prefix-cache-mb", "0") as server:
+            figures["shared_uncached"] = bench_shared_prompt(server.url, tokenizer)
+            progress("shared_uncached", figures)
+    if "scheduling" in parts:
+        figures["scheduling"] = bench_scheduling(model_dir, work, arrivals, repeat)
+
+
 def progress(name: str, figures: dict[str, Any]) -> None:
     """Partial figures on stderr as each part finishes (a long run on a busy machine may be cut)."""
-    print(f"{name}: {json.dumps(figures[name])}", file=sys.stderr, flush=True)
+    print(f"{name}: {json.dumps(_brief(figures[name]))}", file=sys.stderr, flush=True)
 
 
 def print_report(f: dict[str, Any]) -> None:
+    if "static" in f and "hangar" in f:
+        _report_mixed(f)
+    elif "generate_batch" in f:
+        print(f"\ngenerate_batch: {json.dumps(_brief(f['generate_batch']))}")
+    if "shared_cached" in f:
+        cached, uncached = f["shared_cached"], f["shared_uncached"]
+        print(
+            f"\nShared 400-token system prompt, 32 at once: p50 TTFT {uncached['ttft_p50']:.3f}s without the prefix "
+            f"cache, {cached['ttft_p50']:.3f}s with it: {uncached['ttft_p50'] / cached['ttft_p50']:.1f}x (goal >= 3x)"
+        )
+    if "constrained" in f:
+        c = f["constrained"]
+        print(
+            f"\nConstrained decoding, 32 concurrent, median of {c['rounds']} rounds: "
+            f"{c['constrained_tok_s']:.0f} tok/s with a JSON schema, {c['matched_tok_s']:.0f} tok/s free with the "
+            f"same lengths: {c['slower'] * 100:.1f}% slower (goal <= 15%); runtime CPU per token "
+            f"{c['constrained_cpu_ms_per_token']:.3f} vs {c['matched_cpu_ms_per_token']:.3f} ms: "
+            f"{c['cpu_more'] * 100:+.1f}%; {c['tokens']} tokens per run"
+        )
+        e = f["constrained_engine"]
+        print(
+            f"Without HTTP (the engine in-process, its thread's CPU time), median of {e['rounds']} rounds: "
+            f"{e['constrained_cpu_ms_per_token']:.3f} vs {e['free_cpu_ms_per_token']:.3f} ms/token: "
+            f"{e['cpu_more'] * 100:+.1f}%"
+        )
+    if "scheduling" in f:
+        print(f"\n## Scheduling settings, mixed workload (Poisson {f['rate']}/s), medians\n")
+        print(
+            "| setting | burst tok/s | burst TTFT p50 / p90 s | burst s/token p50 | Poisson tok/s "
+            "| Poisson TTFT p50 / p90 s | Poisson s/token p50 |"
+        )
+        print("|---|---|---|---|---|---|---|")
+        for name, r in f["scheduling"].items():
+            b, p = r["burst"], r["poisson"]
+            print(
+                f"| {name} | {b['tok_s']:.0f} | {b['ttft_p50']:.2f} / {b['ttft_p90']:.2f} | {b['tpot_p50']:.4f} "
+                f"| {p['tok_s']:.0f} | {p['ttft_p50']:.3f} / {p['ttft_p90']:.3f} | {p['tpot_p50']:.4f} |"
+            )
+
+
+def _report_mixed(f: dict[str, Any]) -> None:
     s, h = f["static"], f["hangar"]
     print(f"\n## Mixed workload (64 requests, prompts 16-448, outputs 16-256; Poisson {f['rate']}/s)\n")
-    print("| contender | burst tok/s | burst p50 TTFT s | Poisson tok/s | Poisson p50 TTFT s |")
-    print("|---|---|---|---|---|")
+    print("| contender | burst tok/s | burst p50 TTFT s | Poisson tok/s | Poisson p50 TTFT s | peak RSS |")
+    print("|---|---|---|---|---|---|")
     print(
         f"| static batches of 32 (generate) | {s['burst']['tok_s']:.0f} | {s['burst']['ttft_p50']:.2f} "
-        f"| {s['poisson']['tok_s']:.0f} | {s['poisson']['ttft_p50']:.2f} |"
+        f"| {s['poisson']['tok_s']:.0f} | {s['poisson']['ttft_p50']:.2f} | - |"
     )
-    gb = f["generate_batch"]
-    print(f"| generate_batch | {gb.get('tok_s', 0):.0f} | - | - | - | {gb.get('error', gb.get('note', ''))}")
+    gb = f.get("generate_batch", {"error": "not run"})
+    if "error" in gb:
+        print(f"| generate_batch | - | - | - | - | {gb['error']} |")
+    else:
+        print(
+            f"| generate_batch ({gb['config']['num_blocks']} pages of {gb['config']['page_size']}) "
+            f"| {gb['burst']['tok_s']:.0f} | {gb['burst']['ttft_p50']:.2f} | {gb['poisson']['tok_s']:.0f} "
+            f"| {gb['poisson']['ttft_p50']:.2f} | {gb['peak_rss'] / 2**20:.0f} MiB |"
+        )
     print(
         f"| Hangar | {h['burst']['tok_s']:.0f} | {h['burst']['ttft_p50']:.2f} "
-        f"| {h['poisson']['tok_s']:.0f} | {h['poisson']['ttft_p50']:.2f} |"
+        f"| {h['poisson']['tok_s']:.0f} | {h['poisson']['ttft_p50']:.2f} | {h['rss'] / 2**20:.0f} MiB (after) |"
     )
     print(
         f"\nHangar / static: burst {h['burst']['tok_s'] / s['burst']['tok_s']:.2f}x tok/s; "
         f"Poisson {h['poisson']['tok_s'] / s['poisson']['tok_s']:.2f}x tok/s (goal >= 1.5x), "
         f"p50 TTFT {h['poisson']['ttft_p50'] / s['poisson']['ttft_p50']:.3f} of static (goal <= 0.2)"
-    )
-    cached, uncached = f["shared_cached"], f["shared_uncached"]
-    print(
-        f"\nShared 400-token system prompt, 32 at once: p50 TTFT {uncached['ttft_p50']:.3f}s without the prefix "
-        f"cache, {cached['ttft_p50']:.3f}s with it: {uncached['ttft_p50'] / cached['ttft_p50']:.1f}x (goal >= 3x)"
-    )
-    c = f["constrained"]
-    slower = 1 - c["constrained"]["tok_s"] / c["plain"]["tok_s"]
-    print(
-        f"\nConstrained decoding, 32 concurrent: {c['plain']['tok_s']:.0f} tok/s free, "
-        f"{c['constrained']['tok_s']:.0f} tok/s with a JSON schema: {slower * 100:.1f}% slower (goal <= 15%)"
     )
 
 

@@ -4,12 +4,15 @@ The web process (``uvicorn console.asgi``: dashboard and gateway) runs against t
 database, with a Running deployment of the tiny model whose replica is a real runtime process.
 The test checks that the demo model is labelled as random weights where a new user meets it
 (model page, playground), that plain chat still streams through the real gateway, and that the
-panel builds correct requests: ``response_format`` (``json_schema``), ``tools``, ``tool_choice``,
-``parallel_tool_calls``, a whole answer, and the tool result sent back as a ``tool`` message on
-the next turn. The requests are the browser's own, read by Playwright; the answers to the two
-structured requests are fulfilled by Playwright with OpenAI-shaped bodies, because this
-branch's runtime does not generate tool calls yet, so that the rendering of a tool call and of
-a JSON answer is what is checked.
+panel works end to end against the real runtime behind the real gateway: a JSON schema and a
+named tool in one request go out as ``response_format``, ``tools``, ``tool_choice`` and
+``parallel_tool_calls``, and the runtime's 400 (it refuses a response format on top of a forced
+tool call) is shown; a named tool choice alone is answered with a tool call whose arguments are
+valid for the function's schema, which the page renders; the tool's result goes back as a
+``tool`` message, and with the JSON schema and tool choice ``none`` the answer is a document
+valid for the schema, shown formatted. The model has random weights, so nothing is asserted
+about what it says, only that constrained decoding keeps it valid: the schemas bound every
+string and number so that a wandering model finishes well within ``max_tokens``.
 """
 
 from __future__ import annotations
@@ -22,6 +25,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import jsonschema  # type: ignore[import-untyped]
 import pytest
 from django.db import connection
 
@@ -50,32 +54,25 @@ pytestmark = [
 
 SCHEMA = {
     "type": "object",
-    "properties": {"city": {"type": "string", "maxLength": 20}, "temperature": {"type": "integer"}},
+    "properties": {
+        "city": {"type": "string", "maxLength": 20},
+        "temperature": {"type": "integer", "minimum": -60, "maximum": 60},
+    },
     "required": ["city", "temperature"],
+    "additionalProperties": False,
+}
+WEATHER_PARAMETERS = {
+    "type": "object",
+    "properties": {"city": {"type": "string", "maxLength": 12}},
+    "required": ["city"],
     "additionalProperties": False,
 }
 TOOLS = [
     {
         "type": "function",
-        "function": {
-            "name": "get_weather",
-            "description": "Weather in a city",
-            "parameters": {"type": "object", "properties": {"city": {"type": "string"}}, "required": ["city"]},
-        },
+        "function": {"name": "get_weather", "description": "Weather in a city", "parameters": WEATHER_PARAMETERS},
     }
 ]
-
-
-def chat_answer(message: dict[str, Any], finish_reason: str) -> dict[str, Any]:
-    """An answer in the shape the gateway relays from the runtime (OpenAI's chat.completion)."""
-    return {
-        "id": "chatcmpl-test",
-        "object": "chat.completion",
-        "created": 1,
-        "model": "tiny-chat",
-        "choices": [{"index": 0, "message": {"role": "assistant", **message}, "finish_reason": finish_reason}],
-        "usage": {"prompt_tokens": 10, "completion_tokens": 5, "total_tokens": 15},
-    }
 
 
 @pytest.fixture
@@ -113,15 +110,6 @@ def web(transactional_db: Any, tmp_path: Path, tiny_model_dir: Path) -> Iterator
     finally:
         server.stop()
         runtime.stop()
-
-
-def fulfil_with(page: Any, answer: dict[str, Any]) -> None:
-    """Answer the page's next chat requests with ``answer`` (the request itself is the browser's)."""
-    page.unroute("**/v1/chat/completions")
-    page.route(
-        "**/v1/chat/completions",
-        lambda route: route.fulfill(status=200, content_type="application/json", body=json.dumps(answer)),
-    )
 
 
 def log_in(page: Any, base: str) -> None:
@@ -164,30 +152,32 @@ def check_plain_chat_streams(page: Any, base: str, secret: str) -> None:
     assert not {"response_format", "tools", "tool_choice"} & set(first)
 
 
-CALL = {"id": "call_1", "type": "function", "function": {"name": "get_weather", "arguments": '{"city":"Oslo"}'}}
-
-
-def check_schema_and_named_tool(page: Any, base: str, secret: str) -> None:
-    """A JSON schema and a named tool go out in one request; the tool call is rendered."""
-    from playwright.sync_api import expect
-
-    page.goto(base + "/playground/")  # a fresh conversation
+def open_panel(page: Any, base: str, secret: str) -> None:
+    """A fresh conversation with the JSON-schema / tools panel open."""
+    page.goto(base + "/playground/")
     page.select_option("#pg-model", "tiny-chat")
     page.fill("#pg-key", secret)
+    page.fill("#pg-max", "200")
     page.click("#pg-structured summary")
+
+
+def check_schema_with_a_forced_tool_is_refused(page: Any, base: str, secret: str) -> None:
+    """A JSON schema and a named tool go out in one request; the runtime's refusal is shown."""
+    from playwright.sync_api import expect
+
+    open_panel(page, base, secret)
     page.select_option("#pg-format", "json_schema")
     page.fill("#pg-schema-name", "weather")
     page.fill("#pg-schema", json.dumps(SCHEMA))
     page.fill("#pg-tools", json.dumps(TOOLS))
     page.select_option("#pg-tool-choice", "function")
     page.fill("#pg-tool-name", "get_weather")
-    fulfil_with(page, chat_answer({"content": None, "tool_calls": [CALL]}, "tool_calls"))
     page.fill("#pg-prompt", "Weather in Oslo?")
-    with page.expect_request("**/v1/chat/completions") as structured:
+    with page.expect_response("**/v1/chat/completions") as answered:
         page.click("#chat-send")
-    sent = structured.value
-    body = sent.post_data_json
-    assert sent.headers["authorization"] == f"Bearer {secret}"
+    response = answered.value
+    body = response.request.post_data_json
+    assert response.request.headers["authorization"] == f"Bearer {secret}"
     assert body["model"] == "tiny-chat" and body["stream"] is False
     assert body["response_format"] == {
         "type": "json_schema",
@@ -197,26 +187,72 @@ def check_schema_and_named_tool(page: Any, base: str, secret: str) -> None:
     assert body["tool_choice"] == {"type": "function", "function": {"name": "get_weather"}}
     assert body["parallel_tool_calls"] is True
     assert body["messages"] == [{"role": "user", "content": "Weather in Oslo?"}]
-    rendered = page.locator('#chat-log .tool-call[data-tool-call="get_weather"]')
-    expect(rendered).to_contain_text("calls get_weather")
-    expect(rendered.locator("pre")).to_have_text('{\n  "city": "Oslo"\n}')
-    expect(page.locator("#chat-status")).to_contain_text("tool_calls")
+    # The runtime answers a forced tool call with the call; a response format on top is refused.
+    assert response.status == 400
+    expect(page.locator("#chat-status")).to_contain_text("cannot be combined with a forced tool call")
 
 
-def check_tool_result_and_json_answer(page: Any) -> None:
-    """The next message is the tool's result; a JSON answer is shown formatted."""
+def check_named_tool_call(page: Any, base: str, secret: str) -> dict[str, Any]:
+    """A named tool choice: the runtime's tool call, valid for the function's schema, is rendered."""
     from playwright.sync_api import expect
 
-    content = json.dumps({"city": "Oslo", "temperature": 12})
-    fulfil_with(page, chat_answer({"content": content}, "stop"))
-    page.fill("#pg-prompt", "12 degrees and rain")
-    with page.expect_request("**/v1/chat/completions") as follow_up:
+    open_panel(page, base, secret)
+    page.fill("#pg-tools", json.dumps(TOOLS))
+    page.select_option("#pg-tool-choice", "function")
+    page.fill("#pg-tool-name", "get_weather")
+    page.fill("#pg-prompt", "Weather in Oslo?")
+    with page.expect_response("**/v1/chat/completions", timeout=120_000) as answered:
         page.click("#chat-send")
-    messages = follow_up.value.post_data_json["messages"]
-    assert messages[1] == {"role": "assistant", "content": None, "tool_calls": [CALL]}
-    assert messages[2] == {"role": "tool", "tool_call_id": "call_1", "content": "12 degrees and rain"}
+    response = answered.value
+    body = response.request.post_data_json
+    assert "response_format" not in body
+    assert body["tools"] == TOOLS and body["tool_choice"] == {"type": "function", "function": {"name": "get_weather"}}
+    assert response.status == 200, response.text()
+    choice = response.json()["choices"][0]
+    assert choice["finish_reason"] == "tool_calls", choice
+    assert choice["message"]["content"] is None
+    (call,) = choice["message"]["tool_calls"]
+    assert call["type"] == "function" and call["function"]["name"] == "get_weather"
+    arguments = json.loads(call["function"]["arguments"])
+    jsonschema.validate(arguments, WEATHER_PARAMETERS)
+
+    expect(page.locator("#chat-status")).to_contain_text("(tool_calls)")
+    rendered = page.locator('#chat-log .tool-call[data-tool-call="get_weather"]')
+    expect(rendered).to_contain_text("calls get_weather")
+    assert json.loads(rendered.locator("pre").inner_text()) == arguments
+    return dict(call)
+
+
+def check_tool_result_and_json_answer(page: Any, call: dict[str, Any]) -> None:
+    """The next message is the tool's result; with tool choice none the answer follows the schema."""
+    from playwright.sync_api import expect
+
+    page.select_option("#pg-format", "json_schema")
+    page.fill("#pg-schema-name", "weather")
+    page.fill("#pg-schema", json.dumps(SCHEMA))
+    page.select_option("#pg-tool-choice", "none")
+    page.fill("#pg-prompt", "12 degrees and rain")
+    with page.expect_response("**/v1/chat/completions", timeout=120_000) as answered:
+        page.click("#chat-send")
+    response = answered.value
+    body = response.request.post_data_json
+    assert body["tool_choice"] == "none"
+    assert body["response_format"] == {
+        "type": "json_schema",
+        "json_schema": {"name": "weather", "schema": SCHEMA, "strict": True},
+    }
+    assert body["messages"][1] == {"role": "assistant", "content": None, "tool_calls": [call]}
+    assert body["messages"][2] == {"role": "tool", "tool_call_id": call["id"], "content": "12 degrees and rain"}
+    assert response.status == 200, response.text()
+    choice = response.json()["choices"][0]
+    assert choice["finish_reason"] == "stop", choice
+    document = json.loads(choice["message"]["content"])
+    jsonschema.validate(document, SCHEMA)
+
+    expect(page.locator("#chat-status")).to_contain_text("(stop)")
     shown = page.locator('#chat-log pre.json[data-json="valid"]').last
-    expect(shown).to_have_text(json.dumps({"city": "Oslo", "temperature": 12}, indent=2))
+    expect(shown).to_be_visible()
+    assert json.loads(shown.inner_text()) == document
 
 
 def check_bad_schema_is_not_sent(page: Any) -> None:
@@ -255,8 +291,9 @@ def test_playground_labels_random_weights_and_sends_schema_and_tools(
             log_in(page, base)
             check_labels(page, base, demo.pk)
             check_plain_chat_streams(page, base, secret)
-            check_schema_and_named_tool(page, base, secret)
-            check_tool_result_and_json_answer(page)
+            check_schema_with_a_forced_tool_is_refused(page, base, secret)
+            call = check_named_tool_call(page, base, secret)
+            check_tool_result_and_json_answer(page, call)
             check_bad_schema_is_not_sent(page)
             shots = REPO_ROOT / "artifacts" / "screenshots"
             shots.mkdir(parents=True, exist_ok=True)

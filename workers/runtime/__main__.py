@@ -54,6 +54,19 @@ def build_parser() -> argparse.ArgumentParser:
         help="bound of the batched KV cache in token slots (rows x padded length); beyond it admission "
         "waits and the youngest sequences are preempted and recomputed later (default: unbounded)",
     )
+    p.add_argument(
+        "--prefill-tokens",
+        type=_positive,
+        default=4096,
+        help="padded prompt tokens prefilled in one forward pass (bounds the pause a burst of arrivals "
+        "imposes on running streams)",
+    )
+    p.add_argument(
+        "--prefill-chunk",
+        type=_positive,
+        default=256,
+        help="prompts longer than this are prefilled alone, one chunk of this many tokens per step",
+    )
     p.add_argument("--device", default="cpu", help="cpu, cuda or cuda:N")
     p.add_argument("--threads", type=_positive, help="torch intra-op threads (default: torch's choice)")
     p.add_argument("--drain-timeout", type=float, default=120.0, help="seconds to wait for in-flight requests")
@@ -100,6 +113,8 @@ def main(argv: list[str] | None = None) -> int:
         max_queue=args.max_queue,
         prefix_cache_mb=max(0, args.prefix_cache_mb),
         max_kv_tokens=args.max_kv_tokens,
+        prefill_tokens=args.prefill_tokens,
+        prefill_chunk=args.prefill_chunk,
         drain_timeout=args.drain_timeout,
         threads=args.threads,
         token=token,

@@ -107,6 +107,8 @@ class ServerConfig:
     max_queue: int = 256
     prefix_cache_mb: int = 256  # 0 disables prefix caching
     max_kv_tokens: int | None = None  # batched cache bound in token slots; None: unbounded
+    prefill_tokens: int = 4096  # padded prompt tokens per prefill pass (engine.PREFILL_TOKEN_BUDGET)
+    prefill_chunk: int = 256  # longer prompts are prefilled in chunks of this size (engine.PREFILL_CHUNK)
     drain_timeout: float = 120.0
     threads: int | None = None
     load: LoadOptions = field(default_factory=LoadOptions)
@@ -219,6 +221,8 @@ class Runtime:
             metrics=self.metrics,
             deliver=deliver,
             max_kv_tokens=self.config.max_kv_tokens,
+            prefill_tokens=self.config.prefill_tokens,
+            prefill_chunk=self.config.prefill_chunk,
             prefix_cache=PrefixCache(self.config.prefix_cache_mb * 1024 * 1024)
             if self.config.prefix_cache_mb
             else None,

@@ -170,7 +170,7 @@ def test_long_prompt_is_prefilled_in_chunks_while_the_batch_keeps_decoding(
         engine.step()
         long = engine.submit(GenerationRequest(long_ids, max_tokens=10, sampling=GREEDY, ignore_eos=True), "l")
         progress = []
-        for _ in range(3):  # three chunks: 512 + 512 + 100 tokens
+        for _ in range(3):  # three chunks: PREFILL_CHUNK, PREFILL_CHUNK and 100 tokens
             before = len(short.output_ids)
             engine.step()
             progress.append(len(short.output_ids) - before)
@@ -182,6 +182,35 @@ def test_long_prompt_is_prefilled_in_chunks_while_the_batch_keeps_decoding(
     ref = model.generate(torch.tensor([long_ids]), max_new_tokens=10, do_sample=False, eos_token_id=-1)
     assert long.output_ids == ref[0, len(long_ids) :].tolist()
     assert short.output_ids == reference_greedy(model, tokenizer, PROMPTS[1], 20)
+
+
+def test_prefill_budget_and_chunk_size_are_settings(reference_model: tuple[Any, Any]) -> None:
+    """``prefill_tokens`` bounds the padded tokens of one prefill pass; ``prefill_chunk`` the chunk size."""
+    model, tokenizer = reference_model
+    engine = Engine(model, tokenizer, max_batch_size=8, eos_token_ids=[0, 2], prefill_tokens=64, prefill_chunk=32)
+    engine.deliver = Collector()
+    ids = tokenizer(" ".join(PROMPTS * 4))["input_ids"]
+    shorts = [ids[i : i + 20] for i in range(4)]
+    with torch.inference_mode():
+        seqs = [
+            engine.submit(GenerationRequest(p, max_tokens=6, sampling=GREEDY, ignore_eos=True), i)
+            for i, p in enumerate(shorts)
+        ]
+        engine.step()
+        assert (engine.batch_size, engine.queue_depth) == (3, 1), "3 x 20 tokens fit in 64, a fourth does not"
+        long = engine.submit(GenerationRequest(ids[:80], max_tokens=6, sampling=GREEDY, ignore_eos=True), "l")
+        engine.step()  # admits the fourth short prompt, and the long one's first chunk is prefilled
+        assert engine.queue_depth == 0 and not long.output_ids
+        steps = 1
+        while not long.output_ids:
+            engine.step()
+            steps += 1
+        assert steps == 3, "80 tokens in chunks of 32: 32 + 32 + 16"
+        while engine.batch_size or engine.queue_depth:
+            engine.step()
+    for seq, prompt in zip([*seqs, long], [*shorts, ids[:80]], strict=True):
+        ref = model.generate(torch.tensor([prompt]), max_new_tokens=6, do_sample=False, eos_token_id=-1)
+        assert seq.output_ids == ref[0, len(prompt) :].tolist()
 
 
 def test_short_memory_preempts_the_youngest_and_recomputes_them_exactly(reference_model: tuple[Any, Any]) -> None:

@@ -80,6 +80,50 @@ def test_json_object_mode_yields_a_json_object(runtime_server: RuntimeServer) ->
     assert isinstance(json.loads(resp.choices[0].message.content or ""), dict)
 
 
+@pytest.mark.parametrize("stream", [False, True], ids=["plain", "streamed"])
+def test_a_json_object_cut_by_max_tokens_ends_with_length(runtime_server: RuntimeServer, stream: bool) -> None:
+    """As OpenAI does: the answer stops where max_tokens says, and finish_reason says why.
+
+    Tokens that could close the object are biased away, so three tokens cannot make a complete
+    document; the answer is then a prefix of one, not valid JSON, and says ``length``.
+    """
+    from transformers import AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(_MODEL_DIR[0], local_files_only=True)
+    closing = [t for t in range(len(tokenizer)) if "}" in tokenizer.decode([t])]
+    assert 0 < len(closing) <= 300
+    kwargs: dict[str, Any] = {
+        "model": "tiny",
+        "messages": MESSAGES,
+        "response_format": {"type": "json_object"},
+        "max_tokens": 3,
+        "temperature": 0,
+        "logit_bias": {str(t): -100 for t in closing},
+    }
+    c = client(runtime_server)
+    if stream:
+        chunks = list(c.chat.completions.create(**kwargs, stream=True, stream_options={"include_usage": True}))
+        content = "".join(ch.choices[0].delta.content or "" for ch in chunks if ch.choices)
+        finish = [ch.choices[0].finish_reason for ch in chunks if ch.choices and ch.choices[0].finish_reason]
+        usage = chunks[-1].usage
+    else:
+        resp = c.chat.completions.create(**kwargs)
+        content, finish, usage = resp.choices[0].message.content or "", [resp.choices[0].finish_reason], resp.usage
+    assert finish == ["length"]
+    assert usage is not None and usage.completion_tokens == 3
+    assert content.startswith("{")
+    with pytest.raises(json.JSONDecodeError):
+        json.loads(content)
+
+
+def test_parse_of_an_answer_cut_by_max_tokens_raises(runtime_server: RuntimeServer) -> None:
+    """The openai client refuses to parse a cut document: it checks finish_reason first."""
+    with pytest.raises(openai.LengthFinishReasonError):
+        client(runtime_server).beta.chat.completions.parse(
+            model="tiny", messages=MESSAGES, response_format=Boat, max_tokens=4, temperature=1.0, seed=0
+        )
+
+
 def _bias_towards(text: str, server: RuntimeServer) -> dict[str, int]:
     from transformers import AutoTokenizer
 
@@ -160,6 +204,40 @@ def test_random_json_schemas_always_yield_schema_valid_output(
     choice = resp.choices[0]
     assert choice.finish_reason == "stop", choice
     jsonschema.validate(json.loads(choice.message.content or ""), schema)
+
+
+def test_strings_never_hold_utf16_surrogates(runtime_server: RuntimeServer) -> None:
+    """Biased towards ED A0..BF, a surrogate's bytes (xgrammar's automaton accepts them), the
+    answer still holds only real characters: the runtime masks what UTF-8 forbids."""
+    import xgrammar as xgr
+    from transformers import AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(_MODEL_DIR[0], local_files_only=True)
+    decoded = list(xgr.TokenizerInfo.from_huggingface(tokenizer).decoded_vocab)
+    lead = [t for t, b in enumerate(decoded) if b == b"\xed"]
+    second = [t for t, b in enumerate(decoded) if len(b) == 1 and 0xA0 <= b[0] <= 0xBF]
+    assert lead and second
+    schema = {
+        "type": "object",
+        "properties": {"a": {"type": "string", "maxLength": 3}},
+        "required": ["a"],
+        "additionalProperties": False,
+    }
+    resp = client(runtime_server).chat.completions.create(
+        model="tiny",
+        messages=MESSAGES,
+        response_format={"type": "json_schema", "json_schema": {"name": "doc", "schema": schema, "strict": True}},
+        max_tokens=40,
+        temperature=0,
+        logit_bias={**{str(t): 100 for t in lead}, **{str(t): 60 for t in second}},
+    )
+    choice = resp.choices[0]
+    content = choice.message.content or ""
+    assert choice.finish_reason == "stop", choice
+    assert "\ufffd" not in content, content
+    document = json.loads(content)
+    jsonschema.validate(document, schema)
+    assert document["a"] and not any(0xD800 <= ord(ch) <= 0xDFFF for ch in document["a"])
 
 
 def test_an_unusable_schema_is_a_400(runtime_server: RuntimeServer) -> None:

@@ -209,3 +209,67 @@ def test_select_next_tokens_mixes_greedy_and_sampled_rows() -> None:
     out = select_next_tokens(logits, [greedy, sampled, greedy], [None, gen, None])
     assert out[0] == 1 and out[2] == 2
     assert out[1] in (0, 1, 2)
+
+
+# ------------------------------------------------------------------ grammar masks
+
+
+@pytest.mark.parametrize("rows", [[0, 1, 2, 3, 4], [0, 3], [4]], ids=["every-row", "some-rows", "last-row"])
+def test_token_masker_matches_xgrammars_own_kernel(reference_model: tuple[Any, Any], rows: list[int]) -> None:
+    """The numpy mask path blocks exactly what xgrammar's kernel plus the control-token rule block."""
+    import xgrammar as xgr
+
+    from workers.runtime.constraints import GrammarFactory, TokenMasker
+
+    model, tokenizer = reference_model
+    vocab = int(model.config.vocab_size)
+    factory = GrammarFactory(tokenizer, vocab, [tokenizer.eos_token_id])
+    # A string with maxLength is where xgrammar itself lets raw control characters through.
+    string = {"type": "string", "maxLength": 8}
+    schema = {"type": "object", "properties": {"a": string, "b": {"type": "integer"}}, "required": ["a"]}
+    prefixes = ['{"a": "x', "", '{"a": "', '{"a": "q", "b": ', '{"a": "q", "b": -1']  # inside strings, keys, numbers
+    constraints = [factory.json_schema(schema, strict=True) for _ in rows]
+    for row, constraint in zip(rows, constraints, strict=True):
+        assert constraint._matcher.accept_string(prefixes[row])
+    logits = torch.randn(5, vocab, generator=torch.Generator().manual_seed(0))
+    expected = logits.clone()
+
+    TokenMasker().apply(logits, rows, constraints)
+
+    bitmask = xgr.allocate_token_bitmask(5, vocab)
+    for row, constraint in zip(rows, constraints, strict=True):
+        constraint._matcher.fill_next_token_bitmask(bitmask, row)
+    xgr.apply_token_bitmask_inplace(expected, bitmask, indices=rows)
+    forbidden = [t for t in range(vocab) if not (int(factory.rules.keep[t // 32]) >> (t % 32)) & 1]
+    assert forbidden, "the tiny tokenizer has byte tokens for control characters"
+    for row in rows:
+        expected[row, forbidden] = float("-inf")
+    assert torch.equal(logits, expected)
+    untouched = [r for r in range(5) if r not in rows]
+    assert not torch.isinf(logits[untouched]).any()
+    assert all(torch.isfinite(logits[r]).sum() >= 1 for r in rows)
+
+
+def test_no_utf16_surrogate_can_be_written(reference_model: tuple[Any, Any]) -> None:
+    """After the lead byte ED only 80..9F may follow: ED A0..BF would encode a surrogate, not UTF-8."""
+    import xgrammar as xgr
+
+    from workers.runtime.constraints import GrammarFactory, TokenMasker
+
+    model, tokenizer = reference_model
+    vocab = int(model.config.vocab_size)
+    decoded = list(xgr.TokenizerInfo.from_huggingface(tokenizer, vocab_size=vocab).decoded_vocab)
+    byte_token = {b: t for t, b in enumerate(decoded) if len(b) == 1}
+    factory = GrammarFactory(tokenizer, vocab, [tokenizer.eos_token_id])
+    schema = {"type": "object", "properties": {"a": {"type": "string", "maxLength": 3}}, "required": ["a"]}
+    constraint = factory.json_schema(schema, strict=True)
+    for byte in b'{"a": "\xed':
+        assert constraint.accept(byte_token[bytes([byte])])
+    probe = factory.json_schema(schema, strict=True)
+    assert probe._matcher.accept_string(b'{"a": "\xed\xa0'), "the gap this guards: xgrammar accepts a surrogate"
+
+    logits = torch.zeros(1, vocab)
+    TokenMasker().apply(logits, [0], [constraint])
+    allowed = [t for t in range(vocab) if logits[0, t] > float("-inf")]
+    assert byte_token[b"\x9f"] in allowed
+    assert {decoded[t][0] for t in allowed} <= set(range(0x80, 0xA0))
