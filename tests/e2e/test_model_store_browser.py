@@ -51,7 +51,7 @@ pytestmark = [
 ]
 
 CHUNK = 1024 * 1024
-PADDING_MIB = 160  # makes the download last a few seconds, so the live step can be seen
+PADDING_MIB = 320  # makes the download last a few seconds, so the live step can be seen
 
 
 @pytest.fixture
@@ -108,9 +108,7 @@ def upload_through_a_flaky_network(page: Any, files: list[str]) -> int:
     for _ in range(600):  # the page's requests reach the handler only while Playwright runs
         if held:
             break
-        page.wait_for_timeout(
-            100
-        )  # pacing: Playwright hands the page's requests to the route handler only while it runs
+        page.wait_for_timeout(100)  # pacing: the route handler runs only while Playwright does
     assert held, f"no chunk held in flight after {chunks['n']} chunk requests"
     page.click("#up-cancel")
     held[0].abort("connectionreset")
@@ -135,15 +133,7 @@ def deploy_from_s3_and_watch(page: Any, base: str, s3: S3Server, tenant: Any) ->
     """Deploy the padded model that exists only in S3; the page shows the download live."""
     from playwright.sync_api import expect
 
-    catalog.source_credential_create(
-        actor=SYSTEM,
-        tenant=tenant,
-        name="minio",
-        kind="s3",
-        endpoint_url=s3.url,
-        region="us-east-1",
-        secret={"access_key_id": s3.access_key, "secret_access_key": s3.secret_key},
-    )
+    s3.credential(tenant)
     remote = catalog.model_register(
         actor=SYSTEM, tenant=tenant, name="tiny-s3", source="s3://weights/tiny-padded", credential="minio"
     )
@@ -155,11 +145,19 @@ def deploy_from_s3_and_watch(page: Any, base: str, s3: S3Server, tenant: Any) ->
         data={"name": "tiny-s3", "replicas": 0, "max_replicas": 1},
     )
     page.goto(f"{base}/deployments/{deployment.pk}/")
+    expect(page.locator(".ws-state")).to_have_text("live")  # subscribed before the download starts
     services.deployment_scale(actor=SYSTEM, deployment=deployment, replicas=1)
-    detail = page.locator("[data-progress-detail]")
-    expect(page.locator('li[data-step="downloading_model"].current')).to_be_visible(timeout=120_000)
-    expect(detail).to_contain_text(" MiB at ")
-    expect(detail).to_contain_text(f"/ {remote.size_bytes / CHUNK:.1f} MiB")
+    # One look at both, as the page shows them at one moment: the step and its bytes and rate.
+    total = f"/ {remote.size_bytes / CHUNK:.1f} MiB at "
+    page.wait_for_function(
+        """total => {
+            const step = document.querySelector('li[data-step="downloading_model"].current');
+            const detail = document.querySelector("[data-progress-detail]");
+            return step !== null && detail !== null && detail.textContent.includes(total);
+        }""",
+        arg=total,
+        timeout=120_000,
+    )
     page.screenshot(path=str(SCREENSHOTS / "store-downloading.png"), full_page=True)
     wait_for(lambda: Deployment.objects.get(pk=deployment.pk).phase == Phase.RUNNING, 240, "Running", interval=0.5)
     expect(page.locator('li[data-step="downloading_model"]')).to_have_class(re.compile(r"\bdone\b"))

@@ -59,6 +59,21 @@ class S3Server:
         key = iam.create_access_key(UserName="hangar")["AccessKey"]
         self.access_key, self.secret_key = key["AccessKeyId"], key["SecretAccessKey"]
 
+    def credential(self, tenant: Any, name: str = "minio") -> Any:
+        """A source credential of ``tenant`` for this server (endpoint, region, its keys)."""
+        from controlplane.catalog import services as catalog
+        from controlplane.core.context import SYSTEM
+
+        return catalog.source_credential_create(
+            actor=SYSTEM,
+            tenant=tenant,
+            name=name,
+            kind="s3",
+            endpoint_url=self.url,
+            region=REGION,
+            secret={"access_key_id": self.access_key, "secret_access_key": self.secret_key},
+        )
+
     def upload_dir(self, path: Path, *, bucket: str, prefix: str) -> list[str]:
         client = self.client()
         keys = []

@@ -76,15 +76,7 @@ def test_a_model_only_in_s3_is_fetched_verified_reused_and_repaired(
     settings.HANGAR_MODEL_CACHE_DIR = str(tmp_path / "cache")
     tenant = TenantFactory()
     actor = SYSTEM
-    catalog.source_credential_create(
-        actor=actor,
-        tenant=tenant,
-        name="minio",
-        kind="s3",
-        endpoint_url=s3.url,
-        region="us-east-1",
-        secret={"access_key_id": s3.access_key, "secret_access_key": s3.secret_key},
-    )
+    s3.credential(tenant)
     model = catalog.model_register(
         actor=actor, tenant=tenant, name="tiny", source="s3://weights/llama/tiny", credential="minio"
     )

@@ -137,15 +137,7 @@ def test_a_model_only_in_s3_runs_on_a_remote_host_from_a_volume_reused_and_repai
     docker_client: Any, remote: str, s3: S3Server, tiny_model_dir: Path, runtime_image: str
 ) -> None:
     tenant = TenantFactory()
-    catalog.source_credential_create(
-        actor=SYSTEM,
-        tenant=tenant,
-        name="minio",
-        kind="s3",
-        endpoint_url=s3.url,
-        region="us-east-1",
-        secret={"access_key_id": s3.access_key, "secret_access_key": s3.secret_key},
-    )
+    s3.credential(tenant)
     model = catalog.model_register(
         actor=SYSTEM, tenant=tenant, name="tiny", source="s3://weights/llama/tiny", credential="minio"
     )
