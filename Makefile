@@ -60,9 +60,15 @@ typecheck: venv
 # such as model servers stay in one process); each worker has its own PostgreSQL database,
 # Redis databases and data folder (console/settings/workers.py). PYTEST_WORKERS=0: one process.
 PYTEST_WORKERS ?= 2
+# A Redis started earlier with too few databases (16 per worker) makes it one process, not a failure.
 test-only: venv
 	eval "$$(bash deploy/dev/services.sh env)"; \
-	DJANGO_SETTINGS_MODULE=console.settings.test $(VENV)/bin/pytest -n $(PYTEST_WORKERS) --dist loadfile $(PYTEST_ARGS)
+	workers=$(PYTEST_WORKERS); dbs=$$(bash deploy/dev/services.sh redis-databases); \
+	if [ "$$workers" -gt 0 ] && [ "$$dbs" -lt $$((16 * workers)) ]; then \
+		echo "make test: the Redis on 127.0.0.1:63790 has $$dbs databases and $$workers workers need $$((16 * workers)): one process instead (restart it: deploy/dev/services.sh stop redis; deploy/dev/services.sh start redis)"; \
+		workers=0; \
+	fi; \
+	DJANGO_SETTINGS_MODULE=console.settings.test $(VENV)/bin/pytest -n $$workers --dist loadfile $(PYTEST_ARGS)
 
 test: services venv frontend lint typecheck test-only
 

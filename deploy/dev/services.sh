@@ -285,8 +285,11 @@ main() {
             ;;
         status) cmd_status ;;
         env) cmd_env ;;
+        # How many databases the Redis on our port has (0 when none answers): make test runs one
+        # pytest-xdist worker per 16 of them.
+        redis-databases) redis-cli -h "$REDIS_HOST" -p "$REDIS_PORT" config get databases 2>/dev/null | tail -n 1 | grep -E '^[0-9]+$' || echo 0 ;;
         *)
-            printf 'usage: %s {start|stop|status|env} [postgres] [redis] [docker]\n' "$0" >&2
+            printf 'usage: %s {start|stop|status|env|redis-databases} [postgres] [redis] [docker]\n' "$0" >&2
             exit 2
             ;;
     esac
