@@ -5,7 +5,6 @@ local driver's subprocesses, PostgreSQL and the channel layer (Redis)."""
 
 from __future__ import annotations
 
-import asyncio
 import hashlib
 from collections.abc import Iterator
 from pathlib import Path
@@ -21,6 +20,7 @@ from controlplane.core.realtime import deployment_group
 from controlplane.deployments.choices import ProgressStep
 from controlplane.deployments.models import Deployment, DeploymentEvent, ModelCacheEntry
 from tests.factories import DeploymentFactory, TargetFactory, TenantFactory
+from tests.support.channels import pushed
 from tests.support.hf_hub import fake_hub
 from tests.support.s3_server import S3Server, s3_server
 from workers import reconciler
@@ -51,21 +51,6 @@ def downloads(deployment: Deployment) -> list[str]:
         .order_by("created_at", "pk")
         .values_list("message", flat=True)
     )
-
-
-def pushed(channel: str) -> list[dict[str, Any]]:
-    layer = get_channel_layer()
-
-    async def drain() -> list[dict[str, Any]]:
-        messages = []
-        while True:
-            try:
-                message = await asyncio.wait_for(layer.receive(channel), timeout=0.5)
-            except TimeoutError:
-                return messages
-            messages.append(message["payload"])
-
-    return async_to_sync(drain)()
 
 
 @pytest.mark.django_db(transaction=True)

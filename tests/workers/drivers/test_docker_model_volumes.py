@@ -11,7 +11,6 @@ host), PostgreSQL and the channel layer.
 
 from __future__ import annotations
 
-import asyncio
 import hashlib
 import json
 from collections.abc import Iterator
@@ -29,6 +28,7 @@ from controlplane.core.realtime import deployment_group
 from controlplane.deployments.choices import Phase, ProgressStep
 from controlplane.deployments.models import Deployment, DeploymentEvent, ModelCacheEntry
 from tests.factories import DeploymentFactory, TargetFactory, TenantFactory
+from tests.support.channels import pushed
 from tests.support.docker_tcp import docker_over_tcp
 from tests.support.s3_server import S3Server, s3_server
 from tests.support.waiting import wait_for
@@ -95,21 +95,6 @@ def in_volume(client: Any, image: str, volume: str, script: str) -> str:
         remove=True,
     )
     return bytes(output).decode().strip()
-
-
-def pushed(channel: str) -> list[dict[str, Any]]:
-    layer = get_channel_layer()
-
-    async def drain() -> list[dict[str, Any]]:
-        messages = []
-        while True:
-            try:
-                message = await asyncio.wait_for(layer.receive(channel), timeout=0.5)
-            except TimeoutError:
-                return messages
-            messages.append(message["payload"])
-
-    return async_to_sync(drain)()
 
 
 def events(deployment: Deployment, reason: str) -> list[DeploymentEvent]:
