@@ -58,7 +58,9 @@ def remove_test_containers(client: Any) -> None:
     instance = _test_instance()
     if not instance.startswith("test_"):
         return  # never a development or production installation's containers
-    for container in client.containers.list(all=True, filters={"label": f"{LABEL_INSTANCE}={instance}"}):
+    for container in client.containers.list(
+        all=True, filters={"label": f"{LABEL_INSTANCE}={instance}"}, ignore_removed=True
+    ):
         container.remove(force=True)
 
 

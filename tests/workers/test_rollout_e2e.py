@@ -274,8 +274,15 @@ def test_idle_to_zero_then_woken_by_a_request_held_in_view(stack: Callable[..., 
         gateway_env={"HANGAR_GATEWAY_COLD_START_TIMEOUT": "180"},
         ready=0,  # it may well idle to zero before its first replica is even up
     )
-    wait_for(lambda: s.reload().replicas == 0 and not local_driver().list(s.deployment.pk), 120, "scaled to zero", 0.5)
-    assert s.reload().phase == Phase.RUNNING
+    # The pass that removes the last replica still reports the rollout it interrupted; the next
+    # pass, with nothing left to converge, says Running (scaled to zero).
+    wait_for(
+        lambda: (d := s.reload()).replicas == 0 and d.phase == Phase.RUNNING and not local_driver().list(d.pk),
+        120,
+        "scaled to zero and Running",
+        0.5,
+    )
+    assert s.reload().phase_message.startswith("Scaled to zero"), s.reload().phase_message
 
     client = openai.OpenAI(base_url=s.gateway.url + "/v1", api_key=s.token, max_retries=0, timeout=200)
     answers: list[Any] = []

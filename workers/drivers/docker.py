@@ -263,7 +263,9 @@ class DockerDriver(Driver):
     def list(self, deployment_id: int | None = None) -> list[ObservedReplica]:
         filters = [f"{LABEL_INSTANCE}={self.instance}"]
         filters.append(f"{LABEL_DEPLOYMENT}={deployment_id}" if deployment_id is not None else LABEL_DEPLOYMENT)
-        containers = self._call(self.client.containers.list, all=True, filters={"label": filters})
+        # ignore_removed: a container another worker removes between the listing and its
+        # inspection is gone, which is what this pass would learn next time anyway.
+        containers = self._call(self.client.containers.list, all=True, filters={"label": filters}, ignore_removed=True)
         return [self._observe(c) for c in containers]
 
     def container_name(self, spec: ReplicaSpec) -> str:

@@ -423,4 +423,4 @@ class ModelVolumes:
         return evicted
 
     def _in_use(self, name: str) -> bool:
-        return bool(self._call(self.driver.client.containers.list, all=True, filters={"volume": name}))
+        return bool(self._call(self.driver.client.containers.list, all=True, filters={"volume": name}, sparse=True))

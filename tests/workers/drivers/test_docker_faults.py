@@ -62,7 +62,9 @@ def deploy(model_dir: Path | str, *, replicas: int = 1, docker_url: str = DOCKER
 
 def containers(client: Any, deployment: Deployment) -> list[Any]:
     return client.containers.list(
-        all=True, filters={"label": [f"{LABEL_INSTANCE}={instance_name()}", f"{LABEL_DEPLOYMENT}={deployment.pk}"]}
+        all=True,
+        filters={"label": [f"{LABEL_INSTANCE}={instance_name()}", f"{LABEL_DEPLOYMENT}={deployment.pk}"]},
+        ignore_removed=True,  # a replica replaced while we look (a slow start on a busy host) is gone
     )
 
 
@@ -230,6 +232,39 @@ def test_concurrent_passes_create_no_duplicates(docker_client: Any, docker_env: 
     for thread in threads:
         thread.join()
     assert len(containers(docker_client, deployment)) == 2
+
+
+def test_listing_while_another_worker_removes_containers_never_fails(docker_env: Path, transactional_db: Any) -> None:
+    """Listing inspects each container it found; one removed in between (another worker's
+    scale-down) is gone, not an error that fails the reconcile pass."""
+    from workers.drivers.docker import DockerDriver
+
+    deployment = fresh(deploy(docker_env, replicas=0))
+    driver = DockerDriver(url=DOCKER_URL, image=settings.HANGAR_RUNTIME_IMAGE, instance=instance_name())
+    labels = reconciler.replica_spec(deployment, slot=0).labels | {LABEL_INSTANCE: instance_name()}
+    client = driver.client
+    created = [client.containers.create(settings.HANGAR_RUNTIME_IMAGE, labels=labels) for _ in range(30)]
+    listed: list[int] = []
+    errors: list[BaseException] = []
+
+    def remover() -> None:
+        for container in created:
+            container.remove(force=True)
+
+    thread = threading.Thread(target=remover)
+    thread.start()
+    try:
+        while thread.is_alive():
+            try:
+                listed.append(len(driver.list(deployment.pk)))
+            except Exception as exc:  # what a reconcile pass would have died of
+                errors.append(exc)
+                break
+    finally:
+        thread.join()
+    assert errors == []
+    assert listed and max(listed) <= len(created)
+    assert driver.list(deployment.pk) == []
 
 
 def test_image_missing_fails_with_how_to_build_it(docker_env: Path, transactional_db: Any, settings: Any) -> None:
