@@ -153,8 +153,13 @@ class Meter:
     async def run(self) -> None:
         """Flush loop; each kind of write on its own period."""
         tick = min(self.conf.usage_flush_seconds, self.conf.touch_flush_seconds, self.conf.key_touch_flush_seconds)
-        next_usage = next_touch = time.monotonic()
-        next_keys = time.monotonic() + min(5.0, self.conf.key_touch_flush_seconds)  # first use shows soon
+        start = time.monotonic()
+        # The loop ticks at the shortest period. Usage waits its own period (its setting says how
+        # often usage is written); a deployment's first request and a key's first use show soon
+        # (scale-to-zero idles from the one, the key list shows the other).
+        next_usage = start + self.conf.usage_flush_seconds
+        next_touch = start
+        next_keys = start + min(5.0, self.conf.key_touch_flush_seconds)
         while True:
             await asyncio.sleep(tick)
             now = time.monotonic()

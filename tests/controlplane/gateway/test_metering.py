@@ -8,10 +8,12 @@ import httpx
 import pytest
 from django.db import transaction
 
+from controlplane.deployments.models import Deployment
 from controlplane.gateway.services import transaction_committed, usage_flush
 from controlplane.usage.models import UsageRecord
 from controlplane.usage.services import UsageDelta, usage_record_batch
 from tests.controlplane.gateway.conftest import auth, scrape_headers, start_gateway
+from tests.support.waiting import wait_for
 
 BODY = {"model": "m", "messages": [{"role": "user", "content": "hi"}], "max_tokens": 4}
 
@@ -62,11 +64,15 @@ def test_a_usage_flush_can_be_confirmed_after_its_answer_is_lost(make_key):
 
 def test_usage_is_flushed_on_graceful_shutdown(gateway_db_name, stub_upstream, make_key, serve_model):
     key, token = make_key()
-    serve_model(key.tenant, "m", stub_upstream.url)
-    server = start_gateway(gateway_db_name, extra_env={"HANGAR_GATEWAY_USAGE_FLUSH_SECONDS": "3600"})
+    deployment = serve_model(key.tenant, "m", stub_upstream.url)
+    # The loop ticks at the shortest period (0.2 s here); usage still waits its own hour.
+    env = {"HANGAR_GATEWAY_USAGE_FLUSH_SECONDS": "3600", "HANGAR_GATEWAY_TOUCH_FLUSH_SECONDS": "0.2"}
+    server = start_gateway(gateway_db_name, extra_env=env)
     try:
         for _ in range(3):
             assert httpx.post(f"{server.url}/v1/chat/completions", json=BODY, headers=auth(token)).status_code == 200
+        # The touch written on a later tick shows the loop ran, and usage was not written with it.
+        wait_for(lambda: Deployment.objects.get(pk=deployment.pk).last_request_at is not None, 30, "touch written")
         assert not UsageRecord.objects.filter(api_key=key).exists()
     finally:
         server.stop()  # SIGTERM: uvicorn runs the lifespan shutdown, which flushes
