@@ -161,8 +161,8 @@ def open_panel(page: Any, base: str, secret: str) -> None:
     page.click("#pg-structured summary")
 
 
-def check_schema_with_a_forced_tool_is_refused(page: Any, base: str, secret: str) -> None:
-    """A JSON schema and a named tool go out in one request; the runtime's refusal is shown."""
+def check_schema_with_a_forced_tool_answers_with_the_call(page: Any, base: str, secret: str) -> None:
+    """A JSON schema and a named tool go out in one request; the forced call is the answer."""
     from playwright.sync_api import expect
 
     open_panel(page, base, secret)
@@ -173,7 +173,7 @@ def check_schema_with_a_forced_tool_is_refused(page: Any, base: str, secret: str
     page.select_option("#pg-tool-choice", "function")
     page.fill("#pg-tool-name", "get_weather")
     page.fill("#pg-prompt", "Weather in Oslo?")
-    with page.expect_response("**/v1/chat/completions") as answered:
+    with page.expect_response("**/v1/chat/completions", timeout=120_000) as answered:
         page.click("#chat-send")
     response = answered.value
     body = response.request.post_data_json
@@ -187,9 +187,16 @@ def check_schema_with_a_forced_tool_is_refused(page: Any, base: str, secret: str
     assert body["tool_choice"] == {"type": "function", "function": {"name": "get_weather"}}
     assert body["parallel_tool_calls"] is True
     assert body["messages"] == [{"role": "user", "content": "Weather in Oslo?"}]
-    # The runtime answers a forced tool call with the call; a response format on top is refused.
-    assert response.status == 400
-    expect(page.locator("#chat-status")).to_contain_text("cannot be combined with a forced tool call")
+    # As OpenAI: the forced call is the answer (its arguments follow the function's parameters);
+    # the response format shapes the content of a later turn.
+    assert response.status == 200, response.text()
+    choice = response.json()["choices"][0]
+    assert choice["finish_reason"] == "tool_calls", choice
+    (call,) = choice["message"]["tool_calls"]
+    assert call["function"]["name"] == "get_weather"
+    jsonschema.validate(json.loads(call["function"]["arguments"]), WEATHER_PARAMETERS)
+    expect(page.locator("#chat-status")).to_contain_text("(tool_calls)")
+    expect(page.locator('#chat-log .tool-call[data-tool-call="get_weather"]')).to_contain_text("calls get_weather")
 
 
 def check_named_tool_call(page: Any, base: str, secret: str) -> dict[str, Any]:
@@ -291,7 +298,7 @@ def test_playground_labels_random_weights_and_sends_schema_and_tools(
             log_in(page, base)
             check_labels(page, base, demo.pk)
             check_plain_chat_streams(page, base, secret)
-            check_schema_with_a_forced_tool_is_refused(page, base, secret)
+            check_schema_with_a_forced_tool_answers_with_the_call(page, base, secret)
             call = check_named_tool_call(page, base, secret)
             check_tool_result_and_json_answer(page, call)
             check_bad_schema_is_not_sent(page)

@@ -209,8 +209,8 @@ def parse_chat(body: Any, served_model: str) -> ChatRequest:
     output = features.response_format(body)
     forced = features.tool_output(tools)
     if forced is not None:
-        if output.kind != "text":
-            raise _invalid("response_format", "'response_format' cannot be combined with a forced tool call")
+        # A forced call answers with the call, constrained to the function's parameters, as
+        # OpenAI does; ``response_format`` shapes the content of the turn after the tool's result.
         output = forced
     return ChatRequest(messages=messages, params=params, output=output, tools=tools)
 

@@ -373,6 +373,20 @@ def test_two_turn_tool_conversation(runtime_server: RuntimeServer, mode: str, st
     assert isinstance(text, str)
 
 
+def test_a_forced_tool_call_with_a_response_format_answers_with_the_call(runtime_server: RuntimeServer) -> None:
+    """As OpenAI: the forced call is the answer; ``response_format`` is for a later turn's content."""
+    schema = {"type": "object", "properties": {"verdict": {"type": "string"}}, "required": ["verdict"]}
+    calls, finish = _first_turn(
+        client(runtime_server),
+        {"type": "function", "function": {"name": "get_tide"}},
+        False,
+        response_format={"type": "json_schema", "json_schema": {"name": "verdict", "schema": schema, "strict": True}},
+    )
+    assert finish == "tool_calls"
+    assert [call["name"] for call in calls] == ["get_tide"]
+    jsonschema.validate(json.loads(calls[0]["arguments"]), SCHEMAS_BY_NAME["get_tide"])
+
+
 def test_tool_choice_naming_an_unknown_function_is_a_400(runtime_server: RuntimeServer) -> None:
     with pytest.raises(openai.BadRequestError) as info:
         client(runtime_server).chat.completions.create(

@@ -273,3 +273,43 @@ def test_no_utf16_surrogate_can_be_written(reference_model: tuple[Any, Any]) -> 
     allowed = [t for t in range(vocab) if logits[0, t] > float("-inf")]
     assert byte_token[b"\x9f"] in allowed
     assert {decoded[t][0] for t in allowed} <= set(range(0x80, 0xA0))
+
+
+# ------------------------------------------------------------------ the batch's cache layers
+
+
+def test_cache_layer_appends_into_spare_columns_and_keeps_earlier_views() -> None:
+    from workers.runtime.engine import SpareColumnsLayer
+
+    layer = SpareColumnsLayer()
+    prompt = torch.randn(3, 2, 5, 4)
+    keys, _ = layer.update(prompt, -prompt)
+    assert torch.equal(keys, prompt)
+    buffer = layer._kbuf
+    assert buffer is not None and buffer.shape[-2] == 5 + SpareColumnsLayer.SPARE
+    steps = [torch.randn(3, 2, 1, 4) for _ in range(SpareColumnsLayer.SPARE + 1)]
+    keys, values = layer.update(steps[0], -steps[0])
+    assert layer._kbuf is buffer, "a decode step writes into the spare room: no copy"
+    assert torch.equal(keys, torch.cat([prompt, steps[0]], dim=2)) and torch.equal(values, -keys)
+    earlier = keys  # a view into the buffer the next steps write to
+    for step in steps[1:]:
+        keys, values = layer.update(step, -step)
+    assert layer._kbuf is not buffer, "the spare room ran out: one copy, with new spare room"
+    assert torch.equal(keys, torch.cat([prompt, *steps], dim=2)) and torch.equal(values, -keys)
+    assert torch.equal(earlier, torch.cat([prompt, steps[0]], dim=2)), "views handed out are untouched"
+    assert layer.get_seq_length() == 5 + len(steps)
+
+    # Row surgery: keep rows 2 and 0, drop the first two columns; the spare room survives.
+    whole = keys.clone()
+    layer.keep(torch.tensor([2, 0]), 2)
+    assert torch.equal(layer.keys, whole[[2, 0], :, 2:]) and torch.equal(layer.values, -whole[[2, 0], :, 2:])
+    kept = layer._kbuf
+    step = torch.randn(2, 2, 1, 4)
+    keys, _ = layer.update(step, -step)
+    assert layer._kbuf is kept and torch.equal(keys, torch.cat([whole[[2, 0], :, 2:], step], dim=2))
+
+    # Assigning (the engine's merge) replaces the buffer; the next step copies once.
+    layer.keys, layer.values = whole, -whole
+    assert torch.equal(layer.keys, whole)
+    keys, _ = layer.update(torch.zeros(3, 2, 1, 4), torch.zeros(3, 2, 1, 4))
+    assert torch.equal(keys[:, :, :-1], whole) and not keys[:, :, -1].any()
