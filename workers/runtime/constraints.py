@@ -12,7 +12,10 @@ run on CPU and GPU, but xgrammar masks with a persistent pushdown automaton whos
 cost does not depend on the schema's size (the compiled grammar pre-classifies most of the
 vocabulary as context-independent), supports recursive structures (``json_object``, nested
 ``$ref``) that a regex-based FSM cannot express, and ships ``apply_token_bitmask_inplace``
-kernels for CPU and CUDA; its 0.2.9 wheel installs beside the pinned torch.
+kernels for CPU and CUDA; its 0.2.9 wheel installs beside the pinned torch. Measured side by
+side (``bench/grammar_engines.py``): outlines-core 0.2.14 masks a token in 2.4-3.2 µs against
+xgrammar's 5.3-6.1 µs (both negligible beside a decode step), but compiles a schema in 1.7-12.9 ms
+against 0.6-1.1 ms, and ``json_object`` in 6.7 s against 0.7 ms, on the request's path.
 
 Limits a client should know: a JSON value can be cut short by ``max_tokens`` (the answer then
 ends with ``finish_reason: "length"``, as OpenAI's does); whitespace between tokens is not
