@@ -726,7 +726,8 @@ class SpareColumnsLayer(DynamicLayer):
     step writes its column into the spare room, and only when that runs out is the buffer copied,
     with ``SPARE`` more columns. Reading ``keys`` / ``values`` gives a view of the filled part;
     assigning them (the engine's row surgery) replaces the buffer, with no spare room until the
-    next append. Views handed out earlier stay valid: appends only write past their end.
+    next append. Views handed out earlier stay valid: appends only write past their end. The
+    spare room (at most ``SPARE`` columns per row) is not counted by ``--max-kv-tokens``.
     """
 
     SPARE = 64
@@ -786,7 +787,7 @@ def _append(buf: torch.Tensor | None, length: int, new: torch.Tensor, spare: int
         grown = new.new_empty((*new.shape[:2], n + spare, new.shape[-1]))
         grown[:, :, :n] = new
         return grown, n
-    if buf.shape[-2] - length < n or buf.shape[0] != new.shape[0]:
+    if buf.shape[-2] - length < n:
         grown = new.new_empty((*new.shape[:2], length + n + spare, new.shape[-1]))
         grown[:, :, :length] = buf[:, :, :length]
         buf = grown
