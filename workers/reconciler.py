@@ -349,6 +349,7 @@ def _counts(seen: Observation, checked: Survivors, old: tuple[ObservedReplica, .
         current_ready=sum(1 for r in current if checked.healthy.get(r.name)),
         old_ready=sum(1 for r in old if checked.healthy.get(r.name)),
         leaving=len(seen.leaving),
+        leaving_old=sum(1 for r in seen.leaving if r.generation != seen.generation),
     )
 
 

@@ -61,6 +61,7 @@ class Counts:
     current_ready: int
     old_ready: int
     leaving: int = 0
+    leaving_old: int = 0  # of those, replicas of an older revision (a rollout's replaced ones)
 
 
 @dataclass(frozen=True)
@@ -89,12 +90,14 @@ def budget(deployment: Deployment, counts: Counts) -> Budget:
     ):
         canary = min(n, max(1, math.ceil(n * rollout.weight / 100)))
         return Budget(canary, n, rollout.stable_revision, canary_weight=rollout.weight)
-    if counts.old_ready == 0:
+    if counts.old_ready == 0 and counts.leaving_old == 0:
         return Budget(n, 0)  # nothing ready to replace: plain scaling
     b = rollouts.budget(deployment, rollouts.policy_of(deployment), n)
     keep_old = min(counts.old_ready, max(0, n - b.max_unavailable - counts.current_ready))
-    # Live replicas (new + kept old + still draining) stay within desired + max surge.
-    target = min(n, max(counts.current, n + b.max_surge - keep_old - counts.leaving))
+    # Live replicas stay within desired + max surge: new ones, plus every serving old one (those
+    # this pass retires drain for a while and hold their GPU meanwhile), plus those still leaving.
+    lingering = counts.old_ready if settings.HANGAR_REPLICA_DRAIN_SECONDS > 0 else keep_old  # 0 s: gone at once
+    target = min(n, max(counts.current, n + b.max_surge - lingering - counts.leaving))
     return Budget(target, keep_old, surge=b.max_surge, unavailable=b.max_unavailable)
 
 

@@ -126,3 +126,45 @@ def test_a_replica_that_never_served_is_removed_at_once(deployment: Any, fake_dr
     run(deployment)
     assert len(fake_driver.names(deployment.pk)) == 1
     assert fake_driver.terminated == []
+
+
+@pytest.mark.parametrize(("surge", "unavailable"), [("1", "0"), ("0", "1")])
+def test_a_rolling_update_counts_draining_replicas_in_its_surge(
+    deployment: Any, fake_driver: FakeDriver, run: Any, surge: str, unavailable: str
+) -> None:
+    """A replaced replica drains while its successor starts: it still holds its GPU, so at no pass
+    may new + kept + draining replicas exceed replicas + max surge."""
+    from controlplane.deployments import rollouts
+    from controlplane.deployments.choices import RolloutState
+    from controlplane.deployments.models import Rollout
+
+    services.deployment_scale(actor=SYSTEM, deployment=deployment, replicas=3)
+    deployment.refresh_from_db()
+    fake_driver.auto_ready = True
+    run(deployment)
+    run(deployment)
+    fake_driver.auto_ready = False
+    fake_driver.exit_on_terminate = True  # each one drains at once when asked to stop
+    rollouts.rollout_policy_set(
+        actor=SYSTEM, deployment=deployment, data={"max_surge": surge, "max_unavailable": unavailable}
+    )
+    services.deployment_restart(actor=SYSTEM, deployment=deployment)
+    deployment.refresh_from_db()
+    most, fewest_ready = 0, 3
+    with time_machine.travel(timezone.now(), tick=False) as clock:
+        for _ in range(60):
+            run(deployment)
+            live = [r for r in fake_driver.list(deployment.pk) if r.alive]
+            most = max(most, len(live))
+            fewest_ready = min(fewest_ready, sum(1 for r in live if r.backend_id in fake_driver.healthy))
+            if Rollout.objects.get(deployment=deployment).state == RolloutState.COMPLETED:
+                break
+            fake_driver.make_all_ready()  # new replicas come up between passes
+            clock.shift(1.0)
+        assert Rollout.objects.get(deployment=deployment).state == RolloutState.COMPLETED
+        for _ in range(4):  # the last replaced one finishes leaving
+            clock.shift(1.0)
+            run(deployment)
+    assert sorted(r.generation for r in fake_driver.list(deployment.pk)) == [2, 2, 2]
+    assert most <= 3 + int(surge), f"{most} replicas alive at once with max surge {surge}"
+    assert fewest_ready >= 3 - int(unavailable)
