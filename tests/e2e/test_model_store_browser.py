@@ -41,6 +41,7 @@ from tests.e2e.test_dashboard_browser import (  # noqa: F401 - product is a fixt
 )
 from tests.factories import MembershipFactory, TargetFactory, TenantFactory, UserFactory
 from tests.support.s3_server import S3Server, s3_server
+from tests.support.throttle import ThrottledProxy, throttled_proxy
 from tests.support.waiting import wait_for
 
 pytestmark = [
@@ -51,7 +52,8 @@ pytestmark = [
 ]
 
 CHUNK = 1024 * 1024
-PADDING_MIB = 320  # makes the download last a few seconds, so the live step can be seen
+PADDING_MIB = 320  # bytes to move, through a proxy at DOWNLOAD_RATE: the download lasts about 8 s
+DOWNLOAD_RATE = 40 * 1024 * 1024  # bytes per second, whatever the machine (moto alone moved 320 MiB in 1 s)
 
 
 @pytest.fixture
@@ -73,11 +75,19 @@ def s3(tmp_path_factory: pytest.TempPathFactory, tiny_model_dir: Path) -> Iterat
 
 
 @pytest.fixture
-def store_env(s3: S3Server, monkeypatch: pytest.MonkeyPatch, settings: Any) -> None:
-    """Before ``product``: small chunks, and the S3 server on the endpoints a credential may name."""
+def s3_proxy(s3: S3Server) -> Iterator[ThrottledProxy]:
+    """The tenant's endpoint: a proxy in front of moto, throttled once the download to watch begins."""
+    with throttled_proxy(s3.url) as proxy:
+        yield proxy
+
+
+@pytest.fixture
+def store_env(s3: S3Server, s3_proxy: ThrottledProxy, monkeypatch: pytest.MonkeyPatch, settings: Any) -> None:
+    """Before ``product``: small chunks, and the S3 server (and its proxy) on the endpoints a
+    credential may name."""
     monkeypatch.setenv("HANGAR_UPLOAD_CHUNK_BYTES", str(CHUNK))
-    monkeypatch.setenv("HANGAR_MODEL_SOURCE_ENDPOINTS", s3.url)
-    settings.HANGAR_MODEL_SOURCE_ENDPOINTS = [s3.url]
+    monkeypatch.setenv("HANGAR_MODEL_SOURCE_ENDPOINTS", f"{s3.url},{s3_proxy.url}")
+    settings.HANGAR_MODEL_SOURCE_ENDPOINTS = [s3.url, s3_proxy.url]
 
 
 def upload_through_a_flaky_network(page: Any, files: list[str]) -> int:
@@ -129,14 +139,17 @@ def upload_through_a_flaky_network(page: Any, files: list[str]) -> int:
     return chunks["n"]
 
 
-def deploy_from_s3_and_watch(page: Any, base: str, s3: S3Server, tenant: Any) -> None:
+def deploy_from_s3_and_watch(page: Any, base: str, s3: S3Server, proxy: ThrottledProxy, tenant: Any) -> None:
     """Deploy the padded model that exists only in S3; the page shows the download live."""
     from playwright.sync_api import expect
 
-    s3.credential(tenant)
+    # The tenant's endpoint is a proxy in front of moto: registration reads at full speed, the
+    # replica's download at DOWNLOAD_RATE, so its live step lasts seconds on any machine.
+    s3.credential(tenant, endpoint_url=proxy.url)
     remote = catalog.model_register(
         actor=SYSTEM, tenant=tenant, name="tiny-s3", source="s3://weights/tiny-padded", credential="minio"
     )
+    proxy.rate = DOWNLOAD_RATE
     deployment = services.deployment_create(
         actor=SYSTEM,
         tenant=tenant,
@@ -169,6 +182,7 @@ def deploy_from_s3_and_watch(page: Any, base: str, s3: S3Server, tenant: Any) ->
 def test_upload_resume_and_download_progress_in_the_dashboard(
     store_env: None,
     s3: S3Server,
+    s3_proxy: ThrottledProxy,
     product: dict[str, Any],  # noqa: F811 - the fixture imported above
     tiny_model_dir: Path,
     monkeypatch: pytest.MonkeyPatch,
@@ -207,6 +221,6 @@ def test_upload_resume_and_download_progress_in_the_dashboard(
             stored = Path(model.source)
             assert (stored / "model.safetensors").read_bytes() == (tiny_model_dir / "model.safetensors").read_bytes()
 
-            deploy_from_s3_and_watch(page, base, s3, tenant)
+            deploy_from_s3_and_watch(page, base, s3, s3_proxy, tenant)
         finally:
             browser.close()

@@ -59,8 +59,9 @@ class S3Server:
         key = iam.create_access_key(UserName="hangar")["AccessKey"]
         self.access_key, self.secret_key = key["AccessKeyId"], key["SecretAccessKey"]
 
-    def credential(self, tenant: Any, name: str = "minio") -> Any:
-        """A source credential of ``tenant`` for this server (endpoint, region, its keys)."""
+    def credential(self, tenant: Any, name: str = "minio", *, endpoint_url: str = "") -> Any:
+        """A source credential of ``tenant`` for this server (endpoint, region, its keys); through
+        ``endpoint_url`` (a proxy in front of this server) when given."""
         from controlplane.catalog import services as catalog
         from controlplane.core.context import SYSTEM
 
@@ -69,7 +70,7 @@ class S3Server:
             tenant=tenant,
             name=name,
             kind="s3",
-            endpoint_url=self.url,
+            endpoint_url=endpoint_url or self.url,
             region=REGION,
             secret={"access_key_id": self.access_key, "secret_access_key": self.secret_key},
         )
