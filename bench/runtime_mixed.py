@@ -48,7 +48,7 @@ Figures of 2026-11-30 on the 2-core development machine, quiet (load under 2), c
 | Poisson 8/s | 7.3 | 556 | 980 | 1.76x | 2.26x | 0.018 |
 | Poisson 16/s | 3.7 | 616 | 1096 | 1.78x | 4.08x | 0.024 |
 
-At 4/s the goal of 1.5x is above what any server could reach (1.45x): Hangar finishes 0.8 s
+At 4/s the goal of 1.5x is above what any server could reach (1.45x): Hangar finishes 0.9 s
 after the last arrival. The same run before the cache layers kept spare columns (commit c1984b1,
 load under 1): burst 1.45x (622 / 905 tok/s), Poisson 1.38x / 1.63x / 1.60x at 4 / 8 / 16.
 
