@@ -161,14 +161,14 @@ def open_panel(page: Any, base: str, secret: str) -> None:
     page.click("#pg-structured summary")
 
 
-def check_schema_with_a_forced_tool_answers_with_the_call(page: Any, base: str, secret: str) -> None:
-    """A JSON schema and a named tool go out in one request; the forced call is the answer."""
-    from playwright.sync_api import expect
-
+def ask_for_the_weather_tool(page: Any, base: str, secret: str, *, schema: bool) -> tuple[Any, dict[str, Any]]:
+    """Send "Weather in Oslo?" with get_weather as the named tool choice (and, with ``schema``, a
+    JSON schema too); returns the response and the request body the page sent."""
     open_panel(page, base, secret)
-    page.select_option("#pg-format", "json_schema")
-    page.fill("#pg-schema-name", "weather")
-    page.fill("#pg-schema", json.dumps(SCHEMA))
+    if schema:
+        page.select_option("#pg-format", "json_schema")
+        page.fill("#pg-schema-name", "weather")
+        page.fill("#pg-schema", json.dumps(SCHEMA))
     page.fill("#pg-tools", json.dumps(TOOLS))
     page.select_option("#pg-tool-choice", "function")
     page.fill("#pg-tool-name", "get_weather")
@@ -177,57 +177,50 @@ def check_schema_with_a_forced_tool_answers_with_the_call(page: Any, base: str, 
         page.click("#chat-send")
     response = answered.value
     body = response.request.post_data_json
-    assert response.request.headers["authorization"] == f"Bearer {secret}"
-    assert body["model"] == "tiny-chat" and body["stream"] is False
-    assert body["response_format"] == {
-        "type": "json_schema",
-        "json_schema": {"name": "weather", "schema": SCHEMA, "strict": True},
-    }
-    assert body["tools"] == TOOLS
-    assert body["tool_choice"] == {"type": "function", "function": {"name": "get_weather"}}
-    assert body["parallel_tool_calls"] is True
-    assert body["messages"] == [{"role": "user", "content": "Weather in Oslo?"}]
-    # As OpenAI: the forced call is the answer (its arguments follow the function's parameters);
-    # the response format shapes the content of a later turn.
-    assert response.status == 200, response.text()
-    choice = response.json()["choices"][0]
-    assert choice["finish_reason"] == "tool_calls", choice
-    (call,) = choice["message"]["tool_calls"]
-    assert call["function"]["name"] == "get_weather"
-    jsonschema.validate(json.loads(call["function"]["arguments"]), WEATHER_PARAMETERS)
-    expect(page.locator("#chat-status")).to_contain_text("(tool_calls)")
-    expect(page.locator('#chat-log .tool-call[data-tool-call="get_weather"]')).to_contain_text("calls get_weather")
-
-
-def check_named_tool_call(page: Any, base: str, secret: str) -> dict[str, Any]:
-    """A named tool choice: the runtime's tool call, valid for the function's schema, is rendered."""
-    from playwright.sync_api import expect
-
-    open_panel(page, base, secret)
-    page.fill("#pg-tools", json.dumps(TOOLS))
-    page.select_option("#pg-tool-choice", "function")
-    page.fill("#pg-tool-name", "get_weather")
-    page.fill("#pg-prompt", "Weather in Oslo?")
-    with page.expect_response("**/v1/chat/completions", timeout=120_000) as answered:
-        page.click("#chat-send")
-    response = answered.value
-    body = response.request.post_data_json
-    assert "response_format" not in body
     assert body["tools"] == TOOLS and body["tool_choice"] == {"type": "function", "function": {"name": "get_weather"}}
+    return response, body
+
+
+def the_weather_call(page: Any, response: Any) -> dict[str, Any]:
+    """The answer is one get_weather call, valid for its parameters, rendered in the log."""
+    from playwright.sync_api import expect
+
     assert response.status == 200, response.text()
     choice = response.json()["choices"][0]
     assert choice["finish_reason"] == "tool_calls", choice
     assert choice["message"]["content"] is None
     (call,) = choice["message"]["tool_calls"]
     assert call["type"] == "function" and call["function"]["name"] == "get_weather"
-    arguments = json.loads(call["function"]["arguments"])
-    jsonschema.validate(arguments, WEATHER_PARAMETERS)
-
+    jsonschema.validate(json.loads(call["function"]["arguments"]), WEATHER_PARAMETERS)
     expect(page.locator("#chat-status")).to_contain_text("(tool_calls)")
-    rendered = page.locator('#chat-log .tool-call[data-tool-call="get_weather"]')
-    expect(rendered).to_contain_text("calls get_weather")
-    assert json.loads(rendered.locator("pre").inner_text()) == arguments
+    expect(page.locator('#chat-log .tool-call[data-tool-call="get_weather"]')).to_contain_text("calls get_weather")
     return dict(call)
+
+
+def check_schema_with_a_forced_tool_answers_with_the_call(page: Any, base: str, secret: str) -> None:
+    """A JSON schema and a named tool go out in one request; the forced call is the answer."""
+    response, body = ask_for_the_weather_tool(page, base, secret, schema=True)
+    assert response.request.headers["authorization"] == f"Bearer {secret}"
+    assert body["model"] == "tiny-chat" and body["stream"] is False
+    assert body["response_format"] == {
+        "type": "json_schema",
+        "json_schema": {"name": "weather", "schema": SCHEMA, "strict": True},
+    }
+    assert body["parallel_tool_calls"] is True
+    assert body["messages"] == [{"role": "user", "content": "Weather in Oslo?"}]
+    # As OpenAI: the forced call is the answer (its arguments follow the function's parameters);
+    # the response format shapes the content of a later turn.
+    the_weather_call(page, response)
+
+
+def check_named_tool_call(page: Any, base: str, secret: str) -> dict[str, Any]:
+    """A named tool choice: the runtime's tool call, valid for the function's schema, is rendered."""
+    response, body = ask_for_the_weather_tool(page, base, secret, schema=False)
+    assert "response_format" not in body
+    call = the_weather_call(page, response)
+    rendered = page.locator('#chat-log .tool-call[data-tool-call="get_weather"]')
+    assert json.loads(rendered.locator("pre").inner_text()) == json.loads(call["function"]["arguments"])
+    return call
 
 
 def check_tool_result_and_json_answer(page: Any, call: dict[str, Any]) -> None:
