@@ -783,13 +783,11 @@ def _filled(buf: torch.Tensor | None, length: int) -> torch.Tensor | None:
 def _append(buf: torch.Tensor | None, length: int, new: torch.Tensor, spare: int) -> tuple[torch.Tensor, int]:
     """``buf``'s first ``length`` columns followed by ``new``, in place when there is room."""
     n = new.shape[-2]
-    if buf is None or buf.dim() != 4 or length == 0:
-        grown = new.new_empty((*new.shape[:2], n + spare, new.shape[-1]))
-        grown[:, :, :n] = new
-        return grown, n
-    if buf.shape[-2] - length < n:
+    if buf is None or buf.dim() != 4 or buf.shape[-2] - length < n:
         grown = new.new_empty((*new.shape[:2], length + n + spare, new.shape[-1]))
-        grown[:, :, :length] = buf[:, :, :length]
+        if length:
+            assert buf is not None
+            grown[:, :, :length] = buf[:, :, :length]
         buf = grown
     buf[:, :, length : length + n] = new
     return buf, length + n
